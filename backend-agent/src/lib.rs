@@ -1,1 +1,224 @@
+//! agentmesh control plane: the mTLS WebSocket hub that gateway agents dial into and the
+//! operator HTTP API.
+//!
+//! `main.rs` only parses arguments, loads the config and calls [`run`] (or the `dev`,
+//! `token` subcommands); everything else lives here so tests run the real thing in-process
+//! on ephemeral ports.
+//!
+//! # Layout
+//! - [`config`]: `backend.toml` parsing, defaults, env overrides, validation.
+//! - [`hub`]: accept loop, TLS, identity checks, `hello`, sessions (see its lifecycle picture).
+//! - [`registry`]: enrolments and live sessions.
+//! - [`api`]: the operator HTTP API (axum), its errors and bearer-token extractor.
+//! - [`auth`]: token roles, hashed lookup, token minting.
+//! - [`metrics`]: counters rendered for Prometheus.
+//! - [`dev`]: the `backend-agent dev` quick start.
+//! - [`clock`]: timestamps.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod hub;
+pub mod metrics;
+pub mod registry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::BackendConfig;
+use crate::hub::{HubContext, NoEvents, TaskCounter};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// How long shutdown waits for sessions to drain and requests to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the backend could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The hub's TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] hub::tls::TlsSetupError),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// The two bound listeners the backend serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Operator API.
+    pub http: TcpListener,
+    /// Agent hub.
+    pub hub: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `[http].listen` and `[hub].listen`.
+    pub async fn bind(config: &BackendConfig) -> Result<Self, RunError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            http: bind("http.listen", config.http.listen).await?,
+            hub: bind("hub.listen", config.hub.listen).await?,
+        })
+    }
+}
+
+/// A running backend: handles for tests and for the `dev` quick start.
+pub struct Backend {
+    /// Agents and sessions.
+    pub registry: Arc<Registry>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Bound API address.
+    pub http_addr: SocketAddr,
+    /// Bound hub address.
+    pub hub_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: TaskCounter,
+    hub_task: JoinHandle<()>,
+    http_task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Backend {
+    /// Starts the hub and the API on already-bound listeners.
+    pub async fn start(listeners: Listeners, config: BackendConfig) -> Result<Self, RunError> {
+        let (server_tls, client_verifier) =
+            hub::tls::server_config(&config.hub.cert, &config.hub.key, &config.hub.client_ca)?;
+        let registry = Arc::new(Registry::new(&config.agents));
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = TaskCounter::default();
+        let http_addr = listeners.http.local_addr().map_err(RunError::Http)?;
+        let hub_addr = listeners.hub.local_addr().map_err(RunError::Http)?;
+
+        let hub_ctx = Arc::new(HubContext {
+            config: config.hub.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
+            client_verifier,
+            events: Arc::new(NoEvents),
+            shutdown: stop_rx.clone(),
+            tasks: tasks.clone(),
+        });
+        let hub_listening = Arc::new(AtomicBool::new(true));
+        let hub_task = tokio::spawn(hub::serve(listeners.hub, hub_ctx));
+
+        let state = api::AppState {
+            registry: registry.clone(),
+            tokens: Arc::new(auth::TokenStore::new(&config.tokens)),
+            metrics: metrics.clone(),
+            hub_listening: hub_listening.clone(),
+            store_path: config.store.path.clone(),
+            started: Instant::now(),
+        };
+        let app = api::router(state, config.http.max_body_bytes);
+        let mut http_stop = stop_rx;
+        let http = axum::serve(listeners.http, app)
+            .with_graceful_shutdown(async move {
+                hub::stopped(&mut http_stop).await;
+            });
+        let http_task = tokio::spawn(async move { http.await });
+        info!(http = %http_addr, hub = %hub_addr, "backend started");
+        hub_listening.store(true, Ordering::Relaxed);
+        Ok(Backend {
+            registry,
+            metrics,
+            http_addr,
+            hub_addr,
+            stop,
+            tasks,
+            hub_task,
+            http_task,
+        })
+    }
+
+    /// Stops accepting, drains sessions (`drain` + close 1001) and waits, bounded by
+    /// [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        info!("backend shutting down");
+        let _ = self.stop.send(true);
+        let _ = self.hub_task.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!(sessions = self.tasks.count(), "sessions still open after the grace period");
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(RunError::Http(e)),
+            Ok(Err(join)) => Err(RunError::Http(std::io::Error::other(join))),
+            Err(_) => {
+                warn!("HTTP requests still running after the grace period");
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops at once without draining, as a crash would (for tests).
+    pub fn abort(self) {
+        self.hub_task.abort();
+        self.http_task.abort();
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Runs the backend until `shutdown` completes, then drains.
+pub async fn run(
+    listeners: Listeners,
+    config: BackendConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let backend = Backend::start(listeners, config).await?;
+    shutdown.await;
+    backend.shutdown().await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("SIGINT received"),
+        _ = term => info!("SIGTERM received"),
+    }
+}

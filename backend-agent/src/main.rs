@@ -1,1 +1,148 @@
-fn main() {}
+//! `backend-agent`: parse arguments, load config, set up logging, call the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use backend_agent::auth::{new_token, token_config_snippet, Role};
+use backend_agent::config::BackendConfig;
+use backend_agent::{dev, Listeners};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// agentmesh control plane: operator API and agent hub.
+#[derive(Parser, Debug)]
+#[command(name = "backend-agent", version, about)]
+struct Cli {
+    /// Config file (TOML); production: /etc/agentmesh/backend.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Quick start: CA, certificates, configs and a token under ./dev-state, then a backend and
+    /// one local gateway agent.
+    Dev(dev::DevOptions),
+    /// Operator API tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Print a fresh token and the config lines that enable it.
+    New {
+        /// Token name (shows up as `requested_by` and in the audit log).
+        #[arg(long)]
+        name: String,
+        /// Role of the token.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum RoleArg {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Exit code for bad usage or configuration (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing(cli.log_format);
+    match cli.command {
+        Some(Command::Token {
+            action: TokenAction::New { name, role },
+        }) => {
+            let role = match role {
+                RoleArg::Viewer => Role::Viewer,
+                RoleArg::Operator => Role::Operator,
+                RoleArg::Admin => Role::Admin,
+            };
+            let token = new_token();
+            println!("token: {token}");
+            println!("\n# add to backend.toml (only the hash is stored):");
+            print!("{}", token_config_snippet(&name, role, &token));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Dev(opts)) => runtime_main(async move {
+            dev::run(opts).await.map_err(|e| (1, format!("{e:#}")))
+        }),
+        None => {
+            let Some(path) = cli.config else {
+                eprintln!("backend-agent: --config FILE is required (or try `backend-agent dev`)");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let config = match BackendConfig::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("backend-agent: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            runtime_main(async move {
+                let listeners = Listeners::bind(&config).await.map_err(|e| (1, e.to_string()))?;
+                backend_agent::run(listeners, config, backend_agent::shutdown_signal())
+                    .await
+                    .map_err(|e| (1, e.to_string()))
+            })
+        }
+    }
+}
+
+fn runtime_main(
+    fut: impl std::future::Future<Output = Result<(), (u8, String)>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("backend-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            tracing::error!(error = %message, "backend-agent stopped");
+            eprintln!("backend-agent: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

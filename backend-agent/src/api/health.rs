@@ -1,0 +1,56 @@
+//! `/health`, `/ready` and `/metrics`: no token needed.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+/// Liveness: the process answers.
+pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "status": "healthy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "agents_connected": state.registry.connected_count(),
+    }))
+}
+
+/// Readiness: the hub is listening and the store directory is writable.
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let hub = state.hub_listening.load(Ordering::Relaxed);
+    let store = store_writable(&state.store_path);
+    let ok = hub && store.is_ok();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "hub_listening": hub,
+        "store_writable": store.is_ok(),
+        "store_error": store.err(),
+    });
+    (status, Json(body))
+}
+
+fn store_writable(path: &std::path::Path) -> Result<(), String> {
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    let probe = dir.join(format!(".agentmesh-ready-{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.registry.connected_count()),
+    )
+}

@@ -1,0 +1,52 @@
+//! The operator HTTP API (DESIGN.md §5): JSON in and out, bearer-token auth.
+
+mod agents;
+mod auth;
+mod error;
+mod health;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+
+pub use auth::Caller;
+pub use error::ApiError;
+
+use crate::auth::TokenStore;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Agents and sessions.
+    pub registry: Arc<Registry>,
+    /// Bearer tokens.
+    pub tokens: Arc<TokenStore>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Set once the hub listener is bound.
+    pub hub_listening: Arc<AtomicBool>,
+    /// The store file (its directory must be writable for `/ready`).
+    pub store_path: PathBuf,
+    /// Process start.
+    pub started: Instant,
+}
+
+/// The API router.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/api/v1/agents", get(agents::list))
+        .route("/api/v1/agents/{id}", get(agents::get))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

@@ -1,0 +1,481 @@
+//! `backend.toml`: parsing, defaults, environment overrides and validation (DESIGN.md §8).
+//!
+//! Unknown keys are refused; every error names the file and the key. Relative paths are
+//! resolved against the config file's directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::Role;
+
+/// A config that could not be loaded; the message names file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (unknown key, wrong type).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The config file.
+        file: String,
+        /// What the parser said, including the key.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        file: String,
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole backend configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Operator HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// mTLS WebSocket hub.
+    #[serde(default)]
+    pub hub: HubConfig,
+    /// Embedded store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Rate limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Statically enrolled agents.
+    #[serde(default)]
+    pub agents: Vec<AgentEnrolment>,
+    /// API bearer tokens (by SHA-256).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of the operator API.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 beyond).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+/// `[hub]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Listen address of the hub.
+    #[serde(default = "default_hub_listen")]
+    pub listen: SocketAddr,
+    /// Hub server certificate (PEM).
+    #[serde(default = "default_hub_cert")]
+    pub cert: PathBuf,
+    /// Hub server key (PEM, PKCS#8).
+    #[serde(default = "default_hub_key")]
+    pub key: PathBuf,
+    /// The mesh CA that agent certificates must chain to.
+    #[serde(default = "default_hub_client_ca")]
+    pub client_ca: PathBuf,
+    /// WebSocket ping interval; silent for 3 intervals = dropped.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+    /// How long a new session may take to send `hello`.
+    #[serde(default = "default_hello_timeout_secs")]
+    pub hello_timeout_secs: u64,
+    /// How long TLS plus the WebSocket upgrade may take.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// Largest WebSocket message accepted (closed with 1009 beyond).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Pins of reverse proxies (nginx) trusted to forward agent certificates.
+    #[serde(default)]
+    pub trusted_proxy_pins: Vec<String>,
+    /// Connections still in TLS/upgrade/hello at once; beyond it new ones are dropped.
+    #[serde(default = "default_max_pending_handshakes")]
+    pub max_pending_handshakes: usize,
+    /// Frames queued for one agent; a full queue refuses new commands.
+    #[serde(default = "default_send_queue")]
+    pub send_queue: usize,
+    /// `drain.reconnect_after_ms` sent to agents on graceful shutdown.
+    #[serde(default = "default_drain_reconnect_after_ms")]
+    pub drain_reconnect_after_ms: u64,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file of the embedded store.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit log (JSON Lines, hash chain).
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained commands per second per operator token.
+    #[serde(default = "default_operator_rate")]
+    pub operator_commands_per_sec: u32,
+    /// Burst per operator token.
+    #[serde(default = "default_operator_burst")]
+    pub operator_burst: u32,
+    /// Sustained commands per second per agent.
+    #[serde(default = "default_agent_rate")]
+    pub agent_commands_per_sec: u32,
+    /// Burst per agent.
+    #[serde(default = "default_agent_burst")]
+    pub agent_burst: u32,
+    /// Hub connection attempts per source address per second.
+    #[serde(default = "default_hub_connects_per_ip")]
+    pub hub_connects_per_ip_per_sec: u32,
+}
+
+/// `[[agents]]`: a statically enrolled agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEnrolment {
+    /// Agent id (certificate CN).
+    pub id: String,
+    /// Enrolled SPKI pins.
+    pub pins: Vec<String>,
+}
+
+/// `[[tokens]]`: an API bearer token, stored by hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name recorded as `requested_by` and in the audit log.
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: Role,
+    /// Verbs an operator may run (`*` = all).
+    #[serde(default = "default_verbs")]
+    pub verbs: Vec<String>,
+    /// Labels a target agent must carry.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_hub_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8081))
+}
+fn default_hub_cert() -> PathBuf {
+    "tls/server/cert.pem".into()
+}
+fn default_hub_key() -> PathBuf {
+    "tls/server/key.pem".into()
+}
+fn default_hub_client_ca() -> PathBuf {
+    "tls/server/ca.pem".into()
+}
+fn default_heartbeat_secs() -> u64 {
+    20
+}
+fn default_hello_timeout_secs() -> u64 {
+    10
+}
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+fn default_max_message_bytes() -> usize {
+    agentmesh_protocol::DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_max_pending_handshakes() -> usize {
+    4096
+}
+fn default_send_queue() -> usize {
+    256
+}
+fn default_drain_reconnect_after_ms() -> u64 {
+    5000
+}
+fn default_store_path() -> PathBuf {
+    "/var/lib/agentmesh/backend.db".into()
+}
+fn default_audit_path() -> PathBuf {
+    "/var/lib/agentmesh/audit.log".into()
+}
+fn default_operator_rate() -> u32 {
+    20
+}
+fn default_operator_burst() -> u32 {
+    40
+}
+fn default_agent_rate() -> u32 {
+    10
+}
+fn default_agent_burst() -> u32 {
+    20
+}
+fn default_hub_connects_per_ip() -> u32 {
+    5
+}
+fn default_verbs() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+macro_rules! default_via_serde {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                // Every field has a serde default, so an empty table always deserialises.
+                toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+            }
+        }
+    )*};
+}
+default_via_serde!(HttpConfig, HubConfig, StoreConfig, AuditConfig, LimitsConfig);
+
+/// Prefix of environment overrides: `AGENTMESH_HUB_LISTEN` sets `hub.listen`.
+pub const ENV_PREFIX: &str = "AGENTMESH_";
+const SECTIONS: &[&str] = &["http", "hub", "store", "audit", "limits"];
+
+impl BackendConfig {
+    /// Loads `path` with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Loads `path` with overrides from `env` (tests pass their own).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml(&text, &file, base, env)
+    }
+
+    /// Parses TOML text; `file` names it in errors, `base` anchors relative paths.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        base: &Path,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            file: file.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        apply_env_overrides(&mut table, env);
+        let mut config = BackendConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| parse_err(e.to_string()))?;
+        config.resolve_paths(base);
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.hub.cert,
+            &mut self.hub.key,
+            &mut self.hub.client_ca,
+            &mut self.store.path,
+            &mut self.audit.path,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key,
+            message,
+        };
+        if self.hub.heartbeat_secs == 0 {
+            return Err(invalid("hub.heartbeat_secs".into(), "must be > 0".into()));
+        }
+        if self.hub.hello_timeout_secs == 0 || self.hub.handshake_timeout_secs == 0 {
+            return Err(invalid("hub.hello_timeout_secs".into(), "must be > 0".into()));
+        }
+        if self.hub.max_message_bytes < 1024 {
+            return Err(invalid(
+                "hub.max_message_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.hub.send_queue == 0 || self.hub.max_pending_handshakes == 0 {
+            return Err(invalid("hub.send_queue".into(), "must be > 0".into()));
+        }
+        for (i, pin) in self.hub.trusted_proxy_pins.iter().enumerate() {
+            check_pin(pin).map_err(|m| invalid(format!("hub.trusted_proxy_pins[{i}]"), m))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, agent) in self.agents.iter().enumerate() {
+            mesh_certs::validate_agent_id(&agent.id)
+                .map_err(|e| invalid(format!("agents[{i}].id"), e.to_string()))?;
+            if !seen.insert(agent.id.as_str()) {
+                return Err(invalid(
+                    format!("agents[{i}].id"),
+                    format!("duplicate agent id {:?}", agent.id),
+                ));
+            }
+            if agent.pins.is_empty() {
+                return Err(invalid(format!("agents[{i}].pins"), "must not be empty".into()));
+            }
+            for (j, pin) in agent.pins.iter().enumerate() {
+                check_pin(pin).map_err(|m| invalid(format!("agents[{i}].pins[{j}]"), m))?;
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            if token.name.is_empty() || !names.insert(token.name.as_str()) {
+                return Err(invalid(
+                    format!("tokens[{i}].name"),
+                    "must be non-empty and unique".into(),
+                ));
+            }
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    format!("tokens[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 of the token; `backend-agent token new` prints it)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks the `sha256//<base64 of 32 bytes>` pin format.
+pub fn check_pin(pin: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let body = pin
+        .strip_prefix("sha256//")
+        .ok_or_else(|| format!("pin {pin:?} must start with sha256//"))?;
+    match base64::engine::general_purpose::STANDARD.decode(body) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        _ => Err(format!(
+            "pin {pin:?} must be sha256// followed by the base64 of 32 bytes"
+        )),
+    }
+}
+
+/// Applies `AGENTMESH_<SECTION>_<KEY>` overrides to scalar keys of the known sections.
+/// The value is read as a TOML value when it parses as one (`8080`, `true`, `["a"]`), else
+/// as a string.
+pub fn apply_env_overrides(table: &mut toml::Table, env: impl Iterator<Item = (String, String)>) {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some(section) = SECTIONS
+            .iter()
+            .find(|s| rest.starts_with(&format!("{s}_")))
+        else {
+            continue;
+        };
+        let key = &rest[section.len() + 1..];
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(key.to_owned(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<BackendConfig, ConfigError> {
+        BackendConfig::from_toml(text, "backend.toml", Path::new("/etc/agentmesh"), std::iter::empty())
+    }
+
+    #[test]
+    fn empty_file_gets_the_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.hub.listen.port(), 8081);
+        assert_eq!(c.hub.heartbeat_secs, 20);
+        assert_eq!(c.hub.cert, Path::new("/etc/agentmesh/tls/server/cert.pem"));
+        assert_eq!(c.store.path, Path::new("/var/lib/agentmesh/backend.db"));
+        assert_eq!(c.limits.operator_burst, 40);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_key_named() {
+        let err = parse("[hub]\nlisten = \"0.0.0.0:1\"\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("backend.toml") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_file_and_key() {
+        let err = parse("[[agents]]\nid = \"a\"\npins = [\"md5//x\"]\n").unwrap_err().to_string();
+        assert!(err.contains("agents[0].pins[0]"), "{err}");
+        let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"zz\"\nrole = \"viewer\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens[0].sha256"), "{err}");
+        let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"aa\"\nrole = \"root\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("role") || err.contains("root"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = [
+            ("AGENTMESH_HUB_LISTEN".to_owned(), "127.0.0.1:9".to_owned()),
+            ("AGENTMESH_HUB_HEARTBEAT_SECS".to_owned(), "7".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let c = BackendConfig::from_toml("", "f", Path::new("."), env.into_iter()).unwrap();
+        assert_eq!(c.hub.listen.port(), 9);
+        assert_eq!(c.hub.heartbeat_secs, 7);
+    }
+}

@@ -1,0 +1,57 @@
+//! The accept loop: never waits on a peer, bounds handshakes in flight.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn, Instrument};
+
+use super::{handshake, HubContext};
+
+/// Accepts hub connections until shutdown; each connection runs in its own task.
+pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
+    let pending = Arc::new(Semaphore::new(ctx.config.max_pending_handshakes));
+    let mut shutdown = ctx.shutdown.clone();
+    let mut accept_backoff = Duration::from_millis(5);
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, "hub listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            _ = super::stopped(&mut shutdown) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => {
+                accept_backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning, then try again.
+                warn!(error = %e, backoff_ms = accept_backoff.as_millis() as u64, "hub accept failed");
+                tokio::time::sleep(accept_backoff).await;
+                accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        ctx.metrics
+            .hub_connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        // At the bound, new connections are dropped at once rather than queued: a flood of
+        // silent peers costs one accept each and cannot delay the ones already handshaking.
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            ctx.metrics.hub_rejected("handshake_capacity");
+            warn!(peer.addr = %peer, reason = "handshake_capacity", "hub connection refused");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let span = tracing::info_span!("hub_conn", peer.addr = %peer, agent.id = tracing::field::Empty);
+        let guard = ctx.tasks.enter();
+        tokio::spawn(
+            handshake::connection(ctx.clone(), tcp, peer, permit, guard).instrument(span),
+        );
+    }
+    info!("hub stopped accepting");
+}

@@ -1,0 +1,187 @@
+//! One hub connection from TCP to `hello`: TLS, upgrade, identity, hello checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_protocol::{close, decode_agent_frame, AgentFrame, HelloFrame, HUB_PATH, PROTOCOL_VERSION};
+use futures_util::StreamExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::{http, Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{info, warn};
+
+use super::identity::{self, PeerIdentity, Rejection, FORWARDED_CERT_HEADER};
+use super::{session, HubContext, TaskGuard};
+
+/// The WebSocket over TLS over TCP that a session runs on.
+pub type HubSocket = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Runs one connection to its end. Never panics on peer input; every refusal is logged once.
+pub(super) async fn connection(
+    ctx: Arc<HubContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake_permit: OwnedSemaphorePermit,
+    _task: TaskGuard,
+) {
+    let limit = Duration::from_secs(ctx.config.handshake_timeout_secs);
+    let (mut ws, identity) = match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp)).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(rejection)) => return refused(&ctx, &rejection, None),
+        Err(_) => {
+            let r = Rejection::new(
+                "handshake_timeout",
+                format!("no TLS handshake and upgrade within {}s", limit.as_secs()),
+            );
+            return refused(&ctx, &r, None);
+        }
+    };
+    tracing::Span::current().record("agent.id", identity.cn.as_str());
+
+    if let Err(why) = ctx.registry.check_identity(&identity.cn, &identity.pin) {
+        let r = Rejection::new(
+            why.code(),
+            format!("pin {} is {} for agent {}", identity.pin, why.code().replace('_', " "), identity.cn),
+        );
+        refused(&ctx, &r, Some(&identity));
+        let reason = match why {
+            crate::registry::IdentityRejection::Revoked => "certificate revoked",
+            crate::registry::IdentityRejection::PinNotEnrolled => "pin not enrolled for this id",
+        };
+        return session::close_ws(&mut ws, close::UNAUTHORISED, reason).await;
+    }
+
+    let hello_limit = Duration::from_secs(ctx.config.hello_timeout_secs);
+    let hello = match tokio::time::timeout(hello_limit, wait_hello(&mut ws, &ctx)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err((code, rejection))) => {
+            refused(&ctx, &rejection, Some(&identity));
+            return session::close_ws(&mut ws, code, &rejection.detail).await;
+        }
+        Err(_) => {
+            let r = Rejection::new(
+                "hello_timeout",
+                format!("no hello within {}s", hello_limit.as_secs()),
+            );
+            refused(&ctx, &r, Some(&identity));
+            return session::close_ws(&mut ws, close::PROTOCOL_ERROR, "no hello in time").await;
+        }
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        let r = Rejection::new(
+            "protocol_version",
+            format!(
+                "agent speaks protocol {} but this hub speaks {PROTOCOL_VERSION}: upgrade the {}",
+                hello.protocol,
+                if hello.protocol < PROTOCOL_VERSION { "agent" } else { "backend" }
+            ),
+        );
+        refused(&ctx, &r, Some(&identity));
+        return session::close_ws(&mut ws, close::PROTOCOL_ERROR, &r.detail).await;
+    }
+    if hello.agent_id != identity.cn {
+        let r = Rejection::new(
+            "id_mismatch",
+            format!(
+                "hello agent_id {:?} does not match certificate CN {:?}",
+                hello.agent_id, identity.cn
+            ),
+        );
+        refused(&ctx, &r, Some(&identity));
+        return session::close_ws(&mut ws, close::UNAUTHORISED, &r.detail).await;
+    }
+    drop(handshake_permit);
+    session::run(ctx, ws, identity, hello, peer).await;
+}
+
+fn refused(ctx: &HubContext, r: &Rejection, identity: Option<&PeerIdentity>) {
+    ctx.metrics.hub_rejected(r.reason);
+    match identity {
+        Some(id) => warn!(reason = r.reason, cert.cn = %id.cn, cert.pin = %id.pin, detail = %r.detail, "hub connection refused"),
+        None => warn!(reason = r.reason, detail = %r.detail, "hub connection refused"),
+    }
+}
+
+async fn tls_and_upgrade(
+    ctx: &HubContext,
+    tcp: TcpStream,
+) -> Result<(HubSocket, PeerIdentity), Rejection> {
+    let tls = ctx.acceptor.accept(tcp).await.map_err(|e| {
+        Rejection::new(super::tls::classify_handshake_error(&e), e.to_string())
+    })?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or_else(|| Rejection::new("no_cert", "no client certificate"))?;
+
+    let mut forwarded: Option<String> = None;
+    let mut bad_path: Option<String> = None;
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != HUB_PATH {
+            bad_path = Some(req.uri().path().chars().take(128).collect());
+            let mut err = ErrorResponse::new(Some(format!("not found; agents connect to {HUB_PATH}\n")));
+            *err.status_mut() = http::StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        forwarded = req
+            .headers()
+            .get(FORWARDED_CERT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(resp)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(ctx.ws_config()))
+        .await
+        .map_err(|e| match bad_path.take() {
+            Some(path) => Rejection::new("wrong_path", format!("upgrade requested for {path:?}")),
+            None => Rejection::new("websocket_upgrade", e.to_string()),
+        })?;
+    let identity = identity::resolve(
+        &leaf,
+        forwarded.as_deref(),
+        &ctx.config.trusted_proxy_pins,
+        &ctx.client_verifier,
+    )?;
+    if let Some(proxy) = &identity.via_proxy {
+        info!(proxy.pin = %proxy, "certificate forwarded by trusted proxy");
+    }
+    Ok((ws, identity))
+}
+
+async fn wait_hello(
+    ws: &mut HubSocket,
+    ctx: &HubContext,
+) -> Result<HelloFrame, (u16, Rejection)> {
+    let protocol = |detail: String| (close::PROTOCOL_ERROR, Rejection::new("protocol_error", detail));
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(text)) => {
+                return match decode_agent_frame(text.as_bytes(), ctx.config.max_message_bytes) {
+                    Ok(AgentFrame::Hello(hello)) => Ok(hello),
+                    Ok(other) => Err(protocol(format!("expected hello, got {}", other.kind()))),
+                    Err(e) => Err(protocol(format!("bad hello: {e}"))),
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                return Err(protocol("binary messages are not part of the protocol".into()))
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(WsError::Capacity(e)) => {
+                return Err((
+                    close::MESSAGE_TOO_BIG,
+                    Rejection::new("message_too_big", e.to_string()),
+                ))
+            }
+            Err(e) => return Err(protocol(format!("read failed: {e}"))),
+        }
+    }
+    Err(protocol("closed before hello".into()))
+}

@@ -1,0 +1,131 @@
+//! Who is on the other end: the certificate's CN and pin, taken from the TLS session or —
+//! only from a pinned trusted proxy such as nginx — from the forwarded-certificate header.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+
+/// Header in which a trusted proxy forwards the agent's certificate (URL-encoded PEM, as
+/// nginx's `$ssl_client_escaped_cert` gives it).
+pub const FORWARDED_CERT_HEADER: &str = "x-agentmesh-client-cert";
+
+/// The identity a connection presents.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// Subject CN = agent id.
+    pub cn: String,
+    /// `sha256//…` pin of the certificate's public key.
+    pub pin: String,
+    /// Pin of the trusted proxy that forwarded the certificate, if any.
+    pub via_proxy: Option<String>,
+}
+
+/// A connection refused before it became a session.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Stable reason code (logs, metrics, audit).
+    pub reason: &'static str,
+    /// Details for the log.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// Builds a rejection.
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Reads CN and pin from a certificate the TLS layer already verified.
+pub fn from_der(der: &[u8]) -> Result<(String, String), Rejection> {
+    let cn = mesh_certs::common_name_from_cert_der(der)
+        .map_err(|e| Rejection::new("bad_certificate", format!("no usable subject CN: {e}")))?;
+    let pin = mesh_certs::pin_from_cert_der(der)
+        .map_err(|e| Rejection::new("bad_certificate", format!("cannot compute pin: {e}")))?;
+    Ok((cn, pin))
+}
+
+/// Resolves the identity of a connection whose TLS peer certificate is `tls_der`.
+///
+/// A forwarded certificate is honoured only when the TLS peer's own pin is one of
+/// `trusted_proxy_pins`; it is then verified against the mesh CA exactly like a direct one.
+pub fn resolve(
+    tls_der: &[u8],
+    forwarded: Option<&str>,
+    trusted_proxy_pins: &[String],
+    verifier: &Arc<dyn ClientCertVerifier>,
+) -> Result<PeerIdentity, Rejection> {
+    let (cn, pin) = from_der(tls_der)?;
+    if !trusted_proxy_pins.iter().any(|p| *p == pin) {
+        return Ok(PeerIdentity {
+            cn,
+            pin,
+            via_proxy: None,
+        });
+    }
+    let encoded = forwarded.ok_or_else(|| {
+        Rejection::new(
+            "proxy_without_client_cert",
+            format!("trusted proxy {cn} forwarded no {FORWARDED_CERT_HEADER} header"),
+        )
+    })?;
+    let pem = percent_decode(encoded);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Rejection::new("bad_certificate", format!("forwarded certificate: {e}")))?;
+    let (leaf, intermediates) = certs
+        .split_first()
+        .ok_or_else(|| Rejection::new("no_cert", "forwarded header holds no certificate"))?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+            Rejection::new(
+                super::tls::classify_handshake_error(&io),
+                format!("forwarded certificate: {}", io),
+            )
+        })?;
+    let (cn, agent_pin) = from_der(leaf.as_ref())?;
+    Ok(PeerIdentity {
+        cn,
+        pin: agent_pin,
+        via_proxy: Some(pin),
+    })
+}
+
+/// Decodes `%XX` escapes (nginx escapes newlines, spaces and `+` in the PEM).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%0A%2Bc"), "a b\n+c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

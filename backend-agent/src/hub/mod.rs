@@ -1,0 +1,139 @@
+//! The mTLS WebSocket hub that gateway agents dial into.
+//!
+//! ```text
+//!  TCP accept ──► permit? ──no──► drop (counted: handshake_capacity)
+//!      │ yes, spawn per connection; everything below runs in that task
+//!      ▼
+//!  TLS handshake (client cert must chain to the mesh CA)   ─┐ handshake_timeout_secs
+//!  WebSocket upgrade on /ws/agent                           ─┘ else: drop, log reason
+//!      │
+//!  pin enrolled for CN and not revoked? ──no──► close 4001
+//!      │
+//!  wait for `hello` (hello_timeout_secs) ──none──► close 4002
+//!  agent_id == CN? ──no──► 4001     protocol == 1? ──no──► 4002
+//!      │
+//!  register session (an older one of the same id is closed 4003), send `welcome`
+//!      │
+//!  session loop: frames in ⇄ bounded queue out; ping every heartbeat_secs;
+//!  silent for 3 intervals ──► drop;  shutdown ──► `drain` + close 1001
+//! ```
+//!
+//! Every refused connection is logged once with its reason code and counted in
+//! `agentmesh_hub_rejected_total{reason}`.
+
+mod accept;
+mod handshake;
+mod identity;
+mod session;
+pub mod tls;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use agentmesh_protocol::{AgentFrame, HelloFrame};
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::HubConfig;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+pub use accept::serve;
+
+/// What the rest of the backend learns from sessions (commands, audit).
+pub trait SessionEvents: Send + Sync + 'static {
+    /// A session completed `hello`/`welcome`.
+    fn connected(&self, _hello: &HelloFrame, _session_id: &str) {}
+    /// A frame arrived on an established session (never `hello`).
+    fn frame(&self, _agent_id: &str, _frame: AgentFrame) {}
+    /// A session ended.
+    fn disconnected(&self, _agent_id: &str, _session_id: &str) {}
+}
+
+/// Events sink that only relies on the hub's own logging.
+#[derive(Debug, Default)]
+pub struct NoEvents;
+impl SessionEvents for NoEvents {}
+
+/// Everything a hub connection task needs.
+pub struct HubContext {
+    /// `[hub]` settings.
+    pub config: HubConfig,
+    /// Enrolments and sessions.
+    pub registry: Arc<Registry>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// TLS acceptor with mandatory client auth.
+    pub acceptor: TlsAcceptor,
+    /// The same chain verifier, for certificates forwarded by a trusted proxy.
+    pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// Where session events go.
+    pub events: Arc<dyn SessionEvents>,
+    /// Flips to true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Live connection tasks, so shutdown can wait for them.
+    pub tasks: TaskCounter,
+}
+
+impl HubContext {
+    /// The tungstenite settings: small buffers (a hub holds many idle sessions) and the
+    /// configured message limit.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let max = self.config.max_message_bytes;
+        WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(max.saturating_mul(2))
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+/// Counts live tasks and wakes a waiter when the count reaches zero.
+#[derive(Debug, Clone, Default)]
+pub struct TaskCounter {
+    inner: Arc<(AtomicUsize, Notify)>,
+}
+
+/// Decrements its [`TaskCounter`] when dropped.
+#[derive(Debug)]
+pub struct TaskGuard(TaskCounter);
+
+impl TaskCounter {
+    /// Registers a task until the guard drops.
+    pub fn enter(&self) -> TaskGuard {
+        self.inner.0.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(self.clone())
+    }
+
+    /// Current number of tasks.
+    pub fn count(&self) -> usize {
+        self.inner.0.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no task is left.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.inner.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.inner.1.notify_waiters();
+        }
+    }
+}
+
+/// Completes once the shutdown flag is set (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // Map the guard `wait_for` returns to `()`: it must not live across an await.
+    let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
+}

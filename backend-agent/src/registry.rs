@@ -1,0 +1,272 @@
+//! The agent registry: who is enrolled (pins, revocations) and who is connected right now.
+//!
+//! One map behind a `std::sync::Mutex`; every critical section is short and never awaits.
+//! Live sessions are reached through their bounded outbound queue.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use agentmesh_protocol::{HelloFrame, HubFrame, VerbSpec};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::clock;
+use crate::config::AgentEnrolment;
+
+/// State a live session shares with the registry without taking the map lock.
+#[derive(Debug, Default)]
+pub struct SessionShared {
+    /// Unix ms of the last message (any kind) from the agent.
+    pub last_seen_ms: AtomicI64,
+}
+
+impl SessionShared {
+    /// Records activity now.
+    pub fn touch(&self) {
+        self.last_seen_ms.store(clock::unix_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The registry's handle on a live session.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    /// Unique id of the session.
+    pub session_id: String,
+    /// Bounded queue of frames into the session task.
+    pub tx: mpsc::Sender<HubFrame>,
+    /// Asks the session to close with a code and reason (supersede, revoke).
+    pub close: Arc<watch::Sender<Option<(u16, String)>>>,
+    /// Activity shared with the session task.
+    pub shared: Arc<SessionShared>,
+}
+
+impl LiveSession {
+    /// Asks the session task to close with `code`; it sends the close frame and detaches.
+    pub fn request_close(&self, code: u16, reason: &str) {
+        self.close.send_replace(Some((code, reason.to_owned())));
+    }
+}
+
+/// Why an authenticated certificate is still refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityRejection {
+    /// No enrolment for this id, or this pin is not among its pins.
+    PinNotEnrolled,
+    /// The pin (or the whole agent) was revoked.
+    Revoked,
+}
+
+impl IdentityRejection {
+    /// Stable reason code for logs, metrics and audit.
+    pub fn code(self) -> &'static str {
+        match self {
+            IdentityRejection::PinNotEnrolled => "pin_not_enrolled",
+            IdentityRejection::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct AgentRecord {
+    pins: Vec<String>,
+    revoked_pins: HashSet<String>,
+    hello: Option<HelloFrame>,
+    pin: Option<String>,
+    remote_addr: Option<String>,
+    connected_since_ms: Option<i64>,
+    last_seen_ms: Option<i64>,
+    session: Option<LiveSession>,
+}
+
+/// One agent as the API shows it (DESIGN.md §5).
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    /// Agent id (certificate CN).
+    pub id: String,
+    /// Whether a session is live.
+    pub connected: bool,
+    /// Site from the last `hello`.
+    pub site: Option<String>,
+    /// Hostname from the last `hello`.
+    pub hostname: Option<String>,
+    /// Labels from the last `hello`.
+    pub labels: BTreeMap<String, String>,
+    /// Verbs from the last `hello`.
+    pub verbs: Vec<VerbSpec>,
+    /// Agent version from the last `hello`.
+    pub version: Option<String>,
+    /// Pin of the certificate of the last session.
+    pub pin: Option<String>,
+    /// Pins enrolled for this agent.
+    pub enrolled_pins: Vec<String>,
+    /// Peer address of the last session.
+    pub remote_addr: Option<String>,
+    /// Start of the current session (RFC 3339).
+    pub connected_since: Option<String>,
+    /// Last message from the agent (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Id of the current session.
+    pub session_id: Option<String>,
+}
+
+/// Filters of `GET /api/v1/agents`.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    /// Only connected (true) or disconnected (false) agents.
+    pub connected: Option<bool>,
+    /// Labels an agent must carry (all of them).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Enrolments and live sessions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    agents: Mutex<HashMap<String, AgentRecord>>,
+}
+
+impl Registry {
+    /// A registry holding the static `[[agents]]` enrolments.
+    pub fn new(static_agents: &[AgentEnrolment]) -> Self {
+        let registry = Registry::default();
+        for a in static_agents {
+            for pin in &a.pins {
+                registry.enrol(&a.id, pin);
+            }
+        }
+        registry
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, AgentRecord>> {
+        // A panic while holding this lock cannot leave the map half-updated in a way that
+        // matters more than refusing service would, so recover from poisoning.
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enrols `pin` for `id` (idempotent); a previously revoked pin stays revoked.
+    pub fn enrol(&self, id: &str, pin: &str) {
+        let mut agents = self.lock();
+        let record = agents.entry(id.to_owned()).or_default();
+        if !record.pins.iter().any(|p| p == pin) {
+            record.pins.push(pin.to_owned());
+        }
+    }
+
+    /// Whether `pin` may connect as `id`.
+    pub fn check_identity(&self, id: &str, pin: &str) -> Result<(), IdentityRejection> {
+        let agents = self.lock();
+        let record = agents.get(id).ok_or(IdentityRejection::PinNotEnrolled)?;
+        if record.revoked_pins.contains(pin) {
+            return Err(IdentityRejection::Revoked);
+        }
+        if record.pins.iter().any(|p| p == pin) {
+            Ok(())
+        } else {
+            Err(IdentityRejection::PinNotEnrolled)
+        }
+    }
+
+    /// Records a new live session and returns the one it supersedes, if any.
+    pub fn attach(
+        &self,
+        hello: HelloFrame,
+        pin: &str,
+        remote_addr: &str,
+        session: LiveSession,
+    ) -> Option<LiveSession> {
+        let now = clock::unix_ms();
+        let mut agents = self.lock();
+        let record = agents.entry(hello.agent_id.clone()).or_default();
+        record.hello = Some(hello);
+        record.pin = Some(pin.to_owned());
+        record.remote_addr = Some(remote_addr.to_owned());
+        record.connected_since_ms = Some(now);
+        record.last_seen_ms = Some(now);
+        record.session.replace(session)
+    }
+
+    /// Forgets a session if it is still the current one for `id`.
+    pub fn detach(&self, id: &str, session_id: &str) -> bool {
+        let mut agents = self.lock();
+        let Some(record) = agents.get_mut(id) else {
+            return false;
+        };
+        match &record.session {
+            Some(s) if s.session_id == session_id => {
+                record.last_seen_ms = Some(s.shared.last_seen_ms.load(Ordering::Relaxed));
+                record.session = None;
+                record.connected_since_ms = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The live session of `id`, if connected.
+    pub fn session(&self, id: &str) -> Option<LiveSession> {
+        self.lock().get(id).and_then(|r| r.session.clone())
+    }
+
+    /// Number of live sessions.
+    pub fn connected_count(&self) -> usize {
+        self.lock().values().filter(|r| r.session.is_some()).count()
+    }
+
+    /// Whether `id` is known (enrolled or seen).
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// One agent's view.
+    pub fn get(&self, id: &str) -> Option<AgentView> {
+        self.lock().get(id).map(|r| view(id, r))
+    }
+
+    /// Agents matching `filter`, sorted by id.
+    pub fn list(&self, filter: &AgentFilter) -> Vec<AgentView> {
+        let agents = self.lock();
+        let mut out: Vec<AgentView> = agents
+            .iter()
+            .filter(|(_, r)| filter.connected.is_none_or(|c| c == r.session.is_some()))
+            .filter(|(_, r)| {
+                filter.labels.iter().all(|(k, v)| {
+                    r.hello
+                        .as_ref()
+                        .and_then(|h| h.labels.get(k))
+                        .is_some_and(|have| have == v)
+                })
+            })
+            .map(|(id, r)| view(id, r))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Live sessions of every agent (for drain on shutdown).
+    pub fn live_sessions(&self) -> Vec<LiveSession> {
+        self.lock().values().filter_map(|r| r.session.clone()).collect()
+    }
+}
+
+fn view(id: &str, r: &AgentRecord) -> AgentView {
+    let hello = r.hello.as_ref();
+    let last_seen = match &r.session {
+        Some(s) => Some(s.shared.last_seen_ms.load(Ordering::Relaxed)),
+        None => r.last_seen_ms,
+    };
+    AgentView {
+        id: id.to_owned(),
+        connected: r.session.is_some(),
+        site: hello.map(|h| h.site.clone()),
+        hostname: hello.map(|h| h.hostname.clone()),
+        labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
+        verbs: hello.map(|h| h.verbs.clone()).unwrap_or_default(),
+        version: hello.map(|h| h.version.clone()),
+        pin: r.pin.clone(),
+        enrolled_pins: r.pins.clone(),
+        remote_addr: r.remote_addr.clone(),
+        connected_since: r.connected_since_ms.map(clock::rfc3339_from_unix_ms),
+        last_seen: last_seen.map(clock::rfc3339_from_unix_ms),
+        session_id: r.session.as_ref().map(|s| s.session_id.clone()),
+    }
+}

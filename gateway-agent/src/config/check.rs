@@ -1,0 +1,100 @@
+//! `gateway-agent check-config`: what can only be checked on the host itself.
+//!
+//! [`GatewayConfig::load`](super::GatewayConfig::load) already proved the file is well formed;
+//! this looks at the files it points to: programs exist and are executable, the TLS material
+//! loads and belongs together, and the certificate's CN is the agent id.
+
+use std::path::Path;
+
+use super::GatewayConfig;
+use crate::tls;
+
+/// Checks the host-side facts of a loaded config; `Err` lists every problem found.
+pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {
+    let file = config.file_name();
+    let mut problems = Vec::new();
+    let mut report = |key: &str, message: String| problems.push(format!("{file}: {key}: {message}"));
+
+    for (i, verb) in config.verbs.iter().enumerate() {
+        if let Err(m) = check_executable(&verb.program) {
+            report(&format!("verbs[{i}].program"), m);
+        }
+        if let Some(dir) = &verb.working_dir {
+            if !dir.is_dir() {
+                report(
+                    &format!("verbs[{i}].working_dir"),
+                    format!("{} is not a directory", dir.display()),
+                );
+            }
+        }
+    }
+
+    let out = &config.outbound;
+    for (key, path) in [
+        ("outbound.ca", &out.ca),
+        ("outbound.cert", &out.cert),
+        ("outbound.key", &out.key),
+    ] {
+        if let Err(e) = std::fs::File::open(path) {
+            report(key, format!("cannot read {}: {e}", path.display()));
+        }
+    }
+    match std::fs::read_to_string(&out.cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| mesh_certs::inspect_pem(&pem).map_err(|e| e.to_string()))
+    {
+        Ok(info) => {
+            if info.common_name.as_deref() != Some(config.agent.id.as_str()) {
+                report(
+                    "outbound.cert",
+                    format!(
+                        "certificate CN is {:?} but agent.id is {:?}; the hub refuses the mismatch",
+                        info.common_name.unwrap_or_default(),
+                        config.agent.id
+                    ),
+                );
+            }
+            if info.status != mesh_certs::CertStatus::Valid {
+                report(
+                    "outbound.cert",
+                    format!(
+                        "certificate is {} (valid {} to {})",
+                        info.status, info.not_before, info.not_after
+                    ),
+                );
+            }
+        }
+        Err(e) => report("outbound.cert", e),
+    }
+    if let Err(e) = tls::client_config(out) {
+        report("outbound", format!("TLS setup fails: {e}"));
+    }
+    if !config.agent.state_dir.is_dir() {
+        report(
+            "agent.state_dir",
+            format!("{} is not a directory", config.agent.state_dir.display()),
+        );
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn check_executable(program: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(program)
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", program.display()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!("{} is not executable", program.display()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! TLS towards the hub: the mesh CA as the only root, the agent's client certificate, and a
+//! verifier that also requires the hub's SPKI pin to be in `outbound.server_pins`.
+//!
+//! The chain is checked first (CA, validity, host name) by rustls' own `WebPkiServerVerifier`;
+//! only a hub that passes that is then held to the pin list. A pin mismatch fails the handshake
+//! and is recorded in a [`PinObserver`] so the dialer can log both the presented and the expected
+//! pins loudly: it is a hard failure, never a fallback.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
+};
+
+use crate::config::OutboundConfig;
+
+/// Why the TLS client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        /// `CA certificate`, `client certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM of the expected kind.
+    #[error("{what} {}: {detail}", path.display())]
+    Pem {
+        /// `CA certificate`, `client certificate` or `private key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// rustls refused the material (for example a key that does not match the certificate).
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    /// The chain verifier could not be built from the CA.
+    #[error("mesh CA: {0}")]
+    Verifier(String),
+}
+
+/// The presented hub pin of the last handshake refused for its pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinMismatch {
+    /// The pin the hub presented.
+    pub presented: String,
+    /// The configured `outbound.server_pins`.
+    pub expected: Vec<String>,
+}
+
+/// Where the verifier records pin mismatches for the dialer to report.
+#[derive(Debug, Clone, Default)]
+pub struct PinObserver(Arc<Mutex<Option<PinMismatch>>>);
+
+impl PinObserver {
+    /// Takes the mismatch recorded since the last call, if any.
+    pub fn take(&self) -> Option<PinMismatch> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn record(&self, mismatch: PinMismatch) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(mismatch);
+    }
+}
+
+/// A ready client config and the observer of its pin verifier.
+#[derive(Debug, Clone)]
+pub struct HubTls {
+    /// The rustls client config (ring provider, client certificate, pinning verifier).
+    pub config: Arc<ClientConfig>,
+    /// Pin mismatches seen by this config's verifier.
+    pub pins: PinObserver,
+}
+
+/// Builds the client TLS config from `[outbound]`.
+pub fn client_config(outbound: &OutboundConfig) -> Result<HubTls, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = root_store(&outbound.ca)?;
+    let pins = PinObserver::default();
+    let verifier = PinningVerifier::new(
+        roots,
+        outbound.server_pins.clone(),
+        provider.clone(),
+        pins.clone(),
+    )?;
+    let certs = load_certs("client certificate", &outbound.cert)?;
+    let key = load_key(&outbound.key)?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(certs, key)?;
+    Ok(HubTls {
+        config: Arc::new(config),
+        pins,
+    })
+}
+
+/// A root store holding every certificate of the CA file.
+pub fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs("CA certificate", path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            what: "CA certificate",
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// All `CERTIFICATE` blocks of a PEM file; at least one.
+pub fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(what, path)?;
+    let pem_err = |detail: String| TlsError::Pem {
+        what,
+        path: path.to_owned(),
+        detail,
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("no CERTIFICATE block found".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read("private key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+        what: "private key",
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Chain verification by webpki, then the end-entity pin must be one of `pins`.
+#[derive(Debug)]
+pub struct PinningVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    pins: Vec<String>,
+    observer: PinObserver,
+}
+
+impl PinningVerifier {
+    /// A verifier trusting `roots` and requiring one of `pins`.
+    pub fn new(
+        roots: RootCertStore,
+        pins: Vec<String>,
+        provider: Arc<CryptoProvider>,
+        observer: PinObserver,
+    ) -> Result<Self, TlsError> {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        Ok(PinningVerifier {
+            inner,
+            pins,
+            observer,
+        })
+    }
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let pin = mesh_certs::pin_from_cert_der(end_entity.as_ref())
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.pins.iter().any(|p| *p == pin) {
+            return Ok(verified);
+        }
+        let message = format!(
+            "hub pin {pin} is not in server_pins [{}]",
+            self.pins.join(", ")
+        );
+        self.observer.record(PinMismatch {
+            presented: pin,
+            expected: self.pins.clone(),
+        });
+        Err(Error::General(message))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mesh_certs::{Ca, Validity};
+
+    struct Fixture {
+        verifier: PinningVerifier,
+        observer: PinObserver,
+        server_der: CertificateDer<'static>,
+        server_pin: String,
+    }
+
+    fn fixture(pins: impl FnOnce(&str) -> Vec<String>) -> Fixture {
+        let ca = Ca::generate("test mesh CA").unwrap();
+        let server = ca
+            .issue_server("hub.test", &[], Validity::days(1))
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(server.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let observer = PinObserver::default();
+        let verifier = PinningVerifier::new(
+            roots,
+            pins(&server.pin),
+            Arc::new(rustls::crypto::ring::default_provider()),
+            observer.clone(),
+        )
+        .unwrap();
+        Fixture {
+            verifier,
+            observer,
+            server_der: CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap(),
+            server_pin: server.pin,
+        }
+    }
+
+    fn verify(f: &Fixture, name: &str) -> Result<ServerCertVerified, Error> {
+        f.verifier.verify_server_cert(
+            &f.server_der,
+            &[],
+            &ServerName::try_from(name.to_owned()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+    }
+
+    const OTHER_PIN: &str = "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+    #[test]
+    fn matching_pin_passes() {
+        let f = fixture(|pin| vec![OTHER_PIN.to_owned(), pin.to_owned()]);
+        verify(&f, "hub.test").unwrap();
+        assert_eq!(f.observer.take(), None);
+    }
+
+    #[test]
+    fn other_pin_fails_naming_both_pins() {
+        let f = fixture(|_| vec![OTHER_PIN.to_owned()]);
+        let err = verify(&f, "hub.test").unwrap_err().to_string();
+        assert!(err.contains(&f.server_pin), "{err}");
+        assert!(err.contains(OTHER_PIN), "{err}");
+        assert_eq!(
+            f.observer.take(),
+            Some(PinMismatch {
+                presented: f.server_pin.clone(),
+                expected: vec![OTHER_PIN.to_owned()],
+            })
+        );
+    }
+
+    #[test]
+    fn chain_is_checked_before_the_pin() {
+        // Right pin, wrong host name: webpki refuses first and no pin mismatch is recorded.
+        let f = fixture(|pin| vec![pin.to_owned()]);
+        let err = verify(&f, "evil.test").unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidCertificate(_)),
+            "unexpected error: {err}"
+        );
+        assert_eq!(f.observer.take(), None);
+    }
+}
