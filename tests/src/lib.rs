@@ -1,1 +1,55 @@
+//! End-to-end test harness: real certificates from `mesh_certs`, a real backend and real
+//! gateway agents in-process on ephemeral ports, real TLS between them, and raw clients for
+//! the misbehaving peers a test needs to play.
+//!
+//! # Layout
+//! - [`pki`]: a per-test CA, server and agent certificates on disk.
+//! - [`backend`]: [`TestHub`], a backend started from a real `backend.toml`.
+//! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
+//! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
+//! - [`http`]: a tiny HTTP/1.1 client.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+pub mod agent;
+pub mod backend;
+pub mod http;
+pub mod pki;
+pub mod raw;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use agent::TestAgent;
+pub use backend::TestHub;
+pub use pki::Pki;
+
+/// Polls `cond` until it holds or `limit` passes; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Generous limit for conditions on a slow, shared CI machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Logs to the test's captured output (once per process).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}

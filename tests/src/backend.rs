@@ -1,0 +1,201 @@
+//! [`TestHub`]: a real backend started from a real `backend.toml` on ephemeral ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use backend_agent::auth::token_sha256_hex;
+use backend_agent::config::BackendConfig;
+use backend_agent::{Backend, Listeners};
+
+use crate::pki::Pki;
+
+/// Knobs a test may turn.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// `[hub].heartbeat_secs`.
+    pub heartbeat_secs: u64,
+    /// `[hub].hello_timeout_secs`.
+    pub hello_timeout_secs: u64,
+    /// `[hub].handshake_timeout_secs`.
+    pub handshake_timeout_secs: u64,
+    /// Extra TOML appended to the config.
+    pub extra: String,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            heartbeat_secs: 20,
+            hello_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            extra: String::new(),
+        }
+    }
+}
+
+/// Tokens of each role the test config enables.
+pub const ADMIN_TOKEN: &str = "amt_test_admin_token";
+/// Operator role.
+pub const OPERATOR_TOKEN: &str = "amt_test_operator_token";
+/// Viewer role.
+pub const VIEWER_TOKEN: &str = "amt_test_viewer_token";
+
+/// A running backend and how to reach it.
+pub struct TestHub {
+    /// The running backend (None while stopped).
+    pub backend: Option<Backend>,
+    /// The config file it was started from.
+    pub config_path: PathBuf,
+    /// Operator API address.
+    pub http: SocketAddr,
+    /// Hub address.
+    pub hub: SocketAddr,
+    /// The hub's pin (for agents' `server_pins`).
+    pub server_pin: String,
+    enrolled: Vec<(String, String)>,
+    options: HubOptions,
+    dir: PathBuf,
+}
+
+impl TestHub {
+    /// Starts a backend with `agents` (id, pin) statically enrolled.
+    pub async fn start(pki: &Pki, agents: &[(&str, &str)]) -> TestHub {
+        Self::start_with(pki, agents, HubOptions::default()).await
+    }
+
+    /// Starts a backend with options.
+    pub async fn start_with(pki: &Pki, agents: &[(&str, &str)], options: HubOptions) -> TestHub {
+        let dir = tempfile::Builder::new()
+            .prefix("backend-")
+            .tempdir_in(pki.path())
+            .unwrap()
+            .keep();
+        let mut hub = TestHub {
+            backend: None,
+            config_path: dir.join("backend.toml"),
+            http: "127.0.0.1:0".parse().unwrap(),
+            hub: "127.0.0.1:0".parse().unwrap(),
+            server_pin: pki.server.pin.clone(),
+            enrolled: agents
+                .iter()
+                .map(|(a, p)| (a.to_string(), p.to_string()))
+                .collect(),
+            options,
+            dir,
+        };
+        hub.launch(pki).await;
+        hub
+    }
+
+    /// The backend config as TOML for the current addresses.
+    pub fn config_toml(&self, pki: &Pki) -> String {
+        let root = pki.path().display();
+        let mut t = format!(
+            r#"[http]
+listen = "{http}"
+
+[hub]
+listen = "{hub}"
+cert = "{root}/server/cert.pem"
+key = "{root}/server/key.pem"
+client_ca = "{root}/ca/ca.pem"
+heartbeat_secs = {hb}
+hello_timeout_secs = {hello}
+handshake_timeout_secs = {hs}
+
+[store]
+path = "{dir}/backend.db"
+
+[audit]
+path = "{dir}/audit.log"
+
+[[tokens]]
+name = "test-admin"
+sha256 = "{admin}"
+role = "admin"
+
+[[tokens]]
+name = "test-operator"
+sha256 = "{operator}"
+role = "operator"
+
+[[tokens]]
+name = "test-viewer"
+sha256 = "{viewer}"
+role = "viewer"
+"#,
+            http = self.http,
+            hub = self.hub,
+            hb = self.options.heartbeat_secs,
+            hello = self.options.hello_timeout_secs,
+            hs = self.options.handshake_timeout_secs,
+            dir = self.dir.display(),
+            admin = token_sha256_hex(ADMIN_TOKEN),
+            operator = token_sha256_hex(OPERATOR_TOKEN),
+            viewer = token_sha256_hex(VIEWER_TOKEN),
+        );
+        for (id, pin) in &self.enrolled {
+            t.push_str(&format!("\n[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"));
+        }
+        t.push_str(&self.options.extra);
+        t
+    }
+
+    async fn launch(&mut self, pki: &Pki) {
+        std::fs::write(&self.config_path, self.config_toml(pki)).unwrap();
+        let config = BackendConfig::load_with_env(&self.config_path, std::iter::empty()).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let backend = Backend::start(listeners, config).await.unwrap();
+        self.http = backend.http_addr;
+        self.hub = backend.hub_addr;
+        // Pin the chosen ports in the file so a restart comes back on the same ones.
+        std::fs::write(&self.config_path, self.config_toml(pki)).unwrap();
+        self.backend = Some(backend);
+    }
+
+    /// The running backend.
+    pub fn backend(&self) -> &Backend {
+        self.backend.as_ref().expect("backend is running")
+    }
+
+    /// Kills the backend without draining (like a crash).
+    pub fn kill(&mut self) {
+        if let Some(b) = self.backend.take() {
+            b.abort();
+        }
+    }
+
+    /// Starts the backend again on the same ports.
+    pub async fn restart(&mut self, pki: &Pki) {
+        self.kill();
+        // The aborted tasks release the listeners asynchronously; retry the bind briefly.
+        for _ in 0..100 {
+            let config =
+                BackendConfig::load_with_env(&self.config_path, std::iter::empty()).unwrap();
+            match Listeners::bind(&config).await {
+                Ok(listeners) => {
+                    self.backend = Some(Backend::start(listeners, config).await.unwrap());
+                    return;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        let _ = pki;
+        panic!("could not rebind the backend's ports");
+    }
+
+    /// Whether `id` has a live session.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.backend
+            .as_ref()
+            .and_then(|b| b.registry.get(id))
+            .is_some_and(|a| a.connected)
+    }
+
+    /// Gracefully stops the backend.
+    pub async fn stop(mut self) {
+        if let Some(b) = self.backend.take() {
+            b.shutdown().await.unwrap();
+        }
+    }
+}

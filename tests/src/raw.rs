@@ -1,0 +1,125 @@
+//! A hand-driven TLS WebSocket client that can misbehave on purpose.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use mesh_certs::Issued;
+
+/// A WebSocket session with the hub, driven by the test.
+pub struct RawClient {
+    /// The socket.
+    pub ws: WebSocketStream<TlsStream<TcpStream>>,
+}
+
+fn client_config(ca_pem: &str, identity: Option<&Issued>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        Some(id) => {
+            let certs = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// TLS to the hub with `identity` (or none); the error is the handshake's.
+pub async fn tls(
+    hub: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&Issued>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let connector = TlsConnector::from(Arc::new(client_config(ca_pem, identity)));
+    let tcp = TcpStream::connect(hub).await?;
+    let name = ServerName::IpAddress(hub.ip().into());
+    connector.connect(name, tcp).await
+}
+
+/// TLS plus the WebSocket upgrade on `/ws/agent`.
+pub async fn connect(
+    hub: SocketAddr,
+    ca_pem: &str,
+    identity: &Issued,
+) -> Result<RawClient, String> {
+    let stream = tls(hub, ca_pem, Some(identity))
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let url = format!("wss://{hub}/ws/agent");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    Ok(RawClient { ws })
+}
+
+/// A `hello` frame for `agent_id`, speaking `protocol`.
+pub fn hello(agent_id: &str, protocol: u32) -> Value {
+    json!({
+        "type": "hello", "protocol": protocol, "agent_id": agent_id, "version": "test",
+        "site": "raw", "hostname": "raw-host", "labels": {"kind": "raw"},
+        "verbs": [{"name": "ping", "description": "", "params": {}, "timeout_ms": 1000}],
+        "max_concurrency": 1, "pending_results": []
+    })
+}
+
+impl RawClient {
+    /// Sends a JSON value as one text message.
+    pub async fn send_json(&mut self, v: &Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, s: &str) -> Result<(), String> {
+        self.ws
+            .send(Message::text(s.to_owned()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next text message as JSON, skipping pings; None on close or timeout.
+    pub async fn next_json(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match msg {
+                Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Reads until the hub closes; returns the close code and reason.
+    pub async fn close_code(&mut self, limit: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match msg {
+                Ok(Message::Close(Some(f))) => return Some((f.code.into(), f.reason.to_string())),
+                Ok(Message::Close(None)) => return Some((1005, String::new())),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
