@@ -13,6 +13,7 @@
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`dev`]: the `backend-agent dev` quick start.
+//! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: timestamps.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod dev;
 pub mod hub;
 pub mod metrics;
 pub mod registry;
+pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -133,6 +133,8 @@ pub struct BackendUrl {
     pub port: u16,
     /// Path and query of the WebSocket upgrade (`/ws/agent` when the URL has none).
     pub path: String,
+    /// The URL the upgrade request is made to (`wss://authority/path`).
+    pub url: String,
 }
 
 /// Parses and checks `outbound.backend_url`: `wss://` only, a host, no credentials.
@@ -170,6 +172,7 @@ pub fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
     Ok(BackendUrl {
         host,
         port: authority.port_u16().unwrap_or(443),
+        url: format!("wss://{}{path}", authority.as_str()),
         path,
     })
 }

@@ -1,0 +1,252 @@
+//! One session over an established WebSocket: `hello` → `welcome`, then frames until the
+//! connection ends.
+//!
+//! Generic over the byte stream, so tests can run it over any transport. The session never
+//! panics on hub input: a frame it cannot decode is answered with an `error` frame, a message
+//! over the size limit closes with 1009, and silence longer than three heartbeats drops the
+//! connection.
+
+use std::time::Duration;
+
+use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG, PROTOCOL_ERROR};
+use agentmesh_protocol::{
+    decode_hub_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, WelcomeFrame, PROTOCOL_VERSION,
+};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, warn};
+
+use crate::commands::Commands;
+
+/// How long a closing handshake may take before the socket is simply dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the `hello`/`welcome` exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// No `welcome` within the handshake timeout.
+    #[error("no welcome from the hub within {0:?}")]
+    Timeout(Duration),
+    /// The hub closed the connection instead of welcoming us.
+    #[error("hub closed the session ({}): {reason}", describe(*code))]
+    Closed {
+        /// The close code, if the hub sent one.
+        code: Option<u16>,
+        /// The close reason.
+        reason: String,
+    },
+    /// The hub speaks another protocol version.
+    #[error("hub speaks protocol {0}, this agent speaks {PROTOCOL_VERSION}; upgrade the older side")]
+    Protocol(u32),
+    /// The hub sent something other than `welcome` first.
+    #[error("hub sent {0} before welcome")]
+    Unexpected(&'static str),
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Our shutdown signal fired; we closed with 1001.
+    Shutdown,
+    /// The hub asked us to come back after this long.
+    Drain(Duration),
+    /// The hub closed the connection.
+    Closed {
+        /// The close code, if the hub sent one.
+        code: Option<u16>,
+        /// The close reason.
+        reason: String,
+    },
+    /// The connection broke or went silent.
+    Lost(String),
+}
+
+/// Sends `hello` and waits up to `wait` for `welcome`.
+pub async fn handshake<S>(
+    ws: &mut WebSocketStream<S>,
+    hello: &HelloFrame,
+    limit: usize,
+    wait: Duration,
+) -> Result<WelcomeFrame, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::text(AgentFrame::Hello(hello.clone()).to_json()))
+        .await?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let message = match timeout(deadline - Instant::now(), ws.next()).await {
+            Err(_) => return Err(HandshakeError::Timeout(wait)),
+            Ok(None) => return Err(tungstenite::Error::ConnectionClosed.into()),
+            Ok(Some(message)) => message?,
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(frame) => {
+                let (code, reason) = close_parts(frame.as_ref());
+                return Err(HandshakeError::Closed { code, reason });
+            }
+            _ => continue,
+        };
+        match decode_hub_frame(text.as_bytes(), limit) {
+            Ok(HubFrame::Welcome(welcome)) if welcome.protocol != PROTOCOL_VERSION => {
+                let protocol = welcome.protocol;
+                close(ws, PROTOCOL_ERROR, "unsupported protocol version").await;
+                return Err(HandshakeError::Protocol(protocol));
+            }
+            Ok(HubFrame::Welcome(welcome)) => return Ok(welcome),
+            Ok(HubFrame::Error(e)) => warn!(code = %e.code, message = %e.message, "hub reported an error"),
+            Ok(other) => {
+                close(ws, PROTOCOL_ERROR, "expected welcome").await;
+                return Err(HandshakeError::Unexpected(other.kind()));
+            }
+            Err(e) => {
+                warn!(error = %e, "undecodable frame from the hub before welcome");
+                send(ws, &AgentFrame::Error(ErrorBody::new(e.code(), e.to_string()))).await?;
+            }
+        }
+    }
+}
+
+/// Serves an established session until it ends.
+pub async fn serve<S>(
+    ws: &mut WebSocketStream<S>,
+    welcome: &WelcomeFrame,
+    limit: usize,
+    commands: &mut Commands,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let silence_limit = Duration::from_secs(welcome.heartbeat_secs.clamp(1, 3600) * 3);
+    let mut deadline = Instant::now() + silence_limit;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown_signalled(shutdown) => {
+                close(ws, GOING_AWAY, "agent shutting down").await;
+                return SessionEnd::Shutdown;
+            }
+            _ = sleep_until(deadline) => {
+                close(ws, GOING_AWAY, "hub silent").await;
+                return SessionEnd::Lost(format!("nothing received from the hub for {silence_limit:?}"));
+            }
+            message = ws.next() => message,
+        };
+        deadline = Instant::now() + silence_limit;
+        let text = match message {
+            None => return SessionEnd::Lost("connection closed without a close frame".into()),
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                close(ws, MESSAGE_TOO_BIG, "message too big").await;
+                return SessionEnd::Lost(format!("hub sent an oversized message: {e}"));
+            }
+            Some(Err(e)) => return SessionEnd::Lost(e.to_string()),
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = close_parts(frame.as_ref());
+                finish_close(ws).await;
+                return SessionEnd::Closed { code, reason };
+            }
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                let error = ErrorBody::new("binary_not_supported", "frames are JSON text messages");
+                if let Err(e) = send(ws, &AgentFrame::Error(error)).await {
+                    return SessionEnd::Lost(e.to_string());
+                }
+                continue;
+            }
+            // Pings are answered by tungstenite; they only refresh the deadline.
+            Some(Ok(_)) => continue,
+        };
+        let reply = match decode_hub_frame(text.as_bytes(), limit) {
+            Ok(HubFrame::Command(command)) => {
+                Some(AgentFrame::Result(commands.handle_command(&command)))
+            }
+            Ok(HubFrame::Cancel { command_id }) => {
+                commands.handle_cancel(&command_id);
+                None
+            }
+            Ok(HubFrame::Drain { reconnect_after_ms }) => {
+                close(ws, GOING_AWAY, "draining").await;
+                return SessionEnd::Drain(Duration::from_millis(reconnect_after_ms));
+            }
+            Ok(HubFrame::Error(e)) => {
+                warn!(code = %e.code, message = %e.message, "hub reported an error");
+                None
+            }
+            Ok(HubFrame::Welcome(_)) => {
+                debug!("ignoring a repeated welcome");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "undecodable frame from the hub");
+                Some(AgentFrame::Error(ErrorBody::new(e.code(), e.to_string())))
+            }
+        };
+        if let Some(frame) = reply {
+            if let Err(e) = send(ws, &frame).await {
+                return SessionEnd::Lost(e.to_string());
+            }
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn send<S>(ws: &mut WebSocketStream<S>, frame: &AgentFrame) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::text(frame.to_json())).await
+}
+
+/// Sends a close frame and waits (briefly) for the hub's answer.
+pub async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    if ws.close(Some(frame)).await.is_ok() {
+        finish_close(ws).await;
+    }
+}
+
+/// Drives the stream until the closing handshake completes, for at most [`CLOSE_GRACE`].
+async fn finish_close<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+fn close_parts(frame: Option<&CloseFrame>) -> (Option<u16>, String) {
+    match frame {
+        Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
+        None => (None, String::new()),
+    }
+}
+
+/// `"4004 revoked"`-style text for a close code.
+pub fn describe(code: Option<u16>) -> String {
+    match code {
+        Some(c) => format!("{c} {}", agentmesh_protocol::close::describe(c)),
+        None => "no code".to_owned(),
+    }
+}
