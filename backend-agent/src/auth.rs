@@ -88,7 +88,10 @@ impl TokenStore {
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
 
@@ -146,7 +149,10 @@ mod tests {
             verbs: vec!["*".into()],
             labels: BTreeMap::new(),
         }]);
-        assert_eq!(store.authenticate(&token).map(|p| p.name.as_str()), Some("ops"));
+        assert_eq!(
+            store.authenticate(&token).map(|p| p.name.as_str()),
+            Some("ops")
+        );
         assert!(store.authenticate("amt_wrong").is_none());
         assert!(store.authenticate(&token_sha256_hex(&token)).is_none());
     }

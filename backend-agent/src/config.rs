@@ -264,7 +264,13 @@ macro_rules! default_via_serde {
         }
     )*};
 }
-default_via_serde!(HttpConfig, HubConfig, StoreConfig, AuditConfig, LimitsConfig);
+default_via_serde!(
+    HttpConfig,
+    HubConfig,
+    StoreConfig,
+    AuditConfig,
+    LimitsConfig
+);
 
 /// Prefix of environment overrides: `AGENTMESH_HUB_LISTEN` sets `hub.listen`.
 pub const ENV_PREFIX: &str = "AGENTMESH_";
@@ -334,7 +340,10 @@ impl BackendConfig {
             return Err(invalid("hub.heartbeat_secs".into(), "must be > 0".into()));
         }
         if self.hub.hello_timeout_secs == 0 || self.hub.handshake_timeout_secs == 0 {
-            return Err(invalid("hub.hello_timeout_secs".into(), "must be > 0".into()));
+            return Err(invalid(
+                "hub.hello_timeout_secs".into(),
+                "must be > 0".into(),
+            ));
         }
         if self.hub.max_message_bytes < 1024 {
             return Err(invalid(
@@ -359,7 +368,10 @@ impl BackendConfig {
                 ));
             }
             if agent.pins.is_empty() {
-                return Err(invalid(format!("agents[{i}].pins"), "must not be empty".into()));
+                return Err(invalid(
+                    format!("agents[{i}].pins"),
+                    "must not be empty".into(),
+                ));
             }
             for (j, pin) in agent.pins.iter().enumerate() {
                 check_pin(pin).map_err(|m| invalid(format!("agents[{i}].pins[{j}]"), m))?;
@@ -408,10 +420,7 @@ pub fn apply_env_overrides(table: &mut toml::Table, env: impl Iterator<Item = (S
             continue;
         };
         let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS
-            .iter()
-            .find(|s| rest.starts_with(&format!("{s}_")))
-        else {
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
             continue;
         };
         let key = &rest[section.len() + 1..];
@@ -433,7 +442,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<BackendConfig, ConfigError> {
-        BackendConfig::from_toml(text, "backend.toml", Path::new("/etc/agentmesh"), std::iter::empty())
+        BackendConfig::from_toml(
+            text,
+            "backend.toml",
+            Path::new("/etc/agentmesh"),
+            std::iter::empty(),
+        )
     }
 
     #[test]
@@ -449,13 +463,20 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_with_the_key_named() {
-        let err = parse("[hub]\nlisten = \"0.0.0.0:1\"\nbogus = 1\n").unwrap_err().to_string();
-        assert!(err.contains("backend.toml") && err.contains("bogus"), "{err}");
+        let err = parse("[hub]\nlisten = \"0.0.0.0:1\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("backend.toml") && err.contains("bogus"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_values_name_file_and_key() {
-        let err = parse("[[agents]]\nid = \"a\"\npins = [\"md5//x\"]\n").unwrap_err().to_string();
+        let err = parse("[[agents]]\nid = \"a\"\npins = [\"md5//x\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("agents[0].pins[0]"), "{err}");
         let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"zz\"\nrole = \"viewer\"\n")
             .unwrap_err()

@@ -10,6 +10,7 @@
 //! - [`hub`]: accept loop, TLS, identity checks, `hello`, sessions (see its lifecycle picture).
 //! - [`registry`]: enrolments and live sessions.
 //! - [`api`]: the operator HTTP API (axum), its errors and bearer-token extractor.
+//! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`dev`]: the `backend-agent dev` quick start.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod dev;
 pub mod hub;
@@ -39,7 +41,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::BackendConfig;
-use crate::hub::{HubContext, NoEvents, TaskCounter};
+use crate::hub::{HubContext, TaskCounter};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -59,6 +61,9 @@ pub enum RunError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The embedded store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
     /// The hub's TLS material is unusable.
     #[error(transparent)]
     Tls(#[from] hub::tls::TlsSetupError),
@@ -97,6 +102,8 @@ pub struct Backend {
     pub registry: Arc<Registry>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Commands and jobs.
+    pub commands: Arc<commands::CommandService>,
     /// Bound API address.
     pub http_addr: SocketAddr,
     /// Bound hub address.
@@ -119,13 +126,16 @@ impl Backend {
         let http_addr = listeners.http.local_addr().map_err(RunError::Http)?;
         let hub_addr = listeners.hub.local_addr().map_err(RunError::Http)?;
 
+        let store = store::Store::open_sqlite(config.store.path.clone()).await?;
+        let commands = commands::CommandService::start(registry.clone(), store, stop_rx.clone());
+        commands.recover().await?;
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
             registry: registry.clone(),
             metrics: metrics.clone(),
             acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
             client_verifier,
-            events: Arc::new(NoEvents),
+            events: commands.clone(),
             shutdown: stop_rx.clone(),
             tasks: tasks.clone(),
         });
@@ -139,19 +149,20 @@ impl Backend {
             hub_listening: hub_listening.clone(),
             store_path: config.store.path.clone(),
             started: Instant::now(),
+            commands: commands.clone(),
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;
-        let http = axum::serve(listeners.http, app)
-            .with_graceful_shutdown(async move {
-                hub::stopped(&mut http_stop).await;
-            });
+        let http = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
+            hub::stopped(&mut http_stop).await;
+        });
         let http_task = tokio::spawn(async move { http.await });
         info!(http = %http_addr, hub = %hub_addr, "backend started");
         hub_listening.store(true, Ordering::Relaxed);
         Ok(Backend {
             registry,
             metrics,
+            commands,
             http_addr,
             hub_addr,
             stop,
@@ -171,7 +182,10 @@ impl Backend {
             .await
             .is_err()
         {
-            warn!(sessions = self.tasks.count(), "sessions still open after the grace period");
+            warn!(
+                sessions = self.tasks.count(),
+                "sessions still open after the grace period"
+            );
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
             Ok(Ok(Ok(()))) => Ok(()),

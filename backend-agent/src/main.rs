@@ -91,9 +91,9 @@ fn main() -> ExitCode {
             print!("{}", token_config_snippet(&name, role, &token));
             ExitCode::SUCCESS
         }
-        Some(Command::Dev(opts)) => runtime_main(async move {
-            dev::run(opts).await.map_err(|e| (1, format!("{e:#}")))
-        }),
+        Some(Command::Dev(opts)) => {
+            runtime_main(async move { dev::run(opts).await.map_err(|e| (1, format!("{e:#}"))) })
+        }
         None => {
             let Some(path) = cli.config else {
                 eprintln!("backend-agent: --config FILE is required (or try `backend-agent dev`)");
@@ -107,7 +107,9 @@ fn main() -> ExitCode {
                 }
             };
             runtime_main(async move {
-                let listeners = Listeners::bind(&config).await.map_err(|e| (1, e.to_string()))?;
+                let listeners = Listeners::bind(&config)
+                    .await
+                    .map_err(|e| (1, e.to_string()))?;
                 backend_agent::run(listeners, config, backend_agent::shutdown_signal())
                     .await
                     .map_err(|e| (1, e.to_string()))
@@ -116,10 +118,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime_main(
-    fut: impl std::future::Future<Output = Result<(), (u8, String)>>,
-) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+fn runtime_main(fut: impl std::future::Future<Output = Result<(), (u8, String)>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("backend-agent: cannot start the async runtime: {e}");

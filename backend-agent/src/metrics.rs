@@ -82,7 +82,10 @@ impl Metrics {
         );
         let map = self.hub_rejected.lock().unwrap_or_else(|p| p.into_inner());
         for (reason, n) in map.iter() {
-            let _ = writeln!(out, "agentmesh_hub_rejected_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "agentmesh_hub_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         out
     }

@@ -48,6 +48,19 @@ impl LiveSession {
     }
 }
 
+/// What the command path needs to know about one agent.
+#[derive(Debug, Clone)]
+pub struct CommandTarget {
+    /// The live session, if connected.
+    pub session: Option<LiveSession>,
+    /// The verb's schema from the last `hello`, if advertised.
+    pub spec: Option<VerbSpec>,
+    /// Labels from the last `hello`.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the agent ever said `hello` (so its verbs are known).
+    pub ever_connected: bool,
+}
+
 /// Why an authenticated certificate is still refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityRejection {
@@ -242,9 +255,45 @@ impl Registry {
         out
     }
 
+    /// What a command for `id` needs: the live session, the verb's schema from the last
+    /// `hello`, and the agent's labels. `None` when the agent is unknown.
+    pub fn command_target(&self, id: &str, verb: &str) -> Option<CommandTarget> {
+        let agents = self.lock();
+        let record = agents.get(id)?;
+        let hello = record.hello.as_ref();
+        Some(CommandTarget {
+            session: record.session.clone(),
+            spec: hello.and_then(|h| h.verbs.iter().find(|v| v.name == verb).cloned()),
+            labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
+            ever_connected: hello.is_some(),
+        })
+    }
+
+    /// Ids of agents whose labels include all of `labels` (empty = every known agent).
+    pub fn ids_matching(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let agents = self.lock();
+        let mut ids: Vec<String> = agents
+            .iter()
+            .filter(|(_, r)| {
+                labels.iter().all(|(k, v)| {
+                    r.hello
+                        .as_ref()
+                        .and_then(|h| h.labels.get(k))
+                        .is_some_and(|have| have == v)
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Live sessions of every agent (for drain on shutdown).
     pub fn live_sessions(&self) -> Vec<LiveSession> {
-        self.lock().values().filter_map(|r| r.session.clone()).collect()
+        self.lock()
+            .values()
+            .filter_map(|r| r.session.clone())
+            .collect()
     }
 }
 

@@ -117,7 +117,10 @@ mod tests {
         for _ in 0..1000 {
             let ceiling = b.ceiling();
             let d = b.next_delay(&mut rng);
-            assert!(d >= ms(500) && d <= ceiling, "{d:?} not in [500ms, {ceiling:?}]");
+            assert!(
+                d >= ms(500) && d <= ceiling,
+                "{d:?} not in [500ms, {ceiling:?}]"
+            );
         }
         // Jitter really spreads: at the max ceiling, 200 draws are not all alike.
         let draws: std::collections::BTreeSet<_> =

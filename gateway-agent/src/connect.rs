@@ -88,16 +88,19 @@ pub async fn connect(
     max_message_bytes: usize,
 ) -> Result<HubStream, ConnectError> {
     let target = format!("{}:{}", url.host, url.port);
-    let tcp = timeout(STAGE_TIMEOUT, TcpStream::connect((url.host.as_str(), url.port)))
-        .await
-        .map_err(|_| ConnectError::Timeout {
-            stage: "TCP connect",
-            target: target.clone(),
-        })?
-        .map_err(|source| ConnectError::Tcp {
-            target: target.clone(),
-            source,
-        })?;
+    let tcp = timeout(
+        STAGE_TIMEOUT,
+        TcpStream::connect((url.host.as_str(), url.port)),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout {
+        stage: "TCP connect",
+        target: target.clone(),
+    })?
+    .map_err(|source| ConnectError::Tcp {
+        target: target.clone(),
+        source,
+    })?;
     // Agents send small frames; do not let Nagle hold a result back.
     let _ = tcp.set_nodelay(true);
 

@@ -1,1 +1,36 @@
+//! agentmesh gateway agent: runs on each remote host, dials out to the hub over mutually
+//! authenticated, pinned TLS, advertises its verbs in `hello`, and answers the hub's frames.
+//!
+//! The agent never listens for the hub; it connects out (through NAT and firewalls) and keeps
+//! reconnecting with jittered exponential backoff. The hub is trusted only if its chain verifies
+//! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (DESIGN.md §3).
+//!
+//! Entry points: [`GatewayConfig::load`] then [`run`] (or [`run_with_state`] to observe the
+//! connection through [`AgentState`]). `main.rs` only parses arguments and wires signals.
+//!
+//! # Layout
+//! - [`config`]: `gateway.toml` ([`GatewayConfig`]), environment overrides, validation,
+//!   `check-config`.
+//! - [`tls`]: the rustls client config and the pinning server-certificate verifier.
+//! - [`connect`]: TCP → TLS → WebSocket upgrade, each stage with its own timeout and error.
+//! - [`session`]: `hello`/`welcome`, then the frame loop with the heartbeat silence limit.
+//! - [`dialer`]: the reconnect loop, [`run`] and [`run_with_state`].
+//! - [`backoff`]: reconnect delays (exponential, jittered, reset after a healthy session).
+//! - [`commands`]: what a `command` frame gets (for now a `rejected` result).
+//! - [`state`]: [`AgentState`], the observable connection state.
+//! - [`health`]: the optional local `/health` and `/ready` endpoint.
 #![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod commands;
+pub mod config;
+pub mod connect;
+pub mod dialer;
+pub mod health;
+pub mod session;
+pub mod state;
+pub mod tls;
+
+pub use config::{check_config, ConfigError, GatewayConfig, ParamConfig, VerbConfig};
+pub use dialer::{run, run_with_state, RunError};
+pub use state::{AgentState, StateSnapshot};

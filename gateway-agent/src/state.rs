@@ -53,13 +53,17 @@ impl AgentState {
     }
 
     /// Waits until `predicate` holds and returns the snapshot that satisfied it.
-    pub async fn wait_for(&self, mut predicate: impl FnMut(&StateSnapshot) -> bool) -> StateSnapshot {
+    pub async fn wait_for(
+        &self,
+        mut predicate: impl FnMut(&StateSnapshot) -> bool,
+    ) -> StateSnapshot {
         let mut rx = self.tx.subscribe();
         // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
-        match rx.wait_for(|s| predicate(s)).await {
+        let result = match rx.wait_for(|s| predicate(s)).await {
             Ok(s) => s.clone(),
             Err(_) => self.snapshot(),
-        }
+        };
+        result
     }
 
     pub(crate) fn set_connected(&self, session_id: &str) {

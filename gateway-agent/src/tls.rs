@@ -256,9 +256,7 @@ mod tests {
 
     fn fixture(pins: impl FnOnce(&str) -> Vec<String>) -> Fixture {
         let ca = Ca::generate("test mesh CA").unwrap();
-        let server = ca
-            .issue_server("hub.test", &[], Validity::days(1))
-            .unwrap();
+        let server = ca.issue_server("hub.test", &[], Validity::days(1)).unwrap();
         let mut roots = RootCertStore::empty();
         roots
             .add(CertificateDer::from_pem_slice(server.ca_pem.as_bytes()).unwrap())

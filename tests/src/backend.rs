@@ -135,7 +135,9 @@ role = "viewer"
             viewer = token_sha256_hex(VIEWER_TOKEN),
         );
         for (id, pin) in &self.enrolled {
-            t.push_str(&format!("\n[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"));
+            t.push_str(&format!(
+                "\n[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"
+            ));
         }
         t.push_str(&self.options.extra);
         t

@@ -66,7 +66,10 @@ pub async fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -94,4 +97,10 @@ fn dechunk(mut s: &str) -> String {
 /// `GET` with an optional bearer token.
 pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
     request(addr, "GET", path, token, None).await
+}
+
+/// `GET` that reports a refused connection as `None` instead of panicking.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<Response> {
+    TcpStream::connect(addr).await.ok()?;
+    Some(get(addr, path, None).await)
 }

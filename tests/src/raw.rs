@@ -100,7 +100,9 @@ impl RawClient {
     pub async fn next_json(&mut self, limit: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg {
                 Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
                 Ok(Message::Close(_)) | Err(_) => return None,
@@ -113,7 +115,9 @@ impl RawClient {
     pub async fn close_code(&mut self, limit: Duration) -> Option<(u16, String)> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg {
                 Ok(Message::Close(Some(f))) => return Some((f.code.into(), f.reason.to_string())),
                 Ok(Message::Close(None)) => return Some((1005, String::new())),

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};
-use agentmesh_e2e::{agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE};
+use agentmesh_e2e::{
+    agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
+};
 
 #[tokio::test]
 async fn enrolled_agent_connects_and_is_listed_with_verbs_labels_and_pin() {
@@ -11,7 +13,14 @@ async fn enrolled_agent_connects_and_is_listed_with_verbs_labels_and_pin() {
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let cfg = agent::write_config(pki.path(), "edge-01", &edge_dir, hub.hub, &[&hub.server_pin], "");
+    let cfg = agent::write_config(
+        pki.path(),
+        "edge-01",
+        &edge_dir,
+        hub.hub,
+        &[&hub.server_pin],
+        "",
+    );
     let started = std::time::Instant::now();
     let agent = TestAgent::start(cfg);
     eventually("edge-01 listed as connected", PATIENCE, || async {
@@ -44,16 +53,29 @@ async fn enrolled_agent_connects_and_is_listed_with_verbs_labels_and_pin() {
     let one = http::get(hub.http, "/api/v1/agents/edge-01", Some(VIEWER_TOKEN)).await;
     assert_eq!(one.status, 200);
     assert_eq!(one.json()["id"], "edge-01");
-    let filtered = http::get(hub.http, "/api/v1/agents?connected=true&label=role=db", Some(VIEWER_TOKEN)).await;
+    let filtered = http::get(
+        hub.http,
+        "/api/v1/agents?connected=true&label=role=db",
+        Some(VIEWER_TOKEN),
+    )
+    .await;
     assert_eq!(filtered.json()["count"], 0);
-    let filtered = http::get(hub.http, "/api/v1/agents?connected=true&label=role=panel", Some(VIEWER_TOKEN)).await;
+    let filtered = http::get(
+        hub.http,
+        "/api/v1/agents?connected=true&label=role=panel",
+        Some(VIEWER_TOKEN),
+    )
+    .await;
     assert_eq!(filtered.json()["count"], 1);
     let missing = http::get(hub.http, "/api/v1/agents/nope", Some(VIEWER_TOKEN)).await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["code"], "not_found");
 
     agent.stop().await;
-    eventually("edge-01 disconnected", PATIENCE, || async { !hub.is_connected("edge-01") }).await;
+    eventually("edge-01 disconnected", PATIENCE, || async {
+        !hub.is_connected("edge-01")
+    })
+    .await;
     hub.stop().await;
 }
 
@@ -74,7 +96,11 @@ async fn api_requires_a_token() {
     let ready = http::get(hub.http, "/ready", None).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
     let metrics = http::get(hub.http, "/metrics", None).await;
-    assert!(metrics.body.contains("agentmesh_api_auth_failures_total 2"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("agentmesh_api_auth_failures_total 2"),
+        "{}",
+        metrics.body
+    );
     hub.stop().await;
 }
 
@@ -111,11 +137,16 @@ async fn certificate_whose_pin_is_not_enrolled_is_closed_4001() {
     let (enrolled, _) = pki.agent("edge-01");
     let (other_key, _) = pki.agent("edge-01"); // same id, same CA, different key
     let hub = TestHub::start(&pki, &[("edge-01", &enrolled.pin)]).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &other_key).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &other_key)
+        .await
+        .unwrap();
     let (code, reason) = client.close_code(PATIENCE).await.expect("closed");
     assert_eq!(code, 4001, "{reason}");
     assert!(reason.contains("not enrolled"), "{reason}");
-    assert_eq!(hub.backend().metrics.hub_rejected_count("pin_not_enrolled"), 1);
+    assert_eq!(
+        hub.backend().metrics.hub_rejected_count("pin_not_enrolled"),
+        1
+    );
     hub.stop().await;
 }
 
@@ -124,7 +155,9 @@ async fn hello_with_another_agent_id_is_closed_4001() {
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     client.send_json(&raw::hello("edge-02", 1)).await;
     let (code, reason) = client.close_code(PATIENCE).await.expect("closed");
     assert_eq!(code, 4001, "{reason}");
@@ -139,12 +172,17 @@ async fn wrong_protocol_version_is_closed_4002_with_upgrade_advice() {
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     client.send_json(&raw::hello("edge-01", 2)).await;
     let (code, reason) = client.close_code(PATIENCE).await.expect("closed");
     assert_eq!(code, 4002);
     assert!(reason.contains("upgrade"), "{reason}");
-    assert_eq!(hub.backend().metrics.hub_rejected_count("protocol_version"), 1);
+    assert_eq!(
+        hub.backend().metrics.hub_rejected_count("protocol_version"),
+        1
+    );
     hub.stop().await;
 }
 
@@ -157,7 +195,9 @@ async fn peer_that_never_sends_hello_is_closed_after_the_timeout() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     let (code, _) = client.close_code(PATIENCE).await.expect("closed");
     assert_eq!(code, 4002);
     assert_eq!(hub.backend().metrics.hub_rejected_count("hello_timeout"), 1);
@@ -169,12 +209,19 @@ async fn bad_frames_get_error_frames_and_the_session_survives() {
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     client.send_json(&raw::hello("edge-01", 1)).await;
     let welcome = client.next_json(PATIENCE).await.expect("welcome");
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["protocol"], 1);
-    for bad in ["not json", r#"{"type":"reboot"}"#, r#"{"type":"result"}"#, "[]"] {
+    for bad in [
+        "not json",
+        r#"{"type":"reboot"}"#,
+        r#"{"type":"result"}"#,
+        "[]",
+    ] {
         client.send_text(bad).await.unwrap();
         let err = client.next_json(PATIENCE).await.expect("error frame");
         assert_eq!(err["type"], "error", "{bad}: {err}");
@@ -192,10 +239,15 @@ async fn oversized_message_is_closed_1009() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     client.send_json(&raw::hello("edge-01", 1)).await;
     client.next_json(PATIENCE).await.expect("welcome");
-    let big = format!(r#"{{"type":"error","code":"x","message":"{}"}}"#, "a".repeat(1_100_000));
+    let big = format!(
+        r#"{{"type":"error","code":"x","message":"{}"}}"#,
+        "a".repeat(1_100_000)
+    );
     let _ = client.send_text(&big).await;
     let (code, _) = client.close_code(PATIENCE).await.expect("closed");
     assert_eq!(code, 1009);
@@ -204,13 +256,18 @@ async fn oversized_message_is_closed_1009() {
 
 #[tokio::test]
 async fn a_second_session_supersedes_the_first_with_4003() {
+    init_logging();
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut first = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut first = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     first.send_json(&raw::hello("edge-01", 1)).await;
     let w1 = first.next_json(PATIENCE).await.expect("welcome 1");
-    let mut second = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut second = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     second.send_json(&raw::hello("edge-01", 1)).await;
     let w2 = second.next_json(PATIENCE).await.expect("welcome 2");
     let (code, _) = first.close_code(PATIENCE).await.expect("first closed");
@@ -231,11 +288,16 @@ async fn a_silent_peer_is_dropped_after_three_missed_heartbeats() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge).await.unwrap();
+    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
     client.send_json(&raw::hello("edge-01", 1)).await;
     client.next_json(PATIENCE).await.expect("welcome");
     // Never read again: pings go unanswered, so the hub must drop the session.
-    eventually("silent session dropped", PATIENCE, || async { !hub.is_connected("edge-01") }).await;
+    eventually("silent session dropped", PATIENCE, || async {
+        !hub.is_connected("edge-01")
+    })
+    .await;
     assert_eq!(
         hub.backend()
             .metrics
@@ -256,15 +318,23 @@ async fn agent_refuses_a_hub_whose_pin_is_not_pinned() {
     let wrong_pin = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     let cfg = agent::write_config(pki.path(), "edge-01", &edge_dir, hub.hub, &[wrong_pin], "");
     let agent = TestAgent::start(cfg);
-    eventually("pin mismatch recorded twice (retried with backoff)", PATIENCE, || async {
-        agent.state.snapshot().pin_mismatches >= 2
-    })
+    eventually(
+        "pin mismatch recorded twice (retried with backoff)",
+        PATIENCE,
+        || async { agent.state.snapshot().pin_mismatches >= 2 },
+    )
     .await;
     let snap = agent.state.snapshot();
     assert!(!snap.connected);
-    assert_eq!(snap.last_presented_pin.as_deref(), Some(hub.server_pin.as_str()));
+    assert_eq!(
+        snap.last_presented_pin.as_deref(),
+        Some(hub.server_pin.as_str())
+    );
     let err = snap.last_error.unwrap_or_default();
-    assert!(err.contains(&hub.server_pin) && err.contains(wrong_pin), "{err}");
+    assert!(
+        err.contains(&hub.server_pin) && err.contains(wrong_pin),
+        "{err}"
+    );
     assert!(!hub.is_connected("edge-01"));
     agent.stop().await;
     hub.stop().await;
@@ -276,13 +346,29 @@ async fn agent_comes_back_after_the_backend_is_killed_and_restarted() {
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let mut hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let cfg = agent::write_config(pki.path(), "edge-01", &edge_dir, hub.hub, &[&hub.server_pin], "");
+    let cfg = agent::write_config(
+        pki.path(),
+        "edge-01",
+        &edge_dir,
+        hub.hub,
+        &[&hub.server_pin],
+        "",
+    );
     let agent = TestAgent::start(cfg);
-    eventually("first connect", PATIENCE, || async { hub.is_connected("edge-01") }).await;
+    eventually("first connect", PATIENCE, || async {
+        hub.is_connected("edge-01")
+    })
+    .await;
     hub.kill();
-    eventually("agent notices", PATIENCE, || async { !agent.state.is_connected() }).await;
+    eventually("agent notices", PATIENCE, || async {
+        !agent.state.is_connected()
+    })
+    .await;
     hub.restart(&pki).await;
-    eventually("agent reconnected", PATIENCE, || async { hub.is_connected("edge-01") }).await;
+    eventually("agent reconnected", PATIENCE, || async {
+        hub.is_connected("edge-01")
+    })
+    .await;
     assert!(agent.state.snapshot().connects >= 2);
     agent.stop().await;
     hub.stop().await;
@@ -299,12 +385,20 @@ async fn idle_tcp_connections_do_not_stall_the_hub_or_the_api() {
     }
     // The API answers, and a real agent still gets in, while 300 peers sit silent.
     for _ in 0..5 {
-        let health = tokio::time::timeout(Duration::from_secs(5), http::get(hub.http, "/health", None))
-            .await
-            .expect("/health answered");
+        let health =
+            tokio::time::timeout(Duration::from_secs(5), http::get(hub.http, "/health", None))
+                .await
+                .expect("/health answered");
         assert_eq!(health.status, 200);
     }
-    let cfg = agent::write_config(pki.path(), "edge-01", &edge_dir, hub.hub, &[&hub.server_pin], "");
+    let cfg = agent::write_config(
+        pki.path(),
+        "edge-01",
+        &edge_dir,
+        hub.hub,
+        &[&hub.server_pin],
+        "",
+    );
     let agent = TestAgent::start(cfg);
     eventually("agent connects during the idle flood", PATIENCE, || async {
         hub.is_connected("edge-01")

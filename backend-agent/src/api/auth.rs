@@ -38,17 +38,26 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let Some(token) = presented else {
-            state.metrics.api_auth_failures.fetch_add(1, Ordering::Relaxed);
+            state
+                .metrics
+                .api_auth_failures
+                .fetch_add(1, Ordering::Relaxed);
             warn!(path = %parts.uri.path(), "API request without a bearer token");
             return Err(ApiError::unauthorized("missing bearer token"));
         };
         match state.tokens.authenticate(token) {
             Some(principal) => Ok(Caller(principal.clone())),
             None => {
-                state.metrics.api_auth_failures.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .api_auth_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(path = %parts.uri.path(), "API request with an unknown token");
                 Err(ApiError::unauthorized("unknown token"))
             }

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod commands;
 mod error;
 mod health;
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 pub use auth::Caller;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub store_path: PathBuf,
     /// Process start.
     pub started: Instant,
+    /// Commands and jobs.
+    pub commands: Arc<crate::commands::CommandService>,
 }
 
 /// The API router.
@@ -46,6 +49,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/api/v1/agents", get(agents::list))
         .route("/api/v1/agents/{id}", get(agents::get))
+        .route("/api/v1/agents/{id}/commands", post(commands::run_on_agent))
+        .route(
+            "/api/v1/commands",
+            post(commands::fan_out).get(commands::list),
+        )
+        .route(
+            "/api/v1/commands/{id}",
+            get(commands::get_one).delete(commands::cancel),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -47,11 +47,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let span = tracing::info_span!("hub_conn", peer.addr = %peer, agent.id = tracing::field::Empty);
+        let span =
+            tracing::info_span!("hub_conn", peer.addr = %peer, agent.id = tracing::field::Empty);
         let guard = ctx.tasks.enter();
-        tokio::spawn(
-            handshake::connection(ctx.clone(), tcp, peer, permit, guard).instrument(span),
-        );
+        tokio::spawn(handshake::connection(ctx.clone(), tcp, peer, permit, guard).instrument(span));
     }
     info!("hub stopped accepting");
 }

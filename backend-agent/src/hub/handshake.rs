@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_protocol::{close, decode_agent_frame, AgentFrame, HelloFrame, HUB_PATH, PROTOCOL_VERSION};
+use agentmesh_protocol::{
+    close, decode_agent_frame, AgentFrame, HelloFrame, HUB_PATH, PROTOCOL_VERSION,
+};
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -45,7 +47,12 @@ pub(super) async fn connection(
     if let Err(why) = ctx.registry.check_identity(&identity.cn, &identity.pin) {
         let r = Rejection::new(
             why.code(),
-            format!("pin {} is {} for agent {}", identity.pin, why.code().replace('_', " "), identity.cn),
+            format!(
+                "pin {} is {} for agent {}",
+                identity.pin,
+                why.code().replace('_', " "),
+                identity.cn
+            ),
         );
         refused(&ctx, &r, Some(&identity));
         let reason = match why {
@@ -72,14 +79,15 @@ pub(super) async fn connection(
         }
     };
     if hello.protocol != PROTOCOL_VERSION {
-        let r = Rejection::new(
-            "protocol_version",
-            format!(
+        let r =
+            Rejection::new(
+                "protocol_version",
+                format!(
                 "agent speaks protocol {} but this hub speaks {PROTOCOL_VERSION}: upgrade the {}",
                 hello.protocol,
                 if hello.protocol < PROTOCOL_VERSION { "agent" } else { "backend" }
             ),
-        );
+            );
         refused(&ctx, &r, Some(&identity));
         return session::close_ws(&mut ws, close::PROTOCOL_ERROR, &r.detail).await;
     }
@@ -101,7 +109,9 @@ pub(super) async fn connection(
 fn refused(ctx: &HubContext, r: &Rejection, identity: Option<&PeerIdentity>) {
     ctx.metrics.hub_rejected(r.reason);
     match identity {
-        Some(id) => warn!(reason = r.reason, cert.cn = %id.cn, cert.pin = %id.pin, detail = %r.detail, "hub connection refused"),
+        Some(id) => {
+            warn!(reason = r.reason, cert.cn = %id.cn, cert.pin = %id.pin, detail = %r.detail, "hub connection refused")
+        }
         None => warn!(reason = r.reason, detail = %r.detail, "hub connection refused"),
     }
 }
@@ -110,9 +120,11 @@ async fn tls_and_upgrade(
     ctx: &HubContext,
     tcp: TcpStream,
 ) -> Result<(HubSocket, PeerIdentity), Rejection> {
-    let tls = ctx.acceptor.accept(tcp).await.map_err(|e| {
-        Rejection::new(super::tls::classify_handshake_error(&e), e.to_string())
-    })?;
+    let tls = ctx
+        .acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| Rejection::new(super::tls::classify_handshake_error(&e), e.to_string()))?;
     let leaf = tls
         .get_ref()
         .1
@@ -126,7 +138,8 @@ async fn tls_and_upgrade(
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != HUB_PATH {
             bad_path = Some(req.uri().path().chars().take(128).collect());
-            let mut err = ErrorResponse::new(Some(format!("not found; agents connect to {HUB_PATH}\n")));
+            let mut err =
+                ErrorResponse::new(Some(format!("not found; agents connect to {HUB_PATH}\n")));
             *err.status_mut() = http::StatusCode::NOT_FOUND;
             return Err(err);
         }
@@ -155,11 +168,13 @@ async fn tls_and_upgrade(
     Ok((ws, identity))
 }
 
-async fn wait_hello(
-    ws: &mut HubSocket,
-    ctx: &HubContext,
-) -> Result<HelloFrame, (u16, Rejection)> {
-    let protocol = |detail: String| (close::PROTOCOL_ERROR, Rejection::new("protocol_error", detail));
+async fn wait_hello(ws: &mut HubSocket, ctx: &HubContext) -> Result<HelloFrame, (u16, Rejection)> {
+    let protocol = |detail: String| {
+        (
+            close::PROTOCOL_ERROR,
+            Rejection::new("protocol_error", detail),
+        )
+    };
     while let Some(msg) = ws.next().await {
         match msg {
             Ok(Message::Text(text)) => {
@@ -170,7 +185,9 @@ async fn wait_hello(
                 }
             }
             Ok(Message::Binary(_)) => {
-                return Err(protocol("binary messages are not part of the protocol".into()))
+                return Err(protocol(
+                    "binary messages are not part of the protocol".into(),
+                ))
             }
             Ok(Message::Close(_)) => break,
             Ok(_) => continue,

@@ -41,12 +41,18 @@ use crate::registry::Registry;
 
 pub use accept::serve;
 
+/// A boxed future returned by [`SessionEvents::frame`].
+pub type EventFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// What the rest of the backend learns from sessions (commands, audit).
 pub trait SessionEvents: Send + Sync + 'static {
-    /// A session completed `hello`/`welcome`.
+    /// A session completed `hello`/`welcome` and is registered.
     fn connected(&self, _hello: &HelloFrame, _session_id: &str) {}
-    /// A frame arrived on an established session (never `hello`).
-    fn frame(&self, _agent_id: &str, _frame: AgentFrame) {}
+    /// A frame arrived on an established session (never `hello`). The session awaits the
+    /// future before reading on, so a flooding agent is slowed down rather than buffered.
+    fn frame<'a>(&'a self, _agent_id: &'a str, _frame: AgentFrame) -> EventFuture<'a> {
+        Box::pin(async {})
+    }
     /// A session ended.
     fn disconnected(&self, _agent_id: &str, _session_id: &str) {}
 }

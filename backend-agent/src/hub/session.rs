@@ -85,6 +85,12 @@ pub(super) async fn run(
     let mut bad_frames = 0u32;
     let end = loop {
         tokio::select! {
+            biased;
+            _ = close_rx.changed() => {
+                let (code, reason) = close_rx.borrow_and_update().clone().unwrap_or((close::NORMAL, String::new()));
+                close_ws(&mut ws, code, &reason).await;
+                break if code == close::SUPERSEDED { "superseded" } else { "closed by hub" };
+            }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
                     shared.touch();
@@ -93,7 +99,7 @@ pub(super) async fn run(
                             bad_frames += 1;
                             let _ = send_error(&mut ws, "duplicate_hello", "hello is only valid as the first frame").await;
                         }
-                        Ok(frame) => ctx.events.frame(&agent_id, frame),
+                        Ok(frame) => ctx.events.frame(&agent_id, frame).await,
                         Err(e) => {
                             bad_frames += 1;
                             warn!(error = %e, "bad frame from agent");
@@ -127,17 +133,17 @@ pub(super) async fn run(
                 None => break "connection lost",
             },
             frame = rx.recv() => {
-                // The registry holds a sender, so `None` cannot happen while attached.
-                let Some(frame) = frame else { break "queue closed" };
+                // `None`: the registry dropped this session (superseded or revoked); the
+                // close request was sent just before, so honour it.
+                let Some(frame) = frame else {
+                    let (code, reason) = close_rx.borrow().clone().unwrap_or((close::NORMAL, "session ended by hub".to_owned()));
+                    close_ws(&mut ws, code, &reason).await;
+                    break if code == close::SUPERSEDED { "superseded" } else { "closed by hub" };
+                };
                 if let Err(e) = ws.send(Message::text(frame.to_json())).await {
                     debug!(error = %e, "session write failed");
                     break "connection lost";
                 }
-            }
-            _ = close_rx.changed() => {
-                let (code, reason) = close_rx.borrow_and_update().clone().unwrap_or((close::NORMAL, String::new()));
-                close_ws(&mut ws, code, &reason).await;
-                break if code == close::SUPERSEDED { "superseded" } else { "closed by hub" };
             }
             _ = ticker.tick() => {
                 let silent_ms = clock::unix_ms() - shared.last_seen_ms.load(Ordering::Relaxed);

@@ -1,1 +1,209 @@
-//! Embedded store (placeholder).
+//! The embedded store: command history, status transitions and fan-out jobs.
+//!
+//! Storage sits behind the small synchronous [`CommandStore`] trait so another database can be
+//! plugged in later. [`SqliteStore`] is the default (the file at `[store].path`);
+//! [`MemoryStore`] has the same semantics and exists for tests of other modules. Async code
+//! talks to either through [`Store`], which runs every call on tokio's blocking pool so a slow
+//! disk never stalls the runtime.
+//!
+//! Records are stored and returned as-is: [`CommandRecord`] serialises to exactly the flat
+//! command record of the HTTP API (DESIGN §5), and its `args` must already be redacted by the
+//! caller (secret params hashed). Data read back is never trusted: an unknown status or bad
+//! JSON in a row is a [`StoreError::Corrupt`], not a panic.
+//!
+//! # Layout
+//! - this file: the [`CommandStore`] trait, [`StoreError`] and the async [`Store`].
+//! - `record`: [`CommandRecord`], [`CommandState`], [`JobRecord`], [`CommandQuery`].
+//! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
+//! - [`memory`]: the in-memory implementation.
+
+pub mod memory;
+mod record;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use memory::MemoryStore;
+pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened, created or migrated.
+    #[error("cannot open store {}: {source}", path.display())]
+    Open {
+        /// The store file.
+        path: PathBuf,
+        /// What went wrong.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database reported an error.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A record with this id already exists.
+    #[error("store: duplicate id {0:?}")]
+    Duplicate(String),
+    /// No record with this id.
+    #[error("store: no record with id {0:?}")]
+    NotFound(String),
+    /// A stored row cannot be decoded.
+    #[error("store: corrupt data: {0}")]
+    Corrupt(String),
+    /// The blocking task running the call failed.
+    #[error("store: background task failed: {0}")]
+    Join(String),
+}
+
+impl StoreError {
+    /// An [`StoreError::Open`] for `path`.
+    pub fn open(path: &Path, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Storage for command history. Methods block; async code goes through [`Store`].
+pub trait CommandStore: Send + Sync + 'static {
+    /// Records a new command (and its first status event); [`StoreError::Duplicate`] if the
+    /// id exists.
+    fn insert_command(&self, rec: &CommandRecord) -> Result<(), StoreError>;
+    /// Replaces the mutable fields (status, exit code, output, times, error) of an existing
+    /// command, appending a status event when the status changed; [`StoreError::NotFound`]
+    /// if the id is unknown. Identity fields (agent, verb, args, ...) are left untouched.
+    fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError>;
+    /// One command.
+    fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError>;
+    /// Commands matching `q`, newest first, at most `q.effective_limit()`.
+    fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError>;
+    /// Status transitions of a command, oldest first, with their RFC 3339 times.
+    fn command_events(&self, id: &str) -> Result<Vec<(CommandState, String)>, StoreError>;
+    /// Records a fan-out job; [`StoreError::Duplicate`] if the id exists.
+    fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError>;
+    /// One job.
+    fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Commands not in a final state, oldest first (recovery at start).
+    fn unfinished_commands(&self) -> Result<Vec<CommandRecord>, StoreError>;
+    /// Deletes finished commands older than the newest `keep_newest` finished ones (with
+    /// their events, and jobs left without commands); unfinished commands are never deleted.
+    /// Returns how many commands were deleted.
+    fn prune(&self, keep_newest: usize) -> Result<usize, StoreError>;
+    /// A cheap real write, for `/ready`.
+    fn check_writable(&self) -> Result<(), StoreError>;
+}
+
+/// Async handle to a [`CommandStore`]: each call runs on the blocking pool.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn CommandStore>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Wraps a store implementation.
+    pub fn new(inner: impl CommandStore) -> Self {
+        Store {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Opens (creating and migrating as needed) the SQLite store at `path`.
+    pub async fn open_sqlite(path: PathBuf) -> Result<Self, StoreError> {
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))??;
+        Ok(Store::new(store))
+    }
+
+    /// An empty in-memory store (tests, `dev` experiments).
+    pub fn memory() -> Self {
+        Store::new(MemoryStore::new())
+    }
+
+    /// The underlying blocking implementation.
+    pub fn blocking(&self) -> &Arc<dyn CommandStore> {
+        &self.inner
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn CommandStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(inner.as_ref()))
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// See [`CommandStore::insert_command`].
+    pub async fn insert_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.run(move |s| s.insert_command(&rec)).await
+    }
+
+    /// See [`CommandStore::update_command`].
+    pub async fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.run(move |s| s.update_command(&rec)).await
+    }
+
+    /// See [`CommandStore::get_command`].
+    pub async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.get_command(&id)).await
+    }
+
+    /// See [`CommandStore::list_commands`].
+    pub async fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError> {
+        let q = q.clone();
+        self.run(move |s| s.list_commands(&q)).await
+    }
+
+    /// See [`CommandStore::command_events`].
+    pub async fn command_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(CommandState, String)>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.command_events(&id)).await
+    }
+
+    /// See [`CommandStore::insert_job`].
+    pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.run(move |s| s.insert_job(&job)).await
+    }
+
+    /// See [`CommandStore::get_job`].
+    pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.get_job(&id)).await
+    }
+
+    /// See [`CommandStore::unfinished_commands`].
+    pub async fn unfinished_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
+        self.run(|s| s.unfinished_commands()).await
+    }
+
+    /// See [`CommandStore::prune`].
+    pub async fn prune(&self, keep_newest: usize) -> Result<usize, StoreError> {
+        self.run(move |s| s.prune(keep_newest)).await
+    }
+
+    /// See [`CommandStore::check_writable`].
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        self.run(|s| s.check_writable()).await
+    }
+}

@@ -13,7 +13,8 @@ use crate::tls;
 pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {
     let file = config.file_name();
     let mut problems = Vec::new();
-    let mut report = |key: &str, message: String| problems.push(format!("{file}: {key}: {message}"));
+    let mut report =
+        |key: &str, message: String| problems.push(format!("{file}: {key}: {message}"));
 
     for (i, verb) in config.verbs.iter().enumerate() {
         if let Err(m) = check_executable(&verb.program) {
@@ -30,6 +31,7 @@ pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {
     }
 
     let out = &config.outbound;
+    let mut files_readable = true;
     for (key, path) in [
         ("outbound.ca", &out.ca),
         ("outbound.cert", &out.cert),
@@ -37,8 +39,29 @@ pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {
     ] {
         if let Err(e) = std::fs::File::open(path) {
             report(key, format!("cannot read {}: {e}", path.display()));
+            files_readable = false;
         }
     }
+    if files_readable {
+        check_tls_material(config, &mut report);
+    }
+    if !config.agent.state_dir.is_dir() {
+        report(
+            "agent.state_dir",
+            format!("{} is not a directory", config.agent.state_dir.display()),
+        );
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// The certificate belongs to this agent and is current, and the whole TLS setup loads.
+fn check_tls_material(config: &GatewayConfig, report: &mut impl FnMut(&str, String)) {
+    let out = &config.outbound;
     match std::fs::read_to_string(&out.cert)
         .map_err(|e| e.to_string())
         .and_then(|pem| mesh_certs::inspect_pem(&pem).map_err(|e| e.to_string()))
@@ -69,23 +92,10 @@ pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {
     if let Err(e) = tls::client_config(out) {
         report("outbound", format!("TLS setup fails: {e}"));
     }
-    if !config.agent.state_dir.is_dir() {
-        report(
-            "agent.state_dir",
-            format!("{} is not a directory", config.agent.state_dir.display()),
-        );
-    }
-
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
 }
 
 fn check_executable(program: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(program)
-        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let meta = std::fs::metadata(program).map_err(|e| format!("{}: {e}", program.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", program.display()));
     }

@@ -170,7 +170,11 @@ mod tests {
         let err =
             apply_overrides(&mut table, vars(&[("AGENTMESH_OUTBOUND_URL", "x")])).unwrap_err();
         assert_eq!(err.0, "AGENTMESH_OUTBOUND_URL");
-        assert!(err.1.contains("AGENTMESH_OUTBOUND_BACKEND_URL"), "{}", err.1);
+        assert!(
+            err.1.contains("AGENTMESH_OUTBOUND_BACKEND_URL"),
+            "{}",
+            err.1
+        );
     }
 
     #[test]

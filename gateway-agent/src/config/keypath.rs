@@ -3,7 +3,7 @@
 //! The `toml` crate reports a byte span, not a key path, and prints a multi-line snippet. An
 //! operator wants one line: `gateway.toml: outbound.server_pins: invalid type ...`. This walks
 //! back from the span to the enclosing `[table]`/`[[array]]` header and the `key =` it sits in.
-//! It is a best-effort reading of the source text; when it finds nothing the key is `(file)`.
+//! It is a best-effort reading of the source text; when it finds nothing the key is `(top level)`.
 
 /// `(key, one-line message)` for a TOML error in `text`.
 pub(super) fn describe_toml_error(
@@ -13,9 +13,9 @@ pub(super) fn describe_toml_error(
 ) -> (String, String) {
     let message = error.message().trim().replace('\n', " ");
     let Some(span) = error.span() else {
-        return ("(file)".to_owned(), message);
+        return ("(top level)".to_owned(), message);
     };
-    let key = key_at(text, span.start).unwrap_or_else(|| "(file)".to_owned());
+    let key = key_at(text, span.start).unwrap_or_else(|| "(top level)".to_owned());
     if !with_position {
         return (key, message);
     }
@@ -156,7 +156,6 @@ fn inline_key(value: &str, column: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::key_at;
-
 
     fn at(text: &str, needle: &str) -> Option<String> {
         key_at(text, text.find(needle).unwrap_or(0))

@@ -224,8 +224,12 @@ impl GatewayConfig {
             toml::from_str(text).map_err(|e| keypath::describe_toml_error(text, &e, true))
         } else {
             // Re-serialise so the deserialiser's spans point into text we can map back to keys.
-            let merged = toml::to_string(&table)
-                .map_err(|e| (ENV_PREFIX.to_owned(), format!("cannot merge overrides: {e}")))?;
+            let merged = toml::to_string(&table).map_err(|e| {
+                invalid(
+                    ENV_PREFIX.to_owned(),
+                    format!("cannot merge overrides: {e}"),
+                )
+            })?;
             toml::from_str(&merged).map_err(|e| {
                 let (key, message) = keypath::describe_toml_error(&merged, &e, false);
                 match overridden.iter().find(|(k, _)| key.starts_with(k.as_str())) {

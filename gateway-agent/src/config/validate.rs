@@ -90,7 +90,9 @@ fn validate_outbound(config: &GatewayConfig) -> Result<(), Problem> {
         if !mesh_certs::is_valid_pin(pin) {
             return Err(problem(
                 format!("outbound.server_pins[{i}]"),
-                format!("{pin:?} is not a pin; expected \"sha256//\" followed by 44 base64 characters"),
+                format!(
+                    "{pin:?} is not a pin; expected \"sha256//\" followed by 44 base64 characters"
+                ),
             ));
         }
     }
@@ -238,7 +240,10 @@ fn validate_verb(key: &str, verb: &VerbConfig, max_message_bytes: usize) -> Resu
     }
     if let Some(user) = &verb.run_as {
         if user.is_empty() || has_control(user) || user.contains([' ', ':', '/']) {
-            return Err(problem(at("run_as"), format!("{user:?} is not a user name")));
+            return Err(problem(
+                at("run_as"),
+                format!("{user:?} is not a user name"),
+            ));
         }
     }
     if let Some(dir) = &verb.working_dir {

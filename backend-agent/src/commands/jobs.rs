@@ -1,0 +1,309 @@
+//! Fan-out jobs: one request, many agents, with `max_concurrency` in flight and a
+//! `max_errors` budget after which the remaining targets are skipped (the semantics of SSM
+//! Run Command's MaxConcurrency/MaxErrors).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::{finish, CommandService, SubmitError, SubmitRequest, WAIT_GRACE};
+use crate::clock;
+use crate::store::{CommandQuery, CommandRecord, CommandState, JobRecord, StoreError};
+
+/// Targets dispatched at once when the request does not say.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 50;
+/// Largest fan-out accepted in one job.
+pub const MAX_TARGETS: usize = CommandQuery::MAX_LIMIT;
+
+/// Which agents a job targets: `ids` and/or `labels` (both given = intersection).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Agent ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    /// Labels every target must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A fan-out request.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// Which agents.
+    pub selector: Selector,
+    /// Verb name.
+    pub verb: String,
+    /// Arguments.
+    pub args: Map<String, Value>,
+    /// Per-command timeout.
+    pub timeout_ms: Option<u64>,
+    /// Targets in flight at once.
+    pub max_concurrency: Option<u32>,
+    /// Failures after which dispatching stops (0 behaves like 1; absent = no limit).
+    pub max_errors: Option<u32>,
+    /// Token name of the operator.
+    pub requested_by: String,
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The selector is empty or malformed.
+    #[error("{0}")]
+    BadSelector(String),
+    /// An id in the selector is unknown.
+    #[error("unknown agent {0:?}")]
+    UnknownAgent(String),
+    /// The selector matched nothing.
+    #[error("the selector matches no agents")]
+    NoTargets,
+    /// Too many targets.
+    #[error("the selector matches {0} agents; at most {MAX_TARGETS} per job")]
+    TooManyTargets(usize),
+    /// The verb or args do not fit the targets' schema.
+    #[error(transparent)]
+    Invalid(SubmitError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CommandService {
+    /// Resolves the selector, records the job and starts dispatching in the background.
+    pub async fn submit_job(self: &Arc<Self>, req: JobRequest) -> Result<JobRecord, JobError> {
+        let targets = self.resolve(&req.selector)?;
+        self.precheck(&targets, &req.verb, &req.args)?;
+        let job = JobRecord {
+            job_id: uuid::Uuid::now_v7().to_string(),
+            verb: req.verb.clone(),
+            args: Value::Object(Map::new()),
+            requested_by: req.requested_by.clone(),
+            selector: serde_json::to_value(&req.selector).unwrap_or(Value::Null),
+            max_concurrency: req
+                .max_concurrency
+                .unwrap_or(DEFAULT_MAX_CONCURRENCY)
+                .max(1),
+            max_errors: req.max_errors.unwrap_or(u32::MAX),
+            created_at: clock::now_rfc3339(),
+            targets,
+        };
+        self.store.insert_job(&job).await?;
+        info!(job.id = %job.job_id, targets = job.targets.len(), verb = %job.verb, "fan-out job started");
+        let service = self.clone();
+        let run = job.clone();
+        tokio::spawn(async move { service.run_job(run, req).await });
+        Ok(job)
+    }
+
+    fn resolve(&self, selector: &Selector) -> Result<Vec<String>, JobError> {
+        let mut targets = match (&selector.ids, &selector.labels) {
+            (None, None) => {
+                return Err(JobError::BadSelector(
+                    "selector needs ids and/or labels".into(),
+                ))
+            }
+            (Some(ids), labels) => {
+                let mut out = Vec::new();
+                for id in ids {
+                    if !self.registry.contains(id) {
+                        return Err(JobError::UnknownAgent(id.clone()));
+                    }
+                    if let Some(labels) = labels {
+                        if !self.registry.ids_matching(labels).contains(id) {
+                            continue;
+                        }
+                    }
+                    out.push(id.clone());
+                }
+                out
+            }
+            (None, Some(labels)) => self.registry.ids_matching(labels),
+        };
+        targets.sort();
+        targets.dedup();
+        match targets.len() {
+            0 => Err(JobError::NoTargets),
+            n if n > MAX_TARGETS => Err(JobError::TooManyTargets(n)),
+            _ => Ok(targets),
+        }
+    }
+
+    /// Refuses early (422) when no target offers the verb or the args fail its schema.
+    fn precheck(
+        &self,
+        targets: &[String],
+        verb: &str,
+        args: &Map<String, Value>,
+    ) -> Result<(), JobError> {
+        let spec = targets
+            .iter()
+            .filter_map(|id| self.registry.command_target(id, verb))
+            .find_map(|t| t.spec);
+        let Some(spec) = spec else {
+            return Err(JobError::Invalid(SubmitError::NotAdvertised {
+                agent: "any target".into(),
+                verb: verb.to_owned(),
+            }));
+        };
+        spec.validate_args(args)
+            .map_err(|e| JobError::Invalid(SubmitError::BadArgs(e)))
+    }
+
+    async fn run_job(self: Arc<Self>, job: JobRecord, req: JobRequest) {
+        let in_flight = Arc::new(Semaphore::new(job.max_concurrency as usize));
+        let failures = Arc::new(AtomicU32::new(0));
+        let budget = job.max_errors.max(1);
+        let mut waits = tokio::task::JoinSet::new();
+        for agent_id in &job.targets {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            if failures.load(Ordering::SeqCst) >= budget {
+                drop(permit);
+                self.record_unsent(
+                    &job,
+                    agent_id,
+                    CommandState::Cancelled,
+                    "skipped",
+                    "max_errors reached; not dispatched",
+                )
+                .await;
+                continue;
+            }
+            let submitted = self
+                .submit(SubmitRequest {
+                    agent_id: agent_id.clone(),
+                    verb: req.verb.clone(),
+                    args: req.args.clone(),
+                    timeout_ms: req.timeout_ms,
+                    requested_by: req.requested_by.clone(),
+                    queue_ttl_ms: None,
+                    job_id: Some(job.job_id.clone()),
+                })
+                .await;
+            match submitted {
+                Ok(rec) => {
+                    let service = self.clone();
+                    let failures = failures.clone();
+                    let limit = std::time::Duration::from_millis(rec.timeout_ms) + WAIT_GRACE;
+                    waits.spawn(async move {
+                        let outcome = service.wait(&rec.command_id, limit).await;
+                        let ok = matches!(&outcome, Ok(Some(r)) if r.status == CommandState::Ok);
+                        if !ok {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    if !matches!(e, SubmitError::QueueFull(_) | SubmitError::Store(_)) {
+                        self.record_unsent(
+                            &job,
+                            agent_id,
+                            CommandState::Rejected,
+                            e.code(),
+                            &e.to_string(),
+                        )
+                        .await;
+                    }
+                    drop(permit);
+                }
+            }
+        }
+        while waits.join_next().await.is_some() {}
+        info!(job.id = %job.job_id, failures = failures.load(Ordering::SeqCst), "fan-out job finished dispatching");
+    }
+
+    async fn record_unsent(
+        &self,
+        job: &JobRecord,
+        agent_id: &str,
+        status: CommandState,
+        code: &str,
+        message: &str,
+    ) {
+        let mut rec = CommandRecord {
+            command_id: uuid::Uuid::now_v7().to_string(),
+            agent_id: agent_id.to_owned(),
+            verb: job.verb.clone(),
+            args: Value::Object(Map::new()),
+            requested_by: job.requested_by.clone(),
+            status: CommandState::Pending,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            created_at: clock::now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            error: None,
+            timeout_ms: 0,
+            job_id: Some(job.job_id.clone()),
+        };
+        finish(&mut rec, status, code, message);
+        if let Err(e) = self.store.insert_command(&rec).await {
+            warn!(error = %e, job.id = %job.job_id, "could not record a skipped target");
+        }
+    }
+
+    /// The job with its per-target records and a summary; `None` if unknown.
+    pub async fn job_view(&self, job_id: &str) -> Result<Option<Value>, StoreError> {
+        let Some(job) = self.store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        let records = self
+            .store
+            .list_commands(&CommandQuery {
+                agent: None,
+                status: None,
+                job_id: Some(job_id.to_owned()),
+                limit: CommandQuery::MAX_LIMIT,
+                before: None,
+            })
+            .await?;
+        let mut by_agent: BTreeMap<&str, &CommandRecord> = BTreeMap::new();
+        for r in &records {
+            by_agent.insert(r.agent_id.as_str(), r);
+        }
+        let (mut ok, mut failed, mut pending, mut skipped) = (0, 0, 0, 0);
+        let mut results = Vec::with_capacity(job.targets.len());
+        for agent in &job.targets {
+            match by_agent.get(agent.as_str()) {
+                Some(r) => {
+                    let is_skipped = r.error.as_ref().is_some_and(|e| e.code == "skipped");
+                    match r.status {
+                        _ if is_skipped => skipped += 1,
+                        CommandState::Ok => ok += 1,
+                        s if s.is_final() => failed += 1,
+                        _ => pending += 1,
+                    }
+                    results.push(serde_json::to_value(r).unwrap_or(Value::Null));
+                }
+                None => {
+                    pending += 1;
+                    results
+                        .push(json!({"agent_id": agent, "status": "pending", "command_id": null}));
+                }
+            }
+        }
+        Ok(Some(json!({
+            "job_id": job.job_id,
+            "verb": job.verb,
+            "requested_by": job.requested_by,
+            "created_at": job.created_at,
+            "selector": job.selector,
+            "max_concurrency": job.max_concurrency,
+            "max_errors": if job.max_errors == u32::MAX { Value::Null } else { json!(job.max_errors) },
+            "summary": {"targets": job.targets.len(), "ok": ok, "failed": failed, "pending": pending, "skipped": skipped},
+            "results": results,
+        })))
+    }
+}

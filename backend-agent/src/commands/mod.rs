@@ -1,0 +1,525 @@
+//! Commands end to end on the backend: validate against the agent's advertised schema,
+//! record, dispatch over the agent's bounded queue (or hold for an offline agent up to
+//! `queue_ttl_ms`), collect results, wake waiters. Fan-out jobs live in [`jobs`].
+//!
+//! Every state change is written to the store before anything depends on it: a command is
+//! recorded `dispatched` before its frame is queued, so a fast result can never be
+//! overwritten by a late status update.
+
+pub mod jobs;
+pub mod redact;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agentmesh_protocol::{
+    AgentFrame, ArgError, CommandFrame, CommandStatus, HubFrame, ResultFrame,
+};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::clock;
+use crate::hub::{EventFuture, SessionEvents};
+use crate::registry::{LiveSession, Registry};
+use crate::store::{CommandRecord, CommandState, ErrorInfo, Store, StoreError};
+use redact::Salt;
+
+/// Verb timeout used when neither the verb nor the request gives one.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Extra time a `wait=true` request waits beyond the command's timeout.
+pub const WAIT_GRACE: Duration = Duration::from_secs(5);
+/// Commands held for one offline agent; beyond it new ones are refused (503).
+pub const MAX_QUEUED_PER_AGENT: usize = 256;
+
+/// One command as an operator asked for it.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    /// Target agent.
+    pub agent_id: String,
+    /// Verb name.
+    pub verb: String,
+    /// Arguments (validated against the agent's schema).
+    pub args: Map<String, Value>,
+    /// Requested timeout; the smaller of this and the verb's wins.
+    pub timeout_ms: Option<u64>,
+    /// Token name of the operator.
+    pub requested_by: String,
+    /// Hold the command this long if the agent is offline (else 409).
+    pub queue_ttl_ms: Option<u64>,
+    /// The fan-out job it belongs to.
+    pub job_id: Option<String>,
+}
+
+/// Why a command was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// No such agent.
+    #[error("unknown agent {0:?}")]
+    UnknownAgent(String),
+    /// The agent did not advertise the verb.
+    #[error("agent {agent:?} does not offer verb {verb:?}")]
+    NotAdvertised {
+        /// Agent id.
+        agent: String,
+        /// Verb name.
+        verb: String,
+    },
+    /// The arguments do not fit the verb's schema.
+    #[error("{0}")]
+    BadArgs(ArgError),
+    /// The agent is not connected and no `queue_ttl_ms` was given.
+    #[error("agent {0:?} is offline; pass queue_ttl_ms to hold the command until it reconnects")]
+    Offline(String),
+    /// The agent's send queue (or offline hold queue) is full.
+    #[error("agent {0:?} has too many commands queued; retry later")]
+    QueueFull(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SubmitError {
+    /// Stable code for records and API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubmitError::UnknownAgent(_) => "unknown_agent",
+            SubmitError::NotAdvertised { .. } => "verb_not_advertised",
+            SubmitError::BadArgs(_) => "invalid_args",
+            SubmitError::Offline(_) => "agent_offline",
+            SubmitError::QueueFull(_) => "queue_full",
+            SubmitError::Store(_) => "internal",
+        }
+    }
+}
+
+struct Held {
+    frame: CommandFrame,
+    deadline: Instant,
+}
+
+/// The command service: one per backend.
+pub struct CommandService {
+    registry: Arc<Registry>,
+    store: Store,
+    salt: Salt,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
+    held: Mutex<HashMap<String, VecDeque<Held>>>,
+    connected_tx: mpsc::UnboundedSender<String>,
+}
+
+impl CommandService {
+    /// Builds the service and starts its background work (flushing held commands when an
+    /// agent connects, expiring them at their deadline) until `shutdown` flips.
+    pub fn start(
+        registry: Arc<Registry>,
+        store: Store,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<String>();
+        let service = Arc::new(CommandService {
+            registry,
+            store,
+            salt: Salt::random(),
+            waiters: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            connected_tx,
+        });
+        let worker = Arc::downgrade(&service);
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = crate::hub::stopped(&mut shutdown) => break,
+                    Some(agent) = connected_rx.recv() => {
+                        let Some(s) = worker.upgrade() else { break };
+                        s.flush_held(&agent).await;
+                    }
+                    _ = sweep.tick() => {
+                        let Some(s) = worker.upgrade() else { break };
+                        s.expire_held().await;
+                    }
+                }
+            }
+        });
+        service
+    }
+
+    /// The store (for the read routes).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Marks commands a previous process left `pending` (held in its memory) as expired.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        for mut rec in self.store.unfinished_commands().await? {
+            if rec.status == CommandState::Pending {
+                finish(
+                    &mut rec,
+                    CommandState::Expired,
+                    "backend_restarted",
+                    "the backend restarted before the command was dispatched",
+                );
+                self.store.update_command(&rec).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates, records and dispatches (or holds) one command.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<CommandRecord, SubmitError> {
+        let target = self
+            .registry
+            .command_target(&req.agent_id, &req.verb)
+            .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        if !target.ever_connected && target.session.is_none() {
+            // Its verbs are unknown until its first hello, so nothing can be validated.
+            return Err(SubmitError::Offline(req.agent_id));
+        }
+        let spec = target.spec.ok_or_else(|| SubmitError::NotAdvertised {
+            agent: req.agent_id.clone(),
+            verb: req.verb.clone(),
+        })?;
+        spec.validate_args(&req.args)
+            .map_err(SubmitError::BadArgs)?;
+        if target.session.is_none() && req.queue_ttl_ms.is_none() {
+            return Err(SubmitError::Offline(req.agent_id));
+        }
+        let verb_timeout = if spec.timeout_ms > 0 {
+            spec.timeout_ms
+        } else {
+            DEFAULT_TIMEOUT_MS
+        };
+        let timeout_ms = req
+            .timeout_ms
+            .map_or(verb_timeout, |t| t.clamp(1, verb_timeout));
+        let command_id = uuid::Uuid::now_v7().to_string();
+        let now = clock::now_rfc3339();
+        let mut record = CommandRecord {
+            command_id: command_id.clone(),
+            agent_id: req.agent_id.clone(),
+            verb: req.verb.clone(),
+            args: redact::redact_args(&spec, &req.args, &self.salt),
+            requested_by: req.requested_by.clone(),
+            status: CommandState::Pending,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            created_at: now.clone(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            error: None,
+            timeout_ms,
+            job_id: req.job_id.clone(),
+        };
+        let frame = CommandFrame {
+            command_id,
+            verb: req.verb,
+            args: req.args,
+            timeout_ms: Some(timeout_ms),
+            requested_by: req.requested_by,
+            issued_at: now,
+        };
+        self.store.insert_command(&record).await?;
+        match target.session {
+            Some(session) => match self.dispatch(&mut record, frame.clone(), &session).await {
+                Err(SubmitError::Offline(_)) if req.queue_ttl_ms.is_some() => {
+                    self.hold(&mut record, frame, req.queue_ttl_ms.unwrap_or(0))
+                        .await?;
+                }
+                other => other?,
+            },
+            None => {
+                self.hold(&mut record, frame, req.queue_ttl_ms.unwrap_or(0))
+                    .await?
+            }
+        }
+        Ok(record)
+    }
+
+    async fn dispatch(
+        &self,
+        record: &mut CommandRecord,
+        frame: CommandFrame,
+        session: &LiveSession,
+    ) -> Result<(), SubmitError> {
+        // Reserve a slot first so a full queue is refused before anything is recorded as sent.
+        let permit = match session.tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                finish(
+                    record,
+                    CommandState::Rejected,
+                    "queue_full",
+                    "the agent's send queue is full",
+                );
+                self.store.update_command(record).await?;
+                return Err(SubmitError::QueueFull(record.agent_id.clone()));
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(SubmitError::Offline(record.agent_id.clone()));
+            }
+        };
+        record.status = CommandState::Dispatched;
+        self.store.update_command(record).await?;
+        permit.send(HubFrame::Command(frame));
+        debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
+        Ok(())
+    }
+
+    async fn hold(
+        &self,
+        record: &mut CommandRecord,
+        frame: CommandFrame,
+        ttl_ms: u64,
+    ) -> Result<(), SubmitError> {
+        let held_ok = {
+            let mut held = lock(&self.held);
+            let queue = held.entry(record.agent_id.clone()).or_default();
+            if queue.len() >= MAX_QUEUED_PER_AGENT {
+                false
+            } else {
+                queue.push_back(Held {
+                    frame,
+                    deadline: Instant::now() + Duration::from_millis(ttl_ms),
+                });
+                true
+            }
+        };
+        if !held_ok {
+            finish(
+                record,
+                CommandState::Rejected,
+                "queue_full",
+                "too many commands held for this offline agent",
+            );
+            self.store.update_command(record).await?;
+            return Err(SubmitError::QueueFull(record.agent_id.clone()));
+        }
+        info!(command.id = %record.command_id, agent.id = %record.agent_id, ttl_ms, "agent offline; command held");
+        // The agent may have connected between the lookup and the hold.
+        if self.registry.session(&record.agent_id).is_some() {
+            let _ = self.connected_tx.send(record.agent_id.clone());
+        }
+        Ok(())
+    }
+
+    async fn flush_held(&self, agent_id: &str) {
+        let Some(session) = self.registry.session(agent_id) else {
+            return;
+        };
+        let queue = lock(&self.held).remove(agent_id).unwrap_or_default();
+        for held in queue {
+            let Ok(Some(mut record)) = self.store.get_command(&held.frame.command_id).await else {
+                continue;
+            };
+            if record.status != CommandState::Pending {
+                continue; // cancelled or expired meanwhile
+            }
+            if let Err(e) = self.dispatch(&mut record, held.frame, &session).await {
+                warn!(command.id = %record.command_id, error = %e, "could not dispatch a held command");
+                self.notify(&record);
+            }
+        }
+    }
+
+    async fn expire_held(&self) {
+        let now = Instant::now();
+        let expired: Vec<CommandFrame> = {
+            let mut held = lock(&self.held);
+            let mut out = Vec::new();
+            for queue in held.values_mut() {
+                queue.retain(|h| {
+                    let keep = h.deadline > now;
+                    if !keep {
+                        out.push(h.frame.clone());
+                    }
+                    keep
+                });
+            }
+            held.retain(|_, q| !q.is_empty());
+            out
+        };
+        for frame in expired {
+            let Ok(Some(mut rec)) = self.store.get_command(&frame.command_id).await else {
+                continue;
+            };
+            if rec.status == CommandState::Pending {
+                finish(
+                    &mut rec,
+                    CommandState::Expired,
+                    "queue_ttl_expired",
+                    "the agent did not reconnect within queue_ttl_ms",
+                );
+                if self.store.update_command(&rec).await.is_ok() {
+                    info!(command.id = %rec.command_id, agent.id = %rec.agent_id, "held command expired");
+                    self.notify(&rec);
+                }
+            }
+        }
+    }
+
+    /// Waits until the command is final or `limit` passes.
+    pub async fn wait(
+        &self,
+        command_id: &str,
+        limit: Duration,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters)
+            .entry(command_id.to_owned())
+            .or_default()
+            .push(tx);
+        // Registered before looking, so a result landing in between is not missed.
+        if let Some(rec) = self.store.get_command(command_id).await? {
+            if rec.status.is_final() {
+                self.drop_closed_waiters(command_id);
+                return Ok(Some(rec));
+            }
+        }
+        let out = tokio::time::timeout(limit, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.drop_closed_waiters(command_id);
+        Ok(out)
+    }
+
+    fn drop_closed_waiters(&self, command_id: &str) {
+        let mut waiters = lock(&self.waiters);
+        if let Some(list) = waiters.get_mut(command_id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(command_id);
+            }
+        }
+    }
+
+    fn notify(&self, rec: &CommandRecord) {
+        if let Some(list) = lock(&self.waiters).remove(&rec.command_id) {
+            for tx in list {
+                let _ = tx.send(rec.clone());
+            }
+        }
+    }
+
+    /// Cancels a command: a held one at once, a dispatched one by asking its agent.
+    pub async fn cancel(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let Some(mut rec) = self.store.get_command(command_id).await? else {
+            return Ok(None);
+        };
+        match rec.status {
+            CommandState::Pending => {
+                if let Some(q) = lock(&self.held).get_mut(&rec.agent_id) {
+                    q.retain(|h| h.frame.command_id != command_id);
+                }
+                finish(
+                    &mut rec,
+                    CommandState::Cancelled,
+                    "cancelled",
+                    "cancelled before dispatch",
+                );
+                self.store.update_command(&rec).await?;
+                self.notify(&rec);
+            }
+            CommandState::Dispatched | CommandState::Running => {
+                if let Some(session) = self.registry.session(&rec.agent_id) {
+                    let frame = HubFrame::Cancel {
+                        command_id: command_id.to_owned(),
+                    };
+                    if session.tx.try_send(frame).is_err() {
+                        warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(rec))
+    }
+
+    async fn on_result(&self, agent_id: &str, result: ResultFrame) {
+        let rec = match self.store.get_command(&result.command_id).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                warn!(agent.id = %agent_id, command.id = %result.command_id, "result for an unknown command ignored");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, command.id = %result.command_id, "store lookup failed; result not recorded");
+                return;
+            }
+        };
+        if rec.agent_id != agent_id {
+            warn!(agent.id = %agent_id, command.id = %rec.command_id, owner = %rec.agent_id, "result for another agent's command ignored");
+            return;
+        }
+        if rec.status.is_final() && rec.status != CommandState::Expired {
+            debug!(command.id = %rec.command_id, "duplicate result ignored");
+            return;
+        }
+        let mut rec = rec;
+        apply_result(&mut rec, result);
+        match self.store.update_command(&rec).await {
+            Ok(()) => {
+                info!(command.id = %rec.command_id, agent.id = %agent_id, status = rec.status.as_str(), "command finished");
+                self.notify(&rec);
+            }
+            Err(e) => warn!(error = %e, command.id = %rec.command_id, "could not record a result"),
+        }
+    }
+}
+
+impl SessionEvents for CommandService {
+    fn connected(&self, hello: &agentmesh_protocol::HelloFrame, _session_id: &str) {
+        let _ = self.connected_tx.send(hello.agent_id.clone());
+    }
+
+    fn frame<'a>(&'a self, agent_id: &'a str, frame: AgentFrame) -> EventFuture<'a> {
+        match frame {
+            AgentFrame::Result(result) => Box::pin(self.on_result(agent_id, result)),
+            AgentFrame::Error(e) => {
+                warn!(agent.id = %agent_id, code = %e.code, message = %e.message, "agent reported an error");
+                Box::pin(async {})
+            }
+            _ => Box::pin(async {}),
+        }
+    }
+}
+
+fn apply_result(rec: &mut CommandRecord, r: ResultFrame) {
+    rec.status = match r.status {
+        CommandStatus::Ok => CommandState::Ok,
+        CommandStatus::Failed => CommandState::Failed,
+        CommandStatus::Rejected => CommandState::Rejected,
+        CommandStatus::Timeout => CommandState::Timeout,
+        CommandStatus::Cancelled => CommandState::Cancelled,
+    };
+    rec.exit_code = r.exit_code;
+    rec.stdout = r.stdout;
+    rec.stderr = r.stderr;
+    rec.truncated = r.truncated;
+    rec.started_at = r.started_at;
+    rec.duration_ms = r.duration_ms;
+    rec.error = r.error.map(|e| ErrorInfo {
+        code: e.code,
+        message: e.message,
+    });
+    rec.finished_at = Some(clock::now_rfc3339());
+}
+
+fn finish(rec: &mut CommandRecord, status: CommandState, code: &str, message: &str) {
+    rec.status = status;
+    rec.error = Some(ErrorInfo {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    });
+    rec.finished_at = Some(clock::now_rfc3339());
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,77 @@
+//! The schema, versioned by `PRAGMA user_version`, and the migrations that bring a file to it.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::store::StoreError;
+
+/// Schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// `MIGRATIONS[n]` upgrades a file at schema version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE commands (
+        command_id    TEXT PRIMARY KEY NOT NULL,
+        agent_id      TEXT NOT NULL,
+        verb          TEXT NOT NULL,
+        args          TEXT NOT NULL,
+        requested_by  TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        exit_code     INTEGER,
+        stdout        TEXT NOT NULL,
+        stderr        TEXT NOT NULL,
+        truncated     INTEGER NOT NULL,
+        created_at    TEXT NOT NULL,
+        started_at    TEXT,
+        finished_at   TEXT,
+        duration_ms   INTEGER,
+        error_code    TEXT,
+        error_message TEXT,
+        timeout_ms    INTEGER NOT NULL,
+        job_id        TEXT
+    );
+    CREATE INDEX commands_agent ON commands (agent_id, command_id);
+    CREATE INDEX commands_status ON commands (status, command_id);
+    CREATE INDEX commands_job ON commands (job_id) WHERE job_id IS NOT NULL;
+    CREATE TABLE command_events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        command_id TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        at         TEXT NOT NULL
+    );
+    CREATE INDEX command_events_command ON command_events (command_id, seq);
+    CREATE TABLE jobs (
+        job_id          TEXT PRIMARY KEY NOT NULL,
+        verb            TEXT NOT NULL,
+        args            TEXT NOT NULL,
+        requested_by    TEXT NOT NULL,
+        selector        TEXT NOT NULL,
+        max_concurrency INTEGER NOT NULL,
+        max_errors      INTEGER NOT NULL,
+        created_at      TEXT NOT NULL,
+        targets         TEXT NOT NULL
+    );
+    CREATE TABLE store_meta (
+        key   TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );
+"];
+
+/// Brings the file to [`SCHEMA_VERSION`] in one transaction; refuses a newer file.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i32 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {found} is newer than this build supports ({SCHEMA_VERSION}); \
+             upgrade backend-agent"
+        )));
+    }
+    let start = usize::try_from(found)
+        .map_err(|_| StoreError::Corrupt(format!("negative schema version {found}")))?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(start) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
