@@ -127,7 +127,12 @@ impl Backend {
         let hub_addr = listeners.hub.local_addr().map_err(RunError::Http)?;
 
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
-        let commands = commands::CommandService::start(registry.clone(), store, stop_rx.clone());
+        let commands = commands::CommandService::start(
+            registry.clone(),
+            store,
+            metrics.clone(),
+            stop_rx.clone(),
+        );
         commands.recover().await?;
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
@@ -202,7 +207,10 @@ impl Backend {
     pub fn abort(self) {
         self.hub_task.abort();
         self.http_task.abort();
-        let _ = self.stop.send(true);
+        // Sessions end without `drain`, as they would if the process died.
+        for session in self.registry.live_sessions() {
+            session.request_close(agentmesh_protocol::close::GOING_AWAY, "backend stopped");
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Metrics {
     hub_rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// API requests refused for a missing or bad token.
     pub api_auth_failures: AtomicU64,
+    /// Results received for commands that were already final (re-deliveries).
+    pub results_duplicate: AtomicU64,
 }
 
 impl Metrics {
@@ -75,6 +77,12 @@ impl Metrics {
             "agentmesh_api_auth_failures_total",
             "API requests refused for a missing or unknown token.",
             &self.api_auth_failures,
+        );
+        counter(
+            &mut out,
+            "agentmesh_results_duplicate_total",
+            "Results received again for commands already final.",
+            &self.results_duplicate,
         );
         let _ = writeln!(
             out,

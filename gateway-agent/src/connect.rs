@@ -170,3 +170,48 @@ fn upgrade_error(e: tungstenite::Error) -> ConnectError {
         other => ConnectError::WebSocket(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::http::Response;
+
+    fn http_error(status: u16, retry_after: Option<&str>) -> ConnectError {
+        let mut response = Response::builder().status(status);
+        if let Some(value) = retry_after {
+            response = response.header(header::RETRY_AFTER, value);
+        }
+        match response.body(None) {
+            Ok(r) => upgrade_error(tungstenite::Error::Http(Box::new(r))),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn retry_after(e: &ConnectError) -> Option<Duration> {
+        match e {
+            ConnectError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_on_503_and_429_only() {
+        assert_eq!(
+            retry_after(&http_error(503, Some("7"))),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&http_error(429, Some(" 2 "))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(retry_after(&http_error(403, Some("7"))), None);
+        // The HTTP-date form is not honoured; plain backoff applies.
+        assert_eq!(
+            retry_after(&http_error(503, Some("Wed, 21 Oct 2015 07:28:00 GMT"))),
+            None
+        );
+        let e = http_error(503, None);
+        assert_eq!(retry_after(&e), None);
+        assert!(e.to_string().contains("503"), "{e}");
+    }
+}

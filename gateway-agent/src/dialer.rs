@@ -291,7 +291,7 @@ impl Dialer {
             SessionEnd::Shutdown => return None,
             SessionEnd::Drain(after) => {
                 info!(
-                    reconnect_after_ms = after.as_millis() as u64,
+                    reconnect_after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                     "hub is draining"
                 );
                 self.backoff.reset();
@@ -332,13 +332,37 @@ impl Dialer {
         Some(delay)
     }
 
-    /// A revoked agent keeps trying (revocation can be undone) but only at the max backoff.
     fn delay_after_close(&mut self, code: Option<u16>) -> Duration {
-        let delay = self.backoff.next_delay(&mut self.rng);
-        if code == Some(REVOKED) {
-            self.backoff.max()
-        } else {
-            delay
-        }
+        delay_after_close(&mut self.backoff, &mut self.rng, code)
+    }
+}
+
+/// A revoked agent keeps trying (revocation can be undone) but only at the max backoff.
+fn delay_after_close(
+    backoff: &mut Backoff,
+    rng: &mut impl rand::Rng,
+    code: Option<u16>,
+) -> Duration {
+    let delay = backoff.next_delay(rng);
+    if code == Some(REVOKED) {
+        backoff.max()
+    } else {
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_waits_the_max_backoff_others_back_off_normally() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let revoked = delay_after_close(&mut backoff, &mut rng, Some(REVOKED));
+        assert_eq!(revoked, Duration::from_secs(30));
+        backoff.reset();
+        let superseded = delay_after_close(&mut backoff, &mut rng, Some(SUPERSEDED));
+        assert_eq!(superseded, Duration::from_millis(500));
     }
 }

@@ -204,7 +204,7 @@ impl ServerCertVerifier for PinningVerifier {
         )?;
         let pin = mesh_certs::pin_from_cert_der(end_entity.as_ref())
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if self.pins.iter().any(|p| *p == pin) {
+        if self.pins.contains(&pin) {
             return Ok(verified);
         }
         let message = format!(

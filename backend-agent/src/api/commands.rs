@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Role};
 use crate::commands::jobs::{JobError, JobRequest, Selector};
@@ -110,10 +111,9 @@ pub async fn run_on_agent(
     caller: Caller,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-    body: Result<Json<CommandBody>, JsonRejection>,
+    JsonBody(body): JsonBody<CommandBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
-    let Json(body) = body?;
     let labels = state
         .registry
         .command_target(&agent_id, &body.verb)
@@ -158,10 +158,9 @@ pub async fn run_on_agent(
 pub async fn fan_out(
     caller: Caller,
     State(state): State<AppState>,
-    body: Result<Json<JobBody>, JsonRejection>,
+    JsonBody(body): JsonBody<JobBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
-    let Json(body) = body?;
     // Scope: the verb, and every label the token is restricted to must be in the selector.
     check_scope(&caller.0, &body.verb, &caller.0.labels)?;
     let mut selector = body.selector;

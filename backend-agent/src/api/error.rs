@@ -74,16 +74,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::new(status, "too_large", "request body too large");
-        }
-        Self::bad_request(r.body_text())
-    }
-}
-
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
         Self::bad_request(r.body_text())

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod body;
 mod commands;
 mod error;
 mod health;

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock;
 use crate::hub::{EventFuture, SessionEvents};
+use crate::metrics::Metrics;
 use crate::registry::{LiveSession, Registry};
 use crate::store::{CommandRecord, CommandState, ErrorInfo, Store, StoreError};
 use redact::Salt;
@@ -104,6 +105,7 @@ struct Held {
 pub struct CommandService {
     registry: Arc<Registry>,
     store: Store,
+    metrics: Arc<Metrics>,
     salt: Salt,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
@@ -116,12 +118,14 @@ impl CommandService {
     pub fn start(
         registry: Arc<Registry>,
         store: Store,
+        metrics: Arc<Metrics>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<String>();
         let service = Arc::new(CommandService {
             registry,
             store,
+            metrics,
             salt: Salt::random(),
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
@@ -458,6 +462,9 @@ impl CommandService {
             return;
         }
         if rec.status.is_final() && rec.status != CommandState::Expired {
+            self.metrics
+                .results_duplicate
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             debug!(command.id = %rec.command_id, "duplicate result ignored");
             return;
         }

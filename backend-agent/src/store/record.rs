@@ -161,7 +161,7 @@ pub struct JobRecord {
     pub targets: Vec<String>,
 }
 
-/// Filters for [`CommandStore::list_commands`]; results are newest first.
+/// Filters for [`CommandStore::list_commands`](super::CommandStore::list_commands); results are newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandQuery {
     /// Only commands for this agent.

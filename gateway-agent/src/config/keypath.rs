@@ -19,7 +19,7 @@ pub(super) fn describe_toml_error(
     if !with_position {
         return (key, message);
     }
-    let before = &text[..span.start.min(text.len())];
+    let before = &text[..char_floor(text, span.start)];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     (key, format!("{message} (line {line}, column {column})"))
@@ -27,7 +27,7 @@ pub(super) fn describe_toml_error(
 
 /// The dotted key path at byte `offset` of `text`.
 pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
+    let offset = char_floor(text, offset);
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let lines: Vec<&str> = text[..line_start].lines().collect();
     let current_end = text[line_start..]
@@ -76,6 +76,15 @@ pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
         (Some(p), None) => Some(p),
         (None, k) => k,
     }
+}
+
+/// The largest char boundary of `text` at or before `offset`.
+fn char_floor(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
 }
 
 /// `verbs[2]` for the third `[[verbs]]`, `outbound` for `[outbound]`.
@@ -167,6 +176,15 @@ mod tests {
         assert_eq!(at(text, "\"a\"").as_deref(), Some("agent.id"));
         assert_eq!(at(text, "3,").as_deref(), Some("outbound.server_pins"));
         assert_eq!(at(text, "[outbound]").as_deref(), Some("outbound"));
+    }
+
+    #[test]
+    fn never_panics_at_any_offset() {
+        let text =
+            "[agent]\nid = \"é\" # ü\n[[verbs]]\nparams.x = { type = \"ß\", a = [1,\n2] }\n[";
+        for offset in 0..text.len() + 3 {
+            let _ = key_at(text, offset);
+        }
     }
 
     #[test]

@@ -210,38 +210,42 @@ impl GatewayConfig {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<GatewayConfig, ConfigError> {
         let file = path.display().to_string();
-        let invalid = |key: String, message: String| ConfigError::Invalid {
+        let invalid = |(key, message): (String, String)| ConfigError::Invalid {
             file: file.clone(),
             key,
             message,
         };
         let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| keypath::describe_toml_error(text, &e, true))
-            .map_err(|(key, message)| invalid(key, message))?;
-        let overridden = env::apply_overrides(&mut table, env)
-            .map_err(|(key, message)| invalid(key, message))?;
+            .map_err(|e| invalid(keypath::describe_toml_error(text, &e, true)))?;
+        let overridden = env::apply_overrides(&mut table, env).map_err(invalid)?;
+        // A bad value that came from the environment says which variable set it.
+        let blame = |(key, message): (String, String)| {
+            let var = overridden
+                .iter()
+                .find(|(k, _)| key.starts_with(k.as_str()))
+                .map(|(_, var)| var);
+            match var {
+                Some(var) => invalid((key, format!("{message} (set by {var})"))),
+                None => invalid((key, message)),
+            }
+        };
         let mut config: GatewayConfig = if overridden.is_empty() {
-            toml::from_str(text).map_err(|e| keypath::describe_toml_error(text, &e, true))
+            toml::from_str(text)
+                .map_err(|e| invalid(keypath::describe_toml_error(text, &e, true)))?
         } else {
             // Re-serialise so the deserialiser's spans point into text we can map back to keys.
             let merged = toml::to_string(&table).map_err(|e| {
-                invalid(
+                invalid((
                     ENV_PREFIX.to_owned(),
                     format!("cannot merge overrides: {e}"),
-                )
+                ))
             })?;
-            toml::from_str(&merged).map_err(|e| {
-                let (key, message) = keypath::describe_toml_error(&merged, &e, false);
-                match overridden.iter().find(|(k, _)| key.starts_with(k.as_str())) {
-                    Some((_, var)) => (key, format!("{message} (set by {var})")),
-                    None => (key, message),
-                }
-            })
-        }
-        .map_err(|(key, message)| invalid(key, message))?;
+            toml::from_str(&merged)
+                .map_err(|e| blame(keypath::describe_toml_error(&merged, &e, false)))?
+        };
         config.source = path.to_path_buf();
         config.resolve_paths(path.parent().unwrap_or(Path::new("")));
-        validate::validate(&config).map_err(|(key, message)| invalid(key, message))?;
+        validate::validate(&config).map_err(blame)?;
         Ok(config)
     }
 

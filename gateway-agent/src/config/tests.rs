@@ -67,14 +67,7 @@ fn default_audit_path_follows_a_relative_state_dir() {
 
 #[test]
 fn env_overrides_win_and_are_validated() {
-    let c = parse(
-        &minimal(),
-        &[
-            ("AGENTMESH_AGENT_ID", "edge-02"),
-            ("AGENTMESH_AGENT_LABELS", "ignored? no: unknown key"),
-        ][..1],
-    )
-    .unwrap();
+    let c = parse(&minimal(), &[("AGENTMESH_AGENT_ID", "edge-02")]).unwrap();
     assert_eq!(c.agent.id, "edge-02");
 
     let c = parse(
@@ -113,6 +106,7 @@ fn env_overrides_win_and_are_validated() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("outbound.backend_url"), "{e}");
+    assert!(e.contains("AGENTMESH_OUTBOUND_BACKEND_URL"), "{e}");
 
     let e = parse(&minimal(), &[("AGENTMESH_AGENT_NAME", "x")])
         .unwrap_err()
