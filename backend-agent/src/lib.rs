@@ -15,7 +15,7 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
-//! - [`clock`]: timestamps.
+//! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -1,6 +1,8 @@
 //! Every example config parses; every file in `tests/invalid-configs/` fails naming its key;
 //! the binary exits 64 on a bad config.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -6,6 +6,7 @@
 //! ./target/release/fleet --agents 1000 [--backend target/release/backend-agent]
 //! ```
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -99,7 +99,12 @@ async fn run_until(
                 .map_err(|source| RunError::HealthBind { addr, source })?;
             info!(%addr, "health endpoint listening");
             let router = health::router(state.clone(), config.agent.id.clone());
-            Some(tokio::spawn(health::serve(listener, router, stop.clone())))
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = health::serve(listener, router, stop).await {
+                    error!(error = %e, "health endpoint failed");
+                }
+            }))
         }
         None => None,
     };

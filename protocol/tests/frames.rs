@@ -1,5 +1,7 @@
 //! Round trips, golden examples and a property test over arbitrary input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use agentmesh_protocol::{

@@ -1,5 +1,7 @@
 //! Issue "commands run end to end": real TLS, real child processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use agentmesh_e2e::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};

@@ -1,5 +1,7 @@
 //! Issue "the mesh connects": real TLS between a real backend and real agents.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};

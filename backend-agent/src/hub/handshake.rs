@@ -135,6 +135,7 @@ async fn tls_and_upgrade(
 
     let mut forwarded: Option<String> = None;
     let mut bad_path: Option<String> = None;
+    #[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != HUB_PATH {
             bad_path = Some(req.uri().path().chars().take(128).collect());

@@ -61,7 +61,7 @@ pub fn resolve(
     verifier: &Arc<dyn ClientCertVerifier>,
 ) -> Result<PeerIdentity, Rejection> {
     let (cn, pin) = from_der(tls_der)?;
-    if !trusted_proxy_pins.iter().any(|p| *p == pin) {
+    if !trusted_proxy_pins.contains(&pin) {
         return Ok(PeerIdentity {
             cn,
             pin,

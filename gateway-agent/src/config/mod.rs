@@ -1,9 +1,9 @@
 //! `gateway.toml`: the agent's configuration (DESIGN.md §8).
 //!
-//! Loading is three steps: parse the file into a TOML table, apply `AGENTMESH_<SECTION>_<KEY>`
-//! environment overrides ([`env`]), deserialise into [`GatewayConfig`] (`deny_unknown_fields`
-//! everywhere), then resolve relative paths against the file's directory and run the
-//! validation pass ([`validate`]). Every error is a [`ConfigError`] naming the file and the key.
+//! Loading parses the file into a TOML table, applies `AGENTMESH_<SECTION>_<KEY>` environment
+//! overrides (module `env`), deserialises into [`GatewayConfig`] (`deny_unknown_fields`
+//! everywhere), resolves relative paths against the file's directory and runs the validation
+//! pass (module `validate`). Every error is a [`ConfigError`] naming the file and the key.
 
 mod check;
 mod env;
