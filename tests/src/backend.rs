@@ -186,6 +186,16 @@ role = "viewer"
         panic!("could not rebind the backend's ports");
     }
 
+    /// Restarts from the config file as it is now on disk (tests edit it in between).
+    pub async fn restart_from_file(&mut self) {
+        if let Some(b) = self.backend.take() {
+            b.shutdown().await.unwrap();
+        }
+        let config = BackendConfig::load_with_env(&self.config_path, std::iter::empty()).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        self.backend = Some(Backend::start(listeners, config).await.unwrap());
+    }
+
     /// Whether `id` has a live session.
     pub fn is_connected(&self, id: &str) -> bool {
         self.backend

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A parsed response.
@@ -41,7 +41,19 @@ pub async fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Response {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    exchange(stream, addr, method, path, token, body).await
+}
+
+/// One request/response over any stream.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Response {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -58,7 +70,8 @@ pub async fn request(
     }
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    // A TLS peer may close without close_notify; what was read so far is the response.
+    let _ = stream.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -66,10 +79,7 @@ pub async fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
         body.to_owned()
@@ -103,4 +113,10 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response 
 pub async fn try_get(addr: SocketAddr, path: &str) -> Option<Response> {
     TcpStream::connect(addr).await.ok()?;
     Some(get(addr, path, None).await)
+}
+
+/// `GET` over TLS (for the nginx front door), trusting `ca_pem`.
+pub async fn get_tls(addr: SocketAddr, ca_pem: &str, path: &str, token: Option<&str>) -> Response {
+    let stream = crate::raw::tls(addr, ca_pem, None).await.unwrap();
+    exchange(stream, addr, "GET", path, token, None).await
 }
