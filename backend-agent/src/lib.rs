@@ -13,6 +13,7 @@
 //! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`notify`]: systemd readiness notification.
 //! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dev;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod store;
 
@@ -221,7 +223,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let backend = Backend::start(listeners, config).await?;
+    notify::ready();
     shutdown.await;
+    notify::stopping();
     backend.shutdown().await
 }
 

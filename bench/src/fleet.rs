@@ -8,12 +8,13 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentmesh_bench::{free_port, rss_kib, wait_health, write_backend_config, ChildGuard, TOKEN};
 use agentmesh_e2e::{http, raw, Pki};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
@@ -45,53 +46,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
-fn write_config(
-    dir: &Path,
-    pki: &Pki,
-    http: SocketAddr,
-    hub: SocketAddr,
-    agents: &[Issued],
-) -> Result<PathBuf> {
-    let root = pki.path().display();
-    let mut t = format!(
-        "[http]\nlisten = \"{http}\"\n[hub]\nlisten = \"{hub}\"\ncert = \"{root}/server/cert.pem\"\nkey = \"{root}/server/key.pem\"\nclient_ca = \"{root}/ca/ca.pem\"\n[store]\npath = \"{d}/backend.db\"\n[audit]\npath = \"{d}/audit.log\"\n[[tokens]]\nname = \"bench\"\nsha256 = \"{h}\"\nrole = \"admin\"\n",
-        d = dir.display(),
-        h = backend_agent::auth::token_sha256_hex(TOKEN),
-    );
-    for (i, a) in agents.iter().enumerate() {
-        t.push_str(&format!(
-            "[[agents]]\nid = \"bench-{i:05}\"\npins = [\"{}\"]\n",
-            a.pin
-        ));
-    }
-    let path = dir.join("backend.toml");
-    std::fs::write(&path, t)?;
-    Ok(path)
-}
-
-const TOKEN: &str = "amt_bench_token";
-
-struct Backend(Child);
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -104,7 +58,12 @@ async fn main() -> Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let (http_addr, hub_addr) = (free_port()?, free_port()?);
-    let config = write_config(pki.path(), &pki, http_addr, hub_addr, &agents)?;
+    let enrol: Vec<(String, String)> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("bench-{i:05}"), a.pin.clone()))
+        .collect();
+    let config = write_backend_config(pki.path(), &pki, http_addr, hub_addr, &enrol)?;
     let child = Command::new(&args.backend)
         .arg("--config")
         .arg(&config)
@@ -119,14 +78,8 @@ async fn main() -> Result<()> {
             )
         })?;
     let pid = child.id();
-    let _backend = Backend(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http::try_get(http_addr, "/health").await.is_none() {
-        if Instant::now() > deadline {
-            bail!("backend did not answer /health");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _backend = ChildGuard(child);
+    wait_health(http_addr).await?;
     let rss_idle = rss_kib(pid).unwrap_or(0);
 
     let ca = Arc::new(pki.ca.cert_pem().to_owned());

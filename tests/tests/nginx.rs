@@ -28,12 +28,18 @@ impl Drop for Nginx {
 }
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// Renders the repository's `nginx/agentmesh.conf` for this test's ports and files.
 fn render_conf(dir: &Path, listen: SocketAddr, hub: SocketAddr, api: SocketAddr) -> PathBuf {
-    let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/agentmesh.conf")).unwrap();
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/agentmesh.conf"),
+    )
+    .unwrap();
     let d = dir.display();
     let server = template
         .replace("listen 443 ssl;", &format!("listen {listen} ssl;"))
@@ -60,9 +66,15 @@ async fn agent_connects_through_nginx_and_the_hub_checks_the_forwarded_certifica
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     // nginx's own mesh identity towards the hub, and the public certificate it serves.
-    let proxy = pki.ca.issue_agent("nginx-front-door", Validity::days(2)).unwrap();
+    let proxy = pki
+        .ca
+        .issue_agent("nginx-front-door", Validity::days(2))
+        .unwrap();
     proxy.save(&pki.path().join("nginx")).unwrap();
-    let front = pki.ca.issue_server("localhost", &["127.0.0.1".to_owned()], Validity::days(2)).unwrap();
+    let front = pki
+        .ca
+        .issue_server("localhost", &["127.0.0.1".to_owned()], Validity::days(2))
+        .unwrap();
     front.save(&pki.path().join("front")).unwrap();
 
     let options = HubOptions {
@@ -73,15 +85,27 @@ async fn agent_connects_through_nginx_and_the_hub_checks_the_forwarded_certifica
     // Restart with nginx's pin trusted as a proxy.
     let text = std::fs::read_to_string(&hub.config_path).unwrap().replace(
         "handshake_timeout_secs",
-        &format!("trusted_proxy_pins = [\"{}\"]\nhandshake_timeout_secs", proxy.pin),
+        &format!(
+            "trusted_proxy_pins = [\"{}\"]\nhandshake_timeout_secs",
+            proxy.pin
+        ),
     );
     std::fs::write(&hub.config_path, text).unwrap();
     hub.restart_from_file().await;
 
     let listen = free_port();
     let conf = render_conf(pki.path(), listen, hub.hub, hub.http);
-    let out = Command::new(&nginx).arg("-t").arg("-c").arg(&conf).output().unwrap();
-    assert!(out.status.success(), "nginx -t: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&nginx)
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _nginx = Nginx(
         Command::new(&nginx)
             .args(["-g", "daemon off;", "-c"])
@@ -99,12 +123,25 @@ async fn agent_connects_through_nginx_and_the_hub_checks_the_forwarded_certifica
     // The agent dials nginx and pins nginx's public certificate.
     let cfg = agent::write_config(pki.path(), "edge-01", &edge_dir, listen, &[&front.pin], "");
     let agent = TestAgent::start(cfg);
-    eventually("edge-01 connected through nginx", PATIENCE, || async { hub.is_connected("edge-01") }).await;
+    eventually("edge-01 connected through nginx", PATIENCE, || async {
+        hub.is_connected("edge-01")
+    })
+    .await;
     let view = hub.backend().registry.get("edge-01").unwrap();
-    assert_eq!(view.pin.as_deref(), Some(edge.pin.as_str()), "the hub saw the forwarded agent certificate");
+    assert_eq!(
+        view.pin.as_deref(),
+        Some(edge.pin.as_str()),
+        "the hub saw the forwarded agent certificate"
+    );
 
     // The API is reachable through the same front door.
-    let resp = http::get_tls(listen, pki.ca.cert_pem(), "/api/v1/agents", Some(VIEWER_TOKEN)).await;
+    let resp = http::get_tls(
+        listen,
+        pki.ca.cert_pem(),
+        "/api/v1/agents",
+        Some(VIEWER_TOKEN),
+    )
+    .await;
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert_eq!(resp.json()["agents"][0]["id"], "edge-01");
 

@@ -1,0 +1,81 @@
+//! Shared pieces of the benchmark binaries: ports, process guards, RSS, configs.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use agentmesh_e2e::{http, Pki};
+use anyhow::{bail, Result};
+
+/// Admin token every benchmark config enables.
+pub const TOKEN: &str = "amt_bench_token";
+
+/// A free loopback port (bound and released; fine for a benchmark, never for tests).
+pub fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Kills and reaps a child process when dropped.
+pub struct ChildGuard(pub Child);
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a backend config enrolling `agents` (id, pin) and the bench admin token.
+pub fn write_backend_config(
+    dir: &Path,
+    pki: &Pki,
+    http: SocketAddr,
+    hub: SocketAddr,
+    agents: &[(String, String)],
+) -> Result<PathBuf> {
+    let root = pki.path().display();
+    let mut t = format!(
+        "[http]\nlisten = \"{http}\"\n[hub]\nlisten = \"{hub}\"\ncert = \"{root}/server/cert.pem\"\nkey = \"{root}/server/key.pem\"\nclient_ca = \"{root}/ca/ca.pem\"\n[store]\npath = \"{d}/backend.db\"\n[audit]\npath = \"{d}/audit.log\"\n[[tokens]]\nname = \"bench\"\nsha256 = \"{h}\"\nrole = \"admin\"\n",
+        d = dir.display(),
+        h = backend_agent::auth::token_sha256_hex(TOKEN),
+    );
+    for (id, pin) in agents {
+        t.push_str(&format!("[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"));
+    }
+    let path = dir.join("backend.toml");
+    std::fs::write(&path, t)?;
+    Ok(path)
+}
+
+/// Waits until the API answers `/health`.
+pub async fn wait_health(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http::try_get(addr, "/health").await.is_none() {
+        if Instant::now() > deadline {
+            bail!("backend did not answer /health");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The `q` quantile (0..=1) of sorted samples.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
