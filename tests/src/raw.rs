@@ -62,11 +62,30 @@ pub async fn connect(
     ca_pem: &str,
     identity: &Issued,
 ) -> Result<RawClient, String> {
+    connect_with_headers(hub, ca_pem, identity, &[]).await
+}
+
+/// Like [`connect`], with extra HTTP headers on the upgrade request.
+pub async fn connect_with_headers(
+    hub: SocketAddr,
+    ca_pem: &str,
+    identity: &Issued,
+    headers: &[(&'static str, String)],
+) -> Result<RawClient, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let stream = tls(hub, ca_pem, Some(identity))
         .await
         .map_err(|e| format!("tls: {e}"))?;
-    let url = format!("wss://{hub}/ws/agent");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    let mut request = format!("wss://{hub}/ws/agent")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            *name,
+            value.parse().map_err(|_| "bad header value".to_owned())?,
+        );
+    }
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
     Ok(RawClient { ws })

@@ -410,3 +410,58 @@ async fn idle_tcp_connections_do_not_stall_the_hub_or_the_api() {
     agent.stop().await;
     hub.stop().await;
 }
+
+fn escaped(pem: &str) -> String {
+    pem.replace('\n', "%0A")
+        .replace(' ', "%20")
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+#[tokio::test]
+async fn a_forwarded_certificate_header_from_a_non_proxy_is_ignored() {
+    let pki = Pki::new();
+    let (edge, _) = pki.agent("edge-01");
+    let (victim, _) = pki.agent("edge-02");
+    let hub = TestHub::start(&pki, &[("edge-01", &edge.pin), ("edge-02", &victim.pin)]).await;
+    // edge-01 claims to be forwarding edge-02's certificate: the header must not count.
+    let forged = vec![("x-agentmesh-client-cert", escaped(&victim.cert_pem))];
+    let mut client = raw::connect_with_headers(hub.hub, pki.ca.cert_pem(), &edge, &forged)
+        .await
+        .unwrap();
+    client.send_json(&raw::hello("edge-02", 1)).await;
+    let (code, reason) = client.close_code(PATIENCE).await.expect("closed");
+    assert_eq!(code, 4001, "{reason}");
+    assert!(!hub.is_connected("edge-02"));
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_must_forward_a_certificate() {
+    let pki = Pki::new();
+    let (proxy, _) = pki.agent("front-door");
+    let options = HubOptions {
+        extra: String::new(),
+        ..HubOptions::default()
+    };
+    let mut hub = TestHub::start_with(&pki, &[], options).await;
+    let text = std::fs::read_to_string(&hub.config_path).unwrap().replace(
+        "handshake_timeout_secs",
+        &format!(
+            "trusted_proxy_pins = [\"{}\"]\nhandshake_timeout_secs",
+            proxy.pin
+        ),
+    );
+    std::fs::write(&hub.config_path, text).unwrap();
+    hub.restart_from_file().await;
+    let _ = raw::connect(hub.hub, pki.ca.cert_pem(), &proxy).await;
+    eventually("proxy without header refused", PATIENCE, || async {
+        hub.backend()
+            .metrics
+            .hub_rejected_count("proxy_without_client_cert")
+            == 1
+    })
+    .await;
+    hub.stop().await;
+}
