@@ -200,6 +200,10 @@ Try:
   curl -s {api}/health
   curl -s -H "Authorization: Bearer $TOKEN" {api}/api/v1/agents
   curl -s -H "Authorization: Bearer $TOKEN" {api}/api/v1/agents/{DEV_AGENT_ID}
+  curl -s -H "Authorization: Bearer $TOKEN" -d '{{"verb":"ping","wait":true}}' {api}/api/v1/agents/{DEV_AGENT_ID}/commands
+  curl -s -H "Authorization: Bearer $TOKEN" -d '{{"verb":"echo","args":{{"message":"hi; $(id)"}},"wait":true}}' {api}/api/v1/agents/{DEV_AGENT_ID}/commands
+  curl -s -H "Authorization: Bearer $TOKEN" -d '{{"selector":{{"labels":{{"env":"dev"}}}},"verb":"sysinfo"}}' {api}/api/v1/commands
+  curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/v1/commands?limit=5"
   curl -s {api}/metrics
 
 Add another agent on another host:

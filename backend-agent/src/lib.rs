@@ -154,7 +154,6 @@ impl Backend {
             tokens: Arc::new(auth::TokenStore::new(&config.tokens)),
             metrics: metrics.clone(),
             hub_listening: hub_listening.clone(),
-            store_path: config.store.path.clone(),
             started: Instant::now(),
             commands: commands.clone(),
         };

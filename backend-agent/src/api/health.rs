@@ -20,10 +20,15 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-/// Readiness: the hub is listening and the store directory is writable.
+/// Readiness: the hub is listening and the store takes writes.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let hub = state.hub_listening.load(Ordering::Relaxed);
-    let store = store_writable(&state.store_path);
+    let store = state
+        .commands
+        .store()
+        .check_writable()
+        .await
+        .map_err(|e| e.to_string());
     let ok = hub && store.is_ok();
     let status = if ok {
         StatusCode::OK
@@ -37,14 +42,6 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "store_error": store.err(),
     });
     (status, Json(body))
-}
-
-fn store_writable(path: &std::path::Path) -> Result<(), String> {
-    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
-    let probe = dir.join(format!(".agentmesh-ready-{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// Prometheus text format.

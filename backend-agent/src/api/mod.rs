@@ -7,7 +7,6 @@ mod commands;
 mod error;
 mod health;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,8 +33,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set once the hub listener is bound.
     pub hub_listening: Arc<AtomicBool>,
-    /// The store file (its directory must be writable for `/ready`).
-    pub store_path: PathBuf,
     /// Process start.
     pub started: Instant,
     /// Commands and jobs.
