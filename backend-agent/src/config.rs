@@ -157,9 +157,18 @@ pub struct LimitsConfig {
     /// Burst per agent.
     #[serde(default = "default_agent_burst")]
     pub agent_burst: u32,
-    /// Hub connection attempts per source address per second.
+    /// Hub connection attempts per source address per second (0 = no limit).
     #[serde(default = "default_hub_connects_per_ip")]
     pub hub_connects_per_ip_per_sec: u32,
+    /// Burst of connection attempts per source address.
+    #[serde(default = "default_hub_connects_per_ip_burst")]
+    pub hub_connects_per_ip_burst: u32,
+    /// Global rate of TLS handshakes the hub starts (0 = no limit); excess waits its turn.
+    #[serde(default = "default_hub_handshakes_per_sec")]
+    pub hub_handshakes_per_sec: u32,
+    /// Burst of the global handshake rate.
+    #[serde(default = "default_hub_handshake_burst")]
+    pub hub_handshake_burst: u32,
 }
 
 /// `[[agents]]`: a statically enrolled agent.
@@ -249,6 +258,15 @@ fn default_agent_burst() -> u32 {
 }
 fn default_hub_connects_per_ip() -> u32 {
     5
+}
+fn default_hub_connects_per_ip_burst() -> u32 {
+    10
+}
+fn default_hub_handshakes_per_sec() -> u32 {
+    200
+}
+fn default_hub_handshake_burst() -> u32 {
+    400
 }
 fn default_verbs() -> Vec<String> {
     vec!["*".to_owned()]

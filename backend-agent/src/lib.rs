@@ -12,6 +12,7 @@
 //! - [`api`]: the operator HTTP API (axum), its errors and bearer-token extractor.
 //! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
 //! - [`auth`]: token roles, hashed lookup, token minting.
+//! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`notify`]: systemd readiness notification.
 //! - [`dev`]: the `backend-agent dev` quick start.
@@ -26,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod dev;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod registry;
@@ -128,11 +130,14 @@ impl Backend {
         let http_addr = listeners.http.local_addr().map_err(RunError::Http)?;
         let hub_addr = listeners.hub.local_addr().map_err(RunError::Http)?;
 
+        let limits = Arc::new(limits::RateLimits::new(&config.limits));
+        spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
         let commands = commands::CommandService::start(
             registry.clone(),
             store,
             metrics.clone(),
+            limits.clone(),
             stop_rx.clone(),
         );
         commands.recover().await?;
@@ -145,6 +150,7 @@ impl Backend {
             events: commands.clone(),
             shutdown: stop_rx.clone(),
             tasks: tasks.clone(),
+            limits: limits.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         let hub_task = tokio::spawn(hub::serve(listeners.hub, hub_ctx));
@@ -156,6 +162,7 @@ impl Backend {
             hub_listening: hub_listening.clone(),
             started: Instant::now(),
             commands: commands.clone(),
+            limits,
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;
@@ -213,6 +220,19 @@ impl Backend {
             session.request_close(agentmesh_protocol::close::GOING_AWAY, "backend stopped");
         }
     }
+}
+
+/// Forgets idle rate-limit keys every minute until shutdown.
+fn spawn_prune(limits: Arc<limits::RateLimits>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = hub::stopped(&mut stop) => break,
+                _ = every.tick() => limits.prune(),
+            }
+        }
+    });
 }
 
 /// Runs the backend until `shutdown` completes, then drains.

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 pub struct Metrics {
     /// TCP connections accepted by the hub.
     pub hub_connections_accepted: AtomicU64,
+    /// Handshakes admitted by the global admission rate.
+    pub hub_admitted: AtomicU64,
     /// Sessions that completed `hello`/`welcome`.
     pub hub_sessions_started: AtomicU64,
     /// Sessions replaced by a newer one of the same identity.
@@ -53,6 +55,12 @@ impl Metrics {
             "agentmesh_hub_connections_accepted_total",
             "TCP connections accepted by the hub.",
             &self.hub_connections_accepted,
+        );
+        counter(
+            &mut out,
+            "agentmesh_hub_admitted_total",
+            "Handshakes admitted by the global admission rate.",
+            &self.hub_admitted,
         );
         counter(
             &mut out,

@@ -47,7 +47,7 @@ pub fn write_backend_config(
 ) -> Result<PathBuf> {
     let root = pki.path().display();
     let mut t = format!(
-        "[http]\nlisten = \"{http}\"\n[hub]\nlisten = \"{hub}\"\ncert = \"{root}/server/cert.pem\"\nkey = \"{root}/server/key.pem\"\nclient_ca = \"{root}/ca/ca.pem\"\n[store]\npath = \"{d}/backend.db\"\n[audit]\npath = \"{d}/audit.log\"\n[[tokens]]\nname = \"bench\"\nsha256 = \"{h}\"\nrole = \"admin\"\n",
+        "[http]\nlisten = \"{http}\"\n[hub]\nlisten = \"{hub}\"\ncert = \"{root}/server/cert.pem\"\nkey = \"{root}/server/key.pem\"\nclient_ca = \"{root}/ca/ca.pem\"\n[store]\npath = \"{d}/backend.db\"\n[audit]\npath = \"{d}/audit.log\"\n[limits]\noperator_commands_per_sec = 0\nagent_commands_per_sec = 0\nhub_connects_per_ip_per_sec = 0\nhub_handshakes_per_sec = 0\n[[tokens]]\nname = \"bench\"\nsha256 = \"{h}\"\nrole = \"admin\"\n",
         d = dir.display(),
         h = backend_agent::auth::token_sha256_hex(TOKEN),
     );

@@ -80,6 +80,9 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::Offline(_) => StatusCode::CONFLICT,
             SubmitError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::RateLimited { wait, .. } => {
+                return ApiError::rate_limited(e.to_string(), *wait);
+            }
             SubmitError::Store(inner) => return ApiError::internal(inner),
         };
         let mut err = ApiError::new(status, e.code(), e.to_string());
@@ -106,6 +109,14 @@ impl From<JobError> for ApiError {
     }
 }
 
+/// Charges one request to the caller's token bucket.
+fn operator_rate(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    state.limits.check_operator(&caller.0.name).map_err(|wait| {
+        tracing::warn!(token = %caller.0.name, "operator rate limit hit");
+        ApiError::rate_limited(format!("token {:?} is over its command rate", caller.0.name), wait)
+    })
+}
+
 /// `POST /api/v1/agents/{id}/commands`.
 pub async fn run_on_agent(
     caller: Caller,
@@ -114,6 +125,7 @@ pub async fn run_on_agent(
     JsonBody(body): JsonBody<CommandBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
+    operator_rate(&state, &caller)?;
     let labels = state
         .registry
         .command_target(&agent_id, &body.verb)
@@ -161,6 +173,7 @@ pub async fn fan_out(
     JsonBody(body): JsonBody<JobBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
+    operator_rate(&state, &caller)?;
     // Scope: the verb, and every label the token is restricted to must be in the selector.
     check_scope(&caller.0, &body.verb, &caller.0.labels)?;
     let mut selector = body.selector;

@@ -37,6 +37,8 @@ pub struct AppState {
     pub started: Instant,
     /// Commands and jobs.
     pub commands: Arc<crate::commands::CommandService>,
+    /// Rate limits.
+    pub limits: Arc<crate::limits::RateLimits>,
 }
 
 /// The API router.

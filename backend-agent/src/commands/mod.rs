@@ -77,6 +77,14 @@ pub enum SubmitError {
     /// The agent's send queue (or offline hold queue) is full.
     #[error("agent {0:?} has too many commands queued; retry later")]
     QueueFull(String),
+    /// The agent's command rate is exhausted.
+    #[error("agent {agent:?} is over its command rate; retry in {wait:?}")]
+    RateLimited {
+        /// Agent id.
+        agent: String,
+        /// How long until a command would pass.
+        wait: Duration,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -91,6 +99,7 @@ impl SubmitError {
             SubmitError::BadArgs(_) => "invalid_args",
             SubmitError::Offline(_) => "agent_offline",
             SubmitError::QueueFull(_) => "queue_full",
+            SubmitError::RateLimited { .. } => "rate_limited",
             SubmitError::Store(_) => "internal",
         }
     }
@@ -106,6 +115,7 @@ pub struct CommandService {
     registry: Arc<Registry>,
     store: Store,
     metrics: Arc<Metrics>,
+    limits: Arc<crate::limits::RateLimits>,
     salt: Salt,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
@@ -119,6 +129,7 @@ impl CommandService {
         registry: Arc<Registry>,
         store: Store,
         metrics: Arc<Metrics>,
+        limits: Arc<crate::limits::RateLimits>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<String>();
@@ -126,6 +137,7 @@ impl CommandService {
             registry,
             store,
             metrics,
+            limits,
             salt: Salt::random(),
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
@@ -190,6 +202,9 @@ impl CommandService {
             .map_err(SubmitError::BadArgs)?;
         if target.session.is_none() && req.queue_ttl_ms.is_none() {
             return Err(SubmitError::Offline(req.agent_id));
+        }
+        if let Err(wait) = self.limits.check_agent(&req.agent_id) {
+            return Err(SubmitError::RateLimited { agent: req.agent_id, wait });
         }
         let verb_timeout = if spec.timeout_ms > 0 {
             spec.timeout_ms

@@ -15,6 +15,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
     let pending = Arc::new(Semaphore::new(ctx.config.max_pending_handshakes));
     let mut shutdown = ctx.shutdown.clone();
     let mut accept_backoff = Duration::from_millis(5);
+    let ip_drops = std::sync::atomic::AtomicU64::new(0);
     if let Ok(addr) = listener.local_addr() {
         info!(listen = %addr, "hub listening");
     }
@@ -39,6 +40,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
         ctx.metrics
             .hub_connections_accepted
             .fetch_add(1, Ordering::Relaxed);
+        // Counted before TLS, so a flood from one address costs one accept and one lookup.
+        if ctx.limits.check_hub_ip(peer.ip()).is_err() {
+            ctx.metrics.hub_rejected("ip_rate_limited");
+            let n = ip_drops.fetch_add(1, Ordering::Relaxed) + 1;
+            // One log line per power of two, so a flood does not become a log flood.
+            if n.is_power_of_two() {
+                warn!(peer.addr = %peer, reason = "ip_rate_limited", dropped_total = n, "hub connection refused before TLS");
+            }
+            continue;
+        }
         // At the bound, new connections are dropped at once rather than queued: a flood of
         // silent peers costs one accept each and cannot delay the ones already handshaking.
         let Ok(permit) = pending.clone().try_acquire_owned() else {

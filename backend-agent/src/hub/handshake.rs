@@ -31,7 +31,11 @@ pub(super) async fn connection(
     _task: TaskGuard,
 ) {
     let limit = Duration::from_secs(ctx.config.handshake_timeout_secs);
-    let (mut ws, identity) = match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp)).await {
+    let overloaded = match admit(&ctx).await {
+        Admission::Now => None,
+        Admission::RetryAfter(secs) => Some(secs),
+    };
+    let (mut ws, identity) = match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp, overloaded)).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(rejection)) => return refused(&ctx, &rejection, None),
         Err(_) => {
@@ -116,9 +120,36 @@ fn refused(ctx: &HubContext, r: &Rejection, identity: Option<&PeerIdentity>) {
     }
 }
 
+enum Admission {
+    Now,
+    RetryAfter(u64),
+}
+
+/// Longest a handshake waits for the global admission rate before being told to come back.
+const MAX_ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// Paces handshakes to `[limits].hub_handshakes_per_sec`: short waits are absorbed here (in
+/// this connection's task, never in the accept loop); longer ones get a retry hint.
+async fn admit(ctx: &HubContext) -> Admission {
+    let mut waited = Duration::ZERO;
+    loop {
+        let wait = ctx.limits.hub_admission();
+        if wait.is_zero() {
+            ctx.metrics.hub_admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Admission::Now;
+        }
+        if waited + wait > MAX_ADMISSION_WAIT {
+            return Admission::RetryAfter(crate::limits::retry_after_secs(wait).max(1));
+        }
+        tokio::time::sleep(wait).await;
+        waited += wait;
+    }
+}
+
 async fn tls_and_upgrade(
     ctx: &HubContext,
     tcp: TcpStream,
+    overloaded: Option<u64>,
 ) -> Result<(HubSocket, PeerIdentity), Rejection> {
     let tls = ctx
         .acceptor
@@ -144,6 +175,14 @@ async fn tls_and_upgrade(
             *err.status_mut() = http::StatusCode::NOT_FOUND;
             return Err(err);
         }
+        if let Some(secs) = overloaded {
+            let mut err = ErrorResponse::new(Some("hub busy: too many agents connecting; retry later\n".to_owned()));
+            *err.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+                err.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return Err(err);
+        }
         forwarded = req
             .headers()
             .get(FORWARDED_CERT_HEADER)
@@ -153,9 +192,10 @@ async fn tls_and_upgrade(
     };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(ctx.ws_config()))
         .await
-        .map_err(|e| match bad_path.take() {
-            Some(path) => Rejection::new("wrong_path", format!("upgrade requested for {path:?}")),
-            None => Rejection::new("websocket_upgrade", e.to_string()),
+        .map_err(|e| match (bad_path.take(), overloaded) {
+            (Some(path), _) => Rejection::new("wrong_path", format!("upgrade requested for {path:?}")),
+            (None, Some(secs)) => Rejection::new("admission_paced", format!("hub busy; told to retry after {secs}s")),
+            (None, None) => Rejection::new("websocket_upgrade", e.to_string()),
         })?;
     let identity = identity::resolve(
         &leaf,

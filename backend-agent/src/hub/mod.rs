@@ -80,6 +80,8 @@ pub struct HubContext {
     pub shutdown: watch::Receiver<bool>,
     /// Live connection tasks, so shutdown can wait for them.
     pub tasks: TaskCounter,
+    /// Per-address and global admission limits.
+    pub limits: Arc<crate::limits::RateLimits>,
 }
 
 impl HubContext {
