@@ -54,7 +54,9 @@ impl RateLimits {
         limiter: &Option<DefaultKeyedRateLimiter<K>>,
         key: &K,
     ) -> Result<(), Duration> {
-        let Some(limiter) = limiter else { return Ok(()) };
+        let Some(limiter) = limiter else {
+            return Ok(());
+        };
         if limiter.len() >= MAX_KEYS {
             return Err(Duration::from_secs(1));
         }
@@ -85,7 +87,9 @@ impl RateLimits {
             None => Duration::ZERO,
             Some(limiter) => match limiter.check() {
                 Ok(()) => Duration::ZERO,
-                Err(not_until) => not_until.wait_time_from(self.clock.now()).max(Duration::from_millis(1)),
+                Err(not_until) => not_until
+                    .wait_time_from(self.clock.now())
+                    .max(Duration::from_millis(1)),
             },
         }
     }
@@ -130,7 +134,10 @@ mod tests {
         assert!((4..=5).contains(&passed), "{passed}");
         let wait = l.check_operator("a").unwrap_err();
         assert!(wait <= Duration::from_millis(600), "{wait:?}");
-        assert!(l.check_operator("b").is_ok(), "another token is not starved");
+        assert!(
+            l.check_operator("b").is_ok(),
+            "another token is not starved"
+        );
     }
 
     #[test]

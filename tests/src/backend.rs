@@ -18,6 +18,9 @@ pub struct HubOptions {
     pub hello_timeout_secs: u64,
     /// `[hub].handshake_timeout_secs`.
     pub handshake_timeout_secs: u64,
+    /// The `[limits]` table (tests about other things turn the per-address limit off, since
+    /// every test peer comes from 127.0.0.1).
+    pub limits: String,
     /// Extra TOML appended to the config.
     pub extra: String,
 }
@@ -28,6 +31,7 @@ impl Default for HubOptions {
             heartbeat_secs: 20,
             hello_timeout_secs: 10,
             handshake_timeout_secs: 10,
+            limits: "[limits]\nhub_connects_per_ip_per_sec = 0\n".to_owned(),
             extra: String::new(),
         }
     }
@@ -134,6 +138,8 @@ role = "viewer"
             operator = token_sha256_hex(OPERATOR_TOKEN),
             viewer = token_sha256_hex(VIEWER_TOKEN),
         );
+        t.push('\n');
+        t.push_str(&self.options.limits);
         for (id, pin) in &self.enrolled {
             t.push_str(&format!(
                 "\n[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"

@@ -113,7 +113,10 @@ impl From<JobError> for ApiError {
 fn operator_rate(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     state.limits.check_operator(&caller.0.name).map_err(|wait| {
         tracing::warn!(token = %caller.0.name, "operator rate limit hit");
-        ApiError::rate_limited(format!("token {:?} is over its command rate", caller.0.name), wait)
+        ApiError::rate_limited(
+            format!("token {:?} is over its command rate", caller.0.name),
+            wait,
+        )
     })
 }
 

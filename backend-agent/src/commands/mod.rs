@@ -204,7 +204,10 @@ impl CommandService {
             return Err(SubmitError::Offline(req.agent_id));
         }
         if let Err(wait) = self.limits.check_agent(&req.agent_id) {
-            return Err(SubmitError::RateLimited { agent: req.agent_id, wait });
+            return Err(SubmitError::RateLimited {
+                agent: req.agent_id,
+                wait,
+            });
         }
         let verb_timeout = if spec.timeout_ms > 0 {
             spec.timeout_ms

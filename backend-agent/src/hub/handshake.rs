@@ -35,17 +35,18 @@ pub(super) async fn connection(
         Admission::Now => None,
         Admission::RetryAfter(secs) => Some(secs),
     };
-    let (mut ws, identity) = match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp, overloaded)).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(rejection)) => return refused(&ctx, &rejection, None),
-        Err(_) => {
-            let r = Rejection::new(
-                "handshake_timeout",
-                format!("no TLS handshake and upgrade within {}s", limit.as_secs()),
-            );
-            return refused(&ctx, &r, None);
-        }
-    };
+    let (mut ws, identity) =
+        match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp, overloaded)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(rejection)) => return refused(&ctx, &rejection, None),
+            Err(_) => {
+                let r = Rejection::new(
+                    "handshake_timeout",
+                    format!("no TLS handshake and upgrade within {}s", limit.as_secs()),
+                );
+                return refused(&ctx, &r, None);
+            }
+        };
     tracing::Span::current().record("agent.id", identity.cn.as_str());
 
     if let Err(why) = ctx.registry.check_identity(&identity.cn, &identity.pin) {
@@ -135,7 +136,9 @@ async fn admit(ctx: &HubContext) -> Admission {
     loop {
         let wait = ctx.limits.hub_admission();
         if wait.is_zero() {
-            ctx.metrics.hub_admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics
+                .hub_admitted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Admission::Now;
         }
         if waited + wait > MAX_ADMISSION_WAIT {
@@ -176,7 +179,9 @@ async fn tls_and_upgrade(
             return Err(err);
         }
         if let Some(secs) = overloaded {
-            let mut err = ErrorResponse::new(Some("hub busy: too many agents connecting; retry later\n".to_owned()));
+            let mut err = ErrorResponse::new(Some(
+                "hub busy: too many agents connecting; retry later\n".to_owned(),
+            ));
             *err.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
                 err.headers_mut().insert(http::header::RETRY_AFTER, v);
@@ -193,8 +198,13 @@ async fn tls_and_upgrade(
     let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(ctx.ws_config()))
         .await
         .map_err(|e| match (bad_path.take(), overloaded) {
-            (Some(path), _) => Rejection::new("wrong_path", format!("upgrade requested for {path:?}")),
-            (None, Some(secs)) => Rejection::new("admission_paced", format!("hub busy; told to retry after {secs}s")),
+            (Some(path), _) => {
+                Rejection::new("wrong_path", format!("upgrade requested for {path:?}"))
+            }
+            (None, Some(secs)) => Rejection::new(
+                "admission_paced",
+                format!("hub busy; told to retry after {secs}s"),
+            ),
             (None, None) => Rejection::new("websocket_upgrade", e.to_string()),
         })?;
     let identity = identity::resolve(
