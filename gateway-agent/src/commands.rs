@@ -56,6 +56,7 @@ impl Commands {
             started_at: None,
             duration_ms: None,
             error: Some(error),
+            signature: None,
         }
     }
 

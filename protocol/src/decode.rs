@@ -54,8 +54,8 @@ impl DecodeError {
     }
 }
 
-const AGENT_TYPES: &[&str] = &["hello", "result", "output", "error"];
-const HUB_TYPES: &[&str] = &["welcome", "command", "cancel", "drain", "error"];
+const AGENT_TYPES: &[&str] = &["hello", "result", "output", "error", "renew"];
+const HUB_TYPES: &[&str] = &["welcome", "command", "cancel", "drain", "error", "renewed"];
 
 /// Decodes a frame sent by an agent.
 pub fn decode_agent_frame(bytes: &[u8], limit: usize) -> Result<AgentFrame, DecodeError> {

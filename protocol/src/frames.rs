@@ -21,6 +21,11 @@ pub enum AgentFrame {
     Output(OutputFrame),
     /// Something the agent could not process.
     Error(ErrorBody),
+    /// Asks the hub to sign a new certificate for this agent (renewal).
+    Renew {
+        /// PEM certificate signing request for a freshly generated key.
+        csr: String,
+    },
 }
 
 /// Frames the hub sends to an agent.
@@ -43,6 +48,15 @@ pub enum HubFrame {
     },
     /// Something the hub could not process.
     Error(ErrorBody),
+    /// Answer to `renew`: the new certificate, signed by the mesh CA.
+    Renewed {
+        /// PEM certificate for the key of the `renew` CSR.
+        certificate: String,
+        /// PEM of the mesh CA.
+        ca: String,
+        /// The new certificate's pin (now enrolled beside the old one).
+        pin: String,
+    },
 }
 
 /// `hello`: the agent's identity and capabilities.
@@ -172,6 +186,10 @@ pub struct ResultFrame {
     /// Machine-readable reason for `failed`/`rejected`/`timeout`/`cancelled`.
     #[serde(default)]
     pub error: Option<ErrorBody>,
+    /// Base64 ECDSA P-256 signature by the agent's certificate key over the result's digest
+    /// (see `docs/audit.md`); absent from agents that do not sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// `output`: a streaming chunk of a running command.
@@ -212,6 +230,7 @@ impl AgentFrame {
             AgentFrame::Result(_) => "result",
             AgentFrame::Output(_) => "output",
             AgentFrame::Error(_) => "error",
+            AgentFrame::Renew { .. } => "renew",
         }
     }
 
@@ -230,6 +249,7 @@ impl HubFrame {
             HubFrame::Cancel { .. } => "cancel",
             HubFrame::Drain { .. } => "drain",
             HubFrame::Error(_) => "error",
+            HubFrame::Renewed { .. } => "renewed",
         }
     }
 

@@ -44,7 +44,7 @@ fn golden_examples_round_trip() {
         assert_golden_round_trip(&name);
         seen += 1;
     }
-    assert_eq!(seen, 10, "every frame type has a golden example");
+    assert_eq!(seen, 12, "every frame type has a golden example");
 }
 
 #[test]
@@ -148,7 +148,7 @@ proptest! {
                                 out in ".{0,64}", ms in proptest::option::of(any::<u64>())) {
         let frame = AgentFrame::Result(agentmesh_protocol::ResultFrame {
             command_id: id, status: CommandStatus::Failed, exit_code: code, stdout: out,
-            stderr: String::new(), truncated: false, started_at: None, duration_ms: ms, error: None,
+            stderr: String::new(), truncated: false, started_at: None, duration_ms: ms, error: None, signature: None,
         });
         let back = decode_agent_frame(frame.to_json().as_bytes(), LIMIT).unwrap();
         prop_assert_eq!(frame, back);

@@ -194,6 +194,10 @@ where
                 debug!("ignoring a repeated welcome");
                 None
             }
+            Ok(HubFrame::Renewed { .. }) => {
+                debug!("ignoring a renewed certificate this agent did not ask for");
+                None
+            }
             Err(e) => {
                 warn!(error = %e, "undecodable frame from the hub");
                 Some(AgentFrame::Error(ErrorBody::new(e.code(), e.to_string())))
