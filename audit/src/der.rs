@@ -11,8 +11,8 @@ const VERSION_TAG: u8 = 0xa0;
 
 /// id-ecPublicKey (1.2.840.10045.2.1) followed by prime256v1 (1.2.840.10045.3.1.7).
 const EC_P256_ALGORITHM: &[u8] = &[
-    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
-    0x3d, 0x03, 0x01, 0x07,
+    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+    0x03, 0x01, 0x07,
 ];
 
 /// One TLV: its tag, its content, and the whole encoding.
@@ -57,7 +57,7 @@ fn read_tlv(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), AuditError> {
 }
 
 /// Reads one TLV that must have `tag`.
-fn expect(input: &[u8], tag: u8, what: &str) -> Result<(Tlv<'_>, &[u8]), AuditError> {
+fn expect_tag<'a>(input: &'a [u8], tag: u8, what: &str) -> Result<(Tlv<'a>, &'a [u8]), AuditError> {
     let (tlv, rest) = read_tlv(input)?;
     if tlv.tag != tag {
         return Err(bad(&format!("{what}: unexpected tag {:#04x}", tlv.tag)));
@@ -68,8 +68,8 @@ fn expect(input: &[u8], tag: u8, what: &str) -> Result<(Tlv<'_>, &[u8]), AuditEr
 /// The DER SubjectPublicKeyInfo of a DER X.509 certificate, byte for byte as encoded there (so
 /// its pin equals `mesh_certs::pin_from_cert_der`).
 pub fn spki_der_from_cert_der(cert_der: &[u8]) -> Result<Vec<u8>, AuditError> {
-    let (cert, _) = expect(cert_der, SEQUENCE, "certificate")?;
-    let (tbs, _) = expect(cert.content, SEQUENCE, "tbsCertificate")?;
+    let (cert, _) = expect_tag(cert_der, SEQUENCE, "certificate")?;
+    let (tbs, _) = expect_tag(cert.content, SEQUENCE, "tbsCertificate")?;
     let mut fields = tbs.content;
     let (first, rest) = read_tlv(fields)?;
     if first.tag == VERSION_TAG {
@@ -79,21 +79,21 @@ pub fn spki_der_from_cert_der(cert_der: &[u8]) -> Result<Vec<u8>, AuditError> {
     for _ in 0..5 {
         fields = read_tlv(fields)?.1;
     }
-    let (spki, _) = expect(fields, SEQUENCE, "subjectPublicKeyInfo")?;
+    let (spki, _) = expect_tag(fields, SEQUENCE, "subjectPublicKeyInfo")?;
     Ok(spki.raw.to_vec())
 }
 
 /// The uncompressed EC point inside a P-256 SubjectPublicKeyInfo, as ring wants it.
 pub(crate) fn ec_point_from_spki(spki_der: &[u8]) -> Result<&[u8], AuditError> {
-    let (spki, trailing) = expect(spki_der, SEQUENCE, "subjectPublicKeyInfo")?;
+    let (spki, trailing) = expect_tag(spki_der, SEQUENCE, "subjectPublicKeyInfo")?;
     if !trailing.is_empty() {
         return Err(bad("trailing bytes after subjectPublicKeyInfo"));
     }
-    let (algorithm, rest) = expect(spki.content, SEQUENCE, "algorithm")?;
+    let (algorithm, rest) = expect_tag(spki.content, SEQUENCE, "algorithm")?;
     if algorithm.content != EC_P256_ALGORITHM {
         return Err(AuditError::Crypto("public key is not ECDSA P-256".into()));
     }
-    let (bits, _) = expect(rest, BIT_STRING, "subjectPublicKey")?;
+    let (bits, _) = expect_tag(rest, BIT_STRING, "subjectPublicKey")?;
     match bits.content.split_first() {
         Some((0, point)) => Ok(point),
         _ => Err(bad("subjectPublicKey has unused bits")),
@@ -106,7 +106,13 @@ mod tests {
 
     #[test]
     fn refuses_garbage_without_panicking() {
-        for input in [&b""[..], b"\x30", b"\x30\x85\x00", b"\x30\x05\x02\x01", b"\x04\x00"] {
+        for input in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x85\x00",
+            b"\x30\x05\x02\x01",
+            b"\x04\x00",
+        ] {
             assert!(spki_der_from_cert_der(input).is_err());
             assert!(ec_point_from_spki(input).is_err());
         }

@@ -118,11 +118,12 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), AuditError> {
         .map_err(|e| AuditError::io(format!("create directory {}", dir.display()), e))
 }
 
-/// Opens (creating with mode 0600) the log file for reading and writing; true if created.
+/// Opens (creating with mode 0600) the log file for reading and appending; true if created.
+/// Append mode keeps every write at the end, also after a repair truncates the file.
 pub(crate) fn open_log_file(path: &Path) -> Result<(File, bool), AuditError> {
     let existed = path.exists();
     let mut options = fs::OpenOptions::new();
-    options.read(true).write(true).create(true);
+    options.read(true).append(true).create(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -196,7 +197,10 @@ mod tests {
         .map(PathBuf::from)
         .collect();
         let ordered = chain_order(&paths);
-        assert_eq!(ordered, vec![paths[2].clone(), paths[1].clone(), paths[0].clone()]);
+        assert_eq!(
+            ordered,
+            vec![paths[2].clone(), paths[1].clone(), paths[0].clone()]
+        );
     }
 
     #[test]

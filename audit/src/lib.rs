@@ -1,1 +1,65 @@
 #![forbid(unsafe_code)]
+//! The agentmesh audit log: tamper-evident, hash-chained JSON Lines, used by the backend and
+//! by each gateway agent for its own log (DESIGN.md §7; the format is in `docs/audit.md`).
+//!
+//! Every record carries `seq`, `prev` (the previous record's hash) and `hash` (SHA-256 of its
+//! canonical form), so changing, deleting or reordering a record breaks the chain at that
+//! record. One writer thread owns the file; callers hold cheap [`AuditLog`] handles.
+//! [`AuditLog::append_durable`] completes after the record is fsynced, and concurrent callers
+//! share fsyncs (group commit). At open, a torn tail left by a crash is cut and the cut is
+//! itself recorded (`log_repaired`); files rotate at a size limit with the chain continuing.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), agentmesh_audit::AuditError> {
+//! use agentmesh_audit::{kinds, AuditEvent, AuditLog, AuditOptions};
+//! use serde_json::json;
+//! let (log, report) = AuditLog::open("/var/lib/agentmesh/audit.jsonl".as_ref(), AuditOptions::default())?;
+//! assert!(report.broken.is_none());
+//! let event = AuditEvent::new(kinds::COMMAND_REQUESTED)
+//!     .actor("alice")
+//!     .agent("web-01")
+//!     .command("c-1")
+//!     .details(json!({"verb": "ping"}));
+//! let record = log.append_durable(event).await?; // on disk before the command is dispatched
+//! println!("seq {}", record.seq);
+//! log.close().await
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `record`: [`AuditEvent`], [`AuditRecord`], [`kinds`], the canonical form and hashing.
+//! - `writer`: [`AuditLog`] and [`AuditOptions`]: the handle, the writer thread, group commit.
+//! - `segment`: the current file: sealing, writing, fsync, rotation.
+//! - `repair`: what [`AuditLog::open`] checks and cuts; [`OpenReport`].
+//! - `verify`: [`verify_files`], [`VerifyError`], [`run_verify_cli`] for `audit verify FILE...`.
+//! - `query`: [`query`] with an [`AuditFilter`].
+//! - `sign`: result digests and signatures ([`result_digest`], [`ResultSignature`]) and
+//!   [`salted_hash`] for `secret` params.
+//! - `der`: [`spki_der_from_cert_der`] and the minimal DER walking it needs.
+//! - `files`: rotated file names ([`log_files`]), directory fsync, tail reading.
+//! - `error`: [`AuditError`].
+
+mod der;
+mod error;
+mod files;
+mod query;
+mod record;
+mod repair;
+mod segment;
+mod sign;
+mod verify;
+mod writer;
+
+pub use der::spki_der_from_cert_der;
+pub use error::AuditError;
+pub use files::log_files;
+pub use query::{query, AuditFilter, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
+pub use record::{canonical_json, kinds, AuditEvent, AuditRecord, GENESIS_PREV};
+pub use repair::OpenReport;
+pub use sign::{
+    result_digest, salted_hash, sign_result_digest, verify_result_signature, ResultSignature,
+    ResultSigner, RESULT_SIGNATURE_CONTEXT,
+};
+pub use verify::{run_verify_cli, verify_files, BreakReason, VerifyError, VerifySummary};
+pub use writer::{AuditLog, AuditOptions};

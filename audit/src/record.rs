@@ -153,6 +153,13 @@ impl AuditRecord {
         record
     }
 
+    /// Moves the record to position `seq` after `prev` (used when rotation intervenes).
+    pub(crate) fn relink(&mut self, seq: u64, prev: String) {
+        self.seq = seq;
+        self.prev = prev;
+        self.hash = sha256_hex(canonical_json(&self.body()).as_bytes());
+    }
+
     /// The record as a JSON object without `hash`: what the hash covers.
     pub fn body(&self) -> Value {
         let mut map = Map::new();
@@ -269,7 +276,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Whether `s` is 64 lowercase hex digits, the shape of every hash in the log.
 pub(crate) fn is_hash_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Now, as the log writes it: RFC 3339 UTC with milliseconds, e.g. `2025-01-31T12:00:00.123Z`.
@@ -342,7 +351,8 @@ mod tests {
         assert_eq!(record.hash, WORKED_EXAMPLE_HASH);
     }
 
-    const WORKED_EXAMPLE_HASH: &str = "";
+    const WORKED_EXAMPLE_HASH: &str =
+        "1334215c9ad30c34cdf09346387122e6277ac3106d2d264515b1eb82a8096d46";
 
     #[test]
     fn timestamps_have_milliseconds() {

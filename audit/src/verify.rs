@@ -96,7 +96,6 @@ pub struct VerifySummary {
 pub(crate) struct CheckedLine {
     pub(crate) seq: u64,
     pub(crate) hash: String,
-    pub(crate) kind: String,
 }
 
 /// The running state of a chain: the last good record, if any.
@@ -110,47 +109,50 @@ pub(crate) struct Chain {
 }
 
 /// Parses and checks one line on its own: JSON, fields, hash, canonical form.
-pub(crate) fn check_record(line: &[u8]) -> Result<(CheckedLine, Value), (Option<u64>, BreakReason)> {
+pub(crate) fn check_record(
+    line: &[u8],
+) -> Result<(CheckedLine, Value), (Option<u64>, BreakReason)> {
     let value: Value =
         serde_json::from_slice(line).map_err(|e| (None, BreakReason::BadJson(e.to_string())))?;
-    let Value::Object(mut map) = value.clone() else {
+    let canonical = canonical_json(&value);
+    let Value::Object(mut map) = value else {
         return Err((None, BreakReason::BadRecord("not a JSON object".into())));
     };
     let seq = map.get("seq").and_then(Value::as_u64);
     let bad = |msg: &str| (seq, BreakReason::BadRecord(msg.to_owned()));
-    let seq_value = seq.ok_or_else(|| bad("`seq` is missing or not an unsigned integer"))?;
     let stored = match map.remove("hash") {
         Some(Value::String(h)) => h,
         _ => return Err(bad("`hash` is missing or not a string")),
     };
-    let computed = sha256_hex(canonical_json(&Value::Object(map.clone())).as_bytes());
+    let body = Value::Object(map);
+    let computed = sha256_hex(canonical_json(&body).as_bytes());
     if stored != computed {
         return Err((seq, BreakReason::HashMismatch { stored, computed }));
     }
-    if canonical_json(&value).as_bytes() != line {
+    if canonical.as_bytes() != line {
         return Err((seq, BreakReason::NotCanonical));
     }
+    let seq_value = seq.ok_or_else(|| bad("`seq` is missing or not an unsigned integer"))?;
+    let field_ok = |key: &str, ok: fn(&Value) -> bool| body.get(key).is_some_and(ok);
     for key in ["ts", "kind", "prev"] {
-        if !map.get(key).is_some_and(Value::is_string) {
+        if !field_ok(key, Value::is_string) {
             return Err(bad(&format!("`{key}` is missing or not a string")));
         }
     }
     for key in ["actor", "agent_id", "command_id"] {
-        if !map.get(key).is_some_and(|v| v.is_string() || v.is_null()) {
+        if !field_ok(key, |v| v.is_string() || v.is_null()) {
             return Err(bad(&format!("`{key}` is missing or not a string or null")));
         }
     }
-    if !map.get("details").is_some_and(Value::is_object) {
+    if !field_ok("details", Value::is_object) {
         return Err(bad("`details` is missing or not an object"));
     }
-    let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
     Ok((
         CheckedLine {
             seq: seq_value,
             hash: stored,
-            kind: kind.to_owned(),
         },
-        Value::Object(map),
+        body,
     ))
 }
 
@@ -191,7 +193,10 @@ impl Chain {
                 ));
             }
             None if !is_hash_hex(prev) => {
-                return Err((seq, BreakReason::BadRecord("`prev` is not a hex hash".into())));
+                return Err((
+                    seq,
+                    BreakReason::BadRecord("`prev` is not a hex hash".into()),
+                ));
             }
             _ => {}
         }

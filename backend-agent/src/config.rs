@@ -61,6 +61,9 @@ pub struct BackendConfig {
     /// Rate limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The mesh CA used to sign enrolment and renewal CSRs (optional).
+    #[serde(default)]
+    pub ca: CaConfig,
     /// Statically enrolled agents.
     #[serde(default)]
     pub agents: Vec<AgentEnrolment>,
@@ -171,6 +174,24 @@ pub struct LimitsConfig {
     pub hub_handshake_burst: u32,
 }
 
+/// `[ca]`: the mesh CA key, needed only for join-token enrolment and renewal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// CA certificate (PEM); absent = enrolment by CSR and renewal are off.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// CA private key (PEM, PKCS#8; keep it 0600).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Validity of certificates the backend signs.
+    #[serde(default = "default_agent_cert_days")]
+    pub agent_cert_days: i64,
+    /// Longest lifetime of a join token.
+    #[serde(default = "default_max_join_token_secs")]
+    pub max_join_token_secs: u64,
+}
+
 /// `[[agents]]`: a statically enrolled agent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +289,12 @@ fn default_hub_handshakes_per_sec() -> u32 {
 fn default_hub_handshake_burst() -> u32 {
     400
 }
+fn default_agent_cert_days() -> i64 {
+    90
+}
+fn default_max_join_token_secs() -> u64 {
+    7 * 24 * 3600
+}
 fn default_verbs() -> Vec<String> {
     vec!["*".to_owned()]
 }
@@ -287,7 +314,8 @@ default_via_serde!(
     HubConfig,
     StoreConfig,
     AuditConfig,
-    LimitsConfig
+    LimitsConfig,
+    CaConfig
 );
 
 /// Prefix of environment overrides: `AGENTMESH_HUB_LISTEN` sets `hub.listen`.
@@ -346,6 +374,11 @@ impl BackendConfig {
                 *p = base.join(&*p);
             }
         }
+        for p in [&mut self.ca.cert, &mut self.ca.key].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
@@ -371,6 +404,18 @@ impl BackendConfig {
         }
         if self.hub.send_queue == 0 || self.hub.max_pending_handshakes == 0 {
             return Err(invalid("hub.send_queue".into(), "must be > 0".into()));
+        }
+        if self.ca.cert.is_some() != self.ca.key.is_some() {
+            return Err(invalid(
+                "ca".into(),
+                "set both cert and key, or neither".into(),
+            ));
+        }
+        if !(1..=3650).contains(&self.ca.agent_cert_days) {
+            return Err(invalid(
+                "ca.agent_cert_days".into(),
+                "must be 1..=3650".into(),
+            ));
         }
         for (i, pin) in self.hub.trusted_proxy_pins.iter().enumerate() {
             check_pin(pin).map_err(|m| invalid(format!("hub.trusted_proxy_pins[{i}]"), m))?;

@@ -15,6 +15,8 @@
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`notify`]: systemd readiness notification.
+//! - [`enrol`]: enrolment, join tokens, renewal, revocation.
+//! - [`events`]: routes session events to commands and enrolment.
 //! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
@@ -26,6 +28,8 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod dev;
+pub mod enrol;
+pub mod events;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
@@ -65,6 +69,9 @@ pub enum RunError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Enrolments could not be loaded (or `[ca]` is unusable).
+    #[error("enrolment: {0}")]
+    Enrol(#[from] enrol::EnrolError),
     /// The embedded store could not be opened.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
@@ -108,6 +115,8 @@ pub struct Backend {
     pub metrics: Arc<Metrics>,
     /// Commands and jobs.
     pub commands: Arc<commands::CommandService>,
+    /// Enrolment, renewal, revocation.
+    pub enrolment: Arc<enrol::Enrolment>,
     /// Bound API address.
     pub http_addr: SocketAddr,
     /// Bound hub address.
@@ -123,7 +132,7 @@ impl Backend {
     pub async fn start(listeners: Listeners, config: BackendConfig) -> Result<Self, RunError> {
         let (server_tls, client_verifier) =
             hub::tls::server_config(&config.hub.cert, &config.hub.key, &config.hub.client_ca)?;
-        let registry = Arc::new(Registry::new(&config.agents));
+        let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
         let (stop, stop_rx) = watch::channel(false);
         let tasks = TaskCounter::default();
@@ -135,19 +144,39 @@ impl Backend {
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
         let commands = commands::CommandService::start(
             registry.clone(),
-            store,
+            store.clone(),
             metrics.clone(),
             limits.clone(),
             stop_rx.clone(),
         );
         commands.recover().await?;
+        let hub_pins = hub::tls::load_certs(&config.hub.cert)?
+            .first()
+            .and_then(|c| mesh_certs::pin_from_cert_der(c.as_ref()).ok())
+            .into_iter()
+            .collect();
+        let enrolment = Arc::new(
+            enrol::Enrolment::start(
+                registry.clone(),
+                store.clone(),
+                &config.ca,
+                &config.agents,
+                hub_pins,
+            )
+            .await?,
+        );
+        let events = Arc::new(events::BackendEvents {
+            registry: registry.clone(),
+            commands: commands.clone(),
+            enrolment: enrolment.clone(),
+        });
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
             registry: registry.clone(),
             metrics: metrics.clone(),
             acceptor: tokio_rustls::TlsAcceptor::from(server_tls),
             client_verifier,
-            events: commands.clone(),
+            events,
             shutdown: stop_rx.clone(),
             tasks: tasks.clone(),
             limits: limits.clone(),
@@ -163,10 +192,15 @@ impl Backend {
             started: Instant::now(),
             commands: commands.clone(),
             limits,
+            enrolment: enrolment.clone(),
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;
-        let http = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
+        let http = axum::serve(
+            listeners.http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             hub::stopped(&mut http_stop).await;
         });
         let http_task = tokio::spawn(async move { http.await });
@@ -176,6 +210,7 @@ impl Backend {
             registry,
             metrics,
             commands,
+            enrolment,
             http_addr,
             hub_addr,
             stop,

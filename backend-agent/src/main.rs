@@ -27,6 +27,13 @@ enum Command {
     /// Quick start: CA, certificates, configs and a token under ./dev-state, then a backend and
     /// one local gateway agent.
     Dev(dev::DevOptions),
+    /// Revoke an agent offline (backend stopped): every pin refused from the next start on.
+    /// With the backend running, use `DELETE /api/v1/agents/{id}` instead.
+    Revoke {
+        /// Agent id.
+        #[arg(long)]
+        id: String,
+    },
     /// Operator API tokens.
     Token {
         #[command(subcommand)]
@@ -91,20 +98,29 @@ fn main() -> ExitCode {
             print!("{}", token_config_snippet(&name, role, &token));
             ExitCode::SUCCESS
         }
+        Some(Command::Revoke { id }) => {
+            let config = match load_config(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime_main(async move {
+                let store = backend_agent::store::Store::open_sqlite(config.store.path.clone())
+                    .await
+                    .map_err(|e| (1, e.to_string()))?;
+                let n = backend_agent::enrol::revoke_offline(&store, &id)
+                    .await
+                    .map_err(|e| (1, e.to_string()))?;
+                println!("revoked {n} pin(s) of {id}; restart the backend if it is running");
+                Ok(())
+            })
+        }
         Some(Command::Dev(opts)) => {
             runtime_main(async move { dev::run(opts).await.map_err(|e| (1, format!("{e:#}"))) })
         }
         None => {
-            let Some(path) = cli.config else {
-                eprintln!("backend-agent: --config FILE is required (or try `backend-agent dev`)");
-                return ExitCode::from(EXIT_USAGE);
-            };
-            let config = match BackendConfig::load(&path) {
+            let config = match load_config(cli.config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("backend-agent: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
+                Err(code) => return code,
             };
             runtime_main(async move {
                 let listeners = Listeners::bind(&config)
@@ -116,6 +132,17 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<BackendConfig, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("backend-agent: --config FILE is required (or try `backend-agent dev`)");
+        return Err(ExitCode::from(EXIT_USAGE));
+    };
+    BackendConfig::load(path).map_err(|e| {
+        eprintln!("backend-agent: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
 }
 
 fn runtime_main(fut: impl std::future::Future<Output = Result<(), (u8, String)>>) -> ExitCode {

@@ -68,6 +68,8 @@ pub enum IdentityRejection {
     PinNotEnrolled,
     /// The pin (or the whole agent) was revoked.
     Revoked,
+    /// The pin was replaced by a renewed certificate.
+    Retired,
 }
 
 impl IdentityRejection {
@@ -76,6 +78,7 @@ impl IdentityRejection {
         match self {
             IdentityRejection::PinNotEnrolled => "pin_not_enrolled",
             IdentityRejection::Revoked => "revoked",
+            IdentityRejection::Retired => "pin_retired",
         }
     }
 }
@@ -83,7 +86,9 @@ impl IdentityRejection {
 #[derive(Debug, Default)]
 struct AgentRecord {
     pins: Vec<String>,
+    retired_pins: HashSet<String>,
     revoked_pins: HashSet<String>,
+    revoked: bool,
     hello: Option<HelloFrame>,
     pin: Option<String>,
     remote_addr: Option<String>,
@@ -111,8 +116,10 @@ pub struct AgentView {
     pub version: Option<String>,
     /// Pin of the certificate of the last session.
     pub pin: Option<String>,
-    /// Pins enrolled for this agent.
+    /// Pins enrolled (active) for this agent.
     pub enrolled_pins: Vec<String>,
+    /// Whether the agent is revoked.
+    pub revoked: bool,
     /// Peer address of the last session.
     pub remote_addr: Option<String>,
     /// Start of the current session (RFC 3339).
@@ -160,17 +167,77 @@ impl Registry {
     pub fn enrol(&self, id: &str, pin: &str) {
         let mut agents = self.lock();
         let record = agents.entry(id.to_owned()).or_default();
+        if record.revoked_pins.contains(pin) {
+            return;
+        }
+        record.retired_pins.remove(pin);
         if !record.pins.iter().any(|p| p == pin) {
             record.pins.push(pin.to_owned());
         }
+    }
+
+    /// Clears the agent-level revocation (an admin enrolled a fresh pin); revoked pins stay
+    /// revoked.
+    pub fn unrevoke(&self, id: &str) {
+        if let Some(r) = self.lock().get_mut(id) {
+            r.revoked = false;
+        }
+    }
+
+    /// Marks one pin revoked.
+    pub fn revoke_pin(&self, id: &str, pin: &str) {
+        let mut agents = self.lock();
+        let record = agents.entry(id.to_owned()).or_default();
+        record.pins.retain(|p| p != pin);
+        record.retired_pins.remove(pin);
+        record.revoked_pins.insert(pin.to_owned());
+    }
+
+    /// Retires a pin (replaced by a renewal): it can no longer connect.
+    pub fn retire_pin(&self, id: &str, pin: &str) {
+        let mut agents = self.lock();
+        let record = agents.entry(id.to_owned()).or_default();
+        record.pins.retain(|p| p != pin);
+        if !record.revoked_pins.contains(pin) {
+            record.retired_pins.insert(pin.to_owned());
+        }
+    }
+
+    /// Active pins of `id`.
+    pub fn active_pins(&self, id: &str) -> Vec<String> {
+        self.lock()
+            .get(id)
+            .map(|r| r.pins.clone())
+            .unwrap_or_default()
+    }
+
+    /// Revokes every pin of `id`, refuses it from now on, and returns its live session (the
+    /// caller closes it with 4004). `None` in the outer option: unknown agent.
+    pub fn revoke_agent(&self, id: &str) -> Option<Option<LiveSession>> {
+        let mut agents = self.lock();
+        let record = agents.get_mut(id)?;
+        let pins: Vec<String> = record.pins.drain(..).collect();
+        record.revoked_pins.extend(pins);
+        let retired: Vec<String> = record.retired_pins.drain().collect();
+        record.revoked_pins.extend(retired);
+        record.revoked = true;
+        Some(record.session.clone())
+    }
+
+    /// Marks the whole agent revoked (loaded from the store at start).
+    pub fn mark_revoked(&self, id: &str) {
+        self.lock().entry(id.to_owned()).or_default().revoked = true;
     }
 
     /// Whether `pin` may connect as `id`.
     pub fn check_identity(&self, id: &str, pin: &str) -> Result<(), IdentityRejection> {
         let agents = self.lock();
         let record = agents.get(id).ok_or(IdentityRejection::PinNotEnrolled)?;
-        if record.revoked_pins.contains(pin) {
+        if record.revoked || record.revoked_pins.contains(pin) {
             return Err(IdentityRejection::Revoked);
+        }
+        if record.retired_pins.contains(pin) {
+            return Err(IdentityRejection::Retired);
         }
         if record.pins.iter().any(|p| p == pin) {
             Ok(())
@@ -313,6 +380,7 @@ fn view(id: &str, r: &AgentRecord) -> AgentView {
         version: hello.map(|h| h.version.clone()),
         pin: r.pin.clone(),
         enrolled_pins: r.pins.clone(),
+        revoked: r.revoked,
         remote_addr: r.remote_addr.clone(),
         connected_since: r.connected_since_ms.map(clock::rfc3339_from_unix_ms),
         last_seen: last_seen.map(clock::rfc3339_from_unix_ms),

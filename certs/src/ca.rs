@@ -53,17 +53,20 @@ impl Ca {
 
     /// Reads `DIR/ca.pem` and `DIR/ca-key.pem` (PKCS#8) and checks that they belong together.
     pub fn load(dir: &Path) -> Result<Ca> {
-        let cert_path = dir.join(CA_CERT_FILE);
-        let key_path = dir.join(CA_KEY_FILE);
+        Ca::load_files(&dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE))
+    }
+
+    /// Reads a CA certificate and its PKCS#8 key from two files and checks they belong together.
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Ca> {
         let cert_der = pem::first_labelled(&read_text(&cert_path)?, CERTIFICATE)
-            .map_err(|e| e.in_file(&cert_path))?;
-        let key = crate::private_key_der_from_pem(&read_text(&key_path)?)
+            .map_err(|e| e.in_file(cert_path))?;
+        let key = crate::private_key_der_from_pem(&read_text(key_path)?)
             .and_then(|der| {
                 KeyPair::try_from(der.as_slice())
                     .map_err(|e| Error::Invalid(format!("unusable private key: {e}")))
             })
-            .map_err(|e| e.in_file(&key_path))?;
-        Ca::from_parts(&cert_der, key).map_err(|e| e.in_file(&cert_path))
+            .map_err(|e| e.in_file(key_path))?;
+        Ca::from_parts(&cert_der, key).map_err(|e| e.in_file(cert_path))
     }
 
     /// Writes `DIR/ca.pem` and `DIR/ca-key.pem` (mode 0600), creating `DIR` if needed.

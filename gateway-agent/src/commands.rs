@@ -1,94 +1,225 @@
-//! What the agent does with `command` and `cancel` frames.
+//! What a session does with `command` and `cancel` frames, and how results reach the hub.
 //!
-//! This issue only connects the mesh: every command is answered with a `rejected` result
-//! (`unknown_verb` for a verb this agent does not advertise, `not_implemented` otherwise).
-//! Execution replaces [`Commands::handle_command`]; the session only needs the frame it returns.
+//! Commands go to the process-wide [`Executor`]; results come back through its [`Results`]
+//! channel or, for anything finished while no session was live, from its durable store.
+//!
+//! Delivery (protocol v1 has no acknowledgement of results):
+//! - a result counts as delivered once written to a live session; that is recorded durably;
+//! - `hello.pending_results` lists stored results never delivered (at most
+//!   [`PENDING_IN_HELLO`], oldest first);
+//! - right after `welcome` the session sends every undelivered result, and again every result
+//!   delivered less than [`RESEND_WINDOW`] before the previous session ended — one written into
+//!   a connection that died right after is then not lost; the hub ignores duplicates. After a
+//!   restart that session's end is unknown, so the window is counted back from the last
+//!   delivery instead (which can only resend more, never less).
 
-use std::collections::BTreeSet;
+use std::time::Duration;
 
-use agentmesh_protocol::{CommandFrame, CommandStatus, ErrorBody, ResultFrame, VerbSpec};
-use tracing::{info, warn};
+use agentmesh_protocol::{AgentFrame, CommandFrame, ResultFrame};
+use tracing::{debug, error, warn};
+
+use crate::exec::store::{self, Stage};
+use crate::exec::{Executor, Results, Submitted};
+
+/// Results delivered this long before a session ended are sent again in the next one.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(120);
+
+/// Most ids listed in `hello.pending_results` (keeps `hello` small; all are sent anyway).
+pub const PENDING_IN_HELLO: usize = 1000;
 
 /// The agent's command handling for one process (lives across sessions).
 #[derive(Debug)]
 pub struct Commands {
-    verbs: BTreeSet<String>,
+    executor: Executor,
+    results: Results,
+    resend_since_ms: Option<u64>,
+}
+
+/// What a new session sends first.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Results that only exist in memory (their store write failed).
+    pub frames: Vec<ResultFrame>,
+    /// Stored results to send, read one at a time with [`Commands::stored`].
+    pub ids: Vec<String>,
 }
 
 impl Commands {
-    /// Handles commands for the advertised `verbs`.
-    pub fn new(verbs: &[VerbSpec]) -> Self {
+    /// Session-side handling over `executor` and its result channel.
+    pub fn new(executor: Executor, results: Results) -> Self {
+        let resend_since_ms = executor
+            .store()
+            .last_delivery_ms()
+            .map(|t| t.saturating_sub(window_ms()));
         Commands {
-            verbs: verbs.iter().map(|v| v.name.clone()).collect(),
+            executor,
+            results,
+            resend_since_ms,
         }
     }
 
-    /// Answers one `command` with its `result`.
-    pub fn handle_command(&mut self, command: &CommandFrame) -> ResultFrame {
-        let error = if self.verbs.contains(&command.verb) {
-            ErrorBody::new(
-                "not_implemented",
-                format!(
-                    "verb {:?} is advertised but this agent build does not execute commands yet",
-                    command.verb
-                ),
-            )
-        } else {
-            ErrorBody::new(
-                "unknown_verb",
-                format!("this agent does not offer verb {:?}", command.verb),
-            )
+    /// The executor.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Ids for `hello.pending_results`: finished, never delivered.
+    pub fn pending_results(&self) -> Vec<String> {
+        let mut ids = self.executor.store().undelivered();
+        ids.truncate(PENDING_IN_HELLO);
+        ids
+    }
+
+    /// Takes a `command`; returns the frame to answer with at once, if any (otherwise the
+    /// result comes later from [`Commands::next_result`], or never for an ignored duplicate).
+    pub async fn handle_command(&mut self, command: CommandFrame) -> Option<ResultFrame> {
+        match self.executor.submit(command).await {
+            Submitted::Reply(result) => Some(result),
+            Submitted::Started | Submitted::AlreadyRunning => None,
+        }
+    }
+
+    /// Takes a `cancel`.
+    pub fn handle_cancel(&self, command_id: &str) {
+        if !self.executor.cancel(command_id) {
+            debug!(command.id = %command_id, "cancel for a command that is not running here");
+        }
+    }
+
+    /// What to send right after `welcome`: everything undelivered, and what the previous
+    /// session may have lost.
+    pub fn backlog(&mut self) -> Backlog {
+        let store = self.executor.store();
+        // Cleared first: anything that overflows from now on is caught by the next check.
+        self.executor.take_overflow();
+        let mut backlog = Backlog::default();
+        while let Some(result) = self.results.try_recv() {
+            // Stored ones are listed below; only a result the store lost is sent from memory.
+            if store.stage(&result.command_id) != Some(Stage::Finished) {
+                backlog.frames.push(result);
+            }
+        }
+        let mut ids = match self.resend_since_ms.take() {
+            Some(since) => store.delivered_since(since),
+            None => Vec::new(),
         };
-        info!(
-            command.id = %command.command_id,
-            command.verb = %command.verb,
-            requested_by = %command.requested_by,
-            code = %error.code,
-            "command rejected"
-        );
-        ResultFrame {
-            command_id: command.command_id.clone(),
-            status: CommandStatus::Rejected,
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            truncated: false,
-            started_at: None,
-            duration_ms: None,
-            error: Some(error),
-            signature: None,
+        for id in store.undelivered() {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        backlog.ids = ids;
+        backlog
+    }
+
+    /// Undelivered results the store holds (after [`Commands::take_overflow`] said some
+    /// were not queued).
+    pub fn undelivered(&self) -> Vec<String> {
+        self.executor.store().undelivered()
+    }
+
+    /// Whether results were kept out of the channel since the last check.
+    pub fn take_overflow(&self) -> bool {
+        self.executor.take_overflow()
+    }
+
+    /// A stored result, read from disk.
+    pub async fn stored(&self, id: &str) -> Option<ResultFrame> {
+        let store = self.executor.store().clone();
+        let key = id.to_owned();
+        match tokio::task::spawn_blocking(move || store.result(&key)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                error!(command.id = %id, error = %e, "cannot read a stored result; not sending it");
+                None
+            }
+            Err(e) => {
+                error!(command.id = %id, error = %e, "result reader failed");
+                None
+            }
         }
     }
 
-    /// Handles a `cancel`; nothing runs yet, so there is nothing to stop.
-    pub fn handle_cancel(&mut self, command_id: &str) {
-        warn!(command.id = %command_id, "cancel for a command that is not running");
+    /// The next finished result not yet delivered. Cancel-safe.
+    pub async fn next_result(&mut self) -> ResultFrame {
+        loop {
+            match self.results.recv().await {
+                Some(r) if self.executor.store().is_delivered(&r.command_id) => continue,
+                Some(r) => return r,
+                // The executor holds the sender; it cannot close while we hold the executor.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// A finished, undelivered result if one is queued.
+    pub fn try_next_result(&mut self) -> Option<ResultFrame> {
+        while let Some(r) = self.results.try_recv() {
+            if !self.executor.store().is_delivered(&r.command_id) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Records, durably, that `id`'s result was written to a live session.
+    pub async fn delivered(&self, id: &str) {
+        let store = self.executor.store().clone();
+        let key = id.to_owned();
+        match tokio::task::spawn_blocking(move || store.mark_delivered(&key)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(command.id = %id, error = %e, "cannot record a delivery"),
+            Err(e) => warn!(command.id = %id, error = %e, "delivery recorder failed"),
+        }
+    }
+
+    /// The session ended now: the next one resends what this one delivered recently.
+    pub fn session_ended(&mut self) {
+        self.resend_since_ms = Some(store::now_ms().saturating_sub(window_ms()));
+    }
+}
+
+fn window_ms() -> u64 {
+    u64::try_from(RESEND_WINDOW.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Shrinks stdout/stderr (setting `truncated`) until the `result` frame fits in `max_bytes`,
+/// so an oversized result can never get the session closed with 1009 again and again.
+pub fn fit_result(result: &mut ResultFrame, max_bytes: usize) {
+    let size = |r: &ResultFrame| AgentFrame::Result(r.clone()).to_json().len();
+    let mut len = size(result);
+    while len > max_bytes && !(result.stdout.is_empty() && result.stderr.is_empty()) {
+        let longer = if result.stdout.len() >= result.stderr.len() {
+            &mut result.stdout
+        } else {
+            &mut result.stderr
+        };
+        let mut cut = longer.len() / 2;
+        while !longer.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        longer.truncate(cut);
+        result.truncated = true;
+        len = size(result);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn command(verb: &str) -> CommandFrame {
-        CommandFrame {
-            command_id: "c1".into(),
-            verb: verb.into(),
-            args: Default::default(),
-            timeout_ms: None,
-            requested_by: "ops".into(),
-            issued_at: String::new(),
-        }
-    }
+    use crate::exec::outcome;
 
     #[test]
-    fn rejects_with_a_code() {
-        let mut c = Commands::new(&crate::config::builtin_verbs());
-        let r = c.handle_command(&command("ping"));
-        assert_eq!(r.status, CommandStatus::Rejected);
-        assert_eq!(r.command_id, "c1");
-        assert_eq!(r.error.map(|e| e.code).as_deref(), Some("not_implemented"));
-        let r = c.handle_command(&command("rm"));
-        assert_eq!(r.error.map(|e| e.code).as_deref(), Some("unknown_verb"));
+    fn an_oversized_result_is_cut_to_fit() {
+        let mut r = outcome::ok_stdout("c", "é".repeat(50_000));
+        r.stderr = "\u{1}".repeat(10_000); // JSON-escaped to 6 bytes each
+        fit_result(&mut r, 16 * 1024);
+        assert!(AgentFrame::Result(r.clone()).to_json().len() <= 16 * 1024);
+        assert!(r.truncated);
+        assert!(!r.stdout.is_empty());
+        let mut small = outcome::ok_stdout("c", "hi".into());
+        fit_result(&mut small, 16 * 1024);
+        assert_eq!(small.stdout, "hi");
+        assert!(!small.truncated);
     }
 }

@@ -11,8 +11,12 @@
 //!  │                   │ drain: wait reconnect_after_ms + jitter
 //!  │                   │ lasted ≥ healthy_after_secs: backoff reset
 //!  └──── sleep ◄───────┘
-//!  shutdown at any point: Close(1001) if connected, return Ok
+//!  shutdown at any point: running commands get SHUTDOWN_GRACE to finish (then are killed),
+//!  their results are delivered if connected (else stored), Close(1001), return Ok
 //! ```
+//!
+//! The [`Executor`] and its result store belong to the dialer for the whole process: commands
+//! keep running across reconnects and their results go to whichever session is live.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +35,7 @@ use crate::backoff::Backoff;
 use crate::commands::Commands;
 use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
 use crate::connect::{connect, ConnectError};
+use crate::exec::{ExecError, Executor, SHUTDOWN_GRACE};
 use crate::health;
 use crate::session::{self, shutdown_signalled, HandshakeError, SessionEnd};
 use crate::state::AgentState;
@@ -51,6 +56,9 @@ pub enum RunError {
     /// The TLS material could not be loaded.
     #[error("cannot set up TLS towards the hub: {0}")]
     Tls(#[from] TlsError),
+    /// The command result store could not be opened.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
     /// The health endpoint could not bind.
     #[error("agent.health_listen: cannot listen on {addr}: {source}")]
     HealthBind {
@@ -92,6 +100,12 @@ async fn run_until(
 ) -> Result<(), RunError> {
     let url = parse_backend_url(&config.outbound.backend_url).map_err(RunError::Url)?;
     let hub_tls = tls::client_config(&config.outbound)?;
+    // Reads every stored result: blocking, and done before anything is served.
+    let exec_config = config.clone();
+    let (executor, results) = tokio::task::spawn_blocking(move || Executor::open(&exec_config))
+        .await
+        .map_err(|e| RunError::Exec(ExecError::Verb(format!("executor setup panicked: {e}"))))??;
+    let commands = Commands::new(executor.clone(), results);
     let health = match config.agent.health_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -109,8 +123,10 @@ async fn run_until(
         None => None,
     };
     let span = info_span!("agent", agent.id = %config.agent.id, hub = %url.url);
-    let dialer = Dialer::new(config, url, state, hub_tls);
-    dialer.run(stop).instrument(span).await;
+    let dialer = Dialer::new(config, url, state, hub_tls, commands);
+    dialer.run(stop).instrument(span.clone()).await;
+    // Disconnected at shutdown (or already drained by the session): results end up stored.
+    executor.shutdown(SHUTDOWN_GRACE).instrument(span).await;
     if let Some(mut handle) = health {
         if tokio::time::timeout(HEALTH_GRACE, &mut handle)
             .await
@@ -134,7 +150,13 @@ struct Dialer {
 }
 
 impl Dialer {
-    fn new(config: GatewayConfig, url: BackendUrl, state: Arc<AgentState>, tls: HubTls) -> Self {
+    fn new(
+        config: GatewayConfig,
+        url: BackendUrl,
+        state: Arc<AgentState>,
+        tls: HubTls,
+        commands: Commands,
+    ) -> Self {
         let verbs = config.advertised_verbs();
         let out = &config.outbound;
         let backoff = Backoff::new(
@@ -142,7 +164,7 @@ impl Dialer {
             Duration::from_millis(out.reconnect_max_ms),
         );
         Dialer {
-            commands: Commands::new(&verbs),
+            commands,
             verbs,
             backoff,
             url,
@@ -215,6 +237,7 @@ impl Dialer {
         let end = session::serve(&mut ws, &welcome, limit, &mut self.commands, stop)
             .instrument(span)
             .await;
+        self.commands.session_ended();
         if started.elapsed() >= Duration::from_secs(self.config.outbound.healthy_after_secs) {
             self.backoff.reset();
         }
@@ -234,7 +257,7 @@ impl Dialer {
             labels: agent.labels.clone(),
             verbs: self.verbs.clone(),
             max_concurrency: self.config.limits.max_concurrency,
-            pending_results: Vec::new(),
+            pending_results: self.commands.pending_results(),
         }
     }
 

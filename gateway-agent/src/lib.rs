@@ -16,7 +16,10 @@
 //! - [`session`]: `hello`/`welcome`, then the frame loop with the heartbeat silence limit.
 //! - [`dialer`]: the reconnect loop, [`run`] and [`run_with_state`].
 //! - [`backoff`]: reconnect delays (exponential, jittered, reset after a healthy session).
-//! - [`commands`]: what a `command` frame gets (for now a `rejected` result).
+//! - [`exec`]: the [`Executor`](exec::Executor): verbs, process groups, limits and the durable
+//!   at-most-once result store in `state_dir/results`.
+//! - [`commands`]: what a session does with `command`/`cancel` frames and how results are
+//!   delivered (pending results after `welcome`, resend window).
 //! - [`state`]: [`AgentState`], the observable connection state.
 //! - [`health`]: the optional local `/health` and `/ready` endpoint.
 #![forbid(unsafe_code)]
@@ -26,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod dialer;
+pub mod exec;
 pub mod health;
 pub mod session;
 pub mod state;
@@ -33,4 +37,5 @@ pub mod tls;
 
 pub use config::{check_config, ConfigError, GatewayConfig, ParamConfig, VerbConfig};
 pub use dialer::{run, run_with_state, RunError};
+pub use exec::{Executor, Results, Submitted};
 pub use state::{AgentState, StateSnapshot};

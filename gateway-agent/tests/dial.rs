@@ -103,7 +103,8 @@ async fn right_pin_sends_hello_and_serves_the_session() {
     })
     .await;
 
-    // Commands are refused for now, with a result that names why.
+    // The verb's program does not exist on this host: the command fails to start, and the
+    // result says why.
     conn.send(&HubFrame::Command(CommandFrame {
         command_id: "c-1".into(),
         verb: "create_panel_user".into(),
@@ -120,8 +121,9 @@ async fn right_pin_sends_hello_and_serves_the_session() {
         panic!("expected a result");
     };
     assert_eq!(result.command_id, "c-1");
-    assert_eq!(result.status, CommandStatus::Rejected);
-    assert_eq!(result.error.unwrap().code, "not_implemented");
+    assert_eq!(result.status, CommandStatus::Failed);
+    assert_eq!(result.exit_code, None);
+    assert_eq!(result.error.unwrap().code, "spawn_failed");
 
     // Garbage gets an error frame, and the session survives it.
     conn.send_text(r#"{"type":"reboot_now"}"#).await;
@@ -146,12 +148,22 @@ async fn right_pin_sends_hello_and_serves_the_session() {
         .await
         .unwrap()
         .unwrap();
-    assert!(matches!(conn.next_frame().await, AgentFrame::Hello(_)));
+    let AgentFrame::Hello(hello) = conn.next_frame().await else {
+        panic!("first frame is not hello");
+    };
+    // c-1 was delivered, so it is not pending...
+    assert!(hello.pending_results.is_empty(), "{hello:?}");
     conn.send(&welcome("session-2")).await;
     wait_for(&state, "the second session", |s| {
         s.connected && s.session_id.as_deref() == Some("session-2") && s.connects == 2
     })
     .await;
+    // ...but it was delivered less than 120 s before the last session ended (there is no ack
+    // in protocol v1), so it is sent again; the hub ignores duplicates.
+    let AgentFrame::Result(again) = conn.next_frame().await else {
+        panic!("expected the re-sent result");
+    };
+    assert_eq!(again.command_id, "c-1");
 
     // Shutdown closes with 1001 and returns Ok.
     stop.send(()).unwrap();

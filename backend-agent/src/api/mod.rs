@@ -4,6 +4,7 @@ mod agents;
 mod auth;
 mod body;
 mod commands;
+mod enrol;
 mod error;
 mod health;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub commands: Arc<crate::commands::CommandService>,
     /// Rate limits.
     pub limits: Arc<crate::limits::RateLimits>,
+    /// Enrolment, renewal, revocation.
+    pub enrolment: Arc<crate::enrol::Enrolment>,
 }
 
 /// The API router.
@@ -48,7 +51,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/api/v1/agents", get(agents::list))
-        .route("/api/v1/agents/{id}", get(agents::get))
+        .route(
+            "/api/v1/agents/{id}",
+            get(agents::get).delete(enrol::revoke),
+        )
+        .route("/api/v1/enrollments", post(enrol::create))
+        .route("/api/v1/enroll", post(enrol::redeem))
         .route("/api/v1/agents/{id}/commands", post(commands::run_on_agent))
         .route(
             "/api/v1/commands",

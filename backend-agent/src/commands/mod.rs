@@ -13,16 +13,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentmesh_protocol::{
-    AgentFrame, ArgError, CommandFrame, CommandStatus, HubFrame, ResultFrame,
-};
+use agentmesh_protocol::{ArgError, CommandFrame, CommandStatus, HubFrame, ResultFrame};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::clock;
-use crate::hub::{EventFuture, SessionEvents};
 use crate::metrics::Metrics;
 use crate::registry::{LiveSession, Registry};
 use crate::store::{CommandRecord, CommandState, ErrorInfo, Store, StoreError};
@@ -161,6 +158,11 @@ impl CommandService {
             }
         });
         service
+    }
+
+    /// An agent's session started: dispatch what was held for it.
+    pub fn on_connected(&self, agent_id: &str) {
+        let _ = self.connected_tx.send(agent_id.to_owned());
     }
 
     /// The store (for the read routes).
@@ -463,7 +465,8 @@ impl CommandService {
         Ok(Some(rec))
     }
 
-    async fn on_result(&self, agent_id: &str, result: ResultFrame) {
+    /// Records a result from `agent_id` and wakes its waiters.
+    pub async fn on_result(&self, agent_id: &str, result: ResultFrame) {
         let rec = match self.store.get_command(&result.command_id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
@@ -494,23 +497,6 @@ impl CommandService {
                 self.notify(&rec);
             }
             Err(e) => warn!(error = %e, command.id = %rec.command_id, "could not record a result"),
-        }
-    }
-}
-
-impl SessionEvents for CommandService {
-    fn connected(&self, hello: &agentmesh_protocol::HelloFrame, _session_id: &str) {
-        let _ = self.connected_tx.send(hello.agent_id.clone());
-    }
-
-    fn frame<'a>(&'a self, agent_id: &'a str, frame: AgentFrame) -> EventFuture<'a> {
-        match frame {
-            AgentFrame::Result(result) => Box::pin(self.on_result(agent_id, result)),
-            AgentFrame::Error(e) => {
-                warn!(agent.id = %agent_id, code = %e.code, message = %e.message, "agent reported an error");
-                Box::pin(async {})
-            }
-            _ => Box::pin(async {}),
         }
     }
 }

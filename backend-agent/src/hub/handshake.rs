@@ -60,11 +60,17 @@ pub(super) async fn connection(
             ),
         );
         refused(&ctx, &r, Some(&identity));
-        let reason = match why {
-            crate::registry::IdentityRejection::Revoked => "certificate revoked",
-            crate::registry::IdentityRejection::PinNotEnrolled => "pin not enrolled for this id",
+        let (code, reason) = match why {
+            crate::registry::IdentityRejection::Revoked => (close::REVOKED, "certificate revoked"),
+            crate::registry::IdentityRejection::Retired => (
+                close::UNAUTHORISED,
+                "pin retired: this certificate was renewed",
+            ),
+            crate::registry::IdentityRejection::PinNotEnrolled => {
+                (close::UNAUTHORISED, "pin not enrolled for this id")
+            }
         };
-        return session::close_ws(&mut ws, close::UNAUTHORISED, reason).await;
+        return session::close_ws(&mut ws, code, reason).await;
     }
 
     let hello_limit = Duration::from_secs(ctx.config.hello_timeout_secs);

@@ -77,7 +77,7 @@ pub(super) async fn run(
         version = %hello.version,
         "agent connected"
     );
-    ctx.events.connected(&hello, &session_id);
+    ctx.events.connected(&hello, &session_id, &identity.pin);
 
     let heartbeat = Duration::from_secs(ctx.config.heartbeat_secs);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);

@@ -5,7 +5,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{CommandQuery, CommandRecord, CommandState, CommandStore, JobRecord, StoreError};
+use super::enrolment::{check_transition, parse_time, prunable, refusal, validate_token};
+use super::{
+    CommandQuery, CommandRecord, CommandState, CommandStore, EnrolmentStore, JobRecord, JoinToken,
+    PinRecord, PinState, Redeem, StoreError,
+};
 use crate::clock;
 
 #[derive(Default)]
@@ -14,9 +18,15 @@ struct Inner {
     commands: BTreeMap<String, CommandRecord>,
     events: HashMap<String, Vec<(CommandState, String)>>,
     jobs: HashMap<String, JobRecord>,
+    // Enrolment order; pins are never deleted, so `pin_index` positions stay valid.
+    pins: Vec<PinRecord>,
+    pin_index: HashMap<(String, String), usize>,
+    // Agent id → when it was revoked.
+    revoked_agents: BTreeMap<String, String>,
+    join_tokens: HashMap<String, JoinToken>,
 }
 
-/// An in-memory [`CommandStore`].
+/// An in-memory [`CommandStore`] and [`EnrolmentStore`].
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -154,6 +164,119 @@ impl CommandStore for MemoryStore {
     }
 }
 
+impl EnrolmentStore for MemoryStore {
+    fn upsert_pin(
+        &self,
+        agent_id: &str,
+        pin: &str,
+        state: PinState,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let key = (agent_id.to_owned(), pin.to_owned());
+        if let Some(&i) = inner.pin_index.get(&key) {
+            let rec = &mut inner.pins[i];
+            check_transition(agent_id, pin, rec.state, state)?;
+            if rec.state != state {
+                rec.state = state;
+                rec.changed_at = clock::now_rfc3339();
+            }
+            return Ok(());
+        }
+        let now = clock::now_rfc3339();
+        let at = inner.pins.len();
+        inner.pins.push(PinRecord {
+            agent_id: agent_id.to_owned(),
+            pin: pin.to_owned(),
+            state,
+            source: source.to_owned(),
+            created_at: now.clone(),
+            changed_at: now,
+        });
+        inner.pin_index.insert(key, at);
+        Ok(())
+    }
+
+    fn pins(&self, agent_id: &str) -> Result<Vec<PinRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .pins
+            .iter()
+            .filter(|p| p.agent_id == agent_id)
+            .cloned()
+            .collect())
+    }
+
+    fn all_pins(&self) -> Result<Vec<PinRecord>, StoreError> {
+        Ok(self.lock().pins.clone())
+    }
+
+    fn revoke_agent(&self, agent_id: &str) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let now = clock::now_rfc3339();
+        let mut changed = 0;
+        for rec in inner.pins.iter_mut() {
+            if rec.agent_id == agent_id && rec.state != PinState::Revoked {
+                rec.state = PinState::Revoked;
+                rec.changed_at.clone_from(&now);
+                changed += 1;
+            }
+        }
+        inner
+            .revoked_agents
+            .entry(agent_id.to_owned())
+            .or_insert(now);
+        Ok(changed)
+    }
+
+    fn unrevoke_agent(&self, agent_id: &str) -> Result<(), StoreError> {
+        self.lock().revoked_agents.remove(agent_id);
+        Ok(())
+    }
+
+    fn revoked_agents(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().revoked_agents.keys().cloned().collect())
+    }
+
+    fn insert_join_token(&self, t: &JoinToken) -> Result<(), StoreError> {
+        validate_token(t)?;
+        let mut inner = self.lock();
+        if inner.join_tokens.contains_key(&t.token_sha256) {
+            return Err(StoreError::Duplicate(t.token_sha256.clone()));
+        }
+        inner.join_tokens.insert(t.token_sha256.clone(), t.clone());
+        Ok(())
+    }
+
+    fn redeem_join_token(
+        &self,
+        token_sha256: &str,
+        agent_id: &str,
+        now_rfc3339: &str,
+    ) -> Result<Redeem, StoreError> {
+        let now = parse_time("now", now_rfc3339)?;
+        let mut inner = self.lock();
+        let Some(t) = inner.join_tokens.get_mut(token_sha256) else {
+            return Ok(Redeem::Unknown);
+        };
+        if let Some(refused) = refusal(t, agent_id, now)? {
+            return Ok(refused);
+        }
+        t.used_at = Some(now_rfc3339.to_owned());
+        Ok(Redeem::Ok(t.clone()))
+    }
+
+    fn prune_join_tokens(&self, now_rfc3339: &str) -> Result<usize, StoreError> {
+        let now = parse_time("now", now_rfc3339)?;
+        let mut inner = self.lock();
+        let before = inner.join_tokens.len();
+        inner
+            .join_tokens
+            .retain(|_, t| !prunable(&t.expires_at, t.used_at.as_deref(), now));
+        Ok(before - inner.join_tokens.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +284,10 @@ mod tests {
     #[test]
     fn conformance() {
         crate::store::tests::conformance(&MemoryStore::new());
+    }
+
+    #[test]
+    fn enrolment_conformance() {
+        crate::store::enrolment::tests::conformance(&MemoryStore::new());
     }
 }

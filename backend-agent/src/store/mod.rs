@@ -1,10 +1,11 @@
-//! The embedded store: command history, status transitions and fan-out jobs.
+//! The embedded store: command history, status transitions, fan-out jobs and enrolment state
+//! (pins, revoked agents, join tokens).
 //!
-//! Storage sits behind the small synchronous [`CommandStore`] trait so another database can be
-//! plugged in later. [`SqliteStore`] is the default (the file at `[store].path`);
-//! [`MemoryStore`] has the same semantics and exists for tests of other modules. Async code
-//! talks to either through [`Store`], which runs every call on tokio's blocking pool so a slow
-//! disk never stalls the runtime.
+//! Storage sits behind two small synchronous traits, [`CommandStore`] and [`EnrolmentStore`]
+//! (together a [`Backend`]), so another database can be plugged in later. [`SqliteStore`] is
+//! the default (the file at `[store].path`); [`MemoryStore`] has the same semantics and exists
+//! for tests of other modules. Async code talks to either through [`Store`], which runs every
+//! call on tokio's blocking pool so a slow disk never stalls the runtime.
 //!
 //! Records are stored and returned as-is: [`CommandRecord`] serialises to exactly the flat
 //! command record of the HTTP API (DESIGN §5), and its `args` must already be redacted by the
@@ -12,11 +13,15 @@
 //! JSON in a row is a [`StoreError::Corrupt`], not a panic.
 //!
 //! # Layout
-//! - this file: the [`CommandStore`] trait, [`StoreError`] and the async [`Store`].
+//! - this file: the [`CommandStore`] and [`Backend`] traits, [`StoreError`] and the async
+//!   [`Store`] (command methods).
 //! - `record`: [`CommandRecord`], [`CommandState`], [`JobRecord`], [`CommandQuery`].
+//! - [`enrolment`]: the [`EnrolmentStore`] trait, [`PinRecord`], [`JoinToken`], [`Redeem`] and
+//!   the async enrolment methods of [`Store`].
 //! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
 //! - [`memory`]: the in-memory implementation.
 
+pub mod enrolment;
 pub mod memory;
 mod record;
 pub mod sqlite;
@@ -27,6 +32,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use enrolment::{
+    EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, UnknownPinState, USED_TOKEN_RETENTION,
+};
 pub use memory::MemoryStore;
 pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};
 pub use sqlite::SqliteStore;
@@ -51,6 +59,9 @@ pub enum StoreError {
     /// No record with this id.
     #[error("store: no record with id {0:?}")]
     NotFound(String),
+    /// The change is not allowed from the record's current state (e.g. reviving a revoked pin).
+    #[error("store: conflict: {0}")]
+    Conflict(String),
     /// A stored row cannot be decoded.
     #[error("store: corrupt data: {0}")]
     Corrupt(String),
@@ -98,10 +109,16 @@ pub trait CommandStore: Send + Sync + 'static {
     fn check_writable(&self) -> Result<(), StoreError>;
 }
 
-/// Async handle to a [`CommandStore`]: each call runs on the blocking pool.
+/// Everything a store implements; blanket-implemented, so `Store::new` takes any type with
+/// both traits.
+pub trait Backend: CommandStore + EnrolmentStore {}
+
+impl<T: CommandStore + EnrolmentStore> Backend for T {}
+
+/// Async handle to a [`Backend`]: each call runs on the blocking pool.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<dyn CommandStore>,
+    inner: Arc<dyn Backend>,
 }
 
 impl fmt::Debug for Store {
@@ -112,7 +129,7 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Wraps a store implementation.
-    pub fn new(inner: impl CommandStore) -> Self {
+    pub fn new(inner: impl Backend) -> Self {
         Store {
             inner: Arc::new(inner),
         }
@@ -132,14 +149,14 @@ impl Store {
     }
 
     /// The underlying blocking implementation.
-    pub fn blocking(&self) -> &Arc<dyn CommandStore> {
+    pub fn blocking(&self) -> &Arc<dyn Backend> {
         &self.inner
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn CommandStore) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(inner.as_ref()))

@@ -1,8 +1,8 @@
 //! `gateway-agent check-config`: what can only be checked on the host itself.
 //!
 //! [`GatewayConfig::load`](super::GatewayConfig::load) already proved the file is well formed;
-//! this looks at the files it points to: programs exist and are executable, the TLS material
-//! loads and belongs together, and the certificate's CN is the agent id.
+//! this looks at the files it points to: programs exist and are executable, `run_as` users
+//! exist, the TLS material loads and belongs together, and the certificate's CN is the agent id.
 
 use std::path::Path;
 
@@ -19,6 +19,19 @@ pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {
     for (i, verb) in config.verbs.iter().enumerate() {
         if let Err(m) = check_executable(&verb.program) {
             report(&format!("verbs[{i}].program"), m);
+        }
+        if let Some(user) = &verb.run_as {
+            match nix::unistd::User::from_name(user) {
+                Ok(Some(_)) => {}
+                Ok(None) => report(
+                    &format!("verbs[{i}].run_as"),
+                    format!("user {user:?} does not exist on this host"),
+                ),
+                Err(e) => report(
+                    &format!("verbs[{i}].run_as"),
+                    format!("cannot look up user {user:?}: {e}"),
+                ),
+            }
         }
         if let Some(dir) = &verb.working_dir {
             if !dir.is_dir() {

@@ -29,6 +29,7 @@ const KEYS: &[(&str, &[(&str, Kind)])] = &[
             ("site", Kind::Str),
             ("state_dir", Kind::Str),
             ("health_listen", Kind::Str),
+            ("result_retention_secs", Kind::Toml),
         ],
     ),
     (

@@ -96,6 +96,10 @@ pub struct AgentConfig {
     /// Address of the local `/health` + `/ready` endpoint; none when unset.
     #[serde(default)]
     pub health_listen: Option<SocketAddr>,
+    /// How long finished command results are kept in `state_dir/results` (and so how long a
+    /// repeated command id is answered from them instead of running again).
+    #[serde(default = "default_result_retention_secs")]
+    pub result_retention_secs: u64,
 }
 
 /// `[outbound]`.
@@ -162,6 +166,9 @@ fn default_site() -> String {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/agentmesh")
+}
+fn default_result_retention_secs() -> u64 {
+    86_400
 }
 fn default_reconnect_min_ms() -> u64 {
     500

@@ -64,6 +64,12 @@ fn validate_agent(config: &GatewayConfig) -> Result<(), Problem> {
     if agent.state_dir.as_os_str().is_empty() {
         return Err(problem("agent.state_dir", "must not be empty"));
     }
+    if !(60..=2_592_000).contains(&agent.result_retention_secs) {
+        return Err(problem(
+            "agent.result_retention_secs",
+            "must be between 60 and 2592000 (30 days)",
+        ));
+    }
     Ok(())
 }
 

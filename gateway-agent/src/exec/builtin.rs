@@ -45,15 +45,16 @@ pub fn sysinfo(state_dir: &Path) -> String {
         "memory": {"total_kib": total_kib, "available_kib": available_kib},
         "disk": {
             "path": state_dir.display().to_string(),
-            "total_bytes": disk.as_ref().map(|d| {
-                u64::from(d.blocks()).saturating_mul(u64::from(d.fragment_size()))
-            }),
-            "free_bytes": disk.as_ref().map(|d| {
-                u64::from(d.blocks_available()).saturating_mul(u64::from(d.fragment_size()))
-            }),
+            "total_bytes": disk.as_ref().map(|d| bytes(d.blocks(), d.fragment_size())),
+            "free_bytes": disk.as_ref().map(|d| bytes(d.blocks_available(), d.fragment_size())),
         },
     })
     .to_string()
+}
+
+/// `blocks × size`; the statvfs field types differ between targets, hence the generics.
+fn bytes(blocks: impl Into<u64>, size: impl Into<u64>) -> u64 {
+    blocks.into().saturating_mul(size.into())
 }
 
 /// `PRETTY_NAME` from an os-release file.
@@ -124,7 +125,10 @@ mod tests {
             Some("Debian GNU/Linux 12 (bookworm)")
         );
         assert_eq!(pretty_name("PRETTY_NAME=Alpine").as_deref(), Some("Alpine"));
-        assert_eq!(pretty_name("PRETTY_NAME='A \\\"b\\\"'").as_deref(), Some("A \"b\""));
+        assert_eq!(
+            pretty_name("PRETTY_NAME='A \\\"b\\\"'").as_deref(),
+            Some("A \"b\"")
+        );
         assert_eq!(pretty_name("NAME=x"), None);
     }
 

@@ -44,6 +44,8 @@ pub fn bare(command_id: &str, status: CommandStatus, error: Option<ErrorBody>) -
         started_at: None,
         duration_ms: None,
         error,
+        // Result signing is not part of this agent yet.
+        signature: None,
     }
 }
 

@@ -186,17 +186,22 @@ async fn supervise(
     timeout: Duration,
     cancel: &mut watch::Receiver<Option<CancelReason>>,
 ) -> Ending {
+    let cancelled = async {
+        let reason = cancel
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .map(|r| (*r).unwrap_or(CancelReason::Hub));
+        match reason {
+            Some(reason) => reason,
+            // The canceller is gone: nothing can cancel any more.
+            None => std::future::pending().await,
+        }
+    };
     let ending = tokio::select! {
         _ = exited.wait_for(|e| *e) => Ending::Exited,
         _ = tokio::time::sleep(timeout) => Ending::TimedOut,
-        reason = cancel.wait_for(Option::is_some) => match reason {
-            Ok(r) => Ending::Cancelled((*r).unwrap_or(CancelReason::Hub)),
-            // The canceller is gone: nothing can cancel any more, so wait for the others.
-            Err(_) => tokio::select! {
-                _ = exited.wait_for(|e| *e) => Ending::Exited,
-                _ = tokio::time::sleep(timeout) => Ending::TimedOut,
-            },
-        },
+        reason = cancelled => Ending::Cancelled(reason),
     };
     if ending != Ending::Exited {
         signal_group(pgid, Signal::SIGTERM);
@@ -211,7 +216,9 @@ async fn supervise(
 fn signal_group(pgid: Pid, signal: Signal) {
     match killpg(pgid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => warn!(pgid = pgid.as_raw(), %signal, error = %e, "cannot signal the process group"),
+        Err(e) => {
+            warn!(pgid = pgid.as_raw(), %signal, error = %e, "cannot signal the process group")
+        }
     }
 }
 
@@ -222,13 +229,11 @@ fn watch_exit(pid: Pid) -> std::io::Result<watch::Receiver<bool>> {
         .name("agentmesh-exit-watch".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            loop {
-                match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-                    Err(Errno::EINTR) => continue,
-                    // Exited (still a zombie), or ECHILD: reaped elsewhere. Gone either way.
-                    _ => break,
-                }
-            }
+            // Retried on EINTR; anything else means exited (still a zombie) or ECHILD (reaped
+            // elsewhere): gone either way.
+            while let Err(Errno::EINTR) =
+                waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+            {}
             let _ = tx.send(true);
         })?;
     Ok(rx)

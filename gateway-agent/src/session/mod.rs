@@ -6,11 +6,14 @@
 //! over the size limit closes with 1009, and silence longer than three heartbeats drops the
 //! connection.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG, PROTOCOL_ERROR};
 use agentmesh_protocol::{
-    decode_hub_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, WelcomeFrame, PROTOCOL_VERSION,
+    decode_hub_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, ResultFrame, WelcomeFrame,
+    PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,9 +23,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::commands::Commands;
+use crate::commands::{fit_result, Commands};
+use crate::exec::SHUTDOWN_GRACE;
 
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -125,7 +129,10 @@ where
     }
 }
 
-/// Serves an established session until it ends.
+/// Serves an established session until it ends: first the results held from earlier (see
+/// [`crate::commands`]), then hub frames and results as they come. On shutdown the session
+/// stays open while running commands finish (up to [`SHUTDOWN_GRACE`], then they are killed)
+/// so their results still reach the hub; new commands are refused meanwhile.
 pub async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     welcome: &WelcomeFrame,
@@ -137,16 +144,60 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let silence_limit = Duration::from_secs(welcome.heartbeat_secs.clamp(1, 3600) * 3);
+    // The hub's own limit on what it accepts from us.
+    let out_limit = match usize::try_from(welcome.max_message_bytes) {
+        Ok(0) | Err(_) => agentmesh_protocol::DEFAULT_MAX_MESSAGE_BYTES,
+        Ok(n) => n,
+    };
+    let backlog = commands.backlog();
+    if !backlog.frames.is_empty() || !backlog.ids.is_empty() {
+        info!(
+            results = backlog.frames.len() + backlog.ids.len(),
+            "sending results held from earlier"
+        );
+    }
+    for result in backlog.frames {
+        if let Err(e) = deliver(ws, commands, result, out_limit).await {
+            return SessionEnd::Lost(e.to_string());
+        }
+    }
+    if let Err(e) = deliver_stored(ws, commands, backlog.ids, out_limit).await {
+        return SessionEnd::Lost(e.to_string());
+    }
     let mut deadline = Instant::now() + silence_limit;
+    let mut draining: Option<Draining> = None;
     loop {
         let message = tokio::select! {
-            _ = shutdown_signalled(shutdown) => {
+            _ = shutdown_signalled(shutdown), if draining.is_none() => {
+                let executor = commands.executor().clone();
+                draining = Some(Box::pin(async move { executor.shutdown(SHUTDOWN_GRACE).await }));
+                continue;
+            }
+            _ = until_drained(&mut draining) => {
+                // Every command has ended and its result is stored; send what is queued.
+                while let Some(result) = commands.try_next_result() {
+                    if deliver(ws, commands, result, out_limit).await.is_err() {
+                        break;
+                    }
+                }
                 close(ws, GOING_AWAY, "agent shutting down").await;
                 return SessionEnd::Shutdown;
             }
             _ = sleep_until(deadline) => {
                 close(ws, GOING_AWAY, "hub silent").await;
                 return SessionEnd::Lost(format!("nothing received from the hub for {silence_limit:?}"));
+            }
+            result = commands.next_result() => {
+                if let Err(e) = deliver(ws, commands, result, out_limit).await {
+                    return SessionEnd::Lost(e.to_string());
+                }
+                if commands.take_overflow() {
+                    let ids = commands.undelivered();
+                    if let Err(e) = deliver_stored(ws, commands, ids, out_limit).await {
+                        return SessionEnd::Lost(e.to_string());
+                    }
+                }
+                continue;
             }
             message = ws.next() => message,
         };
@@ -174,13 +225,14 @@ where
             // Pings are answered by tungstenite; they only refresh the deadline.
             Some(Ok(_)) => continue,
         };
-        let reply = match decode_hub_frame(text.as_bytes(), limit) {
-            Ok(HubFrame::Command(command)) => {
-                Some(AgentFrame::Result(commands.handle_command(&command)))
-            }
+        let sent = match decode_hub_frame(text.as_bytes(), limit) {
+            Ok(HubFrame::Command(command)) => match commands.handle_command(command).await {
+                Some(reply) => deliver(ws, commands, reply, out_limit).await,
+                None => Ok(()),
+            },
             Ok(HubFrame::Cancel { command_id }) => {
                 commands.handle_cancel(&command_id);
-                None
+                Ok(())
             }
             Ok(HubFrame::Drain { reconnect_after_ms }) => {
                 close(ws, GOING_AWAY, "draining").await;
@@ -188,27 +240,74 @@ where
             }
             Ok(HubFrame::Error(e)) => {
                 warn!(code = %e.code, message = %e.message, "hub reported an error");
-                None
+                Ok(())
             }
             Ok(HubFrame::Welcome(_)) => {
                 debug!("ignoring a repeated welcome");
-                None
+                Ok(())
             }
             Ok(HubFrame::Renewed { .. }) => {
                 debug!("ignoring a renewed certificate this agent did not ask for");
-                None
+                Ok(())
             }
             Err(e) => {
                 warn!(error = %e, "undecodable frame from the hub");
-                Some(AgentFrame::Error(ErrorBody::new(e.code(), e.to_string())))
+                send(
+                    ws,
+                    &AgentFrame::Error(ErrorBody::new(e.code(), e.to_string())),
+                )
+                .await
             }
         };
-        if let Some(frame) = reply {
-            if let Err(e) = send(ws, &frame).await {
-                return SessionEnd::Lost(e.to_string());
-            }
+        if let Err(e) = sent {
+            return SessionEnd::Lost(e.to_string());
         }
     }
+}
+
+/// The executor's shutdown, run while the session keeps delivering.
+type Draining = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn until_drained(draining: &mut Option<Draining>) {
+    match draining {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes one result to the hub, then records it as delivered.
+async fn deliver<S>(
+    ws: &mut WebSocketStream<S>,
+    commands: &Commands,
+    mut result: ResultFrame,
+    out_limit: usize,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    fit_result(&mut result, out_limit);
+    let id = result.command_id.clone();
+    send(ws, &AgentFrame::Result(result)).await?;
+    commands.delivered(&id).await;
+    Ok(())
+}
+
+/// Sends stored results by id (each read from disk only when it is sent).
+async fn deliver_stored<S>(
+    ws: &mut WebSocketStream<S>,
+    commands: &Commands,
+    ids: Vec<String>,
+    out_limit: usize,
+) -> Result<(), tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for id in ids {
+        if let Some(result) = commands.stored(&id).await {
+            deliver(ws, commands, result, out_limit).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

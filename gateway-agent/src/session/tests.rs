@@ -26,6 +26,22 @@ fn welcome(heartbeat_secs: u64) -> WelcomeFrame {
     }
 }
 
+/// Commands over an executor with only the built-ins, storing into a fresh temp dir.
+fn test_commands() -> (tempfile::TempDir, Commands) {
+    let dir = tempfile::tempdir().unwrap();
+    let (executor, results) = crate::exec::Executor::open_with(crate::exec::ExecSettings {
+        agent_id: "edge-01".into(),
+        state_dir: dir.path().to_path_buf(),
+        verbs: Vec::new(),
+        max_concurrency: 2,
+        commands_per_minute: 100,
+        result_retention: Duration::from_secs(3600),
+        max_stored_results: 100,
+    })
+    .unwrap();
+    (dir, Commands::new(executor, results))
+}
+
 /// Runs `serve` in a task; returns its handle and the shutdown switch.
 fn spawn_serve(
     mut agent: WebSocketStream<DuplexStream>,
@@ -33,7 +49,7 @@ fn spawn_serve(
 ) -> (tokio::task::JoinHandle<SessionEnd>, watch::Sender<bool>) {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let handle = tokio::spawn(async move {
-        let mut commands = Commands::new(&crate::config::builtin_verbs());
+        let (_dir, mut commands) = test_commands();
         serve(
             &mut agent,
             &welcome(heartbeat_secs),

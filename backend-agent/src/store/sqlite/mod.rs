@@ -9,9 +9,11 @@
 //!
 //! # Layout
 //! - this file: opening the file and the [`CommandStore`] implementation.
+//! - `enrolment`: the [`EnrolmentStore`](crate::store::EnrolmentStore) implementation.
 //! - `schema`: the versioned schema and its migrations.
 //! - `row`: encoding records into columns and decoding rows back, distrusting stored data.
 
+mod enrolment;
 mod row;
 mod schema;
 #[cfg(test)]
@@ -37,7 +39,7 @@ pub use schema::SCHEMA_VERSION;
 /// How long a call waits for another writer's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A [`CommandStore`] in a SQLite file.
+/// A [`CommandStore`] and [`EnrolmentStore`](crate::store::EnrolmentStore) in a SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,

@@ -5,10 +5,13 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::store::StoreError;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-/// `MIGRATIONS[n]` upgrades a file at schema version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &["
+/// `MIGRATIONS[n]` upgrades a file at schema version `n` to `n + 1`. Never edit a released
+/// entry; append a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: command history.
+    "
     CREATE TABLE commands (
         command_id    TEXT PRIMARY KEY NOT NULL,
         agent_id      TEXT NOT NULL,
@@ -54,7 +57,32 @@ const MIGRATIONS: &[&str] = &["
         key   TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
     );
-"];
+",
+    // 2: enrolment. `pins` keeps its rowid: it is the enrolment order.
+    "
+    CREATE TABLE pins (
+        agent_id   TEXT NOT NULL,
+        pin        TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        changed_at TEXT NOT NULL,
+        PRIMARY KEY (agent_id, pin)
+    );
+    CREATE TABLE revoked_agents (
+        agent_id TEXT PRIMARY KEY NOT NULL,
+        at       TEXT NOT NULL
+    );
+    CREATE TABLE join_tokens (
+        token_sha256 TEXT PRIMARY KEY NOT NULL,
+        agent_id     TEXT NOT NULL,
+        created_by   TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        expires_at   TEXT NOT NULL,
+        used_at      TEXT
+    );
+",
+];
 
 /// Brings the file to [`SCHEMA_VERSION`] in one transaction; refuses a newer file.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

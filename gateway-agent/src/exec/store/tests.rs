@@ -132,10 +132,23 @@ fn retention_removes_old_records_and_bounds_the_count() {
 
 #[test]
 fn ids_that_could_escape_the_directory_are_refused() {
-    for id in ["../x", "a/b", "", ".", "..", "a b", "a.json", &"x".repeat(129)] {
+    for id in [
+        "../x",
+        "a/b",
+        "",
+        ".",
+        "..",
+        "a b",
+        "a.json",
+        &"x".repeat(129),
+    ] {
         assert!(!valid_command_id(id), "{id:?}");
     }
-    for id in ["01936f3a-7b1c-7cc0-9a5e-2f1b8d1e4a10", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "c_1"] {
+    for id in [
+        "01936f3a-7b1c-7cc0-9a5e-2f1b8d1e4a10",
+        "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "c_1",
+    ] {
         assert!(valid_command_id(id), "{id:?}");
     }
     let dir = tempfile::tempdir().unwrap();

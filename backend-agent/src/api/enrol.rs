@@ -1,0 +1,132 @@
+//! Enrolment routes: admin enrolment and join tokens, join-token redemption, revocation.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use super::auth::Caller;
+use super::body::JsonBody;
+use super::{ApiError, AppState};
+use crate::auth::Role;
+use crate::enrol::EnrolError;
+
+/// Default lifetime of a join token.
+pub const DEFAULT_JOIN_TOKEN_SECS: u64 = 3600;
+
+impl From<EnrolError> for ApiError {
+    fn from(e: EnrolError) -> Self {
+        match &e {
+            EnrolError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            }
+            EnrolError::BadToken(_) => ApiError::unauthorized(e.to_string()),
+            EnrolError::NoCa => ApiError::new(StatusCode::CONFLICT, "no_ca", e.to_string()),
+            EnrolError::UnknownAgent(_) => ApiError::not_found(e.to_string()),
+            EnrolError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "revoked_pin", e.to_string())
+            }
+            EnrolError::Store(inner) => ApiError::internal(inner),
+        }
+    }
+}
+
+/// Body of `POST /api/v1/enrollments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentBody {
+    agent_id: String,
+    #[serde(default)]
+    pin: Option<String>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/v1/enrollments` (admin): `{agent_id, pin}` enrols directly; `{agent_id,
+/// ttl_secs}` creates a one-time join token.
+pub async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<EnrollmentBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    match body.pin {
+        Some(pin) => {
+            state.enrolment.enrol_pin(&body.agent_id, &pin).await?;
+            let answer = json!({"agent_id": body.agent_id, "pin": pin, "state": "active"});
+            Ok((StatusCode::CREATED, Json(answer)).into_response())
+        }
+        None => {
+            let ttl = body.ttl_secs.unwrap_or(DEFAULT_JOIN_TOKEN_SECS);
+            let issued = state
+                .enrolment
+                .create_join_token(&body.agent_id, ttl, &caller.0.name)
+                .await?;
+            let answer = json!({
+                "agent_id": issued.agent_id,
+                "token": issued.token,
+                "expires_at": issued.expires_at,
+                "usage": format!(
+                    "gateway-agent enroll --api https://FRONT-DOOR --token {} --id {} --ca ca.pem --out /etc/agentmesh/tls",
+                    issued.token, issued.agent_id
+                ),
+            });
+            Ok((StatusCode::CREATED, Json(answer)).into_response())
+        }
+    }
+}
+
+/// Body of `POST /api/v1/enroll`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollBody {
+    token: String,
+    agent_id: String,
+    csr: String,
+}
+
+/// `POST /api/v1/enroll` (no bearer token): redeem a join token with a CSR.
+pub async fn redeem(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    JsonBody(body): JsonBody<EnrollBody>,
+) -> Result<Response, ApiError> {
+    // Guessing join tokens is throttled per source address.
+    if let Err(wait) = state
+        .limits
+        .check_operator(&format!("enroll:{}", peer.ip()))
+    {
+        return Err(ApiError::rate_limited("too many enrolment attempts", wait));
+    }
+    match state
+        .enrolment
+        .redeem(&body.token, &body.agent_id, &body.csr)
+        .await
+    {
+        Ok(signed) => Ok(Json(signed).into_response()),
+        Err(e) => {
+            if let EnrolError::BadToken(why) = &e {
+                warn!(peer.addr = %peer, agent.id = %body.agent_id, reason = why, "join token refused");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `DELETE /api/v1/agents/{id}` (admin): revoke every pin and disconnect at once.
+pub async fn revoke(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let (pins, disconnected) = state.enrolment.revoke(&agent_id).await?;
+    Ok(Json(
+        json!({"agent_id": agent_id, "revoked_pins": pins, "disconnected": disconnected}),
+    ))
+}

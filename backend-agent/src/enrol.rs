@@ -1,0 +1,312 @@
+//! Identity lifecycle: enrolment (direct pin or one-time join token + CSR), renewal over the
+//! authenticated session, revocation. Everything is written to the store first, then applied
+//! to the live registry, so it survives restarts; static `[[agents]]` are merged in at start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mesh_certs::{Ca, Validity};
+use tracing::{info, warn};
+
+use crate::auth::{new_token, token_sha256_hex};
+use crate::clock;
+use crate::config::{AgentEnrolment, CaConfig};
+use crate::registry::Registry;
+use crate::store::{JoinToken, PinState, Redeem, Store, StoreError};
+
+/// Why an enrolment operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    /// Bad agent id, pin, CSR or TTL.
+    #[error("{0}")]
+    Invalid(String),
+    /// The join token is unknown, used, expired or for another agent (kept vague on purpose).
+    #[error("invalid, used or expired join token")]
+    BadToken(&'static str),
+    /// No `[ca]` configured: the backend cannot sign certificates.
+    #[error("this backend has no [ca] configured, so it cannot sign certificates")]
+    NoCa,
+    /// Unknown agent.
+    #[error("unknown agent {0:?}")]
+    UnknownAgent(String),
+    /// The pin was revoked and cannot be enrolled again.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EnrolError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => EnrolError::Conflict(m),
+            other => EnrolError::Store(other),
+        }
+    }
+}
+
+/// A signed certificate handed to an agent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignedIdentity {
+    /// Agent id (the certificate's CN).
+    pub agent_id: String,
+    /// PEM certificate.
+    pub certificate: String,
+    /// PEM of the mesh CA.
+    pub ca: String,
+    /// Pin of the new certificate.
+    pub pin: String,
+    /// Pins of the hub, for the agent's `server_pins`.
+    pub hub_pins: Vec<String>,
+}
+
+/// A fresh join token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedJoinToken {
+    /// Agent id it is for.
+    pub agent_id: String,
+    /// The token (shown once; only its hash is stored).
+    pub token: String,
+    /// Expiry (RFC 3339).
+    pub expires_at: String,
+}
+
+/// The enrolment service.
+pub struct Enrolment {
+    registry: Arc<Registry>,
+    store: Store,
+    ca: Option<Ca>,
+    cert_days: i64,
+    max_token_secs: u64,
+    hub_pins: Vec<String>,
+    /// Renewals in flight: agent id → (old pin, new pin). Bounded by the number of agents.
+    renewing: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl Enrolment {
+    /// Loads enrolments from the store, merges the static ones, and fills the registry.
+    pub async fn start(
+        registry: Arc<Registry>,
+        store: Store,
+        ca_config: &CaConfig,
+        static_agents: &[AgentEnrolment],
+        hub_pins: Vec<String>,
+    ) -> Result<Self, EnrolError> {
+        let ca = match (&ca_config.cert, &ca_config.key) {
+            (Some(cert), Some(key)) => Some(load_ca(cert, key)?),
+            _ => None,
+        };
+        for agent in static_agents {
+            for pin in &agent.pins {
+                match store
+                    .upsert_pin(&agent.id, pin, PinState::Active, "config")
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => {
+                        warn!(agent.id = %agent.id, pin = %pin, "static [[agents]] pin was revoked; it stays revoked")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        for rec in store.all_pins().await? {
+            match rec.state {
+                PinState::Active => registry.enrol(&rec.agent_id, &rec.pin),
+                PinState::Retired => registry.retire_pin(&rec.agent_id, &rec.pin),
+                PinState::Revoked => registry.revoke_pin(&rec.agent_id, &rec.pin),
+            }
+        }
+        for id in store.revoked_agents().await? {
+            registry.mark_revoked(&id);
+        }
+        Ok(Enrolment {
+            registry,
+            store,
+            ca,
+            cert_days: ca_config.agent_cert_days,
+            max_token_secs: ca_config.max_join_token_secs,
+            hub_pins,
+            renewing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admin: enrols `pin` for `agent_id` directly (clears an agent-level revocation).
+    pub async fn enrol_pin(&self, agent_id: &str, pin: &str) -> Result<(), EnrolError> {
+        mesh_certs::validate_agent_id(agent_id).map_err(|e| EnrolError::Invalid(e.to_string()))?;
+        crate::config::check_pin(pin).map_err(EnrolError::Invalid)?;
+        self.store
+            .upsert_pin(agent_id, pin, PinState::Active, "api")
+            .await?;
+        self.store.unrevoke_agent(agent_id).await?;
+        self.registry.enrol(agent_id, pin);
+        self.registry.unrevoke(agent_id);
+        info!(agent.id = %agent_id, pin = %pin, "agent enrolled");
+        Ok(())
+    }
+
+    /// Admin: creates a one-time join token for `agent_id`.
+    pub async fn create_join_token(
+        &self,
+        agent_id: &str,
+        ttl_secs: u64,
+        created_by: &str,
+    ) -> Result<IssuedJoinToken, EnrolError> {
+        mesh_certs::validate_agent_id(agent_id).map_err(|e| EnrolError::Invalid(e.to_string()))?;
+        if self.ca.is_none() {
+            return Err(EnrolError::NoCa);
+        }
+        if ttl_secs == 0 || ttl_secs > self.max_token_secs {
+            return Err(EnrolError::Invalid(format!(
+                "ttl_secs must be 1..={}",
+                self.max_token_secs
+            )));
+        }
+        let token = new_token().replacen("amt_", "amj_", 1);
+        let now = clock::unix_ms();
+        let expires_at = clock::rfc3339_from_unix_ms(now + (ttl_secs as i64) * 1000);
+        self.store
+            .insert_join_token(&JoinToken {
+                token_sha256: token_sha256_hex(&token),
+                agent_id: agent_id.to_owned(),
+                created_by: created_by.to_owned(),
+                created_at: clock::rfc3339_from_unix_ms(now),
+                expires_at: expires_at.clone(),
+                used_at: None,
+            })
+            .await?;
+        let _ = self.store.prune_join_tokens(&clock::now_rfc3339()).await;
+        info!(agent.id = %agent_id, %expires_at, "join token created");
+        Ok(IssuedJoinToken {
+            agent_id: agent_id.to_owned(),
+            token,
+            expires_at,
+        })
+    }
+
+    /// An agent redeems a join token with a CSR (no bearer token: the join token is the
+    /// credential). Single use, expiring, bound to the agent id.
+    pub async fn redeem(
+        &self,
+        token: &str,
+        agent_id: &str,
+        csr: &str,
+    ) -> Result<SignedIdentity, EnrolError> {
+        let ca = self.ca.as_ref().ok_or(EnrolError::NoCa)?;
+        mesh_certs::validate_agent_id(agent_id).map_err(|e| EnrolError::Invalid(e.to_string()))?;
+        // Check the CSR before spending the token, so a typo does not burn it.
+        mesh_certs::pin_from_pem(csr).map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
+        let outcome = self
+            .store
+            .redeem_join_token(&token_sha256_hex(token), agent_id, &clock::now_rfc3339())
+            .await?;
+        match outcome {
+            Redeem::Ok(_) => {}
+            Redeem::Unknown => return Err(EnrolError::BadToken("unknown")),
+            Redeem::AlreadyUsed => return Err(EnrolError::BadToken("already used")),
+            Redeem::Expired => return Err(EnrolError::BadToken("expired")),
+            Redeem::WrongAgent => return Err(EnrolError::BadToken("issued for another agent")),
+        }
+        let issued = ca
+            .sign_agent_csr(csr, agent_id, Validity::days(self.cert_days))
+            .map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
+        self.store
+            .upsert_pin(agent_id, &issued.pin, PinState::Active, "join_token")
+            .await?;
+        self.store.unrevoke_agent(agent_id).await?;
+        self.registry.enrol(agent_id, &issued.pin);
+        self.registry.unrevoke(agent_id);
+        info!(agent.id = %agent_id, pin = %issued.pin, "agent enrolled with a join token");
+        Ok(SignedIdentity {
+            agent_id: agent_id.to_owned(),
+            certificate: issued.cert_pem,
+            ca: issued.ca_pem,
+            pin: issued.pin,
+            hub_pins: self.hub_pins.clone(),
+        })
+    }
+
+    /// Renewal over an authenticated session: signs the CSR, enrols the new pin beside the
+    /// old one; the old one is retired when a session authenticates with the new pin.
+    pub async fn renew(
+        &self,
+        agent_id: &str,
+        current_pin: &str,
+        csr: &str,
+    ) -> Result<SignedIdentity, EnrolError> {
+        let ca = self.ca.as_ref().ok_or(EnrolError::NoCa)?;
+        let issued = ca
+            .sign_agent_csr(csr, agent_id, Validity::days(self.cert_days))
+            .map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
+        self.store
+            .upsert_pin(agent_id, &issued.pin, PinState::Active, "renewal")
+            .await?;
+        self.registry.enrol(agent_id, &issued.pin);
+        self.renewing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                agent_id.to_owned(),
+                (current_pin.to_owned(), issued.pin.clone()),
+            );
+        info!(agent.id = %agent_id, old.pin = %current_pin, new.pin = %issued.pin, "certificate renewed");
+        Ok(SignedIdentity {
+            agent_id: agent_id.to_owned(),
+            certificate: issued.cert_pem,
+            ca: issued.ca_pem,
+            pin: issued.pin,
+            hub_pins: self.hub_pins.clone(),
+        })
+    }
+
+    /// A session authenticated with `pin`: completes a pending renewal by retiring the old pin.
+    pub async fn on_session(&self, agent_id: &str, pin: &str) {
+        let old = {
+            let mut renewing = self.renewing.lock().unwrap_or_else(|p| p.into_inner());
+            match renewing.get(agent_id) {
+                Some((old, new)) if new == pin => {
+                    let old = old.clone();
+                    renewing.remove(agent_id);
+                    Some(old)
+                }
+                _ => None,
+            }
+        };
+        if let Some(old) = old {
+            if let Err(e) = self
+                .store
+                .upsert_pin(agent_id, &old, PinState::Retired, "renewal")
+                .await
+            {
+                warn!(agent.id = %agent_id, error = %e, "could not retire the old pin");
+            }
+            self.registry.retire_pin(agent_id, &old);
+            info!(agent.id = %agent_id, old.pin = %old, "old pin retired after renewal");
+        }
+    }
+
+    /// Admin: revokes every pin of the agent and disconnects it at once (4004).
+    pub async fn revoke(&self, agent_id: &str) -> Result<(usize, bool), EnrolError> {
+        if !self.registry.contains(agent_id) {
+            return Err(EnrolError::UnknownAgent(agent_id.to_owned()));
+        }
+        let n = self.store.revoke_agent(agent_id).await?;
+        let session = self.registry.revoke_agent(agent_id).flatten();
+        let connected = session.is_some();
+        if let Some(s) = session {
+            s.request_close(agentmesh_protocol::close::REVOKED, "revoked");
+        }
+        info!(agent.id = %agent_id, pins = n, disconnected = connected, "agent revoked");
+        Ok((n, connected))
+    }
+}
+
+fn load_ca(cert: &std::path::Path, key: &std::path::Path) -> Result<Ca, EnrolError> {
+    Ca::load_files(cert, key).map_err(|e| EnrolError::Invalid(format!("[ca]: {e:#}")))
+}
+
+/// Offline revocation (`backend-agent revoke --id`): marks every pin revoked in the store.
+pub async fn revoke_offline(store: &Store, agent_id: &str) -> Result<usize, StoreError> {
+    store.revoke_agent(agent_id).await
+}

@@ -1,0 +1,446 @@
+//! Execution: the agent runs the verbs of its own config (plus `ping` and `sysinfo`) and
+//! nothing else, at most once per command id.
+//!
+//! ```text
+//! command ─► Executor::submit
+//!              ├─ running in this process already → ignored (its result will come)
+//!              ├─ stored (finished earlier)        → the stored result again
+//!              ├─ shutting down                    → rejected shutting_down
+//!              ├─ unknown verb / bad args          → rejected unknown_verb / invalid_args
+//!              ├─ over max_concurrency or per-minute quota → rejected rate_limited
+//!              └─ task: record started (fsync) → run (built-in | process group)
+//!                       → record finished (fsync) → results channel ─► live session
+//!                                                   (full or no session: stays pending
+//!                                                    in the store, sent after welcome)
+//! ```
+//!
+//! The [`Executor`] lives for the whole process, across sessions. Every command task is owned
+//! by the executor's running map (bounded by `max_concurrency`), removes itself when done, and
+//! is cancelled or aborted by [`Executor::shutdown`].
+//!
+//! # Layout
+//! - [`verb`]: the verb table, argv substitution, environment, `run_as`.
+//! - [`task`]: one command from start record to result.
+//! - [`process`]: spawn, timeout/cancel, process-group kill, reaping.
+//! - [`capture`]: capped stdout/stderr capture.
+//! - [`builtin`]: `ping` and `sysinfo`.
+//! - [`limits`]: `max_concurrency` and `commands_per_minute`.
+//! - [`store`]: durable started/finished/delivered records.
+//! - [`outcome`]: result frames and error codes.
+
+pub mod builtin;
+pub mod capture;
+pub mod limits;
+pub mod outcome;
+pub mod process;
+pub mod store;
+pub mod task;
+pub mod verb;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agentmesh_protocol::{CommandFrame, ResultFrame};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tracing::{debug, error, info, warn, Instrument as _};
+
+use crate::config::{GatewayConfig, VerbConfig};
+use limits::Limits;
+use process::CancelReason;
+use store::{LoadReport, Stage, Store};
+use verb::Verb;
+
+/// Results waiting for a session; beyond it they wait in the store (see [`Results`]).
+pub const RESULT_QUEUE: usize = 256;
+
+/// How long shutdown lets running commands finish before cancelling them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the executor needs from the config.
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    /// `agent.id` (for `ping`).
+    pub agent_id: String,
+    /// `agent.state_dir`: results live in `state_dir/results`.
+    pub state_dir: PathBuf,
+    /// `[[verbs]]`.
+    pub verbs: Vec<VerbConfig>,
+    /// `limits.max_concurrency`.
+    pub max_concurrency: u32,
+    /// `limits.commands_per_minute`.
+    pub commands_per_minute: u32,
+    /// `agent.result_retention_secs`.
+    pub result_retention: Duration,
+    /// Records kept at most.
+    pub max_stored_results: usize,
+}
+
+impl ExecSettings {
+    /// The settings of a loaded config.
+    pub fn from_config(config: &GatewayConfig) -> Self {
+        ExecSettings {
+            agent_id: config.agent.id.clone(),
+            state_dir: config.agent.state_dir.clone(),
+            verbs: config.verbs.clone(),
+            max_concurrency: config.limits.max_concurrency,
+            commands_per_minute: config.limits.commands_per_minute,
+            result_retention: Duration::from_secs(config.agent.result_retention_secs),
+            max_stored_results: store::MAX_ENTRIES,
+        }
+    }
+}
+
+/// Why the executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The results directory is unusable.
+    #[error("agent.state_dir: cannot keep command results in {path}: {source}")]
+    State {
+        /// `state_dir/results`.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A verb cannot be prepared.
+    #[error("verbs: {0}")]
+    Verb(String),
+}
+
+/// What [`Executor::submit`] did with a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Answer this at once (refusal, or the stored result of a repeated id).
+    Reply(ResultFrame),
+    /// Running; the result will come through [`Results`].
+    Started,
+    /// The same id is running in this process: ignored, its result will come.
+    AlreadyRunning,
+}
+
+/// Finished results on their way to a session. Bounded; when it is full (or nobody reads it
+/// while disconnected) results simply wait in the store, which a session reads on start and
+/// whenever [`Executor::take_overflow`] says something was missed.
+#[derive(Debug)]
+pub struct Results {
+    rx: mpsc::Receiver<ResultFrame>,
+}
+
+impl Results {
+    /// The next finished result.
+    pub async fn recv(&mut self) -> Option<ResultFrame> {
+        self.rx.recv().await
+    }
+
+    /// A finished result if one is waiting.
+    pub fn try_recv(&mut self) -> Option<ResultFrame> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Runs commands; cheap to clone, one per process.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    agent_id: String,
+    state_dir: PathBuf,
+    verbs: HashMap<String, Arc<Verb>>,
+    store: Arc<Store>,
+    limits: Arc<Mutex<Limits>>,
+    /// One entry per command task; the task removes its own entry when it ends.
+    running: Mutex<HashMap<String, Running>>,
+    results: mpsc::Sender<ResultFrame>,
+    overflowed: AtomicBool,
+    accepting: AtomicBool,
+    /// Number of running command tasks, for shutdown to wait on.
+    active: watch::Sender<usize>,
+}
+
+#[derive(Debug)]
+struct Running {
+    cancel: watch::Sender<Option<CancelReason>>,
+    abort: AbortHandle,
+}
+
+impl Executor {
+    /// Opens the result store of `config` and prepares its verbs. Blocking (it reads every
+    /// stored record): call it before serving, or from `spawn_blocking`.
+    pub fn open(config: &GatewayConfig) -> Result<(Executor, Results), ExecError> {
+        Self::open_with(ExecSettings::from_config(config))
+    }
+
+    /// [`Executor::open`] from explicit settings.
+    pub fn open_with(settings: ExecSettings) -> Result<(Executor, Results), ExecError> {
+        let verbs = verb::table(&settings.verbs).map_err(ExecError::Verb)?;
+        let (store, report) = Store::open(
+            &settings.state_dir,
+            settings.result_retention,
+            settings.max_stored_results,
+        )
+        .map_err(|source| ExecError::State {
+            path: settings
+                .state_dir
+                .join(store::RESULTS_DIR)
+                .display()
+                .to_string(),
+            source,
+        })?;
+        log_load(&report);
+        let (tx, rx) = mpsc::channel(RESULT_QUEUE);
+        let inner = Inner {
+            agent_id: settings.agent_id,
+            state_dir: settings.state_dir,
+            verbs,
+            store: Arc::new(store),
+            limits: Limits::new(settings.max_concurrency, settings.commands_per_minute),
+            running: Mutex::new(HashMap::new()),
+            results: tx,
+            overflowed: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+            active: watch::Sender::new(0),
+        };
+        Ok((
+            Executor {
+                inner: Arc::new(inner),
+            },
+            Results { rx },
+        ))
+    }
+
+    /// The durable record store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Commands running now.
+    pub fn running(&self) -> usize {
+        *self.inner.active.borrow()
+    }
+
+    /// Whether a result could not be queued since the last call (the session should then send
+    /// what the store holds undelivered).
+    pub fn take_overflow(&self) -> bool {
+        self.inner.overflowed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Takes one command: answers it at once, starts it, or ignores a duplicate.
+    pub async fn submit(&self, command: CommandFrame) -> Submitted {
+        match self.admit(command) {
+            Admission::Done(s) => s,
+            Admission::Stored(id) => {
+                let store = self.inner.store.clone();
+                let key = id.clone();
+                let stored = tokio::task::spawn_blocking(move || store.result(&key)).await;
+                match stored {
+                    Ok(Ok(Some(result))) => Submitted::Reply(result),
+                    Ok(Ok(None)) => Submitted::Reply(interrupted(&id)),
+                    Ok(Err(e)) => {
+                        error!(command.id = %id, error = %e, "cannot read a stored result");
+                        Submitted::Reply(outcome::failed(
+                            &id,
+                            "result_unavailable",
+                            "this command already ran but its stored result cannot be read; \
+                             it was not run again",
+                        ))
+                    }
+                    Err(e) => {
+                        error!(command.id = %id, error = %e, "result reader failed");
+                        Submitted::Reply(outcome::failed(
+                            &id,
+                            "result_unavailable",
+                            "this command already ran; it was not run again",
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, command: CommandFrame) -> Admission {
+        let inner = &self.inner;
+        let id = command.command_id.clone();
+        let reject = |code: &str, message: String| {
+            info!(
+                command.id = %id,
+                command.verb = %command.verb,
+                requested_by = %command.requested_by,
+                status = "rejected",
+                code,
+                "command rejected"
+            );
+            Admission::Done(Submitted::Reply(outcome::rejected(&id, code, message)))
+        };
+        if !store::valid_command_id(&id) {
+            return reject(
+                "invalid_command_id",
+                "command ids are 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-'".to_owned(),
+            );
+        }
+        let mut running = lock(&inner.running);
+        if running.contains_key(&id) {
+            debug!(command.id = %id, "repeated command id is still running; ignored");
+            return Admission::Done(Submitted::AlreadyRunning);
+        }
+        match inner.store.stage(&id) {
+            Some(Stage::Finished) => {
+                info!(command.id = %id, "repeated command id; answering with the stored result");
+                return Admission::Stored(id);
+            }
+            Some(Stage::Started) => {
+                // Recorded as started but not running here: the run was lost (its outcome
+                // could not be stored). Never run it again.
+                warn!(command.id = %id, "repeated command id with no stored outcome");
+                return Admission::Done(Submitted::Reply(interrupted(&id)));
+            }
+            None => {}
+        }
+        if !inner.accepting.load(Ordering::Acquire) {
+            return reject(
+                "shutting_down",
+                "the agent is shutting down and accepts no new commands".to_owned(),
+            );
+        }
+        let Some(verb) = inner.verbs.get(&command.verb).cloned() else {
+            return reject(
+                "unknown_verb",
+                format!("this agent does not offer verb {:?}", command.verb),
+            );
+        };
+        if let Err(e) = verb.spec.validate_args(&command.args) {
+            return reject("invalid_args", e.to_string());
+        }
+        let permit = match limits::admit(&inner.limits, tokio::time::Instant::now()) {
+            Ok(p) => p,
+            Err(e) => return reject("rate_limited", e.to_string()),
+        };
+        let (cancel_tx, cancel_rx) = watch::channel(None);
+        let span = tracing::info_span!("command", command.id = %id, command.verb = %command.verb);
+        let guard = task::RunningGuard::new(self.clone(), id.clone());
+        // Spawned while the map is locked, so the task cannot remove its entry before it exists.
+        let handle = tokio::spawn(
+            task::execute(self.clone(), verb, command, cancel_rx, permit, guard).instrument(span),
+        );
+        running.insert(
+            id,
+            Running {
+                cancel: cancel_tx,
+                abort: handle.abort_handle(),
+            },
+        );
+        inner.active.send_replace(running.len());
+        Admission::Done(Submitted::Started)
+    }
+
+    /// Cancels a running command; `false` when it is not running here.
+    pub fn cancel(&self, command_id: &str) -> bool {
+        match lock(&self.inner.running).get(command_id) {
+            Some(r) => {
+                r.cancel.send_replace(Some(CancelReason::Hub));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops accepting commands, lets running ones finish for up to `grace`, then cancels the
+    /// rest (SIGTERM, SIGKILL) and waits for their results to be stored. Idempotent.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.accepting.store(false, Ordering::Release);
+        if self.wait_idle(grace).await {
+            return;
+        }
+        let ids: Vec<String> = {
+            let running = lock(&self.inner.running);
+            for r in running.values() {
+                r.cancel.send_replace(Some(CancelReason::Shutdown));
+            }
+            running.keys().cloned().collect()
+        };
+        warn!(
+            count = ids.len(),
+            "cancelling commands still running after the shutdown grace period"
+        );
+        // Killing takes at most the kill grace; then results are stored.
+        if self
+            .wait_idle(process::KILL_GRACE + process::OUTPUT_GRACE + Duration::from_secs(5))
+            .await
+        {
+            return;
+        }
+        let running = lock(&self.inner.running);
+        error!(
+            count = running.len(),
+            "commands did not stop after being killed; abandoning them (recorded as interrupted \
+             at the next start)"
+        );
+        for r in running.values() {
+            r.abort.abort();
+        }
+    }
+
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        let mut rx = self.inner.active.subscribe();
+        let idle = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        idle
+    }
+
+    /// Hands a finished result to whichever session is live.
+    fn deliver(&self, result: ResultFrame) {
+        match self.inner.results.try_send(result) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                self.inner.overflowed.store(true, Ordering::Release);
+                debug!(command.id = %r.command_id, "result queue full; the result waits in the store");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn remove_running(&self, id: &str) {
+        let mut running = lock(&self.inner.running);
+        running.remove(id);
+        self.inner.active.send_replace(running.len());
+    }
+}
+
+enum Admission {
+    Done(Submitted),
+    Stored(String),
+}
+
+fn interrupted(id: &str) -> ResultFrame {
+    outcome::failed(
+        id,
+        "interrupted",
+        "this command was started earlier but its outcome was lost (the agent stopped while it \
+         ran); it was not run again",
+    )
+}
+
+fn log_load(report: &LoadReport) {
+    info!(
+        loaded = report.loaded,
+        skipped = report.skipped,
+        pruned = report.pruned,
+        "command result store opened"
+    );
+    for id in &report.interrupted {
+        warn!(
+            command.id = %id,
+            "command was running when the agent stopped; recorded as failed (interrupted)"
+        );
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,177 @@
+//! One command, from its durable start record to its result.
+//!
+//! The start is recorded (fsync) before anything runs: if that fails the command does not run.
+//! The result is recorded (fsync) before the task leaves the running map, so a repeated id
+//! always finds the command either running or stored. Logs carry the id, verb, requester,
+//! status and duration — never the arguments, which may be secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_protocol::{CommandFrame, ResultFrame};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info};
+
+use super::limits::Permit;
+use super::outcome;
+use super::process::{self, CancelReason, Invocation};
+use super::store::{self, Meta};
+use super::verb::{self, ProgramVerb, Verb, VerbKind};
+use super::Executor;
+
+/// Removes the command from the executor's running map however the task ends (even aborted).
+#[derive(Debug)]
+pub struct RunningGuard {
+    executor: Executor,
+    id: String,
+}
+
+impl RunningGuard {
+    pub(super) fn new(executor: Executor, id: String) -> Self {
+        RunningGuard { executor, id }
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.executor.remove_running(&self.id);
+    }
+}
+
+/// Runs one admitted command to its stored, delivered result.
+pub(super) async fn execute(
+    executor: Executor,
+    verb: Arc<Verb>,
+    command: CommandFrame,
+    cancel: watch::Receiver<Option<CancelReason>>,
+    permit: Permit,
+    guard: RunningGuard,
+) {
+    let meta = Meta {
+        command_id: command.command_id.clone(),
+        verb: command.verb.clone(),
+        requested_by: command.requested_by.clone(),
+    };
+    let store = executor.inner.store.clone();
+    let recorded = {
+        let (store, meta) = (store.clone(), meta.clone());
+        blocking(move || store.record_started(&meta)).await
+    };
+    let started_ms = store::now_ms();
+    let started_wall = OffsetDateTime::now_utc();
+    let started = Instant::now();
+    info!(
+        command.id = %meta.command_id,
+        command.verb = %meta.verb,
+        requested_by = %meta.requested_by,
+        "command started"
+    );
+    let mut result = match &recorded {
+        Err(e) => {
+            error!(error = %e, "cannot record the command start durably; not running it");
+            outcome::failed(
+                &meta.command_id,
+                "store_failed",
+                "the agent could not record the command durably, so it did not run it \
+                 (at-most-once)",
+            )
+        }
+        Ok(()) => run(&executor, &verb, &command, cancel).await,
+    };
+    drop(permit);
+    result.command_id.clone_from(&meta.command_id);
+    result.started_at = Some(outcome::rfc3339(started_wall));
+    result.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    if recorded.is_ok() {
+        let (store, meta, stored) = (store.clone(), meta.clone(), result.clone());
+        if let Err(e) = blocking(move || store.record_finished(&meta, started_ms, &stored)).await {
+            error!(error = %e, "cannot store the command result durably; delivering it anyway");
+        }
+    }
+    info!(
+        command.id = %meta.command_id,
+        command.verb = %meta.verb,
+        requested_by = %meta.requested_by,
+        status = result.status.as_str(),
+        exit_code = result.exit_code,
+        code = result.error.as_ref().map(|e| e.code.as_str()),
+        duration_ms = result.duration_ms,
+        truncated = result.truncated,
+        "command finished"
+    );
+    drop(guard);
+    executor.deliver(result);
+}
+
+async fn run(
+    executor: &Executor,
+    verb: &Verb,
+    command: &CommandFrame,
+    cancel: watch::Receiver<Option<CancelReason>>,
+) -> ResultFrame {
+    let id = &command.command_id;
+    match &verb.kind {
+        VerbKind::Ping => outcome::ok_stdout(id, super::builtin::ping(&executor.inner.agent_id)),
+        VerbKind::Sysinfo => {
+            let dir = executor.inner.state_dir.clone();
+            match blocking(move || Ok(super::builtin::sysinfo(&dir))).await {
+                Ok(stdout) => outcome::ok_stdout(id, stdout),
+                Err(e) => outcome::failed(id, "internal", format!("sysinfo failed: {e}")),
+            }
+        }
+        VerbKind::Program(program) => run_program(program, command, cancel).await,
+    }
+}
+
+async fn run_program(
+    verb: &ProgramVerb,
+    command: &CommandFrame,
+    cancel: watch::Receiver<Option<CancelReason>>,
+) -> ResultFrame {
+    let id = &command.command_id;
+    let config = &verb.config;
+    let user = match &config.run_as {
+        None => None,
+        Some(name) => {
+            let name = name.clone();
+            match blocking(move || Ok(verb::resolve_run_as(&name))).await {
+                Ok(Ok(user)) => user,
+                Ok(Err(message)) => return outcome::failed(id, "run_as_failed", message),
+                Err(e) => return outcome::failed(id, "run_as_failed", e.to_string()),
+            }
+        }
+    };
+    let verb_timeout = Duration::from_secs(config.timeout_secs);
+    let timeout = command
+        .timeout_ms
+        .map_or(verb_timeout, |ms| Duration::from_millis(ms.max(1)))
+        .min(verb_timeout);
+    let invocation = Invocation {
+        program: config.program.clone(),
+        args: verb.argv.render(&command.args),
+        env: verb::environment(&config.env, |name| std::env::var_os(name)),
+        working_dir: config.working_dir.clone(),
+        user,
+        timeout,
+        max_output_bytes: config.max_output_bytes,
+    };
+    match process::run(&invocation, cancel).await {
+        Ok(ran) => outcome::from_process(id, &ran, timeout),
+        Err(e) => outcome::failed(
+            id,
+            "spawn_failed",
+            format!("cannot start {}: {e}", config.program.display()),
+        ),
+    }
+}
+
+/// Runs blocking work (file I/O, user lookups) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
