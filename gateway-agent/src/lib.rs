@@ -29,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod dialer;
+pub mod enroll;
 pub mod exec;
 pub mod health;
 pub mod session;

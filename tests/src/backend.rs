@@ -113,6 +113,10 @@ path = "{dir}/backend.db"
 [audit]
 path = "{dir}/audit.log"
 
+[ca]
+cert = "{root}/ca/ca.pem"
+key = "{root}/ca/ca-key.pem"
+
 [[tokens]]
 name = "test-admin"
 sha256 = "{admin}"

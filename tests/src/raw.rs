@@ -130,6 +130,26 @@ impl RawClient {
         }
     }
 
+    /// The first text message as JSON, or the close code and reason if the hub closes first.
+    pub async fn next_or_close(&mut self, limit: Duration) -> Result<Value, (u16, String)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => return Err((0, "no answer".into())),
+            };
+            match msg {
+                Ok(Message::Text(t)) => {
+                    return serde_json::from_str(t.as_str()).map_err(|e| (0, e.to_string()))
+                }
+                Ok(Message::Close(Some(f))) => return Err((f.code.into(), f.reason.to_string())),
+                Ok(Message::Close(None)) => return Err((1005, String::new())),
+                Ok(_) => continue,
+                Err(e) => return Err((0, e.to_string())),
+            }
+        }
+    }
+
     /// Reads until the hub closes; returns the close code and reason.
     pub async fn close_code(&mut self, limit: Duration) -> Option<(u16, String)> {
         let deadline = tokio::time::Instant::now() + limit;
