@@ -152,9 +152,8 @@ impl AuditLog {
         done.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Drains the queue, fsyncs and stops the writer, for every handle: later appends fail with
-    /// [`AuditError::Closed`].
-    /// Closing a closed log is a no-op.
+    /// Drains the queue, fsyncs (even with `fsync: false`) and stops the writer, for every
+    /// handle: later appends fail with [`AuditError::Closed`]. Closing a closed log is a no-op.
     pub async fn close(self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         match self.send_waiting(Msg::Close(ack)).await {
@@ -342,4 +341,23 @@ fn write_and_sync(
 fn fail(shared: &Shared, error: &AuditError) {
     tracing::error!(error = %error, "audit log write failed; refusing further appends");
     let _ = shared.failed.set(error.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_and_futures_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        fn send_static<T: Send + 'static>(_: &T) {}
+        send_sync::<AuditLog>();
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) =
+            AuditLog::open(&dir.path().join("a.jsonl"), AuditOptions::default()).unwrap();
+        let fut = log.append_durable(AuditEvent::new("k"));
+        send_static(&fut);
+        drop(fut);
+        drop(log);
+    }
 }
