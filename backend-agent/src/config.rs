@@ -142,6 +142,12 @@ pub struct AuditConfig {
     /// Audit log (JSON Lines, hash chain).
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
+    /// fsync `command_requested` before dispatch (group commit). Off only for benchmarks.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+    /// Rotate the log file beyond this size; the chain continues in the new file.
+    #[serde(default = "default_audit_max_file_bytes")]
+    pub max_file_bytes: u64,
 }
 
 /// `[limits]`.
@@ -288,6 +294,12 @@ fn default_hub_handshakes_per_sec() -> u32 {
 }
 fn default_hub_handshake_burst() -> u32 {
     400
+}
+fn default_true() -> bool {
+    true
+}
+fn default_audit_max_file_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_agent_cert_days() -> i64 {
     90

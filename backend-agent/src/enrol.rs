@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use mesh_certs::{Ca, Validity};
 use tracing::{info, warn};
 
+use crate::audit::kinds;
 use crate::auth::{new_token, token_sha256_hex};
 use crate::clock;
 use crate::config::{AgentEnrolment, CaConfig};
 use crate::registry::Registry;
 use crate::store::{JoinToken, PinState, Redeem, Store, StoreError};
+use agentmesh_audit::AuditEvent;
 
 /// Why an enrolment operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,7 @@ pub struct Enrolment {
     hub_pins: Vec<String>,
     /// Renewals in flight: agent id → (old pin, new pin). Bounded by the number of agents.
     renewing: Mutex<HashMap<String, (String, String)>>,
+    audit: Arc<crate::audit::Audit>,
 }
 
 impl Enrolment {
@@ -92,6 +95,7 @@ impl Enrolment {
         ca_config: &CaConfig,
         static_agents: &[AgentEnrolment],
         hub_pins: Vec<String>,
+        audit: Arc<crate::audit::Audit>,
     ) -> Result<Self, EnrolError> {
         let ca = match (&ca_config.cert, &ca_config.key) {
             (Some(cert), Some(key)) => Some(load_ca(cert, key)?),
@@ -129,11 +133,17 @@ impl Enrolment {
             max_token_secs: ca_config.max_join_token_secs,
             hub_pins,
             renewing: Mutex::new(HashMap::new()),
+            audit,
         })
     }
 
     /// Admin: enrols `pin` for `agent_id` directly (clears an agent-level revocation).
-    pub async fn enrol_pin(&self, agent_id: &str, pin: &str) -> Result<(), EnrolError> {
+    pub async fn enrol_pin(
+        &self,
+        agent_id: &str,
+        pin: &str,
+        actor: &str,
+    ) -> Result<(), EnrolError> {
         mesh_certs::validate_agent_id(agent_id).map_err(|e| EnrolError::Invalid(e.to_string()))?;
         crate::config::check_pin(pin).map_err(EnrolError::Invalid)?;
         self.store
@@ -143,6 +153,7 @@ impl Enrolment {
         self.registry.enrol(agent_id, pin);
         self.registry.unrevoke(agent_id);
         info!(agent.id = %agent_id, pin = %pin, "agent enrolled");
+        self.enrolled(actor, agent_id, pin, "api");
         Ok(())
     }
 
@@ -218,6 +229,7 @@ impl Enrolment {
         self.registry.enrol(agent_id, &issued.pin);
         self.registry.unrevoke(agent_id);
         info!(agent.id = %agent_id, pin = %issued.pin, "agent enrolled with a join token");
+        self.enrolled("join_token", agent_id, &issued.pin, "join_token");
         Ok(SignedIdentity {
             agent_id: agent_id.to_owned(),
             certificate: issued.cert_pem,
@@ -251,6 +263,7 @@ impl Enrolment {
                 (current_pin.to_owned(), issued.pin.clone()),
             );
         info!(agent.id = %agent_id, old.pin = %current_pin, new.pin = %issued.pin, "certificate renewed");
+        self.enrolled(agent_id, agent_id, &issued.pin, "renewal");
         Ok(SignedIdentity {
             agent_id: agent_id.to_owned(),
             certificate: issued.cert_pem,
@@ -283,11 +296,17 @@ impl Enrolment {
             }
             self.registry.retire_pin(agent_id, &old);
             info!(agent.id = %agent_id, old.pin = %old, "old pin retired after renewal");
+            self.audit.record(
+                AuditEvent::new(kinds::REVOKED)
+                    .actor(agent_id)
+                    .agent(agent_id)
+                    .details(serde_json::json!({"pin": old, "reason": "retired after renewal"})),
+            );
         }
     }
 
     /// Admin: revokes every pin of the agent and disconnects it at once (4004).
-    pub async fn revoke(&self, agent_id: &str) -> Result<(usize, bool), EnrolError> {
+    pub async fn revoke(&self, agent_id: &str, actor: &str) -> Result<(usize, bool), EnrolError> {
         if !self.registry.contains(agent_id) {
             return Err(EnrolError::UnknownAgent(agent_id.to_owned()));
         }
@@ -298,7 +317,33 @@ impl Enrolment {
             s.request_close(agentmesh_protocol::close::REVOKED, "revoked");
         }
         info!(agent.id = %agent_id, pins = n, disconnected = connected, "agent revoked");
+        self.audit.record(
+            AuditEvent::new(kinds::REVOKED)
+                .actor(actor)
+                .agent(agent_id)
+                .details(serde_json::json!({"pins": n, "disconnected": connected})),
+        );
         Ok((n, connected))
+    }
+}
+
+impl Enrolment {
+    fn enrolled(&self, actor: &str, agent_id: &str, pin: &str, source: &str) {
+        self.audit.record(
+            AuditEvent::new(kinds::ENROLLED)
+                .actor(actor)
+                .agent(agent_id)
+                .details(serde_json::json!({"pin": pin, "source": source})),
+        );
+    }
+
+    /// Records a refused join-token redemption.
+    pub fn join_refused(&self, agent_id: &str, peer: &str, why: &str) {
+        self.audit.record(
+            AuditEvent::new(kinds::AUTH_FAILED).agent(agent_id).details(
+                serde_json::json!({"credential": "join_token", "reason": why, "peer": peer}),
+            ),
+        );
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`registry`]: enrolments and live sessions.
 //! - [`api`]: the operator HTTP API (axum), its errors and bearer-token extractor.
 //! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
+//! - [`audit`]: the audit trail (hash-chained, group-committed).
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod commands;
@@ -69,6 +71,9 @@ pub enum RunError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(#[from] agentmesh_audit::AuditError),
     /// Enrolments could not be loaded (or `[ca]` is unusable).
     #[error("enrolment: {0}")]
     Enrol(#[from] enrol::EnrolError),
@@ -117,6 +122,8 @@ pub struct Backend {
     pub commands: Arc<commands::CommandService>,
     /// Enrolment, renewal, revocation.
     pub enrolment: Arc<enrol::Enrolment>,
+    /// Audit trail.
+    pub audit: Arc<audit::Audit>,
     /// Bound API address.
     pub http_addr: SocketAddr,
     /// Bound hub address.
@@ -139,6 +146,8 @@ impl Backend {
         let http_addr = listeners.http.local_addr().map_err(RunError::Http)?;
         let hub_addr = listeners.hub.local_addr().map_err(RunError::Http)?;
 
+        let (audit, _report) = audit::Audit::open(&config.audit)?;
+        let audit = Arc::new(audit);
         let limits = Arc::new(limits::RateLimits::new(&config.limits));
         spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
@@ -147,6 +156,7 @@ impl Backend {
             store.clone(),
             metrics.clone(),
             limits.clone(),
+            audit.clone(),
             stop_rx.clone(),
         );
         commands.recover().await?;
@@ -162,6 +172,7 @@ impl Backend {
                 &config.ca,
                 &config.agents,
                 hub_pins,
+                audit.clone(),
             )
             .await?,
         );
@@ -180,6 +191,7 @@ impl Backend {
             shutdown: stop_rx.clone(),
             tasks: tasks.clone(),
             limits: limits.clone(),
+            audit: audit.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         let hub_task = tokio::spawn(hub::serve(listeners.hub, hub_ctx));
@@ -193,6 +205,7 @@ impl Backend {
             commands: commands.clone(),
             limits,
             enrolment: enrolment.clone(),
+            audit: audit.clone(),
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;
@@ -211,6 +224,7 @@ impl Backend {
             metrics,
             commands,
             enrolment,
+            audit,
             http_addr,
             hub_addr,
             stop,
@@ -235,6 +249,7 @@ impl Backend {
                 "sessions still open after the grace period"
             );
         }
+        self.audit.flush().await;
         match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RunError::Http(e)),

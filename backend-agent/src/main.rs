@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Operator API tokens.
     Token {
         #[command(subcommand)]
@@ -51,6 +56,16 @@ enum TokenAction {
         /// Role of the token.
         #[arg(long, value_enum)]
         role: RoleArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Verify the hash chain and result signatures; prints the first broken record.
+    Verify {
+        /// Log files (current and rotated, any order).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -97,6 +112,12 @@ fn main() -> ExitCode {
             println!("\n# add to backend.toml (only the hash is stored):");
             print!("{}", token_config_snippet(&name, role, &token));
             ExitCode::SUCCESS
+        }
+        Some(Command::Audit {
+            action: AuditAction::Verify { files },
+        }) => {
+            let code = agentmesh_audit::run_verify_cli(&files);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Revoke { id }) => {
             let config = match load_config(cli.config.as_deref()) {

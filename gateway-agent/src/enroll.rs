@@ -88,15 +88,24 @@ fn parse_api(url: &str) -> Result<Target, EnrollError> {
     } else if let Some(r) = url.strip_prefix("http://") {
         (false, r)
     } else {
-        return Err(EnrollError::Usage(format!("--api must start with https:// (or http:// for loopback): {url}")));
+        return Err(EnrollError::Usage(format!(
+            "--api must start with https:// (or http:// for loopback): {url}"
+        )));
     };
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && !p.contains(']') => (
             h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            p.parse().map_err(|_| EnrollError::Usage(format!("bad port in {url}")))?,
+            p.parse()
+                .map_err(|_| EnrollError::Usage(format!("bad port in {url}")))?,
         ),
-        _ => (authority.trim_start_matches('[').trim_end_matches(']').to_owned(), if tls { 443 } else { 80 }),
+        _ => (
+            authority
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            if tls { 443 } else { 80 },
+        ),
     };
     if host.is_empty() {
         return Err(EnrollError::Usage(format!("no host in {url}")));
@@ -104,21 +113,32 @@ fn parse_api(url: &str) -> Result<Target, EnrollError> {
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !tls && !loopback {
         return Err(EnrollError::Usage(
-            "plain http:// is only accepted for a loopback address; use the https:// front door".into(),
+            "plain http:// is only accepted for a loopback address; use the https:// front door"
+                .into(),
         ));
     }
     let base_path = format!("/{}", path.trim_end_matches('/'));
-    Ok(Target { tls, host, port, base_path: base_path.trim_end_matches('/').to_owned() })
+    Ok(Target {
+        tls,
+        host,
+        port,
+        base_path: base_path.trim_end_matches('/').to_owned(),
+    })
 }
 
 /// Enrols this host: generates a key, sends the CSR, writes key/cert/CA (0600).
 pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
     mesh_certs::validate_agent_id(&opts.id).map_err(|e| EnrollError::Usage(e.to_string()))?;
     let target = parse_api(&opts.api)?;
-    let (csr, key_pem) = mesh_certs::generate_csr(&opts.id).map_err(|e| EnrollError::Local(e.to_string()))?;
-    let body = serde_json::json!({"token": opts.token, "agent_id": opts.id, "csr": csr}).to_string();
+    let (csr, key_pem) =
+        mesh_certs::generate_csr(&opts.id).map_err(|e| EnrollError::Local(e.to_string()))?;
+    let body =
+        serde_json::json!({"token": opts.token, "agent_id": opts.id, "csr": csr}).to_string();
     let path = format!("{}/api/v1/enroll", target.base_path);
-    let connect_err = |detail: String| EnrollError::Connect { url: opts.api.clone(), detail };
+    let connect_err = |detail: String| EnrollError::Connect {
+        url: opts.api.clone(),
+        detail,
+    };
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| connect_err(e.to_string()))?;
@@ -130,8 +150,13 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
             .map_err(|e| EnrollError::Local(e.to_string()))?;
         let config = match &opts.server_pin {
             Some(pin) => {
-                let verifier = PinningVerifier::new(roots, vec![pin.clone()], provider, PinObserver::default())
-                    .map_err(|e| EnrollError::Local(e.to_string()))?;
+                let verifier = PinningVerifier::new(
+                    roots,
+                    vec![pin.clone()],
+                    provider,
+                    PinObserver::default(),
+                )
+                .map_err(|e| EnrollError::Local(e.to_string()))?;
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(verifier))
@@ -139,14 +164,19 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
             }
             None => builder.with_root_certificates(roots).with_no_client_auth(),
         };
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| EnrollError::Usage(e.to_string()))?;
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| EnrollError::Usage(e.to_string()))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
             .map_err(|e| connect_err(format!("TLS: {e}")))?;
-        post(stream, &target.host, &path, &body).await.map_err(connect_err)?
+        post(stream, &target.host, &path, &body)
+            .await
+            .map_err(connect_err)?
     } else {
-        post(tcp, &target.host, &path, &body).await.map_err(connect_err)?
+        post(tcp, &target.host, &path, &body)
+            .await
+            .map_err(connect_err)?
     };
     if status != 200 {
         let message = serde_json::from_str::<serde_json::Value>(&text)
@@ -162,9 +192,15 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
 }
 
 fn write_identity(out: &Path, key_pem: &str, e: &Enrolled) -> Result<(), EnrollError> {
-    std::fs::create_dir_all(out).map_err(|err| EnrollError::Local(format!("{}: {err}", out.display())))?;
-    for (name, contents) in [("key.pem", key_pem), ("cert.pem", e.certificate.as_str()), ("ca.pem", e.ca.as_str())] {
-        mesh_certs::write_private(&out.join(name), contents).map_err(|err| EnrollError::Local(format!("{err:#}")))?;
+    std::fs::create_dir_all(out)
+        .map_err(|err| EnrollError::Local(format!("{}: {err}", out.display())))?;
+    for (name, contents) in [
+        ("key.pem", key_pem),
+        ("cert.pem", e.certificate.as_str()),
+        ("ca.pem", e.ca.as_str()),
+    ] {
+        mesh_certs::write_private(&out.join(name), contents)
+            .map_err(|err| EnrollError::Local(format!("{err:#}")))?;
     }
     Ok(())
 }
@@ -179,7 +215,10 @@ async fn post<S: AsyncRead + AsyncWrite + Unpin>(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     // Bounded: an enrolment answer is a few KiB.
     let mut limited = (&mut stream).take(1024 * 1024);
@@ -191,7 +230,10 @@ async fn post<S: AsyncRead + AsyncWrite + Unpin>(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("no HTTP status")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -214,7 +256,12 @@ fn dechunk(mut s: &str) -> String {
 
 /// The `[outbound]` lines for a freshly enrolled agent.
 pub fn config_snippet(e: &Enrolled, out: &Path, hub_url: &str) -> String {
-    let pins = e.hub_pins.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ");
+    let pins = e
+        .hub_pins
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "[agent]\nid = \"{id}\"\n\n[outbound]\nbackend_url = \"{hub_url}\"\nca = \"{o}/ca.pem\"\ncert = \"{o}/cert.pem\"\nkey = \"{o}/key.pem\"\nserver_pins = [{pins}]\n",
         id = e.agent_id,
@@ -234,6 +281,9 @@ mod tests {
         assert!(parse_api("http://10.0.0.1:8080").is_err());
         assert!(parse_api("ftp://x").is_err());
         let t = parse_api("https://hub.example.com/prefix/").unwrap();
-        assert_eq!((t.port, t.base_path.as_str(), t.tls), (443, "/prefix", true));
+        assert_eq!(
+            (t.port, t.base_path.as_str(), t.tls),
+            (443, "/prefix", true)
+        );
     }
 }

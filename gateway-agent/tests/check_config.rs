@@ -33,8 +33,13 @@ fn problems_are_listed_with_their_keys() {
     std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
     let mut config = pki.config(8081, &[&pki.server.pin], "");
     config.verbs[0].program = not_executable;
+    config.verbs[0].run_as = Some("agentmesh-no-such-user".into());
     let problems = check_config(&config).unwrap_err();
     let all = problems.join("\n");
+    assert!(
+        all.contains("verbs[0].run_as") && all.contains("agentmesh-no-such-user"),
+        "{all}"
+    );
     assert!(
         all.contains("verbs[0].program") && all.contains("not executable"),
         "{all}"

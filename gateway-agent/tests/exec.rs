@@ -49,6 +49,11 @@ name = "env"
 program = "/usr/bin/env"
 
 [[verbs]]
+name = "pwd"
+program = "/bin/pwd"
+working_dir = "/"
+
+[[verbs]]
 name = "fail"
 program = "/bin/false"
 
@@ -314,6 +319,8 @@ async fn the_environment_is_cleared() {
     let (exec, mut results) = open(dir.path());
     let r = run(&exec, &mut results, command("c-env", "env", json!({}))).await;
     assert_eq!(r.stdout, "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n");
+    let r = run(&exec, &mut results, command("c-pwd", "pwd", json!({}))).await;
+    assert_eq!(r.stdout, "/\n");
 }
 
 #[tokio::test]

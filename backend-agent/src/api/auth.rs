@@ -8,25 +8,54 @@ use axum::http::request::Parts;
 use tracing::warn;
 
 use super::{ApiError, AppState};
+use crate::audit::{kinds, Audit};
 use crate::auth::{Principal, Role};
+use agentmesh_audit::AuditEvent;
+use std::sync::Arc;
 
 /// An authenticated caller; extracting it answers 401 when the token is missing or unknown.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+#[derive(Clone)]
+pub struct Caller(pub Principal, Arc<Audit>);
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Caller").field(&self.0).finish()
+    }
+}
 
 impl Caller {
-    /// Refuses with 403 unless the caller's role includes `role`.
+    /// Refuses with 403 (audited) unless the caller's role includes `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.0.role >= role {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!(
+            Err(self.forbidden(format!(
                 "token {:?} has role {} but this needs {}",
                 self.0.name,
                 self.0.role.as_str(),
                 role.as_str()
             )))
         }
+    }
+
+    /// A 403, audited as `forbidden`.
+    pub fn forbidden(&self, message: String) -> ApiError {
+        warn!(token = %self.0.name, reason = %message, "forbidden");
+        self.1.record(
+            AuditEvent::new(kinds::FORBIDDEN)
+                .actor(self.0.name.as_str())
+                .details(serde_json::json!({"reason": message})),
+        );
+        ApiError::forbidden(message)
+    }
+
+    /// Records a refused request as `rate_limited`.
+    pub fn audit_rate_limited(&self, limit: &str) {
+        self.1.record(
+            AuditEvent::new(kinds::RATE_LIMITED)
+                .actor(self.0.name.as_str())
+                .details(serde_json::json!({"limit": limit})),
+        );
     }
 }
 
@@ -43,22 +72,27 @@ impl FromRequestParts<AppState> for Caller {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
-        let Some(token) = presented else {
+        let failed = |reason: &str| {
             state
                 .metrics
                 .api_auth_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(path = %parts.uri.path(), "API request without a bearer token");
+            warn!(path = %parts.uri.path(), reason, "API request refused: 401");
+            state.audit.record(AuditEvent::new(kinds::AUTH_FAILED).details(
+                serde_json::json!({"credential": "bearer", "reason": reason, "path": parts.uri.path()}),
+            ));
+        };
+        let Some(token) = presented else {
+            failed("missing bearer token");
             return Err(ApiError::unauthorized("missing bearer token"));
         };
         match state.tokens.authenticate(token) {
-            Some(principal) => Ok(Caller(principal.clone())),
+            Some(principal) => {
+                state.audit.token_used(&principal.name);
+                Ok(Caller(principal.clone(), state.audit.clone()))
+            }
             None => {
-                state
-                    .metrics
-                    .api_auth_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(path = %parts.uri.path(), "API request with an unknown token");
+                failed("unknown token");
                 Err(ApiError::unauthorized("unknown token"))
             }
         }

@@ -52,18 +52,16 @@ pub struct JobBody {
 
 /// Refuses (403) a verb or target outside an operator token's scope.
 pub fn check_scope(
-    p: &Principal,
+    caller: &Caller,
     verb: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
+    let p: &Principal = &caller.0;
     if !p.verbs.iter().any(|v| v == "*" || v == verb) {
-        return Err(ApiError::forbidden(format!(
-            "token {:?} may not run verb {verb:?}",
-            p.name
-        )));
+        return Err(caller.forbidden(format!("token {:?} may not run verb {verb:?}", p.name)));
     }
     if let Some((k, v)) = p.labels.iter().find(|(k, v)| labels.get(*k) != Some(*v)) {
-        return Err(ApiError::forbidden(format!(
+        return Err(caller.forbidden(format!(
             "token {:?} may only target agents labelled {k}={v}",
             p.name
         )));
@@ -84,6 +82,16 @@ impl From<SubmitError> for ApiError {
                 return ApiError::rate_limited(e.to_string(), *wait);
             }
             SubmitError::Store(inner) => return ApiError::internal(inner),
+            SubmitError::Audit(inner) => {
+                tracing::error!(error = %inner, "audit log unavailable; command refused");
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    e.to_string(),
+                );
+                err.retry_after = Some(1);
+                return err;
+            }
         };
         let mut err = ApiError::new(status, e.code(), e.to_string());
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -113,6 +121,7 @@ impl From<JobError> for ApiError {
 fn operator_rate(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     state.limits.check_operator(&caller.0.name).map_err(|wait| {
         tracing::warn!(token = %caller.0.name, "operator rate limit hit");
+        caller.audit_rate_limited("operator_commands");
         ApiError::rate_limited(
             format!("token {:?} is over its command rate", caller.0.name),
             wait,
@@ -134,7 +143,7 @@ pub async fn run_on_agent(
         .command_target(&agent_id, &body.verb)
         .map(|t| t.labels)
         .ok_or_else(|| ApiError::not_found(format!("unknown agent {agent_id:?}")))?;
-    check_scope(&caller.0, &body.verb, &labels)?;
+    check_scope(&caller, &body.verb, &labels)?;
     let record = state
         .commands
         .submit(SubmitRequest {
@@ -178,13 +187,13 @@ pub async fn fan_out(
     caller.require(Role::Operator)?;
     operator_rate(&state, &caller)?;
     // Scope: the verb, and every label the token is restricted to must be in the selector.
-    check_scope(&caller.0, &body.verb, &caller.0.labels)?;
+    check_scope(&caller, &body.verb, &caller.0.labels)?;
     let mut selector = body.selector;
     if !caller.0.labels.is_empty() {
         let labels = selector.labels.get_or_insert_with(BTreeMap::new);
         for (k, v) in &caller.0.labels {
             if labels.get(k).is_some_and(|have| have != v) {
-                return Err(ApiError::forbidden(format!(
+                return Err(caller.forbidden(format!(
                     "token {:?} may only target agents labelled {k}={v}",
                     caller.0.name
                 )));

@@ -57,7 +57,10 @@ pub async fn create(
     caller.require(Role::Admin)?;
     match body.pin {
         Some(pin) => {
-            state.enrolment.enrol_pin(&body.agent_id, &pin).await?;
+            state
+                .enrolment
+                .enrol_pin(&body.agent_id, &pin, &caller.0.name)
+                .await?;
             let answer = json!({"agent_id": body.agent_id, "pin": pin, "state": "active"});
             Ok((StatusCode::CREATED, Json(answer)).into_response())
         }
@@ -112,6 +115,9 @@ pub async fn redeem(
         Err(e) => {
             if let EnrolError::BadToken(why) = &e {
                 warn!(peer.addr = %peer, agent.id = %body.agent_id, reason = why, "join token refused");
+                state
+                    .enrolment
+                    .join_refused(&body.agent_id, &peer.to_string(), why);
             }
             Err(e.into())
         }
@@ -125,7 +131,7 @@ pub async fn revoke(
     Path(agent_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(Role::Admin)?;
-    let (pins, disconnected) = state.enrolment.revoke(&agent_id).await?;
+    let (pins, disconnected) = state.enrolment.revoke(&agent_id, &caller.0.name).await?;
     Ok(Json(
         json!({"agent_id": agent_id, "revoked_pins": pins, "disconnected": disconnected}),
     ))

@@ -1,6 +1,7 @@
 //! The operator HTTP API (DESIGN.md §5): JSON in and out, bearer-token auth.
 
 mod agents;
+mod audit;
 mod auth;
 mod body;
 mod commands;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub limits: Arc<crate::limits::RateLimits>,
     /// Enrolment, renewal, revocation.
     pub enrolment: Arc<crate::enrol::Enrolment>,
+    /// Audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// The API router.
@@ -57,6 +60,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/api/v1/enrollments", post(enrol::create))
         .route("/api/v1/enroll", post(enrol::redeem))
+        .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/agents/{id}/commands", post(commands::run_on_agent))
         .route(
             "/api/v1/commands",

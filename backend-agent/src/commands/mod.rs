@@ -19,10 +19,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::audit::kinds;
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::registry::{LiveSession, Registry};
 use crate::store::{CommandRecord, CommandState, ErrorInfo, Store, StoreError};
+use agentmesh_audit::AuditEvent;
 use redact::Salt;
 
 /// Verb timeout used when neither the verb nor the request gives one.
@@ -82,6 +84,9 @@ pub enum SubmitError {
         /// How long until a command would pass.
         wait: Duration,
     },
+    /// The audit log could not make the request durable: the command is not sent.
+    #[error("audit log unavailable: {0}")]
+    Audit(agentmesh_audit::AuditError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,6 +102,7 @@ impl SubmitError {
             SubmitError::Offline(_) => "agent_offline",
             SubmitError::QueueFull(_) => "queue_full",
             SubmitError::RateLimited { .. } => "rate_limited",
+            SubmitError::Audit(_) => "audit_unavailable",
             SubmitError::Store(_) => "internal",
         }
     }
@@ -113,6 +119,7 @@ pub struct CommandService {
     store: Store,
     metrics: Arc<Metrics>,
     limits: Arc<crate::limits::RateLimits>,
+    audit: Arc<crate::audit::Audit>,
     salt: Salt,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
@@ -127,6 +134,7 @@ impl CommandService {
         store: Store,
         metrics: Arc<Metrics>,
         limits: Arc<crate::limits::RateLimits>,
+        audit: Arc<crate::audit::Audit>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<String>();
@@ -135,6 +143,7 @@ impl CommandService {
             store,
             metrics,
             limits,
+            audit,
             salt: Salt::random(),
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
@@ -206,6 +215,12 @@ impl CommandService {
             return Err(SubmitError::Offline(req.agent_id));
         }
         if let Err(wait) = self.limits.check_agent(&req.agent_id) {
+            self.audit.record(
+                AuditEvent::new(kinds::RATE_LIMITED)
+                    .actor(req.requested_by.as_str())
+                    .agent(req.agent_id.as_str())
+                    .details(serde_json::json!({"limit": "agent_commands", "verb": req.verb})),
+            );
             return Err(SubmitError::RateLimited {
                 agent: req.agent_id,
                 wait,
@@ -248,6 +263,23 @@ impl CommandService {
             requested_by: req.requested_by,
             issued_at: now,
         };
+        // The request is on disk before the command can leave the backend.
+        self.audit
+            .durable(
+                AuditEvent::new(kinds::COMMAND_REQUESTED)
+                    .actor(record.requested_by.as_str())
+                    .agent(record.agent_id.as_str())
+                    .command(record.command_id.as_str())
+                    .details(serde_json::json!({
+                        "verb": record.verb,
+                        "args": record.args,
+                        "timeout_ms": timeout_ms,
+                        "queue_ttl_ms": req.queue_ttl_ms,
+                        "job_id": record.job_id,
+                    })),
+            )
+            .await
+            .map_err(SubmitError::Audit)?;
         self.store.insert_command(&record).await?;
         match target.session {
             Some(session) => match self.dispatch(&mut record, frame.clone(), &session).await {
@@ -291,6 +323,12 @@ impl CommandService {
         record.status = CommandState::Dispatched;
         self.store.update_command(record).await?;
         permit.send(HubFrame::Command(frame));
+        self.audit.record(
+            AuditEvent::new(kinds::COMMAND_DISPATCHED)
+                .actor(record.requested_by.as_str())
+                .agent(record.agent_id.as_str())
+                .command(record.command_id.as_str()),
+        );
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
         Ok(())
     }
@@ -490,6 +528,8 @@ impl CommandService {
             return;
         }
         let mut rec = rec;
+        self.audit
+            .record(self.result_event(agent_id, &rec, &result));
         apply_result(&mut rec, result);
         match self.store.update_command(&rec).await {
             Ok(()) => {
@@ -498,6 +538,47 @@ impl CommandService {
             }
             Err(e) => warn!(error = %e, command.id = %rec.command_id, "could not record a result"),
         }
+    }
+}
+
+impl CommandService {
+    /// The `command_result` record, with the agent's signature checked against the key of
+    /// the certificate its session authenticated with.
+    fn result_event(
+        &self,
+        agent_id: &str,
+        rec: &CommandRecord,
+        result: &ResultFrame,
+    ) -> AuditEvent {
+        let digest = agentmesh_audit::result_digest(result);
+        let mut details = serde_json::json!({
+            "status": result.status.as_str(),
+            "exit_code": result.exit_code,
+            "duration_ms": result.duration_ms,
+            "truncated": result.truncated,
+            "error": result.error.as_ref().map(|e| e.code.clone()),
+            "result_sha256": digest,
+        });
+        match &result.signature {
+            Some(sig) => {
+                let spki = self.registry.spki(agent_id);
+                let signature = agentmesh_audit::ResultSignature::new(&spki, &digest, sig);
+                match signature.verify() {
+                    Ok(()) => signature.insert_into(&mut details),
+                    Err(why) => {
+                        warn!(agent.id = %agent_id, command.id = %rec.command_id, error = %why, "result signature does NOT verify");
+                        details["signature_invalid"] = serde_json::Value::String(why);
+                        details["unverified_signature"] = serde_json::Value::String(sig.clone());
+                    }
+                }
+            }
+            None => details["unsigned"] = serde_json::Value::Bool(true),
+        }
+        AuditEvent::new(kinds::COMMAND_RESULT)
+            .actor(rec.requested_by.as_str())
+            .agent(agent_id)
+            .command(rec.command_id.as_str())
+            .details(details)
     }
 }
 

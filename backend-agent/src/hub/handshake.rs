@@ -18,6 +18,8 @@ use tracing::{info, warn};
 
 use super::identity::{self, PeerIdentity, Rejection, FORWARDED_CERT_HEADER};
 use super::{session, HubContext, TaskGuard};
+use crate::audit::kinds;
+use agentmesh_audit::AuditEvent;
 
 /// The WebSocket over TLS over TCP that a session runs on.
 pub type HubSocket = WebSocketStream<TlsStream<TcpStream>>;
@@ -119,6 +121,12 @@ pub(super) async fn connection(
 
 fn refused(ctx: &HubContext, r: &Rejection, identity: Option<&PeerIdentity>) {
     ctx.metrics.hub_rejected(r.reason);
+    let mut event = AuditEvent::new(kinds::AGENT_REJECTED)
+        .details(serde_json::json!({"reason": r.reason, "detail": r.detail, "pin": identity.map(|i| i.pin.clone())}));
+    if let Some(id) = identity {
+        event = event.agent(id.cn.as_str());
+    }
+    ctx.audit.record(event);
     match identity {
         Some(id) => {
             warn!(reason = r.reason, cert.cn = %id.cn, cert.pin = %id.pin, detail = %r.detail, "hub connection refused")

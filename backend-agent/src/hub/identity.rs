@@ -18,6 +18,8 @@ pub struct PeerIdentity {
     pub cn: String,
     /// `sha256//…` pin of the certificate's public key.
     pub pin: String,
+    /// DER SubjectPublicKeyInfo (to check result signatures).
+    pub spki: Vec<u8>,
     /// Pin of the trusted proxy that forwarded the certificate, if any.
     pub via_proxy: Option<String>,
 }
@@ -65,6 +67,7 @@ pub fn resolve(
         return Ok(PeerIdentity {
             cn,
             pin,
+            spki: spki_of(tls_der),
             via_proxy: None,
         });
     }
@@ -94,8 +97,13 @@ pub fn resolve(
     Ok(PeerIdentity {
         cn,
         pin: agent_pin,
+        spki: spki_of(leaf.as_ref()),
         via_proxy: Some(pin),
     })
+}
+
+fn spki_of(der: &[u8]) -> Vec<u8> {
+    agentmesh_audit::spki_der_from_cert_der(der).unwrap_or_default()
 }
 
 /// Decodes `%XX` escapes (nginx escapes newlines, spaces and `+` in the PEM).

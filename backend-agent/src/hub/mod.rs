@@ -82,6 +82,8 @@ pub struct HubContext {
     pub tasks: TaskCounter,
     /// Per-address and global admission limits.
     pub limits: Arc<crate::limits::RateLimits>,
+    /// Audit trail.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl HubContext {

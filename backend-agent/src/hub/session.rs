@@ -19,8 +19,10 @@ use tracing::{debug, info, warn};
 use super::handshake::HubSocket;
 use super::identity::PeerIdentity;
 use super::HubContext;
+use crate::audit::kinds;
 use crate::clock;
 use crate::registry::{LiveSession, SessionShared};
+use agentmesh_audit::AuditEvent;
 
 /// Bad frames tolerated in one session before it is closed with 4002.
 const MAX_BAD_FRAMES: u32 = 100;
@@ -57,10 +59,13 @@ pub(super) async fn run(
         warn!(error = %e, "could not send welcome");
         return;
     }
-    if let Some(old) = ctx
-        .registry
-        .attach(hello.clone(), &identity.pin, &peer.to_string(), live)
-    {
+    if let Some(old) = ctx.registry.attach(
+        hello.clone(),
+        &identity.pin,
+        &identity.spki,
+        &peer.to_string(),
+        live,
+    ) {
         ctx.metrics
             .hub_sessions_superseded
             .fetch_add(1, Ordering::Relaxed);
@@ -78,6 +83,17 @@ pub(super) async fn run(
         "agent connected"
     );
     ctx.events.connected(&hello, &session_id, &identity.pin);
+    ctx.audit.record(
+        AuditEvent::new(kinds::AGENT_CONNECTED)
+            .agent(agent_id.as_str())
+            .details(serde_json::json!({
+                "session_id": session_id,
+                "pin": identity.pin,
+                "remote_addr": peer.to_string(),
+                "via_proxy": identity.via_proxy,
+                "version": hello.version,
+            })),
+    );
 
     let heartbeat = Duration::from_secs(ctx.config.heartbeat_secs);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -166,6 +182,11 @@ pub(super) async fn run(
     };
     ctx.registry.detach(&agent_id, &session_id);
     ctx.events.disconnected(&agent_id, &session_id);
+    ctx.audit.record(
+        AuditEvent::new(kinds::AGENT_DISCONNECTED)
+            .agent(agent_id.as_str())
+            .details(serde_json::json!({"session_id": session_id, "reason": end})),
+    );
     info!(session.id = %session_id, reason = end, "agent disconnected");
 }
 

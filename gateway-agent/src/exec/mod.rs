@@ -19,6 +19,7 @@
 //! is cancelled or aborted by [`Executor::shutdown`].
 //!
 //! # Layout
+//! - `admit`: the checks before a command runs (duplicates, verb, args, limits).
 //! - [`verb`]: the verb table, argv substitution, environment, `run_as`.
 //! - [`task`]: one command from start record to result.
 //! - [`process`]: spawn, timeout/cancel, process-group kill, reaping.
@@ -28,6 +29,7 @@
 //! - [`store`]: durable started/finished/delivered records.
 //! - [`outcome`]: result frames and error codes.
 
+mod admit;
 pub mod builtin;
 pub mod capture;
 pub mod limits;
@@ -46,12 +48,13 @@ use std::time::Duration;
 use agentmesh_protocol::{CommandFrame, ResultFrame};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
-use tracing::{debug, error, info, warn, Instrument as _};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{GatewayConfig, VerbConfig};
+use admit::{interrupted, Admission};
 use limits::Limits;
 use process::CancelReason;
-use store::{LoadReport, Stage, Store};
+use store::{LoadReport, Store};
 use verb::Verb;
 
 /// Results waiting for a session; beyond it they wait in the store (see [`Results`]).
@@ -263,81 +266,6 @@ impl Executor {
         }
     }
 
-    fn admit(&self, command: CommandFrame) -> Admission {
-        let inner = &self.inner;
-        let id = command.command_id.clone();
-        let reject = |code: &str, message: String| {
-            info!(
-                command.id = %id,
-                command.verb = %command.verb,
-                requested_by = %command.requested_by,
-                status = "rejected",
-                code,
-                "command rejected"
-            );
-            Admission::Done(Submitted::Reply(outcome::rejected(&id, code, message)))
-        };
-        if !store::valid_command_id(&id) {
-            return reject(
-                "invalid_command_id",
-                "command ids are 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-'".to_owned(),
-            );
-        }
-        let mut running = lock(&inner.running);
-        if running.contains_key(&id) {
-            debug!(command.id = %id, "repeated command id is still running; ignored");
-            return Admission::Done(Submitted::AlreadyRunning);
-        }
-        match inner.store.stage(&id) {
-            Some(Stage::Finished) => {
-                info!(command.id = %id, "repeated command id; answering with the stored result");
-                return Admission::Stored(id);
-            }
-            Some(Stage::Started) => {
-                // Recorded as started but not running here: the run was lost (its outcome
-                // could not be stored). Never run it again.
-                warn!(command.id = %id, "repeated command id with no stored outcome");
-                return Admission::Done(Submitted::Reply(interrupted(&id)));
-            }
-            None => {}
-        }
-        if !inner.accepting.load(Ordering::Acquire) {
-            return reject(
-                "shutting_down",
-                "the agent is shutting down and accepts no new commands".to_owned(),
-            );
-        }
-        let Some(verb) = inner.verbs.get(&command.verb).cloned() else {
-            return reject(
-                "unknown_verb",
-                format!("this agent does not offer verb {:?}", command.verb),
-            );
-        };
-        if let Err(e) = verb.spec.validate_args(&command.args) {
-            return reject("invalid_args", e.to_string());
-        }
-        let permit = match limits::admit(&inner.limits, tokio::time::Instant::now()) {
-            Ok(p) => p,
-            Err(e) => return reject("rate_limited", e.to_string()),
-        };
-        let (cancel_tx, cancel_rx) = watch::channel(None);
-        let span = tracing::info_span!("command", command.id = %id, command.verb = %command.verb);
-        let guard = task::RunningGuard::new(self.clone(), id.clone());
-        // Spawned while the map is locked, so the task cannot remove its entry before it exists.
-        let handle = tokio::spawn(
-            task::execute(self.clone(), verb, command, cancel_rx, permit, guard).instrument(span),
-        );
-        running.insert(
-            id,
-            Running {
-                cancel: cancel_tx,
-                abort: handle.abort_handle(),
-            },
-        );
-        inner.active.send_replace(running.len());
-        Admission::Done(Submitted::Started)
-    }
-
     /// Cancels a running command; `false` when it is not running here.
     pub fn cancel(&self, command_id: &str) -> bool {
         match lock(&self.inner.running).get(command_id) {
@@ -410,20 +338,6 @@ impl Executor {
         running.remove(id);
         self.inner.active.send_replace(running.len());
     }
-}
-
-enum Admission {
-    Done(Submitted),
-    Stored(String),
-}
-
-fn interrupted(id: &str) -> ResultFrame {
-    outcome::failed(
-        id,
-        "interrupted",
-        "this command was started earlier but its outcome was lost (the agent stopped while it \
-         ran); it was not run again",
-    )
 }
 
 fn log_load(report: &LoadReport) {

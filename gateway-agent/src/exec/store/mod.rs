@@ -16,19 +16,20 @@
 //! `max_entries` are kept (oldest first out), at open and then at most every [`PRUNE_EVERY`]
 //! as commands start. A command id repeated after its record is gone would run again.
 
+mod load;
+mod record;
+
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentmesh_protocol::{CommandStatus, ErrorBody, ResultFrame};
-use serde::{Deserialize, Serialize};
+use agentmesh_protocol::ResultFrame;
 use tracing::warn;
 
-use super::outcome;
+use record::{read_record, write_atomic, Record, FORMAT};
 
 /// Directory under `state_dir`.
 pub const RESULTS_DIR: &str = "results";
@@ -38,8 +39,6 @@ pub const MAX_ENTRIES: usize = 10_000;
 
 /// Time-based pruning runs at most this often.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-const FORMAT: u32 = 1;
 
 /// Whether `id` can name a record: 1 to 128 characters of `A-Z a-z 0-9 _ -` (UUIDs and ULIDs
 /// fit; anything that could escape the directory does not).
@@ -81,21 +80,6 @@ pub struct LoadReport {
     pub skipped: usize,
     /// Records removed by retention.
     pub pruned: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    format: u32,
-    command_id: String,
-    verb: String,
-    requested_by: String,
-    started_ms: u64,
-    #[serde(default)]
-    finished_ms: Option<u64>,
-    #[serde(default)]
-    delivered_ms: Option<u64>,
-    #[serde(default)]
-    result: Option<ResultFrame>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -184,89 +168,6 @@ impl Store {
         }
         report.pruned = store.prune_at(now_ms());
         Ok((store, report))
-    }
-
-    fn load(&self) -> io::Result<LoadReport> {
-        let mut report = LoadReport::default();
-        let now = now_ms();
-        let mut entries = HashMap::new();
-        for dirent in std::fs::read_dir(&self.dir)? {
-            let Ok(dirent) = dirent else { continue };
-            let path = dirent.path();
-            let name = dirent.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.ends_with(".tmp") {
-                // A write the previous process did not finish; the old record (if any) stands.
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            let Some(id) = name.strip_suffix(".json") else {
-                continue;
-            };
-            match read_record(&path) {
-                Ok(record) if record.command_id == id && valid_command_id(id) => {
-                    entries.insert(id.to_owned(), Entry::of(&record));
-                    report.loaded += 1;
-                }
-                Ok(_) => {
-                    report.skipped += 1;
-                    self.skip(&path, now, "the record names another command id");
-                }
-                Err(e) => {
-                    report.skipped += 1;
-                    self.skip(&path, now, &e.to_string());
-                }
-            }
-        }
-        lock(&self.index).entries = entries;
-        Ok(report)
-    }
-
-    /// Logs an unreadable file; removes it once it is older than the retention period.
-    fn skip(&self, path: &Path, now: u64, why: &str) {
-        let age_ms = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
-        if age_ms.is_some_and(|age| age > self.retention_ms) {
-            warn!(file = %path.display(), error = why, "removing an old unreadable command record");
-            let _ = std::fs::remove_file(path);
-        } else {
-            warn!(file = %path.display(), error = why, "skipping an unreadable command record");
-        }
-    }
-
-    fn started_ids(&self) -> Vec<String> {
-        lock(&self.index)
-            .entries
-            .iter()
-            .filter(|(_, e)| e.stage == Stage::Started)
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    fn finish_interrupted(&self, id: &str) -> io::Result<()> {
-        let _io = lock(&self.io);
-        let mut record = read_record(&self.path(id))?;
-        let started_at = time::OffsetDateTime::from_unix_timestamp_nanos(
-            i128::from(record.started_ms) * 1_000_000,
-        )
-        .ok()
-        .map(outcome::rfc3339);
-        record.result = Some(ResultFrame {
-            started_at,
-            ..outcome::bare(
-                id,
-                CommandStatus::Failed,
-                Some(ErrorBody::new(
-                    "interrupted",
-                    "the agent stopped while this command was running; its outcome is unknown \
-                     and it was not run again",
-                )),
-            )
-        });
-        record.finished_ms = Some(now_ms());
-        self.write(&record)
     }
 
     /// What is known about `id`.
@@ -460,42 +361,6 @@ impl Store {
             .insert(record.command_id.clone(), Entry::of(record));
         Ok(())
     }
-}
-
-fn read_record(path: &Path) -> io::Result<Record> {
-    let bytes = std::fs::read(path)?;
-    let record: Record = serde_json::from_slice(&bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if record.format != FORMAT {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unknown record format {}", record.format),
-        ));
-    }
-    Ok(record)
-}
-
-/// temp file → write → fsync → rename → fsync(dir): after a crash either the old or the new
-/// content is there, never a mix.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, dir.join(name))?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

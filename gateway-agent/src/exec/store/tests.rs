@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::exec::outcome;
+use agentmesh_protocol::CommandStatus;
 
 const DAY: Duration = Duration::from_secs(86_400);
 

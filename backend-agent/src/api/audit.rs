@@ -1,0 +1,61 @@
+//! `GET /api/v1/audit?since=&agent=&actor=&kind=&limit=`: records oldest first after `since`
+//! (a `seq` number as a cursor, or an RFC 3339 time).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+use crate::auth::Role;
+
+/// Query of the audit route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    since: Option<String>,
+    agent: Option<String>,
+    actor: Option<String>,
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Lists audit records.
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let Query(q) = query?;
+    let mut filter = agentmesh_audit::AuditFilter {
+        agent: q.agent,
+        actor: q.actor,
+        kind: q.kind,
+        limit: q.limit.unwrap_or(agentmesh_audit::DEFAULT_QUERY_LIMIT),
+        ..Default::default()
+    };
+    match q.since {
+        Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
+            filter.since_seq = Some(
+                s.parse()
+                    .map_err(|_| ApiError::bad_request("since: number too large"))?,
+            )
+        }
+        Some(s) => filter.since_ts = Some(s),
+        None => {}
+    }
+    // Make what was appended so far visible to the reader.
+    state.audit.flush().await;
+    let path = state.audit.path().to_path_buf();
+    let records = tokio::task::spawn_blocking(move || agentmesh_audit::query(&path, &filter))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            agentmesh_audit::AuditError::InvalidFilter(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other),
+        })?;
+    Ok(Json(json!({"records": records, "count": records.len()})))
+}

@@ -1,0 +1,88 @@
+//! The backend's audit trail: one [`AuditLog`] (hash chain, group commit) plus the helpers
+//! every part of the backend uses to record security-relevant events.
+//!
+//! Only `command_requested` is written durably (the command does not leave the backend before
+//! its request is on disk); everything else is appended without waiting and reaches the disk
+//! with the next group commit. A full queue is logged, never blocks a request.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use agentmesh_audit::{AuditError, AuditEvent, AuditLog, AuditOptions, AuditRecord, OpenReport};
+use tracing::{error, warn};
+
+use crate::config::AuditConfig;
+
+pub use agentmesh_audit::kinds;
+
+/// The audit trail of one backend process.
+pub struct Audit {
+    log: AuditLog,
+    tokens_seen: Mutex<HashSet<String>>,
+}
+
+impl Audit {
+    /// Opens (and if needed repairs) the log at `[audit].path`.
+    pub fn open(config: &AuditConfig) -> Result<(Audit, OpenReport), AuditError> {
+        let options = AuditOptions {
+            fsync: config.fsync,
+            max_file_bytes: config.max_file_bytes,
+            ..AuditOptions::default()
+        };
+        let (log, report) = AuditLog::open(&config.path, options)?;
+        if let Some(cut) = &report.repaired {
+            warn!(path = %config.path.display(), repair = %cut, "audit log repaired at start");
+        }
+        if let Some(broken) = &report.broken {
+            error!(path = %config.path.display(), error = %broken, "audit log chain is BROKEN (tampering?); continuing the chain");
+        }
+        Ok((
+            Audit {
+                log,
+                tokens_seen: Mutex::new(HashSet::new()),
+            },
+            report,
+        ))
+    }
+
+    /// Appends without waiting for the disk.
+    pub fn record(&self, event: AuditEvent) {
+        if let Err(e) = self.log.append(event) {
+            warn!(error = %e, "audit append failed");
+        }
+    }
+
+    /// Appends and waits until the record is on disk (group-committed).
+    pub async fn durable(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        self.log.append_durable(event).await
+    }
+
+    /// Records `token_used` the first time a token is seen by this process.
+    pub fn token_used(&self, name: &str) {
+        let first = self
+            .tokens_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        if first {
+            self.record(AuditEvent::new(kinds::TOKEN_USED).actor(name));
+        }
+    }
+
+    /// Fsyncs everything appended so far.
+    pub async fn flush(&self) {
+        if let Err(e) = self.log.flush().await {
+            warn!(error = %e, "audit flush failed");
+        }
+    }
+
+    /// Number of fsyncs so far (metrics, benchmarks).
+    pub fn fsync_count(&self) -> u64 {
+        self.log.fsync_count()
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &std::path::Path {
+        self.log.path()
+    }
+}
