@@ -1,0 +1,115 @@
+//! `command-throughput`: commands/s accepted by a real `backend-agent` process with a real
+//! `gateway-agent` connected, once with durable audit (`command_requested` fsynced before
+//! dispatch, group commit) and once with audit writes but no fsync — same run, same load.
+//!
+//! ```sh
+//! cargo build --release -p backend-agent -p gateway-agent -p agentmesh-bench
+//! ./target/release/command-throughput --secs 5 --clients 32
+//! ```
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentmesh_bench::{free_port, wait_health, write_backend_config, ChildGuard, TOKEN};
+use agentmesh_e2e::{agent, http, Pki};
+use anyhow::{bail, Context, Result};
+
+struct Args {
+    secs: u64,
+    clients: usize,
+    bin_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut a = Args { secs: 5, clients: 32, bin_dir: PathBuf::from("target/release") };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--secs" => a.secs = value.parse()?,
+            "--clients" => a.clients = value.parse()?,
+            "--bin-dir" => a.bin_dir = value.into(),
+            other => bail!("unknown flag {other} (known: --secs, --clients, --bin-dir)"),
+        }
+    }
+    let durable = run(&a, true).await?;
+    let no_fsync = run(&a, false).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "clients": a.clients,
+            "secs": a.secs,
+            "commands_per_sec_durable_audit": durable,
+            "commands_per_sec_audit_no_fsync": no_fsync,
+            "note": "async commands (wait=false) through the HTTP API, one TCP connection per request, loopback; each command_requested is fsynced (group commit) before dispatch in the durable run",
+        }))?
+    );
+    Ok(())
+}
+
+async fn run(a: &Args, fsync: bool) -> Result<f64> {
+    let pki = Pki::new();
+    let (edge, edge_dir) = pki.agent("bench-tp");
+    let (http_addr, hub_addr) = (free_port()?, free_port()?);
+    let config = write_backend_config(pki.path(), &pki, http_addr, hub_addr, &[("bench-tp".into(), edge.pin.clone())])?;
+    let text = std::fs::read_to_string(&config)?.replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
+    std::fs::write(&config, text)?;
+    let backend = Command::new(a.bin_dir.join("backend-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting backend-agent (build with --release first)")?;
+    let _backend = ChildGuard(backend);
+    wait_health(http_addr).await?;
+    let extra = "[limits]\nmax_concurrency = 64\ncommands_per_minute = 1000000\n";
+    let gw_config = agent::write_config(pki.path(), "bench-tp", &edge_dir, hub_addr, &[&pki.server.pin], "");
+    let text = std::fs::read_to_string(&gw_config)?.replace("[[verbs]]", &format!("{extra}\n[[verbs]]"));
+    std::fs::write(&gw_config, text)?;
+    let gateway = Command::new(a.bin_dir.join("gateway-agent"))
+        .arg("--config")
+        .arg(&gw_config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting gateway-agent")?;
+    let _gateway = ChildGuard(gateway);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http::get(http_addr, "/api/v1/agents/bench-tp", Some(TOKEN)).await;
+        if r.status == 200 && r.json()["connected"] == true {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("agent never connected");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let accepted = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(a.secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.clients {
+        let accepted = accepted.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = r#"{"verb":"ping"}"#;
+            while Instant::now() < stop_at {
+                let r = http::request(http_addr, "POST", "/api/v1/agents/bench-tp/commands", Some(TOKEN), Some(body)).await;
+                if r.status == 202 {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
