@@ -92,6 +92,10 @@ path = "backend.db"
 [audit]
 path = "audit.log"
 
+[ca]
+cert = "ca/ca.pem"
+key = "ca/ca-key.pem"
+
 [[agents]]
 id = "{DEV_AGENT_ID}"
 pins = ["{agent_pin}"]

@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentmesh_bench::{
-    free_port, quantile, rss_kib, wait_health, write_backend_config, ChildGuard, TOKEN,
+    free_port, quantile, raise_agent_limits, rss_kib, wait_health, write_backend_config,
+    ChildGuard, TOKEN,
 };
 use agentmesh_e2e::{agent, http, Pki};
 use anyhow::{bail, Context, Result};
@@ -63,6 +64,7 @@ async fn main() -> Result<()> {
         &[&pki.server.pin],
         "",
     );
+    raise_agent_limits(&gw_config)?;
     let started = Instant::now();
     let gateway = Command::new(bin_dir.join("gateway-agent"))
         .arg("--config")

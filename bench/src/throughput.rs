@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentmesh_bench::{free_port, wait_health, write_backend_config, ChildGuard, TOKEN};
+use agentmesh_bench::{
+    free_port, raise_agent_limits, wait_health, write_backend_config, ChildGuard, TOKEN,
+};
 use agentmesh_e2e::{agent, http, Pki};
 use anyhow::{bail, Context, Result};
 
@@ -27,7 +29,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut a = Args { secs: 5, clients: 32, bin_dir: PathBuf::from("target/release") };
+    let mut a = Args {
+        secs: 5,
+        clients: 32,
+        bin_dir: PathBuf::from("target/release"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -57,8 +63,15 @@ async fn run(a: &Args, fsync: bool) -> Result<f64> {
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("bench-tp");
     let (http_addr, hub_addr) = (free_port()?, free_port()?);
-    let config = write_backend_config(pki.path(), &pki, http_addr, hub_addr, &[("bench-tp".into(), edge.pin.clone())])?;
-    let text = std::fs::read_to_string(&config)?.replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
+    let config = write_backend_config(
+        pki.path(),
+        &pki,
+        http_addr,
+        hub_addr,
+        &[("bench-tp".into(), edge.pin.clone())],
+    )?;
+    let text = std::fs::read_to_string(&config)?
+        .replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
     std::fs::write(&config, text)?;
     let backend = Command::new(a.bin_dir.join("backend-agent"))
         .arg("--config")
@@ -69,10 +82,15 @@ async fn run(a: &Args, fsync: bool) -> Result<f64> {
         .context("starting backend-agent (build with --release first)")?;
     let _backend = ChildGuard(backend);
     wait_health(http_addr).await?;
-    let extra = "[limits]\nmax_concurrency = 64\ncommands_per_minute = 1000000\n";
-    let gw_config = agent::write_config(pki.path(), "bench-tp", &edge_dir, hub_addr, &[&pki.server.pin], "");
-    let text = std::fs::read_to_string(&gw_config)?.replace("[[verbs]]", &format!("{extra}\n[[verbs]]"));
-    std::fs::write(&gw_config, text)?;
+    let gw_config = agent::write_config(
+        pki.path(),
+        "bench-tp",
+        &edge_dir,
+        hub_addr,
+        &[&pki.server.pin],
+        "",
+    );
+    raise_agent_limits(&gw_config)?;
     let gateway = Command::new(a.bin_dir.join("gateway-agent"))
         .arg("--config")
         .arg(&gw_config)
@@ -101,7 +119,14 @@ async fn run(a: &Args, fsync: bool) -> Result<f64> {
         tasks.push(tokio::spawn(async move {
             let body = r#"{"verb":"ping"}"#;
             while Instant::now() < stop_at {
-                let r = http::request(http_addr, "POST", "/api/v1/agents/bench-tp/commands", Some(TOKEN), Some(body)).await;
+                let r = http::request(
+                    http_addr,
+                    "POST",
+                    "/api/v1/agents/bench-tp/commands",
+                    Some(TOKEN),
+                    Some(body),
+                )
+                .await;
                 if r.status == 202 {
                     accepted.fetch_add(1, Ordering::Relaxed);
                 }
