@@ -41,6 +41,8 @@ pub struct DevState {
     pub gateway_toml: PathBuf,
     /// The admin token in clear.
     pub token: String,
+    /// The hub's pin (for another agent's `server_pins`).
+    pub server_pin: String,
 }
 
 /// Creates what is missing under `opts.dir` and (re)writes both configs.
@@ -147,6 +149,7 @@ params.message = {{ type = "string", max_len = 256, required = true }}
         backend_toml,
         gateway_toml,
         token,
+        server_pin,
     })
 }
 
@@ -210,12 +213,13 @@ Try:
   curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/v1/commands?limit=5"
   curl -s {api}/metrics
 
-Add another agent on another host:
-  mesh-certs issue-agent --ca {dir}/ca --id edge-02 --out edge-02/   # prints its pin
-  then add [[agents]] id = "edge-02", pins = ["<pin>"] to a backend.toml (see README).
+Add another agent (hub pin {server_pin}):
+  curl -s -H "Authorization: Bearer $TOKEN" -d '{{"agent_id":"edge-02","ttl_secs":3600}}' {api}/api/v1/enrollments
+  gateway-agent enroll --api {api} --token <token> --id edge-02 --ca {dir}/ca/ca.pem --out edge-02/
 
 Ctrl-C stops both."#,
         hub_port = opts.hub.port(),
         dir = opts.dir.display(),
+        server_pin = state.server_pin,
     );
 }

@@ -30,6 +30,7 @@ const KEYS: &[(&str, &[(&str, Kind)])] = &[
             ("state_dir", Kind::Str),
             ("health_listen", Kind::Str),
             ("result_retention_secs", Kind::Toml),
+            ("renew_before_days", Kind::Toml),
         ],
     ),
     (

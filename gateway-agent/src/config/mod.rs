@@ -100,6 +100,10 @@ pub struct AgentConfig {
     /// repeated command id is answered from them instead of running again).
     #[serde(default = "default_result_retention_secs")]
     pub result_retention_secs: u64,
+    /// Ask the hub for a new certificate once the current one expires within this many days
+    /// (or within the last third of its lifetime, if that is shorter; see [`crate::renew`]).
+    #[serde(default = "default_renew_before_days")]
+    pub renew_before_days: u32,
 }
 
 /// `[outbound]`.
@@ -169,6 +173,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_result_retention_secs() -> u64 {
     86_400
+}
+fn default_renew_before_days() -> u32 {
+    15
 }
 fn default_reconnect_min_ms() -> u64 {
     500

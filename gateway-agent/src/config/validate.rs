@@ -70,6 +70,9 @@ fn validate_agent(config: &GatewayConfig) -> Result<(), Problem> {
             "must be between 60 and 2592000 (30 days)",
         ));
     }
+    if !(1..=365).contains(&agent.renew_before_days) {
+        return Err(problem("agent.renew_before_days", "must be between 1 and 365"));
+    }
     Ok(())
 }
 
