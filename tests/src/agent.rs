@@ -91,6 +91,23 @@ impl TestAgent {
         }
     }
 
+    /// Writes a standard config for `id` (certificate in `cert_dir`), starts the agent and
+    /// waits until the hub lists it as connected.
+    pub async fn connect(
+        pki: &crate::Pki,
+        hub: &crate::TestHub,
+        id: &str,
+        cert_dir: &Path,
+    ) -> TestAgent {
+        let cfg = write_config(pki.path(), id, cert_dir, hub.hub, &[&hub.server_pin], "");
+        let agent = TestAgent::start(cfg);
+        crate::eventually(&format!("{id} connected"), crate::PATIENCE, || async {
+            hub.is_connected(id)
+        })
+        .await;
+        agent
+    }
+
     /// Stops the agent and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

@@ -22,19 +22,7 @@ async fn the_audit_trail_records_and_verifies_and_detects_tampering() {
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let cfg = agent::write_config(
-        pki.path(),
-        "edge-01",
-        &edge_dir,
-        hub.hub,
-        &[&hub.server_pin],
-        "",
-    );
-    let agent = TestAgent::start(cfg);
-    eventually("connected", PATIENCE, || async {
-        hub.is_connected("edge-01")
-    })
-    .await;
+    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
     let body = json!({"verb": "echo", "args": {"message": "audited"}, "wait": true}).to_string();
     let r = http::request(
         hub.http,

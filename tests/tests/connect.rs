@@ -348,19 +348,7 @@ async fn agent_comes_back_after_the_backend_is_killed_and_restarted() {
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let mut hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let cfg = agent::write_config(
-        pki.path(),
-        "edge-01",
-        &edge_dir,
-        hub.hub,
-        &[&hub.server_pin],
-        "",
-    );
-    let agent = TestAgent::start(cfg);
-    eventually("first connect", PATIENCE, || async {
-        hub.is_connected("edge-01")
-    })
-    .await;
+    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
     hub.kill();
     eventually("agent notices", PATIENCE, || async {
         !agent.state.is_connected()
@@ -393,19 +381,7 @@ async fn idle_tcp_connections_do_not_stall_the_hub_or_the_api() {
                 .expect("/health answered");
         assert_eq!(health.status, 200);
     }
-    let cfg = agent::write_config(
-        pki.path(),
-        "edge-01",
-        &edge_dir,
-        hub.hub,
-        &[&hub.server_pin],
-        "",
-    );
-    let agent = TestAgent::start(cfg);
-    eventually("agent connects during the idle flood", PATIENCE, || async {
-        hub.is_connected("edge-01")
-    })
-    .await;
+    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
     drop(idle);
     agent.stop().await;
     hub.stop().await;

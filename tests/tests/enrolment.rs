@@ -160,19 +160,7 @@ async fn revocation_disconnects_at_once_and_the_agent_stays_out_across_restarts(
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let mut hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let cfg = agent::write_config(
-        pki.path(),
-        "edge-01",
-        &edge_dir,
-        hub.hub,
-        &[&hub.server_pin],
-        "",
-    );
-    let agent = TestAgent::start(cfg);
-    eventually("connected", PATIENCE, || async {
-        hub.is_connected("edge-01")
-    })
-    .await;
+    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
     let r = http::request(
         hub.http,
         "DELETE",

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};
-use agentmesh_e2e::{
-    agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
-};
+use agentmesh_e2e::{eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE};
 use backend_agent::auth::token_sha256_hex;
 use serde_json::json;
 
@@ -34,19 +32,7 @@ async fn operator_scopes_limit_verbs_and_labels() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("panel-01", &panel.pin)], options).await;
-    let cfg = agent::write_config(
-        pki.path(),
-        "panel-01",
-        &panel_dir,
-        hub.hub,
-        &[&hub.server_pin],
-        "",
-    );
-    let agent = TestAgent::start(cfg);
-    eventually("connected", PATIENCE, || async {
-        hub.is_connected("panel-01")
-    })
-    .await;
+    let agent = TestAgent::connect(&pki, &hub, "panel-01", &panel_dir).await;
 
     let path = "/api/v1/agents/panel-01/commands";
     let r = post(&hub, VIEWER_TOKEN, path, json!({"verb": "ping"})).await;
@@ -82,19 +68,7 @@ async fn a_token_over_its_rate_gets_429_while_another_token_goes_through() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
-    let cfg = agent::write_config(
-        pki.path(),
-        "edge-01",
-        &edge_dir,
-        hub.hub,
-        &[&hub.server_pin],
-        "",
-    );
-    let agent = TestAgent::start(cfg);
-    eventually("connected", PATIENCE, || async {
-        hub.is_connected("edge-01")
-    })
-    .await;
+    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
 
     let path = "/api/v1/agents/edge-01/commands";
     let mut accepted = 0;
