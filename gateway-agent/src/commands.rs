@@ -12,14 +12,21 @@
 //!   a connection that died right after is then not lost; the hub ignores duplicates. After a
 //!   restart that session's end is unknown, so the window is counted back from the last
 //!   delivery instead (which can only resend more, never less).
+//!
+//! Just before a result is written, [`Commands::prepare`] fits it to the live hub's message
+//! limit and makes sure it carries a signature by the current key over exactly those bytes
+//! (see [`crate::signing`]); a signature made at that point is audited like any other.
 
 use std::time::Duration;
 
-use agentmesh_protocol::{AgentFrame, CommandFrame, ResultFrame};
+use agentmesh_protocol::{CommandFrame, ResultFrame};
 use tracing::{debug, error, warn};
 
 use crate::exec::store::{self, Stage};
 use crate::exec::{Executor, Results, Submitted};
+use crate::signing::Sealed;
+
+pub use crate::exec::outcome::fit_result;
 
 /// Results delivered this long before a session ended are sent again in the next one.
 pub const RESEND_WINDOW: Duration = Duration::from_secs(120);
@@ -173,6 +180,17 @@ impl Commands {
         }
     }
 
+    /// Fits `result` into `out_limit` and makes sure it is signed, as sent, by the current key.
+    pub fn prepare(&self, result: &mut ResultFrame, out_limit: usize) {
+        fit_result(result, out_limit);
+        if let Sealed::Signed(signature) = self.executor.signer().ensure_signed(result) {
+            debug!(command.id = %result.command_id, "result signed at delivery");
+            if let Some(audit) = self.executor.audit() {
+                audit.result(None, result, Some(&signature), Some("signed at delivery"));
+            }
+        }
+    }
+
     /// The session ended now: the next one resends what this one delivered recently.
     pub fn session_ended(&mut self) {
         self.resend_since_ms = Some(store::now_ms().saturating_sub(window_ms()));
@@ -181,45 +199,4 @@ impl Commands {
 
 fn window_ms() -> u64 {
     u64::try_from(RESEND_WINDOW.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Shrinks stdout/stderr (setting `truncated`) until the `result` frame fits in `max_bytes`,
-/// so an oversized result can never get the session closed with 1009 again and again.
-pub fn fit_result(result: &mut ResultFrame, max_bytes: usize) {
-    let size = |r: &ResultFrame| AgentFrame::Result(r.clone()).to_json().len();
-    let mut len = size(result);
-    while len > max_bytes && !(result.stdout.is_empty() && result.stderr.is_empty()) {
-        let longer = if result.stdout.len() >= result.stderr.len() {
-            &mut result.stdout
-        } else {
-            &mut result.stderr
-        };
-        let mut cut = longer.len() / 2;
-        while !longer.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        longer.truncate(cut);
-        result.truncated = true;
-        len = size(result);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::exec::outcome;
-
-    #[test]
-    fn an_oversized_result_is_cut_to_fit() {
-        let mut r = outcome::ok_stdout("c", "é".repeat(50_000));
-        r.stderr = "\u{1}".repeat(10_000); // JSON-escaped to 6 bytes each
-        fit_result(&mut r, 16 * 1024);
-        assert!(AgentFrame::Result(r.clone()).to_json().len() <= 16 * 1024);
-        assert!(r.truncated);
-        assert!(!r.stdout.is_empty());
-        let mut small = outcome::ok_stdout("c", "hi".into());
-        fit_result(&mut small, 16 * 1024);
-        assert_eq!(small.stdout, "hi");
-        assert!(!small.truncated);
-    }
 }

@@ -149,6 +149,13 @@ pub async fn connect(
     Ok(ws)
 }
 
+/// The pin of the certificate the hub presented on `ws`.
+pub fn hub_pin(ws: &HubStream) -> Option<String> {
+    let (_, connection) = ws.get_ref().get_ref();
+    let leaf = connection.peer_certificates()?.first()?;
+    mesh_certs::pin_from_cert_der(leaf.as_ref()).ok()
+}
+
 fn upgrade_error(e: tungstenite::Error) -> ConnectError {
     match e {
         tungstenite::Error::Http(response) => {

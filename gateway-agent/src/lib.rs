@@ -15,6 +15,12 @@
 //! - [`connect`]: TCP → TLS → WebSocket upgrade, each stage with its own timeout and error.
 //! - [`session`]: `hello`/`welcome`, then the frame loop with the heartbeat silence limit.
 //! - [`dialer`]: the reconnect loop, [`run`] and [`run_with_state`].
+//! - [`renew`]: certificate renewal over the session, and its crash-safe installation.
+//! - [`signing`]: the [`Signer`](signing::Signer) of `result` frames.
+//! - [`audit`]: the agent's own audit log ([`AgentAudit`](audit::AgentAudit)).
+//! - [`enroll`]: `gateway-agent enroll`, joining the mesh with a one-time token;
+//!   [`enroll_cli`]: what the subcommand does around it.
+//! - [`notify`]: systemd readiness (`READY=1`, `STOPPING=1`).
 //! - [`backoff`]: reconnect delays (exponential, jittered, reset after a healthy session).
 //! - [`exec`]: the [`Executor`](exec::Executor): verbs, process groups, limits and the durable
 //!   at-most-once result store in `state_dir/results`.
@@ -24,15 +30,20 @@
 //! - [`health`]: the optional local `/health` and `/ready` endpoint.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod dialer;
 pub mod enroll;
+pub mod enroll_cli;
 pub mod exec;
 pub mod health;
+pub mod notify;
+pub mod renew;
 pub mod session;
+pub mod signing;
 pub mod state;
 pub mod tls;
 

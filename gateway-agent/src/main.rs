@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gateway_agent::enroll::{EnrollError, EnrollOptions};
+use gateway_agent::enroll_cli::{self, EnrollCommand};
 use gateway_agent::{check_config, GatewayConfig, RunError};
 use tracing_subscriber::EnvFilter;
 
@@ -38,6 +40,38 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Joins the mesh with a one-time join token: generates the key here, has the backend
+    /// sign its CSR, writes key, certificate and CA (0600) and prints the config lines.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    /// Base URL of the operator API: the https front door (or http://127.0.0.1:8080 locally).
+    #[arg(long)]
+    api: String,
+    /// The one-time join token (better passed in the environment than on the command line).
+    #[arg(long, env = "AGENTMESH_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The agent id the token was issued for.
+    #[arg(long)]
+    id: String,
+    /// The mesh CA certificate the API's certificate must chain to.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Pin the API's certificate must also have.
+    #[arg(long)]
+    server_pin: Option<String>,
+    /// Where to write key.pem, cert.pem and ca.pem.
+    #[arg(long, default_value = "/etc/agentmesh/tls")]
+    out: PathBuf,
+    /// Hub URL for the printed config snippet (default: derived from --api).
+    #[arg(long)]
+    hub_url: Option<String>,
+    /// Audit log to record the enrolment in (default: `[audit] path` of --config, if that
+    /// file exists); only an existing log is written to.
+    #[arg(long)]
+    audit: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -57,16 +91,86 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     init_tracing(cli.log_format);
     match cli.command {
         None => run(&cli.config),
         Some(Command::CheckConfig) => check(&cli.config),
         Some(Command::Audit {
-            command: AuditCommand::Verify { .. },
-        }) => {
-            eprintln!("gateway-agent audit verify: not implemented yet");
-            ExitCode::from(2)
+            command: AuditCommand::Verify { files },
+        }) => exit_code(agentmesh_audit::run_verify_cli(&files)),
+        Some(Command::Enroll(args)) => enroll(args, &cli.config),
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn enroll(args: EnrollArgs, config: &std::path::Path) -> ExitCode {
+    // Without --audit, the log of an existing config (enrolment often comes before one).
+    let audit = args.audit.or_else(|| {
+        config
+            .is_file()
+            .then(|| GatewayConfig::load(config).ok())
+            .flatten()
+            .map(|c| c.audit_path())
+    });
+    let command = EnrollCommand {
+        options: EnrollOptions {
+            api: args.api,
+            token: args.token,
+            id: args.id,
+            ca: args.ca,
+            server_pin: args.server_pin,
+            out: args.out,
+        },
+        hub_url: args.hub_url,
+        audit,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway-agent enroll: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(enroll_cli::run(&command)) {
+        Ok(report) => {
+            println!(
+                "enrolled {} with pin {}",
+                report.enrolled.agent_id, report.enrolled.pin
+            );
+            println!(
+                "wrote {}/key.pem, cert.pem and ca.pem",
+                command.options.out.display()
+            );
+            match &report.audit {
+                Ok(path) => println!("recorded in the audit log {}", path.display()),
+                Err(why) => println!("not recorded in an audit log: {why}"),
+            }
+            println!("\nconfig for gateway.toml:\n\n{}", report.snippet);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway-agent enroll: {e}");
+            match e {
+                EnrollError::Usage(_) => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

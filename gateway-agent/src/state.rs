@@ -20,6 +20,8 @@ pub struct StateSnapshot {
     pub pin_mismatches: u64,
     /// The pin the hub presented at the last pin mismatch.
     pub last_presented_pin: Option<String>,
+    /// Certificates renewed (and installed) since start.
+    pub renewals: u64,
 }
 
 /// Shared, observable connection state; cheap to clone behind an [`Arc`].
@@ -82,6 +84,10 @@ impl AgentState {
                 s.last_error = error;
             }
         });
+    }
+
+    pub(crate) fn record_renewal(&self) {
+        self.tx.send_modify(|s| s.renewals += 1);
     }
 
     pub(crate) fn record_pin_mismatch(&self, presented: &str) {

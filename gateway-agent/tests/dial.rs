@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentmesh_protocol::{AgentFrame, CommandFrame, CommandStatus, HubFrame};
 use gateway_agent::{run_with_state, AgentState, StateSnapshot};
-use support::{welcome, Event, Pki, TestHub};
+use support::{kinds, welcome, Event, Pki, TestHub};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -123,7 +123,17 @@ async fn right_pin_sends_hello_and_serves_the_session() {
     assert_eq!(result.command_id, "c-1");
     assert_eq!(result.status, CommandStatus::Failed);
     assert_eq!(result.exit_code, None);
-    assert_eq!(result.error.unwrap().code, "spawn_failed");
+    assert_eq!(result.error.clone().unwrap().code, "spawn_failed");
+    // Signed with the agent's key over the frame as sent.
+    let cert = pki.agent_cert();
+    let der = &mesh_certs::certs_der_from_pem(&cert).unwrap()[0];
+    let spki = agentmesh_audit::spki_der_from_cert_der(der).unwrap();
+    let signature = result.signature.clone().expect("the result is signed");
+    assert!(agentmesh_audit::verify_result_signature(
+        &spki,
+        &agentmesh_audit::result_digest(&result),
+        &signature
+    ));
 
     // Garbage gets an error frame, and the session survives it.
     conn.send_text(r#"{"type":"reboot_now"}"#).await;
@@ -164,6 +174,8 @@ async fn right_pin_sends_hello_and_serves_the_session() {
         panic!("expected the re-sent result");
     };
     assert_eq!(again.command_id, "c-1");
+    // It was stored signed: the re-sent frame carries the same signature.
+    assert_eq!(again.signature.as_deref(), Some(signature.as_str()));
 
     // Shutdown closes with 1001 and returns Ok.
     stop.send(()).unwrap();
@@ -174,6 +186,26 @@ async fn right_pin_sends_hello_and_serves_the_session() {
         .unwrap()
         .unwrap();
     assert!(!state.snapshot().connected);
+
+    // The agent's own audit log: both sessions, the command before its result, and the
+    // result's signature (checked by the verifier) with the agent's pin.
+    let records = pki.audit_records();
+    let kinds = kinds(&records);
+    let requested = kinds.iter().position(|k| k == "command_requested").unwrap();
+    let finished = kinds.iter().position(|k| k == "command_result").unwrap();
+    assert!(requested < finished, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "agent_connected").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| *k == "agent_disconnected").count(), 2);
+    let connected = &records[kinds.iter().position(|k| k == "agent_connected").unwrap()];
+    assert_eq!(connected["details"]["hub_pin"], pki.server.pin.as_str());
+    assert_eq!(records[requested]["details"]["args"]["username"], "alice");
+    assert_eq!(records[requested]["actor"], "ops");
+    let details = &records[finished]["details"];
+    assert_eq!(details["signature"], signature.as_str());
+    assert_eq!(
+        details["agent_pin"],
+        mesh_certs::pin_from_pem(&cert).unwrap().as_str()
+    );
 }
 
 #[tokio::test]
@@ -220,4 +252,7 @@ async fn hub_close_during_handshake_is_retried() {
         .unwrap()
         .unwrap()
         .unwrap();
+    let records = pki.audit_records();
+    assert_eq!(kinds(&records), ["auth_failed"]);
+    assert_eq!(records[0]["details"]["code"], 4001);
 }

@@ -91,6 +91,23 @@ pub async fn connect_with_headers(
     Ok(RawClient { ws })
 }
 
+/// Connects as `agent_id`, says `hello` and returns the client with the `welcome` frame.
+pub async fn session(
+    hub: SocketAddr,
+    ca_pem: &str,
+    identity: &Issued,
+    agent_id: &str,
+) -> (RawClient, Value) {
+    let mut client = connect(hub, ca_pem, identity).await.unwrap();
+    client.send_json(&hello(agent_id, 1)).await;
+    let welcome = client
+        .next_json(Duration::from_secs(20))
+        .await
+        .expect("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (client, welcome)
+}
+
 /// A `hello` frame for `agent_id`, speaking `protocol`.
 pub fn hello(agent_id: &str, protocol: u32) -> Value {
     json!({

@@ -211,11 +211,7 @@ async fn bad_frames_get_error_frames_and_the_session_survives() {
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
-        .await
-        .unwrap();
-    client.send_json(&raw::hello("edge-01", 1)).await;
-    let welcome = client.next_json(PATIENCE).await.expect("welcome");
+    let (mut client, welcome) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["protocol"], 1);
     for bad in [
@@ -241,11 +237,7 @@ async fn oversized_message_is_closed_1009() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
-        .await
-        .unwrap();
-    client.send_json(&raw::hello("edge-01", 1)).await;
-    client.next_json(PATIENCE).await.expect("welcome");
+    let (mut client, _) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
     let big = format!(
         r#"{{"type":"error","code":"x","message":"{}"}}"#,
         "a".repeat(1_100_000)
@@ -262,16 +254,8 @@ async fn a_second_session_supersedes_the_first_with_4003() {
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut first = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
-        .await
-        .unwrap();
-    first.send_json(&raw::hello("edge-01", 1)).await;
-    let w1 = first.next_json(PATIENCE).await.expect("welcome 1");
-    let mut second = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
-        .await
-        .unwrap();
-    second.send_json(&raw::hello("edge-01", 1)).await;
-    let w2 = second.next_json(PATIENCE).await.expect("welcome 2");
+    let (mut first, w1) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
+    let (_second, w2) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
     let (code, _) = first.close_code(PATIENCE).await.expect("first closed");
     assert_eq!(code, 4003);
     assert_ne!(w1["session_id"], w2["session_id"]);
@@ -290,11 +274,7 @@ async fn a_silent_peer_is_dropped_after_three_missed_heartbeats() {
         ..HubOptions::default()
     };
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
-    let mut client = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
-        .await
-        .unwrap();
-    client.send_json(&raw::hello("edge-01", 1)).await;
-    client.next_json(PATIENCE).await.expect("welcome");
+    let (client, _) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
     // Never read again: pings go unanswered, so the hub must drop the session.
     eventually("silent session dropped", PATIENCE, || async {
         !hub.is_connected("edge-01")

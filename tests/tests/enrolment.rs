@@ -210,11 +210,7 @@ async fn renewal_over_the_session_rotates_the_pin() {
     let pki = Pki::new();
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let mut c = raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
-        .await
-        .unwrap();
-    c.send_json(&raw::hello("edge-01", 1)).await;
-    c.next_json(PATIENCE).await.expect("welcome");
+    let (mut c, _) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
     let (csr, key_pem) = mesh_certs::generate_csr("edge-01").unwrap();
     c.send_json(&json!({"type": "renew", "csr": csr})).await;
     let renewed = c.next_json(PATIENCE).await.expect("renewed");

@@ -123,7 +123,7 @@ pub struct CommandService {
     salt: Salt,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
-    connected_tx: mpsc::UnboundedSender<String>,
+    connected_tx: mpsc::Sender<String>,
 }
 
 impl CommandService {
@@ -137,7 +137,9 @@ impl CommandService {
         audit: Arc<crate::audit::Audit>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
-        let (connected_tx, mut connected_rx) = mpsc::unbounded_channel::<String>();
+        // Bounded: if it is full, the periodic sweep still finds held commands of connected
+        // agents, so a dropped notification only delays them by one sweep.
+        let (connected_tx, mut connected_rx) = mpsc::channel::<String>(1024);
         let service = Arc::new(CommandService {
             registry,
             store,
@@ -171,7 +173,7 @@ impl CommandService {
 
     /// An agent's session started: dispatch what was held for it.
     pub fn on_connected(&self, agent_id: &str) {
-        let _ = self.connected_tx.send(agent_id.to_owned());
+        let _ = self.connected_tx.try_send(agent_id.to_owned());
     }
 
     /// The store (for the read routes).
@@ -365,7 +367,7 @@ impl CommandService {
         info!(command.id = %record.command_id, agent.id = %record.agent_id, ttl_ms, "agent offline; command held");
         // The agent may have connected between the lookup and the hold.
         if self.registry.session(&record.agent_id).is_some() {
-            let _ = self.connected_tx.send(record.agent_id.clone());
+            let _ = self.connected_tx.try_send(record.agent_id.clone());
         }
         Ok(())
     }
@@ -390,6 +392,12 @@ impl CommandService {
     }
 
     async fn expire_held(&self) {
+        let waiting: Vec<String> = lock(&self.held).keys().cloned().collect();
+        for agent in waiting {
+            if self.registry.session(&agent).is_some() {
+                self.flush_held(&agent).await;
+            }
+        }
         let now = Instant::now();
         let expired: Vec<CommandFrame> = {
             let mut held = lock(&self.held);

@@ -37,6 +37,7 @@ fn defaults_are_applied() {
     assert_eq!(c.outbound.max_message_bytes, 1024 * 1024);
     assert_eq!(c.limits.max_concurrency, 4);
     assert_eq!(c.limits.commands_per_minute, 120);
+    assert_eq!(c.agent.renew_before_days, 15);
     assert_eq!(
         c.audit_path(),
         Path::new("/var/lib/agentmesh/gateway-audit.log")

@@ -71,7 +71,10 @@ fn validate_agent(config: &GatewayConfig) -> Result<(), Problem> {
         ));
     }
     if !(1..=365).contains(&agent.renew_before_days) {
-        return Err(problem("agent.renew_before_days", "must be between 1 and 365"));
+        return Err(problem(
+            "agent.renew_before_days",
+            "must be between 1 and 365",
+        ));
     }
     Ok(())
 }

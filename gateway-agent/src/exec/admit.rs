@@ -1,11 +1,14 @@
 //! Admission: the checks a command passes, in order, before a task is started for it.
 //!
 //! Done with the running map locked, so two frames with the same id cannot both start; the
-//! map is only ever locked briefly (no `await` under it).
+//! map is only ever locked briefly (no `await` under it). Every arrival is audited here, in
+//! arrival order: a refusal with its signed `rejected` result (and `rate_limited`), a repeated
+//! id as a duplicate, and an admitted command's `command_requested` is queued durably for the
+//! task to await before it runs.
 
 use std::sync::atomic::Ordering;
 
-use agentmesh_protocol::{CommandFrame, ResultFrame};
+use agentmesh_protocol::{CommandFrame, ResultFrame, VerbSpec};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument as _};
 
@@ -17,16 +20,12 @@ impl Executor {
     pub(super) fn admit(&self, command: CommandFrame) -> Admission {
         let inner = &self.inner;
         let id = command.command_id.clone();
-        let reject = |code: &str, message: String| {
-            info!(
-                command.id = %id,
-                command.verb = %command.verb,
-                requested_by = %command.requested_by,
-                status = "rejected",
-                code,
-                "command rejected"
-            );
-            Admission::Done(Submitted::Reply(outcome::rejected(&id, code, message)))
+        let spec = inner.verbs.get(&command.verb).map(|v| &v.spec);
+        let reject = |code: &str, message: String| self.refuse(&command, spec, code, message);
+        let duplicate = |what: &str| {
+            if let Some(audit) = &inner.audit {
+                audit.requested(&command, spec, ("duplicate", what));
+            }
         };
         if !store::valid_command_id(&id) {
             return reject(
@@ -37,17 +36,20 @@ impl Executor {
         let mut running = lock(&inner.running);
         if running.contains_key(&id) {
             debug!(command.id = %id, "repeated command id is still running; ignored");
+            duplicate("running");
             return Admission::Done(Submitted::AlreadyRunning);
         }
         match inner.store.stage(&id) {
             Some(Stage::Finished) => {
                 info!(command.id = %id, "repeated command id; answering with the stored result");
+                duplicate("stored");
                 return Admission::Stored(id);
             }
             Some(Stage::Started) => {
                 // Recorded as started but not running here: the run was lost (its outcome
                 // could not be stored). Never run it again.
                 warn!(command.id = %id, "repeated command id with no stored outcome");
+                duplicate("lost");
                 return Admission::Done(Submitted::Reply(interrupted(&id)));
             }
             None => {}
@@ -71,12 +73,25 @@ impl Executor {
             Ok(p) => p,
             Err(e) => return reject("rate_limited", e.to_string()),
         };
+        let audited = inner
+            .audit
+            .as_ref()
+            .map(|a| a.requested_durable(&command, &verb.spec));
         let (cancel_tx, cancel_rx) = watch::channel(None);
         let span = tracing::info_span!("command", command.id = %id, command.verb = %command.verb);
         let guard = task::RunningGuard::new(self.clone(), id.clone());
         // Spawned while the map is locked, so the task cannot remove its entry before it exists.
         let handle = tokio::spawn(
-            task::execute(self.clone(), verb, command, cancel_rx, permit, guard).instrument(span),
+            task::execute(
+                self.clone(),
+                verb,
+                command,
+                audited,
+                cancel_rx,
+                permit,
+                guard,
+            )
+            .instrument(span),
         );
         running.insert(
             id,
@@ -87,6 +102,58 @@ impl Executor {
         );
         inner.active.send_replace(running.len());
         Admission::Done(Submitted::Started)
+    }
+}
+
+impl Executor {
+    /// Refuses `command`: logs it, audits it, answers with a signed `rejected` result.
+    fn refuse(
+        &self,
+        command: &CommandFrame,
+        spec: Option<&VerbSpec>,
+        code: &str,
+        message: String,
+    ) -> Admission {
+        let id = &command.command_id;
+        info!(
+            command.id = %id,
+            command.verb = %command.verb,
+            requested_by = %command.requested_by,
+            status = "rejected",
+            code,
+            "command rejected"
+        );
+        let mut result = outcome::rejected(id, code, message);
+        let sealed = self.inner.signer.ensure_signed(&mut result);
+        if let Some(audit) = &self.inner.audit {
+            audit.requested(command, spec, ("rejected", code));
+            if code == "rate_limited" {
+                // The message starts with the config key of the limit that refused it.
+                let limit = result
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.message.split(':').next())
+                    .unwrap_or_default();
+                audit.rate_limited(command, limit);
+            }
+            audit.result(
+                Some(&command.requested_by),
+                &result,
+                sealed_signature(&sealed),
+                None,
+            );
+        }
+        Admission::Done(Submitted::Reply(result))
+    }
+}
+
+/// The signature a [`Sealed`](crate::signing::Sealed) made, if it made one.
+pub(super) fn sealed_signature(
+    sealed: &crate::signing::Sealed,
+) -> Option<&agentmesh_audit::ResultSignature> {
+    match sealed {
+        crate::signing::Sealed::Signed(sig) => Some(sig),
+        _ => None,
     }
 }
 

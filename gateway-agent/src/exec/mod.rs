@@ -8,11 +8,16 @@
 //!              ├─ shutting down                    → rejected shutting_down
 //!              ├─ unknown verb / bad args          → rejected unknown_verb / invalid_args
 //!              ├─ over max_concurrency or per-minute quota → rejected rate_limited
-//!              └─ task: record started (fsync) → run (built-in | process group)
-//!                       → record finished (fsync) → results channel ─► live session
+//!              └─ task: audit command_requested (fsync) → record started (fsync)
+//!                       → run (built-in | process group) → fit to the hub's limit, sign,
+//!                       audit command_result → record finished (fsync) → results channel ─► live session
 //!                                                   (full or no session: stays pending
 //!                                                    in the store, sent after welcome)
 //! ```
+//!
+//! Every arrival is audited (refusals and repeated ids too; see [`crate::audit`]); a command
+//! whose `command_requested` record cannot be made durable does not run (`audit_failed`).
+//! Results are signed when produced ([`crate::signing`]) and stored signed.
 //!
 //! The [`Executor`] lives for the whole process, across sessions. Every command task is owned
 //! by the executor's running map (bounded by `max_concurrency`), removes itself when done, and
@@ -41,7 +46,7 @@ pub mod verb;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,7 +55,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::audit::AgentAudit;
 use crate::config::{GatewayConfig, VerbConfig};
+use crate::signing::Signer;
 use admit::{interrupted, Admission};
 use limits::Limits;
 use process::CancelReason;
@@ -80,6 +87,10 @@ pub struct ExecSettings {
     pub result_retention: Duration,
     /// Records kept at most.
     pub max_stored_results: usize,
+    /// The agent's audit log (none: nothing is audited, for tests).
+    pub audit: Option<AgentAudit>,
+    /// Signs results as they are produced.
+    pub signer: Signer,
 }
 
 impl ExecSettings {
@@ -93,6 +104,8 @@ impl ExecSettings {
             commands_per_minute: config.limits.commands_per_minute,
             result_retention: Duration::from_secs(config.agent.result_retention_secs),
             max_stored_results: store::MAX_ENTRIES,
+            audit: None,
+            signer: Signer::disabled(),
         }
     }
 }
@@ -164,6 +177,10 @@ struct Inner {
     accepting: AtomicBool,
     /// Number of running command tasks, for shutdown to wait on.
     active: watch::Sender<usize>,
+    audit: Option<AgentAudit>,
+    signer: Signer,
+    /// The live (or last) hub's `max_message_bytes`: results are fitted to it before signing.
+    hub_limit: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -208,6 +225,9 @@ impl Executor {
             overflowed: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             active: watch::Sender::new(0),
+            audit: settings.audit,
+            signer: settings.signer,
+            hub_limit: AtomicUsize::new(agentmesh_protocol::DEFAULT_MAX_MESSAGE_BYTES),
         };
         Ok((
             Executor {
@@ -220,6 +240,28 @@ impl Executor {
     /// The durable record store.
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// The audit log, when there is one.
+    pub fn audit(&self) -> Option<&AgentAudit> {
+        self.inner.audit.as_ref()
+    }
+
+    /// The result signer.
+    pub fn signer(&self) -> &Signer {
+        &self.inner.signer
+    }
+
+    /// Sets the largest message the hub accepts (from `welcome`); results produced from now on
+    /// are fitted to it before they are signed and stored.
+    pub fn set_hub_limit(&self, max_message_bytes: usize) {
+        self.inner
+            .hub_limit
+            .store(max_message_bytes, Ordering::Relaxed);
+    }
+
+    fn hub_limit(&self) -> usize {
+        self.inner.hub_limit.load(Ordering::Relaxed)
     }
 
     /// Commands running now.

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use agentmesh_protocol::{CommandStatus, ErrorBody, ResultFrame};
+use agentmesh_protocol::{AgentFrame, CommandStatus, ErrorBody, ResultFrame};
 use nix::sys::signal::Signal;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -138,6 +138,42 @@ pub fn from_process(command_id: &str, outcome: &Outcome, timeout: Duration) -> R
     }
 }
 
+/// Room left in a frame for the `signature` field (base64 of a DER ECDSA P-256 signature of
+/// at most 72 bytes is 96 characters, plus the key and quotes).
+pub const SIGNATURE_ROOM: usize = 128;
+
+/// Shrinks stdout/stderr (setting `truncated`) until the `result` frame, once signed, fits in
+/// `max_bytes`, so an oversized result can never get the session closed with 1009 again and
+/// again. Returns whether it cut anything (a signature made before no longer matches then).
+pub fn fit_result(result: &mut ResultFrame, max_bytes: usize) -> bool {
+    let budget = max_bytes.saturating_sub(SIGNATURE_ROOM);
+    let size = |r: &ResultFrame| {
+        let unsigned = ResultFrame {
+            signature: None,
+            ..r.clone()
+        };
+        AgentFrame::Result(unsigned).to_json().len()
+    };
+    let mut len = size(result);
+    let mut cut = false;
+    while len > budget && !(result.stdout.is_empty() && result.stderr.is_empty()) {
+        let longer = if result.stdout.len() >= result.stderr.len() {
+            &mut result.stdout
+        } else {
+            &mut result.stderr
+        };
+        let mut at = longer.len() / 2;
+        while !longer.is_char_boundary(at) {
+            at -= 1;
+        }
+        longer.truncate(at);
+        result.truncated = true;
+        cut = true;
+        len = size(result);
+    }
+    cut
+}
+
 fn signal_name(signal: i32) -> String {
     match Signal::try_from(signal) {
         Ok(s) => format!("{signal} ({})", s.as_str()),
@@ -185,5 +221,20 @@ mod tests {
         assert!(e.message.contains("1500 ms"), "{e:?}");
         let r = from_process("c", &outcome(Ending::Cancelled(CancelReason::Hub), 15), t);
         assert_eq!(r.status, CommandStatus::Cancelled);
+    }
+
+    #[test]
+    fn an_oversized_result_is_cut_to_fit_with_room_for_the_signature() {
+        let mut r = ok_stdout("c", "é".repeat(50_000));
+        r.stderr = "\u{1}".repeat(10_000); // JSON-escaped to 6 bytes each
+        assert!(fit_result(&mut r, 16 * 1024));
+        r.signature = Some("A".repeat(96));
+        assert!(AgentFrame::Result(r.clone()).to_json().len() <= 16 * 1024);
+        assert!(r.truncated);
+        assert!(!r.stdout.is_empty());
+        let mut small = ok_stdout("c", "hi".into());
+        assert!(!fit_result(&mut small, 16 * 1024));
+        assert_eq!(small.stdout, "hi");
+        assert!(!small.truncated);
     }
 }

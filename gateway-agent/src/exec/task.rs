@@ -1,6 +1,8 @@
 //! One command, from its durable start record to its result.
 //!
-//! The start is recorded (fsync) before anything runs: if that fails the command does not run.
+//! The `command_requested` audit record and the start record are both made durable (fsync)
+//! before anything runs: if either fails the command does not run. The result is fitted to the
+//! hub's message limit, signed and audited before it is stored.
 //! The result is recorded (fsync) before the task leaves the running map, so a repeated id
 //! always finds the command either running or stored. Logs carry the id, verb, requester,
 //! status and duration — never the arguments, which may be secret.
@@ -14,12 +16,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
 
+use super::admit::sealed_signature;
 use super::limits::Permit;
 use super::outcome;
 use super::process::{self, CancelReason, Invocation};
 use super::store::{self, Meta};
 use super::verb::{self, ProgramVerb, Verb, VerbKind};
 use super::Executor;
+use crate::audit::Durable;
 
 /// Removes the command from the executor's running map however the task ends (even aborted).
 #[derive(Debug)]
@@ -45,6 +49,7 @@ pub(super) async fn execute(
     executor: Executor,
     verb: Arc<Verb>,
     command: CommandFrame,
+    audited: Option<Durable>,
     cancel: watch::Receiver<Option<CancelReason>>,
     permit: Permit,
     guard: RunningGuard,
@@ -55,9 +60,16 @@ pub(super) async fn execute(
         requested_by: command.requested_by.clone(),
     };
     let store = executor.inner.store.clone();
-    let recorded = {
-        let (store, meta) = (store.clone(), meta.clone());
-        blocking(move || store.record_started(&meta)).await
+    let audit_failed = match audited {
+        Some(durable) => durable.await.err(),
+        None => None,
+    };
+    let recorded = match &audit_failed {
+        Some(e) => Err(std::io::Error::other(format!("audit log: {e}"))),
+        None => {
+            let (store, meta) = (store.clone(), meta.clone());
+            blocking(move || store.record_started(&meta)).await
+        }
     };
     let started_ms = store::now_ms();
     let started_wall = OffsetDateTime::now_utc();
@@ -69,6 +81,14 @@ pub(super) async fn execute(
         "command started"
     );
     let mut result = match &recorded {
+        Err(e) if audit_failed.is_some() => {
+            error!(error = %e, "cannot audit the command durably; not running it");
+            outcome::failed(
+                &meta.command_id,
+                "audit_failed",
+                "the agent could not write the command to its audit log, so it did not run it",
+            )
+        }
         Err(e) => {
             error!(error = %e, "cannot record the command start durably; not running it");
             outcome::failed(
@@ -84,6 +104,16 @@ pub(super) async fn execute(
     result.command_id.clone_from(&meta.command_id);
     result.started_at = Some(outcome::rfc3339(started_wall));
     result.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    outcome::fit_result(&mut result, executor.hub_limit());
+    let sealed = executor.inner.signer.ensure_signed(&mut result);
+    if let Some(audit) = &executor.inner.audit {
+        audit.result(
+            Some(&meta.requested_by),
+            &result,
+            sealed_signature(&sealed),
+            None,
+        );
+    }
     if recorded.is_ok() {
         let (store, meta, stored) = (store.clone(), meta.clone(), result.clone());
         if let Err(e) = blocking(move || store.record_finished(&meta, started_ms, &stored)).await {

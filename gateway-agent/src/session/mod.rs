@@ -18,18 +18,22 @@ use agentmesh_protocol::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout, timeout_at, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::commands::{fit_result, Commands};
+use crate::commands::Commands;
 use crate::exec::SHUTDOWN_GRACE;
+use crate::renew::{RenewError, Renewal};
 
-/// How long a closing handshake may take before the socket is simply dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+mod wire;
+
+pub use wire::{close, describe};
+use wire::{close_parts, finish_close, send};
+
+/// Close code of a normal closure (after a renewal).
+pub const NORMAL_CLOSURE: u16 = 1000;
 
 /// Why the `hello`/`welcome` exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,11 @@ pub enum SessionEnd {
     },
     /// The connection broke or went silent.
     Lost(String),
+    /// A renewed certificate was installed; we closed with 1000 to reconnect with it at once.
+    Renewed {
+        /// The new certificate's pin.
+        pin: String,
+    },
 }
 
 /// Sends `hello` and waits up to `wait` for `welcome`.
@@ -130,14 +139,16 @@ where
 }
 
 /// Serves an established session until it ends: first the results held from earlier (see
-/// [`crate::commands`]), then hub frames and results as they come. On shutdown the session
-/// stays open while running commands finish (up to [`SHUTDOWN_GRACE`], then they are killed)
-/// so their results still reach the hub; new commands are refused meanwhile.
+/// [`crate::commands`]), then hub frames and results as they come, and certificate renewal
+/// when it is due ([`crate::renew`]). On shutdown the session stays open while running
+/// commands finish (up to [`SHUTDOWN_GRACE`], then they are killed) so their results still
+/// reach the hub; new commands are refused meanwhile.
 pub async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     welcome: &WelcomeFrame,
     limit: usize,
     commands: &mut Commands,
+    renewal: &mut Renewal,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd
 where
@@ -149,6 +160,8 @@ where
         Ok(0) | Err(_) => agentmesh_protocol::DEFAULT_MAX_MESSAGE_BYTES,
         Ok(n) => n,
     };
+    commands.executor().set_hub_limit(out_limit);
+    renewal.session_started();
     let backlog = commands.backlog();
     if !backlog.frames.is_empty() || !backlog.ids.is_empty() {
         info!(
@@ -182,6 +195,14 @@ where
                 }
                 close(ws, GOING_AWAY, "agent shutting down").await;
                 return SessionEnd::Shutdown;
+            }
+            _ = renewal.wait(), if draining.is_none() => {
+                if let Some(csr) = renewal.step().await {
+                    if let Err(e) = send(ws, &AgentFrame::Renew { csr }).await {
+                        return SessionEnd::Lost(e.to_string());
+                    }
+                }
+                continue;
             }
             _ = sleep_until(deadline) => {
                 close(ws, GOING_AWAY, "hub silent").await;
@@ -240,16 +261,31 @@ where
             }
             Ok(HubFrame::Error(e)) => {
                 warn!(code = %e.code, message = %e.message, "hub reported an error");
+                renewal.on_error(&e);
                 Ok(())
             }
             Ok(HubFrame::Welcome(_)) => {
                 debug!("ignoring a repeated welcome");
                 Ok(())
             }
-            Ok(HubFrame::Renewed { .. }) => {
-                debug!("ignoring a renewed certificate this agent did not ask for");
-                Ok(())
-            }
+            Ok(HubFrame::Renewed {
+                certificate,
+                ca,
+                pin,
+            }) => match renewal.on_renewed(certificate, ca, pin).await {
+                Ok(installed) => {
+                    close(ws, NORMAL_CLOSURE, "certificate renewed").await;
+                    return SessionEnd::Renewed { pin: installed.pin };
+                }
+                Err(RenewError::NotRequested) => {
+                    debug!("ignoring a renewed certificate this agent did not ask for");
+                    Ok(())
+                }
+                Err(e) => {
+                    error!(error = %e, "certificate renewal failed; trying again in an hour");
+                    Ok(())
+                }
+            },
             Err(e) => {
                 warn!(error = %e, "undecodable frame from the hub");
                 send(
@@ -285,7 +321,7 @@ async fn deliver<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    fit_result(&mut result, out_limit);
+    commands.prepare(&mut result, out_limit);
     let id = result.command_id.clone();
     send(ws, &AgentFrame::Result(result)).await?;
     commands.delivered(&id).await;
@@ -313,53 +349,6 @@ where
 /// Resolves once the shutdown flag is set (or its sender is gone).
 pub async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn send<S>(ws: &mut WebSocketStream<S>, frame: &AgentFrame) -> Result<(), tungstenite::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    ws.send(Message::text(frame.to_json())).await
-}
-
-/// Sends a close frame and waits (briefly) for the hub's answer.
-pub async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    if ws.close(Some(frame)).await.is_ok() {
-        finish_close(ws).await;
-    }
-}
-
-/// Drives the stream until the closing handshake completes, for at most [`CLOSE_GRACE`].
-async fn finish_close<S>(ws: &mut WebSocketStream<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
-
-fn close_parts(frame: Option<&CloseFrame>) -> (Option<u16>, String) {
-    match frame {
-        Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
-        None => (None, String::new()),
-    }
-}
-
-/// `"4004 revoked"`-style text for a close code.
-pub fn describe(code: Option<u16>) -> String {
-    match code {
-        Some(c) => format!("{c} {}", agentmesh_protocol::close::describe(c)),
-        None => "no code".to_owned(),
-    }
 }
 
 #[cfg(test)]

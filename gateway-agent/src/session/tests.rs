@@ -3,7 +3,8 @@
 use super::*;
 use agentmesh_protocol::CommandStatus;
 use tokio::io::DuplexStream;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 const LIMIT: usize = 4096;
 
@@ -37,6 +38,8 @@ fn test_commands() -> (tempfile::TempDir, Commands) {
         commands_per_minute: 100,
         result_retention: Duration::from_secs(3600),
         max_stored_results: 100,
+        audit: None,
+        signer: crate::signing::Signer::disabled(),
     })
     .unwrap();
     (dir, Commands::new(executor, results))
@@ -55,6 +58,7 @@ fn spawn_serve(
             &welcome(heartbeat_secs),
             LIMIT,
             &mut commands,
+            &mut crate::renew::Renewal::disabled(),
             &mut stop_rx,
         )
         .await

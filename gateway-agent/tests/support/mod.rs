@@ -29,13 +29,18 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(agent_id: &str) -> Pki {
+        Pki::with_validity(agent_id, Validity::days(1))
+    }
+
+    /// Like [`Pki::new`], with the agent certificate valid for `validity`.
+    pub fn with_validity(agent_id: &str, validity: Validity) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::generate("agentmesh test CA").unwrap();
         let server = ca
             .issue_server("localhost", &[], Validity::days(1))
             .unwrap();
         let agent_dir = dir.path().join("agent");
-        ca.issue_agent(agent_id, Validity::days(1))
+        ca.issue_agent(agent_id, validity)
             .unwrap()
             .save(&agent_dir)
             .unwrap();
@@ -88,6 +93,35 @@ params.username = {{ type = "string", pattern = "^[a-z]{{3,8}}$", required = tru
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The agent's audit log (the config's `state_dir` is `state`).
+    pub fn audit_log(&self) -> PathBuf {
+        self.path().join("state").join("gateway-audit.log")
+    }
+
+    /// Every record of the agent's audit log, after checking that the chain verifies.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let log = self.audit_log();
+        agentmesh_audit::verify_files(&[log.clone()]).unwrap();
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The agent certificate as it is on disk now.
+    pub fn agent_cert(&self) -> String {
+        std::fs::read_to_string(self.agent_dir.join("cert.pem")).unwrap()
+    }
+}
+
+/// The kinds of `records`, in order.
+pub fn kinds(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// What the hub saw on one connection.

@@ -2,28 +2,37 @@
 //!
 //! ```text
 //!  ┌──────────────► connect (TCP → TLS + pin → WebSocket upgrade)
-//!  │                   │ error: log (pin mismatch: loudly), backoff (≥ Retry-After)
+//!  │                   │ error: log (pin mismatch: loudly, audited), backoff (≥ Retry-After)
 //!  │                   ▼
 //!  │                hello ──► welcome (10 s)       hub close 4004: wait the max backoff
-//!  │                   │
+//!  │                   │                            4001/4004: audited
 //!  │                   ▼
-//!  │                session: command/cancel/drain/error frames, 3×heartbeat silence limit
+//!  │                session: command/cancel/drain/error frames, 3×heartbeat silence limit,
+//!  │                   │     certificate renewal when due
 //!  │                   │ drain: wait reconnect_after_ms + jitter
+//!  │                   │ renewed: reconnect at once with the new certificate
 //!  │                   │ lasted ≥ healthy_after_secs: backoff reset
-//!  └──── sleep ◄───────┘
+//!  └──── sleep ◄───────┘ (reload TLS material and signing key, finish an interrupted renewal)
 //!  shutdown at any point: running commands get SHUTDOWN_GRACE to finish (then are killed),
-//!  their results are delivered if connected (else stored), Close(1001), return Ok
+//!  their results are delivered if connected (else stored), Close(1001), audit flushed, Ok
 //! ```
 //!
 //! The [`Executor`] and its result store belong to the dialer for the whole process: commands
-//! keep running across reconnects and their results go to whichever session is live.
+//! keep running across reconnects and their results go to whichever session is live. So do
+//! the audit log, the result [`Signer`] and the [`Renewal`] state.
+//!
+//! # Layout
+//! - this module: [`run`], [`run_with_state`], the loop and one connection attempt.
+//! - `report`: what each way of failing or ending means (logs, audit, state, next delay).
+
+mod report;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_protocol::close::{GOING_AWAY, REVOKED, SUPERSEDED, UNAUTHORISED};
+use agentmesh_protocol::close::GOING_AWAY;
 use agentmesh_protocol::{HelloFrame, VerbSpec, PROTOCOL_VERSION};
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
@@ -31,15 +40,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument as _};
 
+use crate::audit::AgentAudit;
 use crate::backoff::Backoff;
 use crate::commands::Commands;
 use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
-use crate::connect::{connect, ConnectError};
-use crate::exec::{ExecError, Executor, SHUTDOWN_GRACE};
-use crate::health;
-use crate::session::{self, shutdown_signalled, HandshakeError, SessionEnd};
+use crate::connect::{self, connect};
+use crate::exec::{ExecError, ExecSettings, Executor, SHUTDOWN_GRACE};
+use crate::renew::{self, RenewSettings, Renewal};
+use crate::session::{self, shutdown_signalled};
+use crate::signing::Signer;
 use crate::state::AgentState;
 use crate::tls::{self, HubTls, TlsError};
+use crate::{health, notify};
 
 /// Time the hub has to answer `hello` with `welcome`.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +71,14 @@ pub enum RunError {
     /// The command result store could not be opened.
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// The audit log could not be opened.
+    #[error("audit.path: cannot open the audit log {path}: {source}")]
+    Audit {
+        /// The configured (or default) path.
+        path: String,
+        /// Why.
+        source: agentmesh_audit::AuditError,
+    },
     /// The health endpoint could not bind.
     #[error("agent.health_listen: cannot listen on {addr}: {source}")]
     HealthBind {
@@ -86,6 +106,7 @@ pub async fn run_with_state(
     let (stop_tx, stop_rx) = watch::channel(false);
     let trigger = tokio::spawn(async move {
         shutdown.await;
+        notify::stopping();
         let _ = stop_tx.send(true);
     });
     let result = run_until(config, state, stop_rx).await;
@@ -99,12 +120,28 @@ async fn run_until(
     stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let url = parse_backend_url(&config.outbound.backend_url).map_err(RunError::Url)?;
+    finish_interrupted_renewal(&config);
     let hub_tls = tls::client_config(&config.outbound)?;
-    // Reads every stored result: blocking, and done before anything is served.
-    let exec_config = config.clone();
-    let (executor, results) = tokio::task::spawn_blocking(move || Executor::open(&exec_config))
-        .await
-        .map_err(|e| RunError::Exec(ExecError::Verb(format!("executor setup panicked: {e}"))))??;
+    let signer = Signer::load(&config.outbound);
+    // Opening reads the whole audit file and every stored result: blocking, and done before
+    // anything is served.
+    let setup_config = config.clone();
+    let setup_signer = signer.clone();
+    let (audit, executor, results) = tokio::task::spawn_blocking(move || {
+        let path = setup_config.audit_path();
+        let audit =
+            AgentAudit::open(&path, &setup_config.agent.id).map_err(|source| RunError::Audit {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let mut settings = ExecSettings::from_config(&setup_config);
+        settings.audit = Some(audit.clone());
+        settings.signer = setup_signer;
+        let (executor, results) = Executor::open_with(settings)?;
+        Ok::<_, RunError>((audit, executor, results))
+    })
+    .await
+    .map_err(|e| RunError::Exec(ExecError::Verb(format!("agent setup panicked: {e}"))))??;
     let commands = Commands::new(executor.clone(), results);
     let health = match config.agent.health_listen {
         Some(addr) => {
@@ -123,10 +160,24 @@ async fn run_until(
         None => None,
     };
     let span = info_span!("agent", agent.id = %config.agent.id, hub = %url.url);
-    let dialer = Dialer::new(config, url, state, hub_tls, commands);
+    let renewal = Renewal::new(
+        RenewSettings::from_config(&config),
+        signer.clone(),
+        Some(audit.clone()),
+    );
+    let parts = Parts {
+        tls: hub_tls,
+        commands,
+        signer,
+        audit: audit.clone(),
+        renewal,
+    };
+    let dialer = Dialer::new(config, url, state, parts);
+    notify::ready();
     dialer.run(stop).instrument(span.clone()).await;
     // Disconnected at shutdown (or already drained by the session): results end up stored.
     executor.shutdown(SHUTDOWN_GRACE).instrument(span).await;
+    audit.flush().await;
     if let Some(mut handle) = health {
         if tokio::time::timeout(HEALTH_GRACE, &mut handle)
             .await
@@ -138,6 +189,23 @@ async fn run_until(
     Ok(())
 }
 
+/// Completes (or undoes) a certificate renewal a crash interrupted, before the key and
+/// certificate are loaded.
+fn finish_interrupted_renewal(config: &GatewayConfig) {
+    if let Some(what) = renew::recover(&config.outbound.key, &config.outbound.cert) {
+        warn!(outcome = %what, "found an interrupted certificate renewal");
+    }
+}
+
+/// What the dialer owns besides the config.
+struct Parts {
+    tls: HubTls,
+    commands: Commands,
+    signer: Signer,
+    audit: AgentAudit,
+    renewal: Renewal,
+}
+
 struct Dialer {
     config: GatewayConfig,
     url: BackendUrl,
@@ -145,18 +213,15 @@ struct Dialer {
     tls: HubTls,
     verbs: Vec<VerbSpec>,
     commands: Commands,
+    signer: Signer,
+    audit: AgentAudit,
+    renewal: Renewal,
     backoff: Backoff,
     rng: StdRng,
 }
 
 impl Dialer {
-    fn new(
-        config: GatewayConfig,
-        url: BackendUrl,
-        state: Arc<AgentState>,
-        tls: HubTls,
-        commands: Commands,
-    ) -> Self {
+    fn new(config: GatewayConfig, url: BackendUrl, state: Arc<AgentState>, parts: Parts) -> Self {
         let verbs = config.advertised_verbs();
         let out = &config.outbound;
         let backoff = Backoff::new(
@@ -164,12 +229,15 @@ impl Dialer {
             Duration::from_millis(out.reconnect_max_ms),
         );
         Dialer {
-            commands,
+            commands: parts.commands,
+            tls: parts.tls,
+            signer: parts.signer,
+            audit: parts.audit,
+            renewal: parts.renewal,
             verbs,
             backoff,
             url,
             state,
-            tls,
             config,
             rng: StdRng::from_entropy(),
         }
@@ -225,7 +293,13 @@ impl Dialer {
             Ok(welcome) => welcome,
             Err(e) => return Some(self.after_handshake_error(e)),
         };
+        let hub_pin = connect::hub_pin(&ws);
         self.state.set_connected(&welcome.session_id);
+        self.audit.connected(
+            &welcome.session_id,
+            hub_pin.as_deref(),
+            self.signer.pin().as_deref(),
+        );
         info!(
             session_id = %welcome.session_id,
             heartbeat_secs = welcome.heartbeat_secs,
@@ -234,14 +308,21 @@ impl Dialer {
         );
         let started = Instant::now();
         let span = info_span!("session", session_id = %welcome.session_id);
-        let end = session::serve(&mut ws, &welcome, limit, &mut self.commands, stop)
-            .instrument(span)
-            .await;
+        let end = session::serve(
+            &mut ws,
+            &welcome,
+            limit,
+            &mut self.commands,
+            &mut self.renewal,
+            stop,
+        )
+        .instrument(span)
+        .await;
         self.commands.session_ended();
         if started.elapsed() >= Duration::from_secs(self.config.outbound.healthy_after_secs) {
             self.backoff.reset();
         }
-        self.after_session(end)
+        self.after_session(&welcome.session_id, end)
     }
 
     fn hello(&self) -> HelloFrame {
@@ -262,135 +343,17 @@ impl Dialer {
     }
 
     fn reload_tls(&mut self) {
-        // Certificates renewed on disk take effect at the next connection, no restart needed.
+        // Certificates renewed on disk take effect at the next connection, no restart needed;
+        // the signing key always follows the key the session authenticates with.
+        finish_interrupted_renewal(&self.config);
         match tls::client_config(&self.config.outbound) {
-            Ok(fresh) => self.tls = fresh,
+            Ok(fresh) => {
+                self.tls = fresh;
+                if let Err(e) = self.signer.reload() {
+                    warn!(error = %e, "cannot load the key for signing results; results go out unsigned");
+                }
+            }
             Err(e) => warn!(error = %e, "cannot reload the TLS material; keeping the previous one"),
         }
-    }
-
-    fn after_connect_error(&mut self, e: ConnectError) -> Duration {
-        match &e {
-            ConnectError::PinMismatch(m) => {
-                self.state.record_pin_mismatch(&m.presented);
-                error!(
-                    presented_pin = %m.presented,
-                    expected_pins = %m.expected.join(", "),
-                    "refusing the hub: the pin it presented is not in outbound.server_pins \
-                     (wrong hub certificate, or someone in the middle); fix server_pins or the \
-                     hub certificate"
-                );
-            }
-            _ => warn!(error = %e, "cannot reach the hub"),
-        }
-        self.state.set_disconnected(Some(e.to_string()));
-        let delay = self.backoff.next_delay(&mut self.rng);
-        match e {
-            ConnectError::Http {
-                retry_after: Some(hint),
-                ..
-            } => delay.max(self.backoff.cap(hint)),
-            _ => delay,
-        }
-    }
-
-    fn after_handshake_error(&mut self, e: HandshakeError) -> Duration {
-        let code = match &e {
-            HandshakeError::Closed { code, .. } => *code,
-            _ => None,
-        };
-        match code {
-            Some(REVOKED) => error!(error = %e, "the hub revoked this agent; retrying slowly"),
-            Some(UNAUTHORISED) => error!(
-                error = %e,
-                "the hub refused this agent; is its pin enrolled and its certificate CN the agent id?"
-            ),
-            _ if matches!(e, HandshakeError::Protocol(_)) => {
-                error!(error = %e, "protocol mismatch")
-            }
-            _ => warn!(error = %e, "session handshake failed"),
-        }
-        self.state.set_disconnected(Some(e.to_string()));
-        self.delay_after_close(code)
-    }
-
-    fn after_session(&mut self, end: SessionEnd) -> Option<Duration> {
-        let delay = match &end {
-            SessionEnd::Shutdown => return None,
-            SessionEnd::Drain(after) => {
-                info!(
-                    reconnect_after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-                    "hub is draining"
-                );
-                self.backoff.reset();
-                self.backoff.after_hint(*after, &mut self.rng)
-            }
-            SessionEnd::Closed { code, reason } => {
-                let what = session::describe(*code);
-                match *code {
-                    Some(GOING_AWAY) => info!(code = %what, %reason, "hub closed the session"),
-                    Some(SUPERSEDED) => warn!(
-                        code = %what,
-                        %reason,
-                        "another connection with this agent's identity replaced this one"
-                    ),
-                    Some(REVOKED | UNAUTHORISED) => {
-                        error!(code = %what, %reason, "hub closed the session")
-                    }
-                    _ => warn!(code = %what, %reason, "hub closed the session"),
-                }
-                self.delay_after_close(*code)
-            }
-            SessionEnd::Lost(reason) => {
-                warn!(%reason, "lost the hub connection");
-                self.backoff.next_delay(&mut self.rng)
-            }
-        };
-        let message = match end {
-            SessionEnd::Closed { code, reason } => {
-                format!(
-                    "hub closed the session ({}): {reason}",
-                    session::describe(code)
-                )
-            }
-            SessionEnd::Lost(reason) => reason,
-            SessionEnd::Drain(_) | SessionEnd::Shutdown => "hub is draining".to_owned(),
-        };
-        self.state.set_disconnected(Some(message));
-        Some(delay)
-    }
-
-    fn delay_after_close(&mut self, code: Option<u16>) -> Duration {
-        delay_after_close(&mut self.backoff, &mut self.rng, code)
-    }
-}
-
-/// A revoked agent keeps trying (revocation can be undone) but only at the max backoff.
-fn delay_after_close(
-    backoff: &mut Backoff,
-    rng: &mut impl rand::Rng,
-    code: Option<u16>,
-) -> Duration {
-    let delay = backoff.next_delay(rng);
-    if code == Some(REVOKED) {
-        backoff.max()
-    } else {
-        delay
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revoked_waits_the_max_backoff_others_back_off_normally() {
-        let mut rng = StdRng::seed_from_u64(9);
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let revoked = delay_after_close(&mut backoff, &mut rng, Some(REVOKED));
-        assert_eq!(revoked, Duration::from_secs(30));
-        backoff.reset();
-        let superseded = delay_after_close(&mut backoff, &mut rng, Some(SUPERSEDED));
-        assert_eq!(superseded, Duration::from_millis(500));
     }
 }
