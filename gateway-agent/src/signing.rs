@@ -97,6 +97,16 @@ pub enum Sealed {
     Unsigned,
 }
 
+impl Sealed {
+    /// The signature made now, if one was.
+    pub fn signature(&self) -> Option<&ResultSignature> {
+        match self {
+            Sealed::Signed(signature) => Some(signature),
+            Sealed::AlreadySigned | Sealed::Unsigned => None,
+        }
+    }
+}
+
 /// The shared signing key; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Signer {

@@ -195,7 +195,10 @@ async fn right_pin_sends_hello_and_serves_the_session() {
     let finished = kinds.iter().position(|k| k == "command_result").unwrap();
     assert!(requested < finished, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "agent_connected").count(), 2);
-    assert_eq!(kinds.iter().filter(|k| *k == "agent_disconnected").count(), 2);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "agent_disconnected").count(),
+        2
+    );
     let connected = &records[kinds.iter().position(|k| k == "agent_connected").unwrap()];
     assert_eq!(connected["details"]["hub_pin"], pki.server.pin.as_str());
     assert_eq!(records[requested]["details"]["args"]["username"], "alice");

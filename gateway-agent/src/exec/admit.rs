@@ -139,21 +139,11 @@ impl Executor {
             audit.result(
                 Some(&command.requested_by),
                 &result,
-                sealed_signature(&sealed),
+                sealed.signature(),
                 None,
             );
         }
         Admission::Done(Submitted::Reply(result))
-    }
-}
-
-/// The signature a [`Sealed`](crate::signing::Sealed) made, if it made one.
-pub(super) fn sealed_signature(
-    sealed: &crate::signing::Sealed,
-) -> Option<&agentmesh_audit::ResultSignature> {
-    match sealed {
-        crate::signing::Sealed::Signed(sig) => Some(sig),
-        _ => None,
     }
 }
 

@@ -32,7 +32,8 @@
 //! - [`builtin`]: `ping` and `sysinfo`.
 //! - [`limits`]: `max_concurrency` and `commands_per_minute`.
 //! - [`store`]: durable started/finished/delivered records.
-//! - [`outcome`]: result frames and error codes.
+//! - [`outcome`]: result frames and error codes, fitting a result into a frame.
+//! - `settings`: [`ExecSettings`].
 
 mod admit;
 pub mod builtin;
@@ -40,6 +41,7 @@ pub mod capture;
 pub mod limits;
 pub mod outcome;
 pub mod process;
+mod settings;
 pub mod store;
 pub mod task;
 pub mod verb;
@@ -56,7 +58,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::audit::AgentAudit;
-use crate::config::{GatewayConfig, VerbConfig};
+use crate::config::GatewayConfig;
 use crate::signing::Signer;
 use admit::{interrupted, Admission};
 use limits::Limits;
@@ -64,51 +66,13 @@ use process::CancelReason;
 use store::{LoadReport, Store};
 use verb::Verb;
 
+pub use settings::ExecSettings;
+
 /// Results waiting for a session; beyond it they wait in the store (see [`Results`]).
 pub const RESULT_QUEUE: usize = 256;
 
 /// How long shutdown lets running commands finish before cancelling them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// What the executor needs from the config.
-#[derive(Debug, Clone)]
-pub struct ExecSettings {
-    /// `agent.id` (for `ping`).
-    pub agent_id: String,
-    /// `agent.state_dir`: results live in `state_dir/results`.
-    pub state_dir: PathBuf,
-    /// `[[verbs]]`.
-    pub verbs: Vec<VerbConfig>,
-    /// `limits.max_concurrency`.
-    pub max_concurrency: u32,
-    /// `limits.commands_per_minute`.
-    pub commands_per_minute: u32,
-    /// `agent.result_retention_secs`.
-    pub result_retention: Duration,
-    /// Records kept at most.
-    pub max_stored_results: usize,
-    /// The agent's audit log (none: nothing is audited, for tests).
-    pub audit: Option<AgentAudit>,
-    /// Signs results as they are produced.
-    pub signer: Signer,
-}
-
-impl ExecSettings {
-    /// The settings of a loaded config.
-    pub fn from_config(config: &GatewayConfig) -> Self {
-        ExecSettings {
-            agent_id: config.agent.id.clone(),
-            state_dir: config.agent.state_dir.clone(),
-            verbs: config.verbs.clone(),
-            max_concurrency: config.limits.max_concurrency,
-            commands_per_minute: config.limits.commands_per_minute,
-            result_retention: Duration::from_secs(config.agent.result_retention_secs),
-            max_stored_results: store::MAX_ENTRIES,
-            audit: None,
-            signer: Signer::disabled(),
-        }
-    }
-}
 
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@
 //! | `failed` | `run_as_failed` | the `run_as` user is unknown or the agent cannot switch to it |
 //! | `failed` | `interrupted` | the agent stopped while it ran; it is never re-run |
 //! | `failed` | `store_failed` | the start could not be recorded durably, so it was not run |
+//! | `failed` | `audit_failed` | the request could not be audited durably, so it was not run |
 //! | `rejected` | `unknown_verb`, `invalid_args`, `rate_limited`, `shutting_down`, `invalid_command_id` | refused before running |
 //! | `timeout` | `timeout` | killed at its timeout |
 //! | `cancelled` | `cancelled` / `agent_shutdown` | killed by `cancel` / by the agent's shutdown |

@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use super::admit::sealed_signature;
 use super::limits::Permit;
 use super::outcome;
 use super::process::{self, CancelReason, Invocation};
@@ -107,12 +106,7 @@ pub(super) async fn execute(
     outcome::fit_result(&mut result, executor.hub_limit());
     let sealed = executor.inner.signer.ensure_signed(&mut result);
     if let Some(audit) = &executor.inner.audit {
-        audit.result(
-            Some(&meta.requested_by),
-            &result,
-            sealed_signature(&sealed),
-            None,
-        );
+        audit.result(Some(&meta.requested_by), &result, sealed.signature(), None);
     }
     if recorded.is_ok() {
         let (store, meta, stored) = (store.clone(), meta.clone(), result.clone());

@@ -144,6 +144,25 @@ pub fn install_pair(key: &Path, cert: &Path, key_pem: &str, cert_pem: &str) -> s
     sync_parent(key)
 }
 
+/// Whether the key and certificate can be replaced (a temp file can be created beside each):
+/// checked before asking the hub, which enrols the new pin as soon as it signs.
+pub(super) fn check_writable(key: &Path, cert: &Path) -> std::io::Result<()> {
+    for path in [key, cert] {
+        let probe = staged(path);
+        if probe.exists() {
+            continue; // left for `recover`; the directory was writable then
+        }
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", probe.display())))?;
+        std::fs::remove_file(&probe)?;
+    }
+    Ok(())
+}
+
 /// Finishes or undoes an installation a crash interrupted; says what it did, if anything.
 pub fn recover(key: &Path, cert: &Path) -> Option<String> {
     let (key_new, cert_new) = (staged(key), staged(cert));

@@ -290,6 +290,12 @@ fn prepare(settings: &RenewSettings) -> Result<Option<Request>, String> {
         debug!(not_after = %info.not_after, "certificate not due for renewal");
         return Ok(None);
     }
+    install::check_writable(&settings.key, &settings.cert).map_err(|e| {
+        format!(
+            "the certificate is due for renewal but outbound.key/outbound.cert cannot be \
+             replaced ({e}); give the agent write access to their directory"
+        )
+    })?;
     let (csr, key_pem) = mesh_certs::generate_csr(&settings.agent_id).map_err(|e| e.to_string())?;
     let csr_pin = mesh_certs::pin_from_pem(&csr).map_err(|e| e.to_string())?;
     Ok(Some(Request {
@@ -313,9 +319,57 @@ pub fn renewal_due(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use mesh_certs::{Ca, Validity};
     use time::Duration as D;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_or_refused_request_is_retried_an_hour_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let validity = Validity {
+            not_before: now - D::days(10),
+            not_after: now + D::days(1),
+        };
+        let ca = Ca::generate("test CA").unwrap();
+        ca.issue_agent("edge-01", validity)
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let settings = RenewSettings {
+            agent_id: "edge-01".into(),
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            ca: dir.path().join("ca.pem"),
+            renew_before: Duration::from_secs(15 * 86_400),
+            check_every: RENEW_CHECK_EVERY,
+            answer_timeout: RENEW_ANSWER_TIMEOUT,
+        };
+        let mut renewal = Renewal::new(settings, Signer::disabled(), None);
+        renewal.session_started();
+        let csr = renewal.step().await.expect("due at once");
+        assert!(csr.contains("CERTIFICATE REQUEST"));
+        // No answer: after 30 s the request is dropped, and nothing happens for an hour.
+        let asked = Instant::now();
+        renewal.wait().await;
+        assert!(asked.elapsed() >= RENEW_ANSWER_TIMEOUT);
+        assert_eq!(renewal.step().await, None);
+        assert!(matches!(
+            renewal
+                .on_renewed(String::new(), String::new(), String::new())
+                .await,
+            Err(RenewError::NotRequested)
+        ));
+        renewal.wait().await;
+        assert!(asked.elapsed() >= RENEW_ANSWER_TIMEOUT + RENEW_CHECK_EVERY);
+        assert!(renewal.step().await.is_some());
+        // Refused: the next request is again an hour away.
+        renewal.on_error(&ErrorBody::new("renew_failed", "no CA"));
+        assert_eq!(renewal.step().await, None);
+        assert!(Renewal::disabled().step().await.is_none());
+    }
 
     #[test]
     fn due_within_the_window_capped_at_a_third_of_the_lifetime() {

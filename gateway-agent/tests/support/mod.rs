@@ -102,7 +102,7 @@ params.username = {{ type = "string", pattern = "^[a-z]{{3,8}}$", required = tru
     /// Every record of the agent's audit log, after checking that the chain verifies.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         let log = self.audit_log();
-        agentmesh_audit::verify_files(&[log.clone()]).unwrap();
+        agentmesh_audit::verify_files(std::slice::from_ref(&log)).unwrap();
         std::fs::read_to_string(&log)
             .unwrap()
             .lines()
