@@ -29,9 +29,14 @@ impl SessionEvents for BackendEvents {
         tokio::spawn(async move { enrolment.on_session(&agent, &pin).await });
     }
 
-    fn frame<'a>(&'a self, agent_id: &'a str, frame: AgentFrame) -> EventFuture<'a> {
+    fn frame<'a>(
+        &'a self,
+        agent_id: &'a str,
+        spki: &'a [u8],
+        frame: AgentFrame,
+    ) -> EventFuture<'a> {
         match frame {
-            AgentFrame::Result(result) => Box::pin(self.commands.on_result(agent_id, result)),
+            AgentFrame::Result(result) => Box::pin(self.commands.on_result(agent_id, spki, result)),
             AgentFrame::Renew { csr } => Box::pin(self.renew(agent_id, csr)),
             AgentFrame::Error(e) => {
                 warn!(agent.id = %agent_id, code = %e.code, message = %e.message, "agent reported an error");

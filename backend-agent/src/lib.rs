@@ -15,7 +15,6 @@
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
-//! - [`notify`]: systemd readiness notification.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`dev`]: the `backend-agent dev` quick start.
@@ -35,7 +34,6 @@ pub mod events;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
-pub mod notify;
 pub mod registry;
 pub mod store;
 
@@ -292,9 +290,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let backend = Backend::start(listeners, config).await?;
-    notify::ready();
+    gateway_agent::notify::ready();
     shutdown.await;
-    notify::stopping();
+    gateway_agent::notify::stopping();
     backend.shutdown().await
 }
 

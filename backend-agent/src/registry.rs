@@ -91,7 +91,6 @@ struct AgentRecord {
     revoked: bool,
     hello: Option<HelloFrame>,
     pin: Option<String>,
-    spki: Vec<u8>,
     remote_addr: Option<String>,
     connected_since_ms: Option<i64>,
     last_seen_ms: Option<i64>,
@@ -252,7 +251,6 @@ impl Registry {
         &self,
         hello: HelloFrame,
         pin: &str,
-        spki: &[u8],
         remote_addr: &str,
         session: LiveSession,
     ) -> Option<LiveSession> {
@@ -261,7 +259,6 @@ impl Registry {
         let record = agents.entry(hello.agent_id.clone()).or_default();
         record.hello = Some(hello);
         record.pin = Some(pin.to_owned());
-        record.spki = spki.to_vec();
         record.remote_addr = Some(remote_addr.to_owned());
         record.connected_since_ms = Some(now);
         record.last_seen_ms = Some(now);
@@ -288,14 +285,6 @@ impl Registry {
     /// The live session of `id`, if connected.
     pub fn session(&self, id: &str) -> Option<LiveSession> {
         self.lock().get(id).and_then(|r| r.session.clone())
-    }
-
-    /// DER SubjectPublicKeyInfo of the agent's current certificate (empty if unknown).
-    pub fn spki(&self, id: &str) -> Vec<u8> {
-        self.lock()
-            .get(id)
-            .map(|r| r.spki.clone())
-            .unwrap_or_default()
     }
 
     /// Number of live sessions.

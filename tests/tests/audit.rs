@@ -46,7 +46,7 @@ async fn the_audit_trail_records_and_verifies_and_detects_tampering() {
 
     let list = http::get(
         hub.http,
-        &format!("/api/v1/audit?agent=edge-01&limit=1000"),
+        "/api/v1/audit?agent=edge-01&limit=1000",
         Some(ADMIN_TOKEN),
     )
     .await;

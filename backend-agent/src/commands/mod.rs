@@ -512,7 +512,7 @@ impl CommandService {
     }
 
     /// Records a result from `agent_id` and wakes its waiters.
-    pub async fn on_result(&self, agent_id: &str, result: ResultFrame) {
+    pub async fn on_result(&self, agent_id: &str, spki: &[u8], result: ResultFrame) {
         let rec = match self.store.get_command(&result.command_id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
@@ -537,7 +537,7 @@ impl CommandService {
         }
         let mut rec = rec;
         self.audit
-            .record(self.result_event(agent_id, &rec, &result));
+            .record(result_event(agent_id, spki, &rec, &result));
         apply_result(&mut rec, result);
         match self.store.update_command(&rec).await {
             Ok(()) => {
@@ -549,45 +549,42 @@ impl CommandService {
     }
 }
 
-impl CommandService {
-    /// The `command_result` record, with the agent's signature checked against the key of
-    /// the certificate its session authenticated with.
-    fn result_event(
-        &self,
-        agent_id: &str,
-        rec: &CommandRecord,
-        result: &ResultFrame,
-    ) -> AuditEvent {
-        let digest = agentmesh_audit::result_digest(result);
-        let mut details = serde_json::json!({
-            "status": result.status.as_str(),
-            "exit_code": result.exit_code,
-            "duration_ms": result.duration_ms,
-            "truncated": result.truncated,
-            "error": result.error.as_ref().map(|e| e.code.clone()),
-            "result_sha256": digest,
-        });
-        match &result.signature {
-            Some(sig) => {
-                let spki = self.registry.spki(agent_id);
-                let signature = agentmesh_audit::ResultSignature::new(&spki, &digest, sig);
-                match signature.verify() {
-                    Ok(()) => signature.insert_into(&mut details),
-                    Err(why) => {
-                        warn!(agent.id = %agent_id, command.id = %rec.command_id, error = %why, "result signature does NOT verify");
-                        details["signature_invalid"] = serde_json::Value::String(why);
-                        details["unverified_signature"] = serde_json::Value::String(sig.clone());
-                    }
+/// The `command_result` record, with the agent's signature checked against the key of the
+/// certificate the delivering session authenticated with.
+fn result_event(
+    agent_id: &str,
+    spki: &[u8],
+    rec: &CommandRecord,
+    result: &ResultFrame,
+) -> AuditEvent {
+    let digest = agentmesh_audit::result_digest(result);
+    let mut details = serde_json::json!({
+        "status": result.status.as_str(),
+        "exit_code": result.exit_code,
+        "duration_ms": result.duration_ms,
+        "truncated": result.truncated,
+        "error": result.error.as_ref().map(|e| e.code.clone()),
+        "result_sha256": digest,
+    });
+    match &result.signature {
+        Some(sig) => {
+            let signature = agentmesh_audit::ResultSignature::new(spki, &digest, sig);
+            match signature.verify() {
+                Ok(()) => signature.insert_into(&mut details),
+                Err(why) => {
+                    warn!(agent.id = %agent_id, command.id = %rec.command_id, error = %why, "result signature does NOT verify");
+                    details["signature_invalid"] = serde_json::Value::String(why);
+                    details["unverified_signature"] = serde_json::Value::String(sig.clone());
                 }
             }
-            None => details["unsigned"] = serde_json::Value::Bool(true),
         }
-        AuditEvent::new(kinds::COMMAND_RESULT)
-            .actor(rec.requested_by.as_str())
-            .agent(agent_id)
-            .command(rec.command_id.as_str())
-            .details(details)
+        None => details["unsigned"] = serde_json::Value::Bool(true),
     }
+    AuditEvent::new(kinds::COMMAND_RESULT)
+        .actor(rec.requested_by.as_str())
+        .agent(agent_id)
+        .command(rec.command_id.as_str())
+        .details(details)
 }
 
 fn apply_result(rec: &mut CommandRecord, r: ResultFrame) {

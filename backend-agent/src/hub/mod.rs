@@ -48,9 +48,15 @@ pub type EventFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()
 pub trait SessionEvents: Send + Sync + 'static {
     /// A session completed `hello`/`welcome` and is registered; `pin` is its certificate's.
     fn connected(&self, _hello: &HelloFrame, _session_id: &str, _pin: &str) {}
-    /// A frame arrived on an established session (never `hello`). The session awaits the
-    /// future before reading on, so a flooding agent is slowed down rather than buffered.
-    fn frame<'a>(&'a self, _agent_id: &'a str, _frame: AgentFrame) -> EventFuture<'a> {
+    /// A frame arrived on an established session (never `hello`); `spki` is the public key
+    /// of the certificate this session authenticated with. The session awaits the future
+    /// before reading on, so a flooding agent is slowed down rather than buffered.
+    fn frame<'a>(
+        &'a self,
+        _agent_id: &'a str,
+        _spki: &'a [u8],
+        _frame: AgentFrame,
+    ) -> EventFuture<'a> {
         Box::pin(async {})
     }
     /// A session ended.

@@ -59,13 +59,10 @@ pub(super) async fn run(
         warn!(error = %e, "could not send welcome");
         return;
     }
-    if let Some(old) = ctx.registry.attach(
-        hello.clone(),
-        &identity.pin,
-        &identity.spki,
-        &peer.to_string(),
-        live,
-    ) {
+    if let Some(old) = ctx
+        .registry
+        .attach(hello.clone(), &identity.pin, &peer.to_string(), live)
+    {
         ctx.metrics
             .hub_sessions_superseded
             .fetch_add(1, Ordering::Relaxed);
@@ -115,7 +112,7 @@ pub(super) async fn run(
                             bad_frames += 1;
                             let _ = send_error(&mut ws, "duplicate_hello", "hello is only valid as the first frame").await;
                         }
-                        Ok(frame) => ctx.events.frame(&agent_id, frame).await,
+                        Ok(frame) => ctx.events.frame(&agent_id, &identity.spki, frame).await,
                         Err(e) => {
                             bad_frames += 1;
                             warn!(error = %e, "bad frame from agent");
