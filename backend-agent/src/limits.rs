@@ -121,10 +121,11 @@ mod tests {
     use super::*;
 
     fn limits(per_sec: u32, burst: u32) -> RateLimits {
-        let mut c = LimitsConfig::default();
-        c.operator_commands_per_sec = per_sec;
-        c.operator_burst = burst;
-        RateLimits::new(&c)
+        RateLimits::new(&LimitsConfig {
+            operator_commands_per_sec: per_sec,
+            operator_burst: burst,
+            ..LimitsConfig::default()
+        })
     }
 
     #[test]

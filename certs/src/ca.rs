@@ -58,7 +58,7 @@ impl Ca {
 
     /// Reads a CA certificate and its PKCS#8 key from two files and checks they belong together.
     pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Ca> {
-        let cert_der = pem::first_labelled(&read_text(&cert_path)?, CERTIFICATE)
+        let cert_der = pem::first_labelled(&read_text(cert_path)?, CERTIFICATE)
             .map_err(|e| e.in_file(cert_path))?;
         let key = crate::private_key_der_from_pem(&read_text(key_path)?)
             .and_then(|der| {
