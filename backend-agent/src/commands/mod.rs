@@ -6,18 +6,20 @@
 //! recorded `dispatched` before its frame is queued, so a fast result can never be
 //! overwritten by a late status update.
 
+mod held;
 pub mod jobs;
 pub mod redact;
+mod results;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentmesh_protocol::{ArgError, CommandFrame, CommandStatus, HubFrame, ResultFrame};
+use agentmesh_protocol::{ArgError, CommandFrame, HubFrame};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::audit::kinds;
 use crate::clock;
@@ -335,104 +337,6 @@ impl CommandService {
         Ok(())
     }
 
-    async fn hold(
-        &self,
-        record: &mut CommandRecord,
-        frame: CommandFrame,
-        ttl_ms: u64,
-    ) -> Result<(), SubmitError> {
-        let held_ok = {
-            let mut held = lock(&self.held);
-            let queue = held.entry(record.agent_id.clone()).or_default();
-            if queue.len() >= MAX_QUEUED_PER_AGENT {
-                false
-            } else {
-                queue.push_back(Held {
-                    frame,
-                    deadline: Instant::now() + Duration::from_millis(ttl_ms),
-                });
-                true
-            }
-        };
-        if !held_ok {
-            finish(
-                record,
-                CommandState::Rejected,
-                "queue_full",
-                "too many commands held for this offline agent",
-            );
-            self.store.update_command(record).await?;
-            return Err(SubmitError::QueueFull(record.agent_id.clone()));
-        }
-        info!(command.id = %record.command_id, agent.id = %record.agent_id, ttl_ms, "agent offline; command held");
-        // The agent may have connected between the lookup and the hold.
-        if self.registry.session(&record.agent_id).is_some() {
-            let _ = self.connected_tx.try_send(record.agent_id.clone());
-        }
-        Ok(())
-    }
-
-    async fn flush_held(&self, agent_id: &str) {
-        let Some(session) = self.registry.session(agent_id) else {
-            return;
-        };
-        let queue = lock(&self.held).remove(agent_id).unwrap_or_default();
-        for held in queue {
-            let Ok(Some(mut record)) = self.store.get_command(&held.frame.command_id).await else {
-                continue;
-            };
-            if record.status != CommandState::Pending {
-                continue; // cancelled or expired meanwhile
-            }
-            if let Err(e) = self.dispatch(&mut record, held.frame, &session).await {
-                warn!(command.id = %record.command_id, error = %e, "could not dispatch a held command");
-                self.notify(&record);
-            }
-        }
-    }
-
-    async fn expire_held(&self) {
-        let waiting: Vec<String> = lock(&self.held).keys().cloned().collect();
-        for agent in waiting {
-            if self.registry.session(&agent).is_some() {
-                self.flush_held(&agent).await;
-            }
-        }
-        let now = Instant::now();
-        let expired: Vec<CommandFrame> = {
-            let mut held = lock(&self.held);
-            let mut out = Vec::new();
-            for queue in held.values_mut() {
-                queue.retain(|h| {
-                    let keep = h.deadline > now;
-                    if !keep {
-                        out.push(h.frame.clone());
-                    }
-                    keep
-                });
-            }
-            held.retain(|_, q| !q.is_empty());
-            out
-        };
-        for frame in expired {
-            let Ok(Some(mut rec)) = self.store.get_command(&frame.command_id).await else {
-                continue;
-            };
-            if rec.status == CommandState::Pending {
-                finish(
-                    &mut rec,
-                    CommandState::Expired,
-                    "queue_ttl_expired",
-                    "the agent did not reconnect within queue_ttl_ms",
-                );
-                if self.store.update_command(&rec).await.is_ok() {
-                    info!(command.id = %rec.command_id, agent.id = %rec.agent_id, "held command expired");
-                    self.notify(&rec);
-                }
-            }
-        }
-    }
-
     /// Waits until the command is final or `limit` passes.
     pub async fn wait(
         &self,
@@ -510,105 +414,9 @@ impl CommandService {
         }
         Ok(Some(rec))
     }
-
-    /// Records a result from `agent_id` and wakes its waiters.
-    pub async fn on_result(&self, agent_id: &str, spki: &[u8], result: ResultFrame) {
-        let rec = match self.store.get_command(&result.command_id).await {
-            Ok(Some(rec)) => rec,
-            Ok(None) => {
-                warn!(agent.id = %agent_id, command.id = %result.command_id, "result for an unknown command ignored");
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, command.id = %result.command_id, "store lookup failed; result not recorded");
-                return;
-            }
-        };
-        if rec.agent_id != agent_id {
-            warn!(agent.id = %agent_id, command.id = %rec.command_id, owner = %rec.agent_id, "result for another agent's command ignored");
-            return;
-        }
-        if rec.status.is_final() && rec.status != CommandState::Expired {
-            self.metrics
-                .results_duplicate
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            debug!(command.id = %rec.command_id, "duplicate result ignored");
-            return;
-        }
-        let mut rec = rec;
-        self.audit
-            .record(result_event(agent_id, spki, &rec, &result));
-        apply_result(&mut rec, result);
-        match self.store.update_command(&rec).await {
-            Ok(()) => {
-                info!(command.id = %rec.command_id, agent.id = %agent_id, status = rec.status.as_str(), "command finished");
-                self.notify(&rec);
-            }
-            Err(e) => warn!(error = %e, command.id = %rec.command_id, "could not record a result"),
-        }
-    }
 }
 
-/// The `command_result` record, with the agent's signature checked against the key of the
-/// certificate the delivering session authenticated with.
-fn result_event(
-    agent_id: &str,
-    spki: &[u8],
-    rec: &CommandRecord,
-    result: &ResultFrame,
-) -> AuditEvent {
-    let digest = agentmesh_audit::result_digest(result);
-    let mut details = serde_json::json!({
-        "status": result.status.as_str(),
-        "exit_code": result.exit_code,
-        "duration_ms": result.duration_ms,
-        "truncated": result.truncated,
-        "error": result.error.as_ref().map(|e| e.code.clone()),
-        "result_sha256": digest,
-    });
-    match &result.signature {
-        Some(sig) => {
-            let signature = agentmesh_audit::ResultSignature::new(spki, &digest, sig);
-            match signature.verify() {
-                Ok(()) => signature.insert_into(&mut details),
-                Err(why) => {
-                    warn!(agent.id = %agent_id, command.id = %rec.command_id, error = %why, "result signature does NOT verify");
-                    details["signature_invalid"] = serde_json::Value::String(why);
-                    details["unverified_signature"] = serde_json::Value::String(sig.clone());
-                }
-            }
-        }
-        None => details["unsigned"] = serde_json::Value::Bool(true),
-    }
-    AuditEvent::new(kinds::COMMAND_RESULT)
-        .actor(rec.requested_by.as_str())
-        .agent(agent_id)
-        .command(rec.command_id.as_str())
-        .details(details)
-}
-
-fn apply_result(rec: &mut CommandRecord, r: ResultFrame) {
-    rec.status = match r.status {
-        CommandStatus::Ok => CommandState::Ok,
-        CommandStatus::Failed => CommandState::Failed,
-        CommandStatus::Rejected => CommandState::Rejected,
-        CommandStatus::Timeout => CommandState::Timeout,
-        CommandStatus::Cancelled => CommandState::Cancelled,
-    };
-    rec.exit_code = r.exit_code;
-    rec.stdout = r.stdout;
-    rec.stderr = r.stderr;
-    rec.truncated = r.truncated;
-    rec.started_at = r.started_at;
-    rec.duration_ms = r.duration_ms;
-    rec.error = r.error.map(|e| ErrorInfo {
-        code: e.code,
-        message: e.message,
-    });
-    rec.finished_at = Some(clock::now_rfc3339());
-}
-
-fn finish(rec: &mut CommandRecord, status: CommandState, code: &str, message: &str) {
+pub(crate) fn finish(rec: &mut CommandRecord, status: CommandState, code: &str, message: &str) {
     rec.status = status;
     rec.error = Some(ErrorInfo {
         code: code.to_owned(),
@@ -617,6 +425,6 @@ fn finish(rec: &mut CommandRecord, status: CommandState, code: &str, message: &s
     rec.finished_at = Some(clock::now_rfc3339());
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

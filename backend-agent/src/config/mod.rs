@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::auth::Role;
 
+mod env;
+pub use env::{apply_env_overrides, ENV_PREFIX};
+
 /// A config that could not be loaded; the message names file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -330,10 +333,6 @@ default_via_serde!(
     CaConfig
 );
 
-/// Prefix of environment overrides: `AGENTMESH_HUB_LISTEN` sets `hub.listen`.
-pub const ENV_PREFIX: &str = "AGENTMESH_";
-const SECTIONS: &[&str] = &["http", "hub", "store", "audit", "limits"];
-
 impl BackendConfig {
     /// Loads `path` with overrides from the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -486,92 +485,5 @@ pub fn check_pin(pin: &str) -> Result<(), String> {
     }
 }
 
-/// Applies `AGENTMESH_<SECTION>_<KEY>` overrides to scalar keys of the known sections.
-/// The value is read as a TOML value when it parses as one (`8080`, `true`, `["a"]`), else
-/// as a string.
-pub fn apply_env_overrides(table: &mut toml::Table, env: impl Iterator<Item = (String, String)>) {
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
-            continue;
-        };
-        let key = &rest[section.len() + 1..];
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let toml::Value::Table(t) = entry {
-            t.insert(key.to_owned(), value);
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<BackendConfig, ConfigError> {
-        BackendConfig::from_toml(
-            text,
-            "backend.toml",
-            Path::new("/etc/agentmesh"),
-            std::iter::empty(),
-        )
-    }
-
-    #[test]
-    fn empty_file_gets_the_documented_defaults() {
-        let c = parse("").unwrap();
-        assert_eq!(c.http.listen.port(), 8080);
-        assert_eq!(c.hub.listen.port(), 8081);
-        assert_eq!(c.hub.heartbeat_secs, 20);
-        assert_eq!(c.hub.cert, Path::new("/etc/agentmesh/tls/server/cert.pem"));
-        assert_eq!(c.store.path, Path::new("/var/lib/agentmesh/backend.db"));
-        assert_eq!(c.limits.operator_burst, 40);
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_with_the_key_named() {
-        let err = parse("[hub]\nlisten = \"0.0.0.0:1\"\nbogus = 1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("backend.toml") && err.contains("bogus"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn bad_values_name_file_and_key() {
-        let err = parse("[[agents]]\nid = \"a\"\npins = [\"md5//x\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("agents[0].pins[0]"), "{err}");
-        let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"zz\"\nrole = \"viewer\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tokens[0].sha256"), "{err}");
-        let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"aa\"\nrole = \"root\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("role") || err.contains("root"), "{err}");
-    }
-
-    #[test]
-    fn env_overrides_apply() {
-        let env = [
-            ("AGENTMESH_HUB_LISTEN".to_owned(), "127.0.0.1:9".to_owned()),
-            ("AGENTMESH_HUB_HEARTBEAT_SECS".to_owned(), "7".to_owned()),
-            ("PATH".to_owned(), "/bin".to_owned()),
-        ];
-        let c = BackendConfig::from_toml("", "f", Path::new("."), env.into_iter()).unwrap();
-        assert_eq!(c.hub.listen.port(), 9);
-        assert_eq!(c.hub.heartbeat_secs, 7);
-    }
-}
+mod tests;

@@ -1,0 +1,108 @@
+//! Results from agents: recorded, audited with the agent's signature checked, waiters woken.
+
+use agentmesh_audit::AuditEvent;
+use agentmesh_protocol::{CommandStatus, ResultFrame};
+use tracing::{debug, info, warn};
+
+use super::CommandService;
+use crate::audit::kinds;
+use crate::clock;
+use crate::store::{CommandRecord, CommandState, ErrorInfo};
+
+impl CommandService {
+    /// Records a result from `agent_id` and wakes its waiters.
+    pub async fn on_result(&self, agent_id: &str, spki: &[u8], result: ResultFrame) {
+        let rec = match self.store.get_command(&result.command_id).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                warn!(agent.id = %agent_id, command.id = %result.command_id, "result for an unknown command ignored");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, command.id = %result.command_id, "store lookup failed; result not recorded");
+                return;
+            }
+        };
+        if rec.agent_id != agent_id {
+            warn!(agent.id = %agent_id, command.id = %rec.command_id, owner = %rec.agent_id, "result for another agent's command ignored");
+            return;
+        }
+        if rec.status.is_final() && rec.status != CommandState::Expired {
+            self.metrics
+                .results_duplicate
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            debug!(command.id = %rec.command_id, "duplicate result ignored");
+            return;
+        }
+        let mut rec = rec;
+        self.audit
+            .record(result_event(agent_id, spki, &rec, &result));
+        apply_result(&mut rec, result);
+        match self.store.update_command(&rec).await {
+            Ok(()) => {
+                info!(command.id = %rec.command_id, agent.id = %agent_id, status = rec.status.as_str(), "command finished");
+                self.notify(&rec);
+            }
+            Err(e) => warn!(error = %e, command.id = %rec.command_id, "could not record a result"),
+        }
+    }
+}
+
+/// The `command_result` record, with the agent's signature checked against the key of the
+/// certificate the delivering session authenticated with.
+fn result_event(
+    agent_id: &str,
+    spki: &[u8],
+    rec: &CommandRecord,
+    result: &ResultFrame,
+) -> AuditEvent {
+    let digest = agentmesh_audit::result_digest(result);
+    let mut details = serde_json::json!({
+        "status": result.status.as_str(),
+        "exit_code": result.exit_code,
+        "duration_ms": result.duration_ms,
+        "truncated": result.truncated,
+        "error": result.error.as_ref().map(|e| e.code.clone()),
+        "result_sha256": digest,
+    });
+    match &result.signature {
+        Some(sig) => {
+            let signature = agentmesh_audit::ResultSignature::new(spki, &digest, sig);
+            match signature.verify() {
+                Ok(()) => signature.insert_into(&mut details),
+                Err(why) => {
+                    warn!(agent.id = %agent_id, command.id = %rec.command_id, error = %why, "result signature does NOT verify");
+                    details["signature_invalid"] = serde_json::Value::String(why);
+                    details["unverified_signature"] = serde_json::Value::String(sig.clone());
+                }
+            }
+        }
+        None => details["unsigned"] = serde_json::Value::Bool(true),
+    }
+    AuditEvent::new(kinds::COMMAND_RESULT)
+        .actor(rec.requested_by.as_str())
+        .agent(agent_id)
+        .command(rec.command_id.as_str())
+        .details(details)
+}
+
+fn apply_result(rec: &mut CommandRecord, r: ResultFrame) {
+    rec.status = match r.status {
+        CommandStatus::Ok => CommandState::Ok,
+        CommandStatus::Failed => CommandState::Failed,
+        CommandStatus::Rejected => CommandState::Rejected,
+        CommandStatus::Timeout => CommandState::Timeout,
+        CommandStatus::Cancelled => CommandState::Cancelled,
+    };
+    rec.exit_code = r.exit_code;
+    rec.stdout = r.stdout;
+    rec.stderr = r.stderr;
+    rec.truncated = r.truncated;
+    rec.started_at = r.started_at;
+    rec.duration_ms = r.duration_ms;
+    rec.error = r.error.map(|e| ErrorInfo {
+        code: e.code,
+        message: e.message,
+    });
+    rec.finished_at = Some(clock::now_rfc3339());
+}

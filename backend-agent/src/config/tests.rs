@@ -1,0 +1,61 @@
+//! Config parsing and validation tests.
+use super::*;
+
+fn parse(text: &str) -> Result<BackendConfig, ConfigError> {
+    BackendConfig::from_toml(
+        text,
+        "backend.toml",
+        Path::new("/etc/agentmesh"),
+        std::iter::empty(),
+    )
+}
+
+#[test]
+fn empty_file_gets_the_documented_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.http.listen.port(), 8080);
+    assert_eq!(c.hub.listen.port(), 8081);
+    assert_eq!(c.hub.heartbeat_secs, 20);
+    assert_eq!(c.hub.cert, Path::new("/etc/agentmesh/tls/server/cert.pem"));
+    assert_eq!(c.store.path, Path::new("/var/lib/agentmesh/backend.db"));
+    assert_eq!(c.limits.operator_burst, 40);
+}
+
+#[test]
+fn unknown_keys_are_refused_with_the_key_named() {
+    let err = parse("[hub]\nlisten = \"0.0.0.0:1\"\nbogus = 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("backend.toml") && err.contains("bogus"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_name_file_and_key() {
+    let err = parse("[[agents]]\nid = \"a\"\npins = [\"md5//x\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("agents[0].pins[0]"), "{err}");
+    let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"zz\"\nrole = \"viewer\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tokens[0].sha256"), "{err}");
+    let err = parse("[[tokens]]\nname = \"t\"\nsha256 = \"aa\"\nrole = \"root\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("role") || err.contains("root"), "{err}");
+}
+
+#[test]
+fn env_overrides_apply() {
+    let env = [
+        ("AGENTMESH_HUB_LISTEN".to_owned(), "127.0.0.1:9".to_owned()),
+        ("AGENTMESH_HUB_HEARTBEAT_SECS".to_owned(), "7".to_owned()),
+        ("PATH".to_owned(), "/bin".to_owned()),
+    ];
+    let c = BackendConfig::from_toml("", "f", Path::new("."), env.into_iter()).unwrap();
+    assert_eq!(c.hub.listen.port(), 9);
+    assert_eq!(c.hub.heartbeat_secs, 7);
+}
