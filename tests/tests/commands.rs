@@ -505,3 +505,42 @@ async fn fan_out_reaches_exactly_the_label_and_honours_concurrency_and_errors() 
     .await;
     assert_eq!(j["summary"]["ok"], 2, "{j}");
 }
+
+#[tokio::test]
+async fn a_wait_that_outlives_the_timeout_is_504_and_the_late_result_is_still_recorded() {
+    init_logging();
+    let pki = Pki::new();
+    let (edge, _) = pki.agent("edge-01");
+    let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
+    // A hand-driven agent that receives the command and answers only after the wait gave up.
+    let (mut client, _) =
+        agentmesh_e2e::raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
+    let body = json!({"verb": "ping", "timeout_ms": 200, "wait": true}).to_string();
+    let http_addr = hub.http;
+    let waiting = tokio::spawn(async move {
+        http::request(
+            http_addr,
+            "POST",
+            "/api/v1/agents/edge-01/commands",
+            Some(OPERATOR_TOKEN),
+            Some(&body),
+        )
+        .await
+    });
+    let command = client.next_json(PATIENCE).await.expect("command frame");
+    assert_eq!(command["type"], "command");
+    let id = command["command_id"].as_str().unwrap().to_owned();
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "wait_timeout");
+    client
+        .send_json(
+            &json!({"type": "result", "command_id": id, "status": "ok", "exit_code": 0,
+            "stdout": "late", "stderr": "", "truncated": false}),
+        )
+        .await;
+    let rec = wait_final(&hub, &id).await;
+    assert_eq!(rec["status"], "ok");
+    assert_eq!(rec["stdout"], "late");
+    hub.stop().await;
+}

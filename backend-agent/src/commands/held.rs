@@ -60,7 +60,7 @@ impl CommandService {
             if record.status != CommandState::Pending {
                 continue; // cancelled or expired meanwhile
             }
-            if let Err(e) = self.dispatch(&mut record, held.frame, &session).await {
+            if let Err(e) = self.dispatch(&mut record, held.frame, &session, true).await {
                 warn!(command.id = %record.command_id, error = %e, "could not dispatch a held command");
                 self.notify(&record);
             }

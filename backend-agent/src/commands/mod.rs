@@ -284,28 +284,33 @@ impl CommandService {
             )
             .await
             .map_err(SubmitError::Audit)?;
-        self.store.insert_command(&record).await?;
-        match target.session {
-            Some(session) => match self.dispatch(&mut record, frame.clone(), &session).await {
-                Err(SubmitError::Offline(_)) if req.queue_ttl_ms.is_some() => {
-                    self.hold(&mut record, frame, req.queue_ttl_ms.unwrap_or(0))
-                        .await?;
-                }
-                other => other?,
-            },
-            None => {
-                self.hold(&mut record, frame, req.queue_ttl_ms.unwrap_or(0))
-                    .await?
+        // A connected agent's command is stored once, already `dispatched` (one write fewer
+        // per command); a held one is stored `pending` first.
+        let dispatched = match &target.session {
+            Some(session) => {
+                self.dispatch(&mut record, frame.clone(), session, false)
+                    .await
             }
+            None => Err(SubmitError::Offline(record.agent_id.clone())),
+        };
+        match (dispatched, req.queue_ttl_ms) {
+            (Err(SubmitError::Offline(_)), Some(ttl)) => {
+                self.store.insert_command(&record).await?;
+                self.hold(&mut record, frame, ttl).await?;
+            }
+            (other, _) => other?,
         }
         Ok(record)
     }
 
+    /// Queues the frame on the session and records the outcome (`stored`: the record already
+    /// exists and is updated, else it is inserted).
     async fn dispatch(
         &self,
         record: &mut CommandRecord,
         frame: CommandFrame,
         session: &LiveSession,
+        stored: bool,
     ) -> Result<(), SubmitError> {
         // Reserve a slot first so a full queue is refused before anything is recorded as sent.
         let permit = match session.tx.try_reserve() {
@@ -317,15 +322,16 @@ impl CommandService {
                     "queue_full",
                     "the agent's send queue is full",
                 );
-                self.store.update_command(record).await?;
+                self.save(record, stored).await?;
                 return Err(SubmitError::QueueFull(record.agent_id.clone()));
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
                 return Err(SubmitError::Offline(record.agent_id.clone()));
             }
         };
+        // Recorded `dispatched` before the frame is queued, so a fast result always finds it.
         record.status = CommandState::Dispatched;
-        self.store.update_command(record).await?;
+        self.save(record, stored).await?;
         permit.send(HubFrame::Command(frame));
         self.audit.record(
             AuditEvent::new(kinds::COMMAND_DISPATCHED)
@@ -335,6 +341,14 @@ impl CommandService {
         );
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
         Ok(())
+    }
+
+    async fn save(&self, record: &CommandRecord, stored: bool) -> Result<(), StoreError> {
+        if stored {
+            self.store.update_command(record).await
+        } else {
+            self.store.insert_command(record).await
+        }
     }
 
     /// Waits until the command is final or `limit` passes.
