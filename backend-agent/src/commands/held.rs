@@ -101,7 +101,11 @@ impl CommandService {
                     "queue_ttl_expired",
                     "the agent did not reconnect within queue_ttl_ms",
                 );
-                if self.store.update_command(&rec).await.is_ok() {
+                if let Ok(true) = self
+                    .store
+                    .update_command_if(&rec, CommandState::Pending)
+                    .await
+                {
                     info!(command.id = %rec.command_id, agent.id = %rec.agent_id, "held command expired");
                     self.notify(&rec);
                 }

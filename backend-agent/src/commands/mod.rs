@@ -331,7 +331,10 @@ impl CommandService {
         };
         // Recorded `dispatched` before the frame is queued, so a fast result always finds it.
         record.status = CommandState::Dispatched;
-        self.save(record, stored).await?;
+        if !self.save(record, stored).await? {
+            debug!(command.id = %record.command_id, "no longer pending (cancelled or expired); not sent");
+            return Ok(());
+        }
         permit.send(HubFrame::Command(frame));
         self.audit.record(
             AuditEvent::new(kinds::COMMAND_DISPATCHED)
@@ -343,11 +346,15 @@ impl CommandService {
         Ok(())
     }
 
-    async fn save(&self, record: &CommandRecord, stored: bool) -> Result<(), StoreError> {
+    /// Inserts a new record, or moves a stored one on from `pending` (compare-and-set, so a
+    /// cancel or expiry that won the race is not overwritten); `false`: it was no longer pending.
+    async fn save(&self, record: &CommandRecord, stored: bool) -> Result<bool, StoreError> {
         if stored {
-            self.store.update_command(record).await
+            self.store
+                .update_command_if(record, CommandState::Pending)
+                .await
         } else {
-            self.store.insert_command(record).await
+            self.store.insert_command(record).await.map(|()| true)
         }
     }
 
@@ -411,8 +418,16 @@ impl CommandService {
                     "cancelled",
                     "cancelled before dispatch",
                 );
-                self.store.update_command(&rec).await?;
-                self.notify(&rec);
+                if self
+                    .store
+                    .update_command_if(&rec, CommandState::Pending)
+                    .await?
+                {
+                    self.notify(&rec);
+                } else {
+                    // Dispatched meanwhile: cancel it on the agent instead.
+                    return Box::pin(self.cancel(command_id)).await;
+                }
             }
             CommandState::Dispatched | CommandState::Running => {
                 if let Some(session) = self.registry.session(&rec.agent_id) {

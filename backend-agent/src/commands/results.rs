@@ -12,38 +12,56 @@ use crate::store::{CommandRecord, CommandState, ErrorInfo};
 impl CommandService {
     /// Records a result from `agent_id` and wakes its waiters.
     pub async fn on_result(&self, agent_id: &str, spki: &[u8], result: ResultFrame) {
+        // Compare-and-set against the status read, so a concurrent cancel or expiry is never
+        // silently overwritten; on a lost race, read again (bounded).
+        for _ in 0..3 {
+            if self.try_record_result(agent_id, spki, &result).await {
+                return;
+            }
+        }
+        warn!(agent.id = %agent_id, command.id = %result.command_id, "result not recorded: the command kept changing");
+    }
+
+    /// One attempt; `true` when done (recorded, or deliberately ignored).
+    async fn try_record_result(&self, agent_id: &str, spki: &[u8], result: &ResultFrame) -> bool {
         let rec = match self.store.get_command(&result.command_id).await {
             Ok(Some(rec)) => rec,
             Ok(None) => {
                 warn!(agent.id = %agent_id, command.id = %result.command_id, "result for an unknown command ignored");
-                return;
+                return true;
             }
             Err(e) => {
                 warn!(error = %e, command.id = %result.command_id, "store lookup failed; result not recorded");
-                return;
+                return true;
             }
         };
         if rec.agent_id != agent_id {
             warn!(agent.id = %agent_id, command.id = %rec.command_id, owner = %rec.agent_id, "result for another agent's command ignored");
-            return;
+            return true;
         }
         if rec.status.is_final() && rec.status != CommandState::Expired {
             self.metrics
                 .results_duplicate
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             debug!(command.id = %rec.command_id, "duplicate result ignored");
-            return;
+            return true;
         }
+        let expected = rec.status;
         let mut rec = rec;
-        self.audit
-            .record(result_event(agent_id, spki, &rec, &result));
-        apply_result(&mut rec, result);
-        match self.store.update_command(&rec).await {
-            Ok(()) => {
+        apply_result(&mut rec, result.clone());
+        match self.store.update_command_if(&rec, expected).await {
+            Ok(true) => {
+                self.audit
+                    .record(result_event(agent_id, spki, &rec, result));
                 info!(command.id = %rec.command_id, agent.id = %agent_id, status = rec.status.as_str(), "command finished");
                 self.notify(&rec);
+                true
             }
-            Err(e) => warn!(error = %e, command.id = %rec.command_id, "could not record a result"),
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, command.id = %rec.command_id, "could not record a result");
+                true
+            }
         }
     }
 }

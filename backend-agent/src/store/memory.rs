@@ -59,29 +59,15 @@ impl CommandStore for MemoryStore {
     }
 
     fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let stored = inner
-            .commands
-            .get_mut(&rec.command_id)
-            .ok_or_else(|| StoreError::NotFound(rec.command_id.clone()))?;
-        let changed = stored.status != rec.status;
-        stored.status = rec.status;
-        stored.exit_code = rec.exit_code;
-        stored.stdout.clone_from(&rec.stdout);
-        stored.stderr.clone_from(&rec.stderr);
-        stored.truncated = rec.truncated;
-        stored.started_at.clone_from(&rec.started_at);
-        stored.finished_at.clone_from(&rec.finished_at);
-        stored.duration_ms = rec.duration_ms;
-        stored.error.clone_from(&rec.error);
-        if changed {
-            inner
-                .events
-                .entry(rec.command_id.clone())
-                .or_default()
-                .push((rec.status, clock::now_rfc3339()));
-        }
-        Ok(())
+        self.update(rec, None).map(|_| ())
+    }
+
+    fn update_command_if(
+        &self,
+        rec: &CommandRecord,
+        expected: CommandState,
+    ) -> Result<bool, StoreError> {
+        self.update(rec, Some(expected))
     }
 
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
@@ -274,6 +260,42 @@ impl EnrolmentStore for MemoryStore {
             .join_tokens
             .retain(|_, t| !prunable(&t.expires_at, t.used_at.as_deref(), now));
         Ok(before - inner.join_tokens.len())
+    }
+}
+
+impl MemoryStore {
+    /// Updates the mutable fields, optionally only while the status is still `expected`.
+    fn update(
+        &self,
+        rec: &CommandRecord,
+        expected: Option<CommandState>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let stored = inner
+            .commands
+            .get_mut(&rec.command_id)
+            .ok_or_else(|| StoreError::NotFound(rec.command_id.clone()))?;
+        if expected.is_some_and(|e| e != stored.status) {
+            return Ok(false);
+        }
+        let changed = stored.status != rec.status;
+        stored.status = rec.status;
+        stored.exit_code = rec.exit_code;
+        stored.stdout.clone_from(&rec.stdout);
+        stored.stderr.clone_from(&rec.stderr);
+        stored.truncated = rec.truncated;
+        stored.started_at.clone_from(&rec.started_at);
+        stored.finished_at.clone_from(&rec.finished_at);
+        stored.duration_ms = rec.duration_ms;
+        stored.error.clone_from(&rec.error);
+        if changed {
+            inner
+                .events
+                .entry(rec.command_id.clone())
+                .or_default()
+                .push((rec.status, clock::now_rfc3339()));
+        }
+        Ok(true)
     }
 }
 

@@ -89,6 +89,13 @@ pub trait CommandStore: Send + Sync + 'static {
     /// command, appending a status event when the status changed; [`StoreError::NotFound`]
     /// if the id is unknown. Identity fields (agent, verb, args, ...) are left untouched.
     fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError>;
+    /// Like [`CommandStore::update_command`], but only while the stored status is still
+    /// `expected` (compare-and-set); `Ok(false)` when it moved on meanwhile.
+    fn update_command_if(
+        &self,
+        rec: &CommandRecord,
+        expected: CommandState,
+    ) -> Result<bool, StoreError>;
     /// One command.
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError>;
     /// Commands matching `q`, newest first, at most `q.effective_limit()`.
@@ -174,6 +181,16 @@ impl Store {
     pub async fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
         let rec = rec.clone();
         self.run(move |s| s.update_command(&rec)).await
+    }
+
+    /// See [`CommandStore::update_command_if`].
+    pub async fn update_command_if(
+        &self,
+        rec: &CommandRecord,
+        expected: CommandState,
+    ) -> Result<bool, StoreError> {
+        let rec = rec.clone();
+        self.run(move |s| s.update_command_if(&rec, expected)).await
     }
 
     /// See [`CommandStore::get_command`].

@@ -188,6 +188,25 @@ pub(crate) fn conformance(store: &dyn CommandStore) {
     assert!(store.get_job("job-fresh").expect("job").is_some());
 
     store.check_writable().expect("writable");
+
+    // Compare-and-set: only from the expected status.
+    let mut cas = command("cmd-cas", "edge-01", CommandState::Pending);
+    store.insert_command(&cas).expect("insert cas");
+    cas.status = CommandState::Cancelled;
+    assert!(!store
+        .update_command_if(&cas, CommandState::Dispatched)
+        .expect("cas miss"));
+    assert_eq!(
+        store.get_command("cmd-cas").expect("get").map(|r| r.status),
+        Some(CommandState::Pending)
+    );
+    assert!(store
+        .update_command_if(&cas, CommandState::Pending)
+        .expect("cas hit"));
+    assert_eq!(
+        store.get_command("cmd-cas").expect("get").map(|r| r.status),
+        Some(CommandState::Cancelled)
+    );
 }
 
 #[test]
