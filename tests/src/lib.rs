@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`pki`]: a per-test CA, server and agent certificates on disk.
 //! - [`backend`]: [`TestHub`], a backend started from a real `backend.toml`.
+//! - [`fleet`]: a backend with connected agents and command API helpers.
 //! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client.
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod fleet;
 pub mod http;
 pub mod pki;
 pub mod raw;

@@ -1,0 +1,137 @@
+//! Fixtures for command tests: a fleet of connected agents with test verbs, and API helpers.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
+use crate::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+
+/// Verbs the command tests configure on every agent.
+pub const VERBS: &str = r#"
+[[verbs]]
+name = "sleep"
+description = "sleeps"
+program = "/bin/sleep"
+args = ["{secs}"]
+timeout_secs = 30
+params.secs = { type = "string", pattern = "[0-9]+(\\.[0-9]+)?", required = true }
+
+[[verbs]]
+name = "fail"
+description = "always fails"
+program = "/bin/false"
+args = []
+timeout_secs = 5
+
+[[verbs]]
+name = "mkunique"
+description = "creates one new unique directory under a fixed parent"
+program = "/usr/bin/mktemp"
+args = ["-d", "-p", "{parent}"]
+timeout_secs = 5
+params.parent = { type = "string", max_len = 4096, required = true }
+
+[[verbs]]
+name = "typed"
+description = "schema test"
+program = "/bin/echo"
+args = ["{name}", "{count}", "{flag}", "{color}"]
+timeout_secs = 5
+params.name = { type = "string", pattern = "[a-z]{3,8}", required = true }
+params.count = { type = "integer", min = 1, max = 10 }
+params.flag = { type = "boolean" }
+params.color = { type = "enum", values = ["red", "blue"] }
+"#;
+
+/// A hub with connected agents.
+pub struct Fleet {
+    /// The PKI.
+    pub pki: Pki,
+    /// The backend.
+    pub hub: TestHub,
+    /// The agents, in order.
+    pub agents: Vec<TestAgent>,
+}
+
+/// Starts a backend and one agent per (id, role label), all connected.
+pub async fn fleet(ids: &[(&str, &str)]) -> Fleet {
+    init_logging();
+    let pki = Pki::new();
+    let issued: Vec<_> = ids
+        .iter()
+        .map(|(id, _)| (id.to_string(), pki.agent(id)))
+        .collect();
+    let enrol: Vec<(&str, &str)> = issued
+        .iter()
+        .map(|(id, (c, _))| (id.as_str(), c.pin.as_str()))
+        .collect();
+    let hub = TestHub::start(&pki, &enrol).await;
+    let mut agents = Vec::new();
+    for ((id, role), (_, (_, dir))) in ids.iter().zip(issued.iter()) {
+        let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], VERBS);
+        // Per-agent role label.
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("role = \"panel\"", &format!("role = \"{role}\""));
+        std::fs::write(&cfg, text).unwrap();
+        agents.push(TestAgent::start(cfg));
+    }
+    for (id, _) in ids {
+        eventually(&format!("{id} connected"), PATIENCE, || async {
+            hub.is_connected(id)
+        })
+        .await;
+    }
+    Fleet { pki, hub, agents }
+}
+
+/// `POST /api/v1/agents/{agent}/commands` as the operator.
+pub async fn run(hub: &TestHub, agent: &str, body: Value) -> http::Response {
+    http::request(
+        hub.http,
+        "POST",
+        &format!("/api/v1/agents/{agent}/commands"),
+        Some(OPERATOR_TOKEN),
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+/// `GET /api/v1/commands/{id}` as a viewer.
+pub async fn get_command(hub: &TestHub, id: &str) -> Value {
+    http::get(
+        hub.http,
+        &format!("/api/v1/commands/{id}"),
+        Some(VIEWER_TOKEN),
+    )
+    .await
+    .json()
+}
+
+/// Polls a command until it is final.
+pub async fn wait_final(hub: &TestHub, id: &str) -> Value {
+    poll(hub, id, |v| {
+        !matches!(
+            v["status"].as_str(),
+            Some("pending" | "dispatched" | "running")
+        )
+    })
+    .await
+}
+
+/// Polls `GET /api/v1/commands/{id}` until `done` holds.
+pub async fn poll(hub: &TestHub, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let v = get_command(hub, id).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out polling {id}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
