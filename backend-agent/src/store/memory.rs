@@ -58,16 +58,37 @@ impl CommandStore for MemoryStore {
         Ok(())
     }
 
-    fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        self.update(rec, None).map(|_| ())
-    }
-
-    fn update_command_if(
+    fn update_command_where(
         &self,
         rec: &CommandRecord,
-        expected: CommandState,
+        expected: Option<CommandState>,
     ) -> Result<bool, StoreError> {
-        self.update(rec, Some(expected))
+        let mut inner = self.lock();
+        let stored = inner
+            .commands
+            .get_mut(&rec.command_id)
+            .ok_or_else(|| StoreError::NotFound(rec.command_id.clone()))?;
+        if expected.is_some_and(|e| e != stored.status) {
+            return Ok(false);
+        }
+        let changed = stored.status != rec.status;
+        stored.status = rec.status;
+        stored.exit_code = rec.exit_code;
+        stored.stdout.clone_from(&rec.stdout);
+        stored.stderr.clone_from(&rec.stderr);
+        stored.truncated = rec.truncated;
+        stored.started_at.clone_from(&rec.started_at);
+        stored.finished_at.clone_from(&rec.finished_at);
+        stored.duration_ms = rec.duration_ms;
+        stored.error.clone_from(&rec.error);
+        if changed {
+            inner
+                .events
+                .entry(rec.command_id.clone())
+                .or_default()
+                .push((rec.status, clock::now_rfc3339()));
+        }
+        Ok(true)
     }
 
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
@@ -260,42 +281,6 @@ impl EnrolmentStore for MemoryStore {
             .join_tokens
             .retain(|_, t| !prunable(&t.expires_at, t.used_at.as_deref(), now));
         Ok(before - inner.join_tokens.len())
-    }
-}
-
-impl MemoryStore {
-    /// Updates the mutable fields, optionally only while the status is still `expected`.
-    fn update(
-        &self,
-        rec: &CommandRecord,
-        expected: Option<CommandState>,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.lock();
-        let stored = inner
-            .commands
-            .get_mut(&rec.command_id)
-            .ok_or_else(|| StoreError::NotFound(rec.command_id.clone()))?;
-        if expected.is_some_and(|e| e != stored.status) {
-            return Ok(false);
-        }
-        let changed = stored.status != rec.status;
-        stored.status = rec.status;
-        stored.exit_code = rec.exit_code;
-        stored.stdout.clone_from(&rec.stdout);
-        stored.stderr.clone_from(&rec.stderr);
-        stored.truncated = rec.truncated;
-        stored.started_at.clone_from(&rec.started_at);
-        stored.finished_at.clone_from(&rec.finished_at);
-        stored.duration_ms = rec.duration_ms;
-        stored.error.clone_from(&rec.error);
-        if changed {
-            inner
-                .events
-                .entry(rec.command_id.clone())
-                .or_default()
-                .push((rec.status, clock::now_rfc3339()));
-        }
-        Ok(true)
     }
 }
 

@@ -86,16 +86,27 @@ pub trait CommandStore: Send + Sync + 'static {
     /// id exists.
     fn insert_command(&self, rec: &CommandRecord) -> Result<(), StoreError>;
     /// Replaces the mutable fields (status, exit code, output, times, error) of an existing
-    /// command, appending a status event when the status changed; [`StoreError::NotFound`]
-    /// if the id is unknown. Identity fields (agent, verb, args, ...) are left untouched.
-    fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError>;
-    /// Like [`CommandStore::update_command`], but only while the stored status is still
-    /// `expected` (compare-and-set); `Ok(false)` when it moved on meanwhile.
+    /// command — only while the stored status is still `expected` when one is given
+    /// (compare-and-set) — appending a status event when the status changed. `Ok(false)`: the
+    /// status moved on meanwhile; [`StoreError::NotFound`] if the id is unknown. Identity
+    /// fields (agent, verb, args, ...) are left untouched.
+    fn update_command_where(
+        &self,
+        rec: &CommandRecord,
+        expected: Option<CommandState>,
+    ) -> Result<bool, StoreError>;
+    /// [`CommandStore::update_command_where`] without a condition.
+    fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
+        self.update_command_where(rec, None).map(|_| ())
+    }
+    /// [`CommandStore::update_command_where`] only from `expected`.
     fn update_command_if(
         &self,
         rec: &CommandRecord,
         expected: CommandState,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        self.update_command_where(rec, Some(expected))
+    }
     /// One command.
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError>;
     /// Commands matching `q`, newest first, at most `q.effective_limit()`.

@@ -129,16 +129,58 @@ impl CommandStore for SqliteStore {
         Ok(())
     }
 
-    fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        self.update(rec, None).map(|_| ())
-    }
-
-    fn update_command_if(
+    fn update_command_where(
         &self,
         rec: &CommandRecord,
-        expected: CommandState,
+        expected: Option<CommandState>,
     ) -> Result<bool, StoreError> {
-        self.update(rec, Some(expected))
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old: Option<String> = tx
+            .prepare_cached("SELECT status FROM commands WHERE command_id = ?1")?
+            .query_row([&rec.command_id], |row| row.get(0))
+            .optional()
+            .map_err(decode_err)?;
+        let Some(old) = old else {
+            return Err(StoreError::NotFound(rec.command_id.clone()));
+        };
+        if expected.is_some_and(|e| e.as_str() != old) {
+            return Ok(false);
+        }
+        let (error_code, error_message) = match &rec.error {
+            Some(e) => (Some(&e.code), Some(&e.message)),
+            None => (None, None),
+        };
+        tx.prepare_cached(
+            "UPDATE commands SET status = ?2, exit_code = ?3, stdout = ?4, stderr = ?5, \
+             truncated = ?6, started_at = ?7, finished_at = ?8, duration_ms = ?9, \
+             error_code = ?10, error_message = ?11 WHERE command_id = ?1",
+        )?
+        .execute(params![
+            rec.command_id,
+            rec.status.as_str(),
+            rec.exit_code,
+            rec.stdout,
+            rec.stderr,
+            rec.truncated,
+            rec.started_at,
+            rec.finished_at,
+            rec.duration_ms.map(to_i64),
+            error_code,
+            error_message,
+        ])?;
+        if old != rec.status.as_str() {
+            tx.prepare_cached(
+                "INSERT INTO command_events (command_id, status, at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                rec.command_id,
+                rec.status.as_str(),
+                clock::now_rfc3339()
+            ])?;
+        }
+        tx.commit()?;
+        Ok(true)
     }
 
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
@@ -287,63 +329,6 @@ impl CommandStore for SqliteStore {
             )?
             .execute([clock::now_rfc3339()])?;
         Ok(())
-    }
-}
-
-impl SqliteStore {
-    /// Updates the mutable fields, optionally only while the status is still `expected`.
-    fn update(
-        &self,
-        rec: &CommandRecord,
-        expected: Option<CommandState>,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let old: Option<String> = tx
-            .prepare_cached("SELECT status FROM commands WHERE command_id = ?1")?
-            .query_row([&rec.command_id], |row| row.get(0))
-            .optional()
-            .map_err(decode_err)?;
-        let Some(old) = old else {
-            return Err(StoreError::NotFound(rec.command_id.clone()));
-        };
-        if expected.is_some_and(|e| e.as_str() != old) {
-            return Ok(false);
-        }
-        let (error_code, error_message) = match &rec.error {
-            Some(e) => (Some(&e.code), Some(&e.message)),
-            None => (None, None),
-        };
-        tx.prepare_cached(
-            "UPDATE commands SET status = ?2, exit_code = ?3, stdout = ?4, stderr = ?5, \
-             truncated = ?6, started_at = ?7, finished_at = ?8, duration_ms = ?9, \
-             error_code = ?10, error_message = ?11 WHERE command_id = ?1",
-        )?
-        .execute(params![
-            rec.command_id,
-            rec.status.as_str(),
-            rec.exit_code,
-            rec.stdout,
-            rec.stderr,
-            rec.truncated,
-            rec.started_at,
-            rec.finished_at,
-            rec.duration_ms.map(to_i64),
-            error_code,
-            error_message,
-        ])?;
-        if old != rec.status.as_str() {
-            tx.prepare_cached(
-                "INSERT INTO command_events (command_id, status, at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![
-                rec.command_id,
-                rec.status.as_str(),
-                clock::now_rfc3339()
-            ])?;
-        }
-        tx.commit()?;
-        Ok(true)
     }
 }
 
