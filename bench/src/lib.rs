@@ -4,11 +4,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentmesh_e2e::{http, Pki};
-use anyhow::{bail, Result};
+use agentmesh_e2e::{agent, http, Pki};
+use anyhow::{bail, Context, Result};
 
 /// Admin token every benchmark config enables.
 pub const TOKEN: &str = "amt_bench_token";
@@ -87,4 +87,89 @@ pub fn raise_agent_limits(gateway_toml: &Path) -> Result<()> {
     let text = std::fs::read_to_string(gateway_toml)?.replacen("[[verbs]]", extra, 1);
     std::fs::write(gateway_toml, text)?;
     Ok(())
+}
+
+/// A `backend-agent` process and one connected `gateway-agent` process on loopback.
+pub struct Pair {
+    /// Certificates and configs (kept alive for the processes).
+    pub pki: Pki,
+    /// The operator API.
+    pub http: SocketAddr,
+    /// Backend process id.
+    pub backend_pid: u32,
+    /// Gateway agent process id.
+    pub gateway_pid: u32,
+    /// From spawning the agent process to the API listing it connected.
+    pub start_to_listed: Duration,
+    _backend: ChildGuard,
+    _gateway: ChildGuard,
+}
+
+/// Starts the pair from `bin_dir` (release binaries) with agent `agent_id`; `audit_fsync`
+/// sets the backend's `[audit] fsync`. Rate limits on both sides are lifted.
+pub async fn start_pair(bin_dir: &Path, agent_id: &str, audit_fsync: bool) -> Result<Pair> {
+    let pki = Pki::new();
+    let (edge, edge_dir) = pki.agent(agent_id);
+    let (http_addr, hub_addr) = (free_port()?, free_port()?);
+    let config = write_backend_config(
+        pki.path(),
+        &pki,
+        http_addr,
+        hub_addr,
+        &[(agent_id.into(), edge.pin.clone())],
+    )?;
+    let text = std::fs::read_to_string(&config)?
+        .replace("[audit]\n", &format!("[audit]\nfsync = {audit_fsync}\n"));
+    std::fs::write(&config, text)?;
+    let backend = spawn(&bin_dir.join("backend-agent"), &config)?;
+    let backend_pid = backend.0.id();
+    wait_health(http_addr).await?;
+    let gw_config = agent::write_config(
+        pki.path(),
+        agent_id,
+        &edge_dir,
+        hub_addr,
+        &[&pki.server.pin],
+        "",
+    );
+    raise_agent_limits(&gw_config)?;
+    let started = Instant::now();
+    let gateway = spawn(&bin_dir.join("gateway-agent"), &gw_config)?;
+    let gateway_pid = gateway.0.id();
+    let path = format!("/api/v1/agents/{agent_id}");
+    loop {
+        let r = http::get(http_addr, &path, Some(TOKEN)).await;
+        if r.status == 200 && r.json()["connected"] == true {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("agent never listed");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Pair {
+        start_to_listed: started.elapsed(),
+        pki,
+        http: http_addr,
+        backend_pid,
+        gateway_pid,
+        _backend: backend,
+        _gateway: gateway,
+    })
+}
+
+fn spawn(binary: &Path, config: &Path) -> Result<ChildGuard> {
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build with cargo build --release first)",
+                binary.display()
+            )
+        })?;
+    Ok(ChildGuard(child))
 }

@@ -10,14 +10,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use agentmesh_bench::{
-    free_port, quantile, raise_agent_limits, rss_kib, wait_health, write_backend_config,
-    ChildGuard, TOKEN,
-};
-use agentmesh_e2e::{agent, http, Pki};
+use agentmesh_bench::{quantile, rss_kib, start_pair, TOKEN};
+use agentmesh_e2e::http;
 use anyhow::{bail, Context, Result};
 
 #[tokio::main]
@@ -35,57 +31,8 @@ async fn main() -> Result<()> {
             other => bail!("unknown flag {other} (known: --calls, --bin-dir)"),
         }
     }
-    let pki = Pki::new();
-    let (edge, edge_dir) = pki.agent("bench-ping");
-    let (http_addr, hub_addr) = (free_port()?, free_port()?);
-    let config = write_backend_config(
-        pki.path(),
-        &pki,
-        http_addr,
-        hub_addr,
-        &[("bench-ping".into(), edge.pin.clone())],
-    )?;
-    let backend = Command::new(bin_dir.join("backend-agent"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting backend-agent (build with --release first)")?;
-    let backend_pid = backend.id();
-    let _backend = ChildGuard(backend);
-    wait_health(http_addr).await?;
-
-    let gw_config = agent::write_config(
-        pki.path(),
-        "bench-ping",
-        &edge_dir,
-        hub_addr,
-        &[&pki.server.pin],
-        "",
-    );
-    raise_agent_limits(&gw_config)?;
-    let started = Instant::now();
-    let gateway = Command::new(bin_dir.join("gateway-agent"))
-        .arg("--config")
-        .arg(&gw_config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting gateway-agent")?;
-    let gateway_pid = gateway.id();
-    let _gateway = ChildGuard(gateway);
-    loop {
-        let r = http::get(http_addr, "/api/v1/agents/bench-ping", Some(TOKEN)).await;
-        if r.status == 200 && r.json()["connected"] == true {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("agent never listed");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let start_to_listed = started.elapsed();
+    let pair = start_pair(&bin_dir, "bench-ping", true).await?;
+    let (http_addr, start_to_listed) = (pair.http, pair.start_to_listed);
 
     let body = r#"{"verb":"ping","wait":true}"#;
     let mut samples = Vec::with_capacity(calls);
@@ -117,8 +64,8 @@ async fn main() -> Result<()> {
             "max": quantile(&samples, 1.0),
         },
         "throughput_per_sec": calls as f64 / total.as_secs_f64(),
-        "backend_rss_kib": rss_kib(backend_pid),
-        "gateway_rss_kib": rss_kib(gateway_pid),
+        "backend_rss_kib": rss_kib(pair.backend_pid),
+        "gateway_rss_kib": rss_kib(pair.gateway_pid),
         "note": "one new TCP connection per request (Connection: close), sequential, loopback",
     });
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -10,15 +10,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentmesh_bench::{
-    free_port, raise_agent_limits, wait_health, write_backend_config, ChildGuard, TOKEN,
-};
-use agentmesh_e2e::{agent, http, Pki};
+use agentmesh_bench::{start_pair, TOKEN};
+use agentmesh_e2e::http;
 use anyhow::{bail, Context, Result};
 
 struct Args {
@@ -60,56 +57,8 @@ async fn main() -> Result<()> {
 }
 
 async fn run(a: &Args, fsync: bool) -> Result<f64> {
-    let pki = Pki::new();
-    let (edge, edge_dir) = pki.agent("bench-tp");
-    let (http_addr, hub_addr) = (free_port()?, free_port()?);
-    let config = write_backend_config(
-        pki.path(),
-        &pki,
-        http_addr,
-        hub_addr,
-        &[("bench-tp".into(), edge.pin.clone())],
-    )?;
-    let text = std::fs::read_to_string(&config)?
-        .replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
-    std::fs::write(&config, text)?;
-    let backend = Command::new(a.bin_dir.join("backend-agent"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting backend-agent (build with --release first)")?;
-    let _backend = ChildGuard(backend);
-    wait_health(http_addr).await?;
-    let gw_config = agent::write_config(
-        pki.path(),
-        "bench-tp",
-        &edge_dir,
-        hub_addr,
-        &[&pki.server.pin],
-        "",
-    );
-    raise_agent_limits(&gw_config)?;
-    let gateway = Command::new(a.bin_dir.join("gateway-agent"))
-        .arg("--config")
-        .arg(&gw_config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting gateway-agent")?;
-    let _gateway = ChildGuard(gateway);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = http::get(http_addr, "/api/v1/agents/bench-tp", Some(TOKEN)).await;
-        if r.status == 200 && r.json()["connected"] == true {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("agent never connected");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let pair = start_pair(&a.bin_dir, "bench-tp", fsync).await?;
+    let http_addr = pair.http;
     let accepted = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + Duration::from_secs(a.secs);
     let started = Instant::now();
