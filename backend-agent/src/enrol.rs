@@ -1,9 +1,15 @@
 //! Identity lifecycle: enrolment (direct pin or one-time join token + CSR), renewal over the
 //! authenticated session, revocation. Everything is written to the store first, then applied
 //! to the live registry, so it survives restarts; static `[[agents]]` are merged in at start.
+//!
+//! Revocation is final for everything but an admin: it voids the agent's unused join tokens,
+//! a join token never lifts it, and only `POST /api/v1/enrollments {agent_id, pin}` does
+//! (audited). A join token is spent only once its CSR is signed, in the same transaction
+//! that enrols the pin. Renewal rules live in `enrol/renewal.rs`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod renewal;
+
+use std::sync::Arc;
 
 use mesh_certs::{Ca, Validity};
 use tracing::{info, warn};
@@ -34,6 +40,14 @@ pub enum EnrolError {
     /// The pin was revoked and cannot be enrolled again.
     #[error("{0}")]
     Conflict(String),
+    /// A renewal was refused (one outstanding, rate limit); `code` is stable.
+    #[error("{message}")]
+    RenewalRefused {
+        /// Stable code for the `error` frame and the audit record.
+        code: &'static str,
+        /// What the agent should know.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -82,10 +96,16 @@ pub struct Enrolment {
     cert_days: i64,
     max_token_secs: u64,
     hub_pins: Vec<String>,
-    /// Renewals in flight: agent id → (old pin, new pin). Bounded by the number of agents.
-    renewing: Mutex<HashMap<String, (String, String)>>,
+    /// Least time between two renewals of one agent (0 = no limit), from
+    /// `[limits] renewals_per_agent_per_hour`.
+    min_renewal_interval_ms: i64,
     audit: Arc<crate::audit::Audit>,
 }
+
+/// Kind of the record written when an admin creates a join token.
+pub const JOIN_TOKEN_CREATED: &str = "join_token_created";
+/// Kind of the record written when a renewal is refused.
+pub const RENEWAL_REFUSED: &str = "renewal_refused";
 
 impl Enrolment {
     /// Loads enrolments from the store, merges the static ones, and fills the registry.
@@ -95,6 +115,7 @@ impl Enrolment {
         ca_config: &CaConfig,
         static_agents: &[AgentEnrolment],
         hub_pins: Vec<String>,
+        renewals_per_agent_per_hour: u32,
         audit: Arc<crate::audit::Audit>,
     ) -> Result<Self, EnrolError> {
         let ca = match (&ca_config.cert, &ca_config.key) {
@@ -132,12 +153,16 @@ impl Enrolment {
             cert_days: ca_config.agent_cert_days,
             max_token_secs: ca_config.max_join_token_secs,
             hub_pins,
-            renewing: Mutex::new(HashMap::new()),
+            min_renewal_interval_ms: match renewals_per_agent_per_hour {
+                0 => 0,
+                n => 3_600_000 / i64::from(n),
+            },
             audit,
         })
     }
 
-    /// Admin: enrols `pin` for `agent_id` directly (clears an agent-level revocation).
+    /// Admin: enrols `pin` for `agent_id` directly. This — and nothing else — clears an
+    /// agent-level revocation; the record says so (`lifted_revocation`).
     pub async fn enrol_pin(
         &self,
         agent_id: &str,
@@ -146,15 +171,27 @@ impl Enrolment {
     ) -> Result<(), EnrolError> {
         mesh_certs::validate_agent_id(agent_id).map_err(|e| EnrolError::Invalid(e.to_string()))?;
         crate::config::check_pin(pin).map_err(EnrolError::Invalid)?;
+        let was_revoked = self.is_revoked(agent_id);
         self.store
             .upsert_pin(agent_id, pin, PinState::Active, "api")
             .await?;
         self.store.unrevoke_agent(agent_id).await?;
         self.registry.enrol(agent_id, pin);
         self.registry.unrevoke(agent_id);
-        info!(agent.id = %agent_id, pin = %pin, "agent enrolled");
-        self.enrolled(actor, agent_id, pin, "api");
+        info!(agent.id = %agent_id, pin = %pin, lifted_revocation = was_revoked, "agent enrolled");
+        self.audit.record(
+            AuditEvent::new(kinds::ENROLLED)
+                .actor(actor)
+                .agent(agent_id)
+                .details(serde_json::json!({
+                    "pin": pin, "source": "api", "lifted_revocation": was_revoked,
+                })),
+        );
         Ok(())
+    }
+
+    fn is_revoked(&self, agent_id: &str) -> bool {
+        self.registry.get(agent_id).is_some_and(|a| a.revoked)
     }
 
     /// Admin: creates a one-time join token for `agent_id`.
@@ -174,12 +211,20 @@ impl Enrolment {
                 self.max_token_secs
             )));
         }
+        // A token could never be used: redeeming one does not lift a revocation.
+        if self.is_revoked(agent_id) {
+            return Err(EnrolError::Conflict(format!(
+                "agent {agent_id:?} is revoked; a join token cannot lift that. Enrol a fresh \
+                 pin with POST /api/v1/enrollments {{agent_id, pin}} instead"
+            )));
+        }
         let token = new_token().replacen("amt_", "amj_", 1);
+        let token_sha256 = token_sha256_hex(&token);
         let now = clock::unix_ms();
         let expires_at = clock::rfc3339_from_unix_ms(now + (ttl_secs as i64) * 1000);
         self.store
             .insert_join_token(&JoinToken {
-                token_sha256: token_sha256_hex(&token),
+                token_sha256: token_sha256.clone(),
                 agent_id: agent_id.to_owned(),
                 created_by: created_by.to_owned(),
                 created_at: clock::rfc3339_from_unix_ms(now),
@@ -189,6 +234,17 @@ impl Enrolment {
             .await?;
         let _ = self.store.prune_join_tokens(&clock::now_rfc3339()).await;
         info!(agent.id = %agent_id, %expires_at, "join token created");
+        // The hash prefix names the token in the trail without letting anyone use it.
+        self.audit.record(
+            AuditEvent::new(JOIN_TOKEN_CREATED)
+                .actor(created_by)
+                .agent(agent_id)
+                .details(serde_json::json!({
+                    "token_id": &token_sha256[..12.min(token_sha256.len())],
+                    "expires_at": expires_at,
+                    "ttl_secs": ttl_secs,
+                })),
+        );
         Ok(IssuedJoinToken {
             agent_id: agent_id.to_owned(),
             token,
@@ -206,11 +262,20 @@ impl Enrolment {
     ) -> Result<SignedIdentity, EnrolError> {
         let ca = self.ca.as_ref().ok_or(EnrolError::NoCa)?;
         mesh_certs::validate_agent_id(agent_id).map_err(|e| EnrolError::Invalid(e.to_string()))?;
-        // Check the CSR before spending the token, so a typo does not burn it.
-        mesh_certs::pin_from_pem(csr).map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
+        // Sign first: signing is the CSR's full check (signature, key type, CN), and the
+        // token is spent only after it passed, so a bad CSR never burns a token. The
+        // certificate of a refused redemption is dropped unused.
+        let issued = ca
+            .sign_agent_csr(csr, agent_id, Validity::days(self.cert_days))
+            .map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
         let outcome = self
             .store
-            .redeem_join_token(&token_sha256_hex(token), agent_id, &clock::now_rfc3339())
+            .redeem_join_token_for_pin(
+                &token_sha256_hex(token),
+                agent_id,
+                &clock::now_rfc3339(),
+                &issued.pin,
+            )
             .await?;
         match outcome {
             Redeem::Ok(_) => {}
@@ -218,16 +283,10 @@ impl Enrolment {
             Redeem::AlreadyUsed => return Err(EnrolError::BadToken("already used")),
             Redeem::Expired => return Err(EnrolError::BadToken("expired")),
             Redeem::WrongAgent => return Err(EnrolError::BadToken("issued for another agent")),
+            Redeem::AgentRevoked => return Err(EnrolError::BadToken("agent revoked")),
         }
-        let issued = ca
-            .sign_agent_csr(csr, agent_id, Validity::days(self.cert_days))
-            .map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
-        self.store
-            .upsert_pin(agent_id, &issued.pin, PinState::Active, "join_token")
-            .await?;
-        self.store.unrevoke_agent(agent_id).await?;
+        // Never unrevokes: if a revocation raced this redemption, the agent stays refused.
         self.registry.enrol(agent_id, &issued.pin);
-        self.registry.unrevoke(agent_id);
         info!(agent.id = %agent_id, pin = %issued.pin, "agent enrolled with a join token");
         self.enrolled("join_token", agent_id, &issued.pin, "join_token");
         Ok(SignedIdentity {
@@ -237,72 +296,6 @@ impl Enrolment {
             pin: issued.pin,
             hub_pins: self.hub_pins.clone(),
         })
-    }
-
-    /// Renewal over an authenticated session: signs the CSR, enrols the new pin beside the
-    /// old one; the old one is retired when a session authenticates with the new pin.
-    pub async fn renew(
-        &self,
-        agent_id: &str,
-        current_pin: &str,
-        csr: &str,
-    ) -> Result<SignedIdentity, EnrolError> {
-        let ca = self.ca.as_ref().ok_or(EnrolError::NoCa)?;
-        let issued = ca
-            .sign_agent_csr(csr, agent_id, Validity::days(self.cert_days))
-            .map_err(|e| EnrolError::Invalid(format!("csr: {e}")))?;
-        self.store
-            .upsert_pin(agent_id, &issued.pin, PinState::Active, "renewal")
-            .await?;
-        self.registry.enrol(agent_id, &issued.pin);
-        self.renewing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                agent_id.to_owned(),
-                (current_pin.to_owned(), issued.pin.clone()),
-            );
-        info!(agent.id = %agent_id, old.pin = %current_pin, new.pin = %issued.pin, "certificate renewed");
-        self.enrolled(agent_id, agent_id, &issued.pin, "renewal");
-        Ok(SignedIdentity {
-            agent_id: agent_id.to_owned(),
-            certificate: issued.cert_pem,
-            ca: issued.ca_pem,
-            pin: issued.pin,
-            hub_pins: self.hub_pins.clone(),
-        })
-    }
-
-    /// A session authenticated with `pin`: completes a pending renewal by retiring the old pin.
-    pub async fn on_session(&self, agent_id: &str, pin: &str) {
-        let old = {
-            let mut renewing = self.renewing.lock().unwrap_or_else(|p| p.into_inner());
-            match renewing.get(agent_id) {
-                Some((old, new)) if new == pin => {
-                    let old = old.clone();
-                    renewing.remove(agent_id);
-                    Some(old)
-                }
-                _ => None,
-            }
-        };
-        if let Some(old) = old {
-            if let Err(e) = self
-                .store
-                .upsert_pin(agent_id, &old, PinState::Retired, "renewal")
-                .await
-            {
-                warn!(agent.id = %agent_id, error = %e, "could not retire the old pin");
-            }
-            self.registry.retire_pin(agent_id, &old);
-            info!(agent.id = %agent_id, old.pin = %old, "old pin retired after renewal");
-            self.audit.record(
-                AuditEvent::new(kinds::REVOKED)
-                    .actor(agent_id)
-                    .agent(agent_id)
-                    .details(serde_json::json!({"pin": old, "reason": "retired after renewal"})),
-            );
-        }
     }
 
     /// Admin: revokes every pin of the agent and disconnects it at once (4004).
@@ -337,13 +330,11 @@ impl Enrolment {
         );
     }
 
-    /// Records a refused join-token redemption.
-    pub fn join_refused(&self, agent_id: &str, peer: &str, why: &str) {
-        self.audit.record(
-            AuditEvent::new(kinds::AUTH_FAILED).agent(agent_id).details(
-                serde_json::json!({"credential": "join_token", "reason": why, "peer": peer}),
-            ),
-        );
+    /// The record of a refused join-token redemption (the caller aggregates per source).
+    pub fn join_refused_event(&self, agent_id: &str, peer: &str, why: &str) -> AuditEvent {
+        AuditEvent::new(kinds::AUTH_FAILED)
+            .agent(agent_id)
+            .details(serde_json::json!({"credential": "join_token", "reason": why, "peer": peer}))
     }
 }
 

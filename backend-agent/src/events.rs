@@ -1,15 +1,27 @@
 //! Routes session events to the services that care: commands (results, held commands) and
 //! enrolment (renewal, pin rotation).
+//!
+//! Nothing here awaits the session's own outbound queue: the session task is the only
+//! reader of that queue and it awaits these handlers, so a `send().await` on a full queue
+//! would deadlock it. Answers go out with `try_send`; a full queue drops the answer (the
+//! agent asks again after its own timeout).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use agentmesh_protocol::{AgentFrame, ErrorBody, HelloFrame, HubFrame};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
+use crate::audit_flood::FailureAudit;
 use crate::commands::CommandService;
-use crate::enrol::Enrolment;
+use crate::enrol::{EnrolError, Enrolment};
 use crate::hub::{EventFuture, SessionEvents};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
+
+/// Renewals being signed at once across the hub; more are refused with `renew_busy`.
+pub const MAX_CONCURRENT_RENEWALS: usize = 8;
 
 /// The backend's session-event sink.
 pub struct BackendEvents {
@@ -19,6 +31,12 @@ pub struct BackendEvents {
     pub commands: Arc<CommandService>,
     /// Enrolment and renewal.
     pub enrolment: Arc<Enrolment>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Refusal records, aggregated per agent so a renew flood stays a few records.
+    pub failures: Arc<FailureAudit>,
+    /// Bounds renewals in flight (see [`MAX_CONCURRENT_RENEWALS`]).
+    pub renewals: Arc<Semaphore>,
 }
 
 impl SessionEvents for BackendEvents {
@@ -37,7 +55,10 @@ impl SessionEvents for BackendEvents {
     ) -> EventFuture<'a> {
         match frame {
             AgentFrame::Result(result) => Box::pin(self.commands.on_result(agent_id, spki, result)),
-            AgentFrame::Renew { csr } => Box::pin(self.renew(agent_id, csr)),
+            AgentFrame::Renew { csr } => {
+                self.renew(agent_id, csr);
+                Box::pin(async {})
+            }
             AgentFrame::Error(e) => {
                 warn!(agent.id = %agent_id, code = %e.code, message = %e.message, "agent reported an error");
                 Box::pin(async {})
@@ -48,26 +69,103 @@ impl SessionEvents for BackendEvents {
 }
 
 impl BackendEvents {
-    async fn renew(&self, agent_id: &str, csr: String) {
+    /// Handles a `renew` off the session loop (signing and the store take time), bounded by
+    /// [`MAX_CONCURRENT_RENEWALS`].
+    fn renew(&self, agent_id: &str, csr: String) {
         let Some(session) = self.registry.session(agent_id) else {
             return;
         };
         let Some(current_pin) = self.registry.get(agent_id).and_then(|v| v.pin) else {
             return;
         };
-        let reply = match self.enrolment.renew(agent_id, &current_pin, &csr).await {
-            Ok(signed) => HubFrame::Renewed {
-                certificate: signed.certificate,
-                ca: signed.ca,
-                pin: signed.pin,
-            },
-            Err(e) => {
-                warn!(agent.id = %agent_id, error = %e, "renewal refused");
-                HubFrame::Error(ErrorBody::new("renew_failed", e.to_string()))
-            }
+        let Ok(permit) = self.renewals.clone().try_acquire_owned() else {
+            let e = EnrolError::RenewalRefused {
+                code: "renew_busy",
+                message: "too many renewals in progress; retry later".to_owned(),
+            };
+            return self.refused(agent_id, &session, &e);
         };
-        if session.tx.send(reply).await.is_err() {
-            warn!(agent.id = %agent_id, "session ended before the renewal answer could be sent");
+        let (enrolment, agent) = (self.enrolment.clone(), agent_id.to_owned());
+        let (metrics, failures) = (self.metrics.clone(), self.failures.clone());
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let outcome = enrolment.renew(&agent, &current_pin, &csr).await;
+            drop(permit);
+            let this = Refuser {
+                enrolment: &enrolment,
+                metrics: &metrics,
+                failures: &failures,
+            };
+            // The session may have ended (or been replaced) while signing.
+            let session = registry
+                .session(&agent)
+                .filter(|s| s.session_id == session.session_id);
+            match (outcome, session) {
+                (Ok(signed), Some(session)) => {
+                    let reply = HubFrame::Renewed {
+                        certificate: signed.certificate,
+                        ca: signed.ca,
+                        pin: signed.pin,
+                    };
+                    if session.tx.try_send(reply).is_err() {
+                        warn!(agent.id = %agent, "session queue full or closed: renewal answer dropped");
+                    }
+                }
+                (Ok(_), None) => {
+                    warn!(agent.id = %agent, "session ended before the renewal answer could be sent")
+                }
+                (Err(e), session) => this.refuse(&agent, session.as_ref(), &e),
+            }
+        });
+    }
+
+    fn refused(&self, agent_id: &str, session: &crate::registry::LiveSession, e: &EnrolError) {
+        Refuser {
+            enrolment: &self.enrolment,
+            metrics: &self.metrics,
+            failures: &self.failures,
+        }
+        .refuse(agent_id, Some(session), e)
+    }
+}
+
+/// Answers and records a refused renewal.
+struct Refuser<'a> {
+    enrolment: &'a Enrolment,
+    metrics: &'a Metrics,
+    failures: &'a FailureAudit,
+}
+
+impl Refuser<'_> {
+    fn refuse(
+        &self,
+        agent_id: &str,
+        session: Option<&crate::registry::LiveSession>,
+        e: &EnrolError,
+    ) {
+        let code = match e {
+            EnrolError::RenewalRefused { code, .. } => *code,
+            _ => "renew_failed",
+        };
+        let message = e.to_string();
+        warn!(agent.id = %agent_id, code, error = %message, "renewal refused");
+        self.metrics
+            .renewals_refused
+            .fetch_add(1, Ordering::Relaxed);
+        // Keyed by agent, not address: the caller is authenticated.
+        self.failures.failure(
+            &format!("agent:{agent_id}"),
+            &format!("renew: {code}"),
+            || {
+                self.enrolment
+                    .renewal_refused_event(agent_id, code, &message)
+            },
+        );
+        if let Some(session) = session {
+            let frame = HubFrame::Error(ErrorBody::new(code, message));
+            if session.tx.try_send(frame).is_err() {
+                warn!(agent.id = %agent_id, "session queue full or closed: renewal refusal dropped");
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`api`]: the operator HTTP API (axum), its errors and bearer-token extractor.
 //! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
 //! - [`audit`]: the audit trail (hash-chained, group-committed).
+//! - [`audit_flood`]: unauthenticated failures, aggregated per source before the audit trail.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_flood;
 pub mod auth;
 pub mod clock;
 pub mod commands;
@@ -122,6 +124,8 @@ pub struct Backend {
     pub enrolment: Arc<enrol::Enrolment>,
     /// Audit trail.
     pub audit: Arc<audit::Audit>,
+    /// Unauthenticated failures, aggregated per source.
+    pub failures: Arc<audit_flood::FailureAudit>,
     /// Bound API address.
     pub http_addr: SocketAddr,
     /// Bound hub address.
@@ -146,6 +150,8 @@ impl Backend {
 
         let (audit, _report) = audit::Audit::open(&config.audit)?;
         let audit = Arc::new(audit);
+        let failures = Arc::new(audit_flood::FailureAudit::new(audit.clone()));
+        failures.clone().spawn_flusher(stop_rx.clone());
         let limits = Arc::new(limits::RateLimits::new(&config.limits));
         spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
@@ -170,6 +176,7 @@ impl Backend {
                 &config.ca,
                 &config.agents,
                 hub_pins,
+                config.limits.renewals_per_agent_per_hour,
                 audit.clone(),
             )
             .await?,
@@ -178,6 +185,9 @@ impl Backend {
             registry: registry.clone(),
             commands: commands.clone(),
             enrolment: enrolment.clone(),
+            metrics: metrics.clone(),
+            failures: failures.clone(),
+            renewals: Arc::new(tokio::sync::Semaphore::new(events::MAX_CONCURRENT_RENEWALS)),
         });
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
@@ -190,6 +200,7 @@ impl Backend {
             tasks: tasks.clone(),
             limits: limits.clone(),
             audit: audit.clone(),
+            failures: failures.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         let hub_task = tokio::spawn(hub::serve(listeners.hub, hub_ctx));
@@ -204,6 +215,7 @@ impl Backend {
             limits,
             enrolment: enrolment.clone(),
             audit: audit.clone(),
+            failures: failures.clone(),
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;
@@ -223,6 +235,7 @@ impl Backend {
             commands,
             enrolment,
             audit,
+            failures,
             http_addr,
             hub_addr,
             stop,
@@ -247,6 +260,7 @@ impl Backend {
                 "sessions still open after the grace period"
             );
         }
+        self.failures.flush();
         self.audit.flush().await;
         match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
             Ok(Ok(Ok(()))) => Ok(()),

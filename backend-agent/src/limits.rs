@@ -1,30 +1,35 @@
 //! Rate limits (token buckets via `governor`): per operator token, per target agent, per
-//! source address for hub connection attempts, and a global hub admission rate that paces a
-//! reconnect storm after a restart instead of letting it stampede the TLS stack.
+//! source address for hub connection attempts and for join-token redemptions, and a global
+//! hub admission rate that paces a reconnect storm after a restart instead of letting it
+//! stampede the TLS stack.
 //!
-//! Keyed limiters grow one entry per key; [`RateLimits::prune`] drops idle keys and runs
-//! periodically, and keys beyond [`MAX_KEYS`] are refused outright so a spoofed-address
-//! flood cannot grow memory without bound.
+//! Keyed limiters ([`KeyedLimiter`]) hold one bucket per key, at most [`MAX_KEYS`] keys:
+//! at the cap a *new* key is refused while known keys keep their buckets, so a flood of
+//! spoofed or rotating sources cannot lock out the callers already being served.
+//! [`RateLimits::prune`] drops keys whose bucket has refilled and runs periodically.
+//! Source addresses are keyed by [`source_key`]: IPv6 by /64, since one host usually owns a
+//! whole /64 and could otherwise mint a fresh key per request.
 
-use std::hash::Hash;
-use std::net::IpAddr;
+mod keyed;
+
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+pub use keyed::{KeyedLimiter, Refusal, MAX_KEYS};
 
 use crate::config::LimitsConfig;
-
-/// Most keys one keyed limiter tracks; new keys beyond it are refused until a prune.
-pub const MAX_KEYS: usize = 100_000;
 
 /// All of the backend's limiters. A rate of 0 disables that limiter.
 #[derive(Debug)]
 pub struct RateLimits {
-    operator: Option<DefaultKeyedRateLimiter<String>>,
-    agent: Option<DefaultKeyedRateLimiter<String>>,
-    hub_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    operator: Option<KeyedLimiter<String>>,
+    agent: Option<KeyedLimiter<String>>,
+    hub_ip: Option<KeyedLimiter<IpAddr>>,
+    enrol: Option<KeyedLimiter<IpAddr>>,
     hub_admission: Option<DefaultDirectRateLimiter>,
     clock: DefaultClock,
 }
@@ -35,49 +40,71 @@ fn quota(per_sec: u32, burst: u32) -> Option<Quota> {
     Some(Quota::per_second(rate).allow_burst(burst))
 }
 
+fn keyed<K: std::hash::Hash + Eq + Clone>(q: Option<Quota>) -> Option<KeyedLimiter<K>> {
+    q.map(|q| KeyedLimiter::new(q, MAX_KEYS))
+}
+
+/// The key a source address is limited under: IPv4 as is (also when mapped into IPv6),
+/// IPv6 by its /64 prefix.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: &Option<KeyedLimiter<K>>,
+    key: &K,
+) -> Result<(), Duration> {
+    match limiter {
+        None => Ok(()),
+        Some(l) => l.check(key).map_err(Refusal::wait),
+    }
+}
+
 impl RateLimits {
     /// Builds the limiters from `[limits]`.
     pub fn new(c: &LimitsConfig) -> Self {
         RateLimits {
-            operator: quota(c.operator_commands_per_sec, c.operator_burst).map(RateLimiter::keyed),
-            agent: quota(c.agent_commands_per_sec, c.agent_burst).map(RateLimiter::keyed),
-            hub_ip: quota(c.hub_connects_per_ip_per_sec, c.hub_connects_per_ip_burst)
-                .map(RateLimiter::keyed),
+            operator: keyed(quota(c.operator_commands_per_sec, c.operator_burst)),
+            agent: keyed(quota(c.agent_commands_per_sec, c.agent_burst)),
+            hub_ip: keyed(quota(
+                c.hub_connects_per_ip_per_sec,
+                c.hub_connects_per_ip_burst,
+            )),
+            enrol: keyed(quota(c.enrol_attempts_per_sec, c.enrol_burst)),
             hub_admission: quota(c.hub_handshakes_per_sec, c.hub_handshake_burst)
                 .map(RateLimiter::direct),
             clock: DefaultClock::default(),
         }
     }
 
-    fn check_keyed<K: Hash + Eq + Clone>(
-        &self,
-        limiter: &Option<DefaultKeyedRateLimiter<K>>,
-        key: &K,
-    ) -> Result<(), Duration> {
-        let Some(limiter) = limiter else {
-            return Ok(());
-        };
-        if limiter.len() >= MAX_KEYS {
-            return Err(Duration::from_secs(1));
-        }
-        limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
-    }
-
     /// One command request by operator token `name`; `Err` carries the wait.
     pub fn check_operator(&self, name: &str) -> Result<(), Duration> {
-        self.check_keyed(&self.operator, &name.to_owned())
+        check(&self.operator, &name.to_owned())
     }
 
     /// One command for agent `id`.
     pub fn check_agent(&self, id: &str) -> Result<(), Duration> {
-        self.check_keyed(&self.agent, &id.to_owned())
+        check(&self.agent, &id.to_owned())
     }
 
-    /// One hub connection attempt from `ip`.
+    /// One hub connection attempt from `ip` (IPv6 keyed by /64).
     pub fn check_hub_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.check_keyed(&self.hub_ip, &ip)
+        check(&self.hub_ip, &source_key(ip))
+    }
+
+    /// One join-token redemption from `ip` (IPv6 keyed by /64). Its own limiter, so an
+    /// enrolment flood never spends an operator's budget or keys.
+    pub fn check_enrol(&self, ip: IpAddr) -> Result<(), Duration> {
+        check(&self.enrol, &source_key(ip))
     }
 
     /// How long a new handshake must wait for the global admission rate (zero = go now).
@@ -96,17 +123,11 @@ impl RateLimits {
 
     /// Forgets idle keys (call periodically).
     pub fn prune(&self) {
-        if let Some(l) = &self.operator {
-            l.retain_recent();
-            l.shrink_to_fit();
+        for l in [&self.operator, &self.agent].into_iter().flatten() {
+            l.prune();
         }
-        if let Some(l) = &self.agent {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        if let Some(l) = &self.hub_ip {
-            l.retain_recent();
-            l.shrink_to_fit();
+        for l in [&self.hub_ip, &self.enrol].into_iter().flatten() {
+            l.prune();
         }
     }
 }
@@ -145,5 +166,48 @@ mod tests {
     fn zero_disables() {
         let l = limits(0, 0);
         assert!((0..1000).all(|_| l.check_operator("a").is_ok()));
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
+        assert_eq!(
+            source_key("::ffff:10.0.0.7".parse().unwrap()),
+            "10.0.0.7".parse::<IpAddr>().unwrap()
+        );
+        let l = RateLimits::new(&LimitsConfig {
+            enrol_attempts_per_sec: 1,
+            enrol_burst: 3,
+            hub_connects_per_ip_per_sec: 1,
+            hub_connects_per_ip_burst: 3,
+            ..LimitsConfig::default()
+        });
+        for (n, ip) in [a, b, a, b].iter().enumerate() {
+            assert_eq!(l.check_enrol(*ip).is_ok(), n < 3, "attempt {n}");
+            assert_eq!(l.check_hub_ip(*ip).is_ok(), n < 3, "attempt {n}");
+        }
+        assert!(
+            l.check_enrol(other).is_ok(),
+            "the next /64 has its own bucket"
+        );
+    }
+
+    #[test]
+    fn enrolment_does_not_spend_the_operator_budget() {
+        let l = RateLimits::new(&LimitsConfig {
+            operator_commands_per_sec: 1,
+            operator_burst: 1,
+            enrol_attempts_per_sec: 1,
+            enrol_burst: 1,
+            ..LimitsConfig::default()
+        });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(l.check_enrol(ip).is_ok());
+        assert!((0..100).all(|_| l.check_enrol(ip).is_err()));
+        assert!(l.check_operator("ops").is_ok(), "operators are not blocked");
     }
 }

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub hub_sessions_superseded: AtomicU64,
     /// Sessions dropped for missing 3 heartbeats.
     pub hub_sessions_timed_out: AtomicU64,
+    /// Sessions dropped because the agent stopped reading (a write missed its deadline).
+    pub hub_sessions_write_timeout: AtomicU64,
+    /// Certificate renewals refused (one outstanding, rate limit, bad CSR).
+    pub renewals_refused: AtomicU64,
     /// Connections refused, by reason code.
     hub_rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// API requests refused for a missing or bad token.
@@ -79,6 +83,18 @@ impl Metrics {
             "agentmesh_hub_sessions_timed_out_total",
             "Sessions dropped after three missed heartbeats.",
             &self.hub_sessions_timed_out,
+        );
+        counter(
+            &mut out,
+            "agentmesh_hub_sessions_write_timeout_total",
+            "Sessions dropped because the agent stopped reading.",
+            &self.hub_sessions_write_timeout,
+        );
+        counter(
+            &mut out,
+            "agentmesh_renewals_refused_total",
+            "Certificate renewals refused (one outstanding, rate limit, bad CSR).",
+            &self.renewals_refused,
         );
         counter(
             &mut out,

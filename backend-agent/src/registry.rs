@@ -231,38 +231,32 @@ impl Registry {
 
     /// Whether `pin` may connect as `id`.
     pub fn check_identity(&self, id: &str, pin: &str) -> Result<(), IdentityRejection> {
-        let agents = self.lock();
-        let record = agents.get(id).ok_or(IdentityRejection::PinNotEnrolled)?;
-        if record.revoked || record.revoked_pins.contains(pin) {
-            return Err(IdentityRejection::Revoked);
-        }
-        if record.retired_pins.contains(pin) {
-            return Err(IdentityRejection::Retired);
-        }
-        if record.pins.iter().any(|p| p == pin) {
-            Ok(())
-        } else {
-            Err(IdentityRejection::PinNotEnrolled)
-        }
+        identity_of(self.lock().get(id), pin)
     }
 
     /// Records a new live session and returns the one it supersedes, if any.
+    ///
+    /// The identity check runs again here, under the registry lock: a connection admitted
+    /// before a revocation (or a renewal retiring its pin) that says `hello` after it is
+    /// refused and never listed. `revoke_agent` takes the same lock, so either it sees this
+    /// session and closes it, or this sees the revocation.
     pub fn attach(
         &self,
         hello: HelloFrame,
         pin: &str,
         remote_addr: &str,
         session: LiveSession,
-    ) -> Option<LiveSession> {
+    ) -> Result<Option<LiveSession>, IdentityRejection> {
         let now = clock::unix_ms();
         let mut agents = self.lock();
+        identity_of(agents.get(&hello.agent_id), pin)?;
         let record = agents.entry(hello.agent_id.clone()).or_default();
         record.hello = Some(hello);
         record.pin = Some(pin.to_owned());
         record.remote_addr = Some(remote_addr.to_owned());
         record.connected_since_ms = Some(now);
         record.last_seen_ms = Some(now);
-        record.session.replace(session)
+        Ok(record.session.replace(session))
     }
 
     /// Forgets a session if it is still the current one for `id`.
@@ -361,6 +355,23 @@ impl Registry {
             .values()
             .filter_map(|r| r.session.clone())
             .collect()
+    }
+}
+
+/// The identity rule: the pin is enrolled for the agent, and neither it nor the agent is
+/// revoked or retired.
+fn identity_of(record: Option<&AgentRecord>, pin: &str) -> Result<(), IdentityRejection> {
+    let record = record.ok_or(IdentityRejection::PinNotEnrolled)?;
+    if record.revoked || record.revoked_pins.contains(pin) {
+        return Err(IdentityRejection::Revoked);
+    }
+    if record.retired_pins.contains(pin) {
+        return Err(IdentityRejection::Retired);
+    }
+    if record.pins.iter().any(|p| p == pin) {
+        Ok(())
+    } else {
+        Err(IdentityRejection::PinNotEnrolled)
     }
 }
 

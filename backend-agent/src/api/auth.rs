@@ -78,9 +78,18 @@ impl FromRequestParts<AppState> for Caller {
                 .api_auth_failures
                 .fetch_add(1, Ordering::Relaxed);
             warn!(path = %parts.uri.path(), reason, "API request refused: 401");
-            state.audit.record(AuditEvent::new(kinds::AUTH_FAILED).details(
-                serde_json::json!({"credential": "bearer", "reason": reason, "path": parts.uri.path()}),
-            ));
+            // Aggregated per source: a bad-token flood costs a few records, not one each.
+            let peer = parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0);
+            let source = crate::audit_flood::source_name(peer.map(|p| p.ip()));
+            state.failures.failure(&source, reason, || {
+                AuditEvent::new(kinds::AUTH_FAILED).details(serde_json::json!({
+                    "credential": "bearer", "reason": reason, "path": parts.uri.path(),
+                    "peer": peer.map(|p| p.to_string()),
+                }))
+            });
         };
         let Some(token) = presented else {
             failed("missing bearer token");

@@ -13,8 +13,10 @@ use tracing::warn;
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::{ApiError, AppState};
+use crate::audit::kinds;
 use crate::auth::Role;
 use crate::enrol::EnrolError;
+use agentmesh_audit::AuditEvent;
 
 /// Default lifetime of a join token.
 pub const DEFAULT_JOIN_TOKEN_SECS: u64 = 3600;
@@ -30,6 +32,9 @@ impl From<EnrolError> for ApiError {
             EnrolError::UnknownAgent(_) => ApiError::not_found(e.to_string()),
             EnrolError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "revoked_pin", e.to_string())
+            }
+            EnrolError::RenewalRefused { code, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string())
             }
             EnrolError::Store(inner) => ApiError::internal(inner),
         }
@@ -99,11 +104,15 @@ pub async fn redeem(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JsonBody(body): JsonBody<EnrollBody>,
 ) -> Result<Response, ApiError> {
-    // Guessing join tokens is throttled per source address.
-    if let Err(wait) = state
-        .limits
-        .check_operator(&format!("enroll:{}", peer.ip()))
-    {
+    // Guessing join tokens is throttled per source address (IPv6 by /64), on a limiter of
+    // its own so an enrolment flood never touches the operators' budget.
+    let source = crate::audit_flood::source_name(Some(peer.ip()));
+    if let Err(wait) = state.limits.check_enrol(peer.ip()) {
+        state.failures.failure(&source, "enrol: rate limited", || {
+            AuditEvent::new(kinds::RATE_LIMITED).details(json!({
+                "limit": "enrol_attempts_per_sec", "peer": peer.to_string(),
+            }))
+        });
         return Err(ApiError::rate_limited("too many enrolment attempts", wait));
     }
     match state
@@ -113,11 +122,20 @@ pub async fn redeem(
     {
         Ok(signed) => Ok(Json(signed).into_response()),
         Err(e) => {
-            if let EnrolError::BadToken(why) = &e {
-                warn!(peer.addr = %peer, agent.id = %body.agent_id, reason = why, "join token refused");
+            let why = match &e {
+                EnrolError::BadToken(why) => Some(*why),
+                EnrolError::Invalid(_) | EnrolError::Conflict(_) => Some("invalid request"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                warn!(peer.addr = %peer, agent.id = %body.agent_id, reason = why, error = %e, "join token refused");
                 state
-                    .enrolment
-                    .join_refused(&body.agent_id, &peer.to_string(), why);
+                    .failures
+                    .failure(&source, &format!("enrol: {why}"), || {
+                        state
+                            .enrolment
+                            .join_refused_event(&body.agent_id, &peer.to_string(), why)
+                    });
             }
             Err(e.into())
         }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub enrolment: Arc<crate::enrol::Enrolment>,
     /// Audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// Unauthenticated failures, aggregated per source.
+    pub failures: Arc<crate::audit_flood::FailureAudit>,
 }
 
 /// The API router.

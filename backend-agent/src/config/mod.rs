@@ -181,6 +181,15 @@ pub struct LimitsConfig {
     /// Burst of the global handshake rate.
     #[serde(default = "default_hub_handshake_burst")]
     pub hub_handshake_burst: u32,
+    /// Join-token redemptions per source address (IPv6 by /64) per second (0 = no limit).
+    #[serde(default = "default_enrol_attempts_per_sec")]
+    pub enrol_attempts_per_sec: u32,
+    /// Burst of join-token redemptions per source address.
+    #[serde(default = "default_enrol_burst")]
+    pub enrol_burst: u32,
+    /// Certificate renewals one agent may start per hour (0 = no limit; still one at a time).
+    #[serde(default = "default_renewals_per_agent_per_hour")]
+    pub renewals_per_agent_per_hour: u32,
 }
 
 /// `[ca]`: the mesh CA key, needed only for join-token enrolment and renewal.
@@ -297,6 +306,15 @@ fn default_hub_handshakes_per_sec() -> u32 {
 }
 fn default_hub_handshake_burst() -> u32 {
     400
+}
+fn default_enrol_attempts_per_sec() -> u32 {
+    2
+}
+fn default_enrol_burst() -> u32 {
+    20
+}
+fn default_renewals_per_agent_per_hour() -> u32 {
+    6
 }
 fn default_true() -> bool {
     true

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::identity::{self, PeerIdentity, Rejection, FORWARDED_CERT_HEADER};
 use super::{session, HubContext, TaskGuard};
 use crate::audit::kinds;
+use crate::registry::IdentityRejection;
 use agentmesh_audit::AuditEvent;
 
 /// The WebSocket over TLS over TCP that a session runs on.
@@ -40,13 +41,13 @@ pub(super) async fn connection(
     let (mut ws, identity) =
         match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp, overloaded)).await {
             Ok(Ok(pair)) => pair,
-            Ok(Err(rejection)) => return refused(&ctx, &rejection, None),
+            Ok(Err(rejection)) => return refused(&ctx, peer, &rejection, None),
             Err(_) => {
                 let r = Rejection::new(
                     "handshake_timeout",
                     format!("no TLS handshake and upgrade within {}s", limit.as_secs()),
                 );
-                return refused(&ctx, &r, None);
+                return refused(&ctx, peer, &r, None);
             }
         };
     tracing::Span::current().record("agent.id", identity.cn.as_str());
@@ -61,17 +62,8 @@ pub(super) async fn connection(
                 identity.cn
             ),
         );
-        refused(&ctx, &r, Some(&identity));
-        let (code, reason) = match why {
-            crate::registry::IdentityRejection::Revoked => (close::REVOKED, "certificate revoked"),
-            crate::registry::IdentityRejection::Retired => (
-                close::UNAUTHORISED,
-                "pin retired: this certificate was renewed",
-            ),
-            crate::registry::IdentityRejection::PinNotEnrolled => {
-                (close::UNAUTHORISED, "pin not enrolled for this id")
-            }
-        };
+        refused(&ctx, peer, &r, Some(&identity));
+        let (code, reason) = close_for(why);
         return session::close_ws(&mut ws, code, reason).await;
     }
 
@@ -79,7 +71,7 @@ pub(super) async fn connection(
     let hello = match tokio::time::timeout(hello_limit, wait_hello(&mut ws, &ctx)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err((code, rejection))) => {
-            refused(&ctx, &rejection, Some(&identity));
+            refused(&ctx, peer, &rejection, Some(&identity));
             return session::close_ws(&mut ws, code, &rejection.detail).await;
         }
         Err(_) => {
@@ -87,7 +79,7 @@ pub(super) async fn connection(
                 "hello_timeout",
                 format!("no hello within {}s", hello_limit.as_secs()),
             );
-            refused(&ctx, &r, Some(&identity));
+            refused(&ctx, peer, &r, Some(&identity));
             return session::close_ws(&mut ws, close::PROTOCOL_ERROR, "no hello in time").await;
         }
     };
@@ -101,7 +93,7 @@ pub(super) async fn connection(
                 if hello.protocol < PROTOCOL_VERSION { "agent" } else { "backend" }
             ),
             );
-        refused(&ctx, &r, Some(&identity));
+        refused(&ctx, peer, &r, Some(&identity));
         return session::close_ws(&mut ws, close::PROTOCOL_ERROR, &r.detail).await;
     }
     if hello.agent_id != identity.cn {
@@ -112,21 +104,46 @@ pub(super) async fn connection(
                 hello.agent_id, identity.cn
             ),
         );
-        refused(&ctx, &r, Some(&identity));
+        refused(&ctx, peer, &r, Some(&identity));
         return session::close_ws(&mut ws, close::UNAUTHORISED, &r.detail).await;
     }
     drop(handshake_permit);
     session::run(ctx, ws, identity, hello, peer).await;
 }
 
-fn refused(ctx: &HubContext, r: &Rejection, identity: Option<&PeerIdentity>) {
-    ctx.metrics.hub_rejected(r.reason);
-    let mut event = AuditEvent::new(kinds::AGENT_REJECTED)
-        .details(serde_json::json!({"reason": r.reason, "detail": r.detail, "pin": identity.map(|i| i.pin.clone())}));
-    if let Some(id) = identity {
-        event = event.agent(id.cn.as_str());
+/// The close code and reason for an identity refused at the handshake or at attach.
+pub(super) fn close_for(why: IdentityRejection) -> (u16, &'static str) {
+    match why {
+        IdentityRejection::Revoked => (close::REVOKED, "certificate revoked"),
+        IdentityRejection::Retired => (
+            close::UNAUTHORISED,
+            "pin retired: this certificate was renewed",
+        ),
+        IdentityRejection::PinNotEnrolled => (close::UNAUTHORISED, "pin not enrolled for this id"),
     }
-    ctx.audit.record(event);
+}
+
+/// Counts, logs and audits (aggregated per source) a refused connection.
+pub(super) fn refused(
+    ctx: &HubContext,
+    peer: SocketAddr,
+    r: &Rejection,
+    identity: Option<&PeerIdentity>,
+) {
+    ctx.metrics.hub_rejected(r.reason);
+    // Aggregated per source: a reconnect loop or a scan costs a few records per window.
+    let source = crate::audit_flood::source_name(Some(peer.ip()));
+    ctx.failures
+        .failure(&source, &format!("hub: {}", r.reason), || {
+            let mut event = AuditEvent::new(kinds::AGENT_REJECTED).details(serde_json::json!({
+                "reason": r.reason, "detail": r.detail,
+                "pin": identity.map(|i| i.pin.clone()), "peer": peer.to_string(),
+            }));
+            if let Some(id) = identity {
+                event = event.agent(id.cn.as_str());
+            }
+            event
+        });
     match identity {
         Some(id) => {
             warn!(reason = r.reason, cert.cn = %id.cn, cert.pin = %id.pin, detail = %r.detail, "hub connection refused")

@@ -43,13 +43,16 @@ impl Rejection {
     }
 }
 
-/// Reads CN and pin from a certificate the TLS layer already verified.
-pub fn from_der(der: &[u8]) -> Result<(String, String), Rejection> {
+/// Reads CN, pin and SubjectPublicKeyInfo from a certificate the TLS layer already
+/// verified. A certificate whose public key cannot be extracted fails the handshake: an
+/// empty key would make every signed result of the session look forged.
+pub fn from_der(der: &[u8]) -> Result<(String, String, Vec<u8>), Rejection> {
     let cn = mesh_certs::common_name_from_cert_der(der)
         .map_err(|e| Rejection::new("bad_certificate", format!("no usable subject CN: {e}")))?;
-    let pin = mesh_certs::pin_from_cert_der(der)
-        .map_err(|e| Rejection::new("bad_certificate", format!("cannot compute pin: {e}")))?;
-    Ok((cn, pin))
+    let spki = spki_of(der)?;
+    // The pin is computed from the very bytes later used to check signatures.
+    let pin = mesh_certs::pin_from_spki_der(&spki);
+    Ok((cn, pin, spki))
 }
 
 /// Resolves the identity of a connection whose TLS peer certificate is `tls_der`.
@@ -62,12 +65,12 @@ pub fn resolve(
     trusted_proxy_pins: &[String],
     verifier: &Arc<dyn ClientCertVerifier>,
 ) -> Result<PeerIdentity, Rejection> {
-    let (cn, pin) = from_der(tls_der)?;
+    let (cn, pin, spki) = from_der(tls_der)?;
     if !trusted_proxy_pins.contains(&pin) {
         return Ok(PeerIdentity {
             cn,
             pin,
-            spki: spki_of(tls_der),
+            spki,
             via_proxy: None,
         });
     }
@@ -93,17 +96,28 @@ pub fn resolve(
                 format!("forwarded certificate: {}", io),
             )
         })?;
-    let (cn, agent_pin) = from_der(leaf.as_ref())?;
+    let (cn, agent_pin, spki) = from_der(leaf.as_ref())?;
     Ok(PeerIdentity {
         cn,
         pin: agent_pin,
-        spki: spki_of(leaf.as_ref()),
+        spki,
         via_proxy: Some(pin),
     })
 }
 
-fn spki_of(der: &[u8]) -> Vec<u8> {
-    agentmesh_audit::spki_der_from_cert_der(der).unwrap_or_default()
+/// The DER SubjectPublicKeyInfo, byte for byte as encoded in the certificate.
+fn spki_of(der: &[u8]) -> Result<Vec<u8>, Rejection> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+        Rejection::new(
+            "bad_certificate",
+            format!("cannot extract the public key: {e}"),
+        )
+    })?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    if spki.is_empty() {
+        return Err(Rejection::new("bad_certificate", "empty public key"));
+    }
+    Ok(spki.to_vec())
 }
 
 /// Decodes `%XX` escapes (nginx escapes newlines, spaces and `+` in the PEM).
@@ -128,7 +142,26 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{from_der, percent_decode, spki_of};
+
+    #[test]
+    fn a_certificate_without_an_extractable_key_is_refused() {
+        let ca = mesh_certs::Ca::generate("identity test CA").unwrap();
+        let issued = ca
+            .issue_agent("edge-01", mesh_certs::Validity::days(1))
+            .unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let (cn, pin, spki) = from_der(der.as_ref()).unwrap();
+        assert_eq!(cn, "edge-01");
+        assert_eq!(pin, issued.pin, "the pin is the SPKI's");
+        assert!(!spki.is_empty());
+        // Cut off inside the SubjectPublicKeyInfo: no empty key, a refusal.
+        let cut = &der.as_ref()[..der.as_ref().len() / 2];
+        let err = spki_of(cut).unwrap_err();
+        assert_eq!(err.reason, "bad_certificate");
+        assert!(spki_of(b"not a certificate").is_err());
+    }
 
     #[test]
     fn percent_decoding() {

@@ -90,6 +90,8 @@ pub struct HubContext {
     pub limits: Arc<crate::limits::RateLimits>,
     /// Audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// Refused handshakes, aggregated per source.
+    pub failures: Arc<crate::audit_flood::FailureAudit>,
 }
 
 impl HubContext {

@@ -1,4 +1,10 @@
 //! An established agent session: frames in, bounded queue out, heartbeats, supersede, drain.
+//!
+//! The session is generic over its byte stream (TLS in production, `tokio::io::duplex` in
+//! the unit tests). Every write has a deadline ([`WRITE_DEADLINE`]): a peer that stops
+//! reading is dropped (counted in `agentmesh_hub_sessions_write_timeout_total`) instead of
+//! holding the task, its queue and its socket forever. The loop only selects; each event
+//! has its own handler below.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,35 +16,51 @@ use agentmesh_protocol::{
     PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
-use super::handshake::HubSocket;
-use super::identity::PeerIdentity;
+use super::identity::{PeerIdentity, Rejection};
 use super::HubContext;
 use crate::audit::kinds;
 use crate::clock;
-use crate::registry::{LiveSession, SessionShared};
+use crate::registry::{IdentityRejection, LiveSession, SessionShared};
 use agentmesh_audit::AuditEvent;
 
 /// Bad frames tolerated in one session before it is closed with 4002.
 const MAX_BAD_FRAMES: u32 = 100;
 
+/// Longest one write to the agent may take; past it the agent counts as gone.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Longest a close handshake waits for the peer's answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// What ends a session; the text goes to the log and the `agent_disconnected` record.
+type End = &'static str;
+
+/// The write to the agent did not complete in time, or failed.
+const WRITE_DEADLINE_EXCEEDED: End = "write deadline exceeded";
+const CONNECTION_LOST: End = "connection lost";
+
 /// Runs a session that passed every check until it ends, then forgets it.
-pub(super) async fn run(
+pub(super) async fn run<S>(
     ctx: Arc<HubContext>,
-    mut ws: HubSocket,
+    ws: WebSocketStream<S>,
     identity: PeerIdentity,
     hello: HelloFrame,
     peer: SocketAddr,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let agent_id = hello.agent_id.clone();
     let session_id = uuid::Uuid::now_v7().to_string();
-    let (tx, mut rx) = mpsc::channel(ctx.config.send_queue);
-    let (close_tx, mut close_rx) = watch::channel(None);
+    let (tx, rx) = mpsc::channel(ctx.config.send_queue);
+    let (close_tx, close_rx) = watch::channel(None);
     let shared = Arc::new(SessionShared::default());
     shared.touch();
     let live = LiveSession {
@@ -47,153 +69,314 @@ pub(super) async fn run(
         close: Arc::new(close_tx),
         shared: shared.clone(),
     };
-
-    let welcome = HubFrame::Welcome(WelcomeFrame {
-        protocol: PROTOCOL_VERSION,
-        session_id: session_id.clone(),
-        server_time: clock::now_rfc3339(),
-        heartbeat_secs: ctx.config.heartbeat_secs,
-        max_message_bytes: ctx.config.max_message_bytes as u64,
-    });
-    if let Err(e) = ws.send(Message::text(welcome.to_json())).await {
-        warn!(error = %e, "could not send welcome");
-        return;
-    }
-    if let Some(old) = ctx
-        .registry
-        .attach(hello.clone(), &identity.pin, &peer.to_string(), live)
-    {
-        ctx.metrics
+    let mut session = Session {
+        ctx,
+        ws,
+        agent_id,
+        session_id,
+        identity,
+        shared,
+        bad_frames: 0,
+    };
+    // Attached before `welcome`: the identity is checked again under the registry lock, so
+    // a revocation between the handshake and `hello` is final.
+    let attached = session.ctx.registry.attach(
+        hello.clone(),
+        &session.identity.pin,
+        &peer.to_string(),
+        live,
+    );
+    let old = match attached {
+        Ok(old) => old,
+        Err(why) => return session.refuse(why, peer).await,
+    };
+    if let Some(old) = old {
+        session
+            .ctx
+            .metrics
             .hub_sessions_superseded
             .fetch_add(1, Ordering::Relaxed);
         info!(old.session_id = %old.session_id, "superseding older session");
         old.request_close(close::SUPERSEDED, "superseded by a newer session");
     }
-    ctx.metrics
-        .hub_sessions_started
-        .fetch_add(1, Ordering::Relaxed);
-    info!(
-        session.id = %session_id,
-        cert.pin = %identity.pin,
-        verbs = hello.verbs.len(),
-        version = %hello.version,
-        "agent connected"
-    );
-    ctx.events.connected(&hello, &session_id, &identity.pin);
-    ctx.audit.record(
-        AuditEvent::new(kinds::AGENT_CONNECTED)
-            .agent(agent_id.as_str())
-            .details(serde_json::json!({
-                "session_id": session_id,
-                "pin": identity.pin,
-                "remote_addr": peer.to_string(),
-                "via_proxy": identity.via_proxy,
-                "version": hello.version,
-            })),
-    );
-
-    let heartbeat = Duration::from_secs(ctx.config.heartbeat_secs);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let mut shutdown = ctx.shutdown.clone();
-    let mut bad_frames = 0u32;
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = close_rx.changed() => {
-                let (code, reason) = close_rx.borrow_and_update().clone().unwrap_or((close::NORMAL, String::new()));
-                close_ws(&mut ws, code, &reason).await;
-                break if code == close::SUPERSEDED { "superseded" } else { "closed by hub" };
-            }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    shared.touch();
-                    match decode_agent_frame(text.as_bytes(), ctx.config.max_message_bytes) {
-                        Ok(AgentFrame::Hello(_)) => {
-                            bad_frames += 1;
-                            let _ = send_error(&mut ws, "duplicate_hello", "hello is only valid as the first frame").await;
-                        }
-                        Ok(frame) => ctx.events.frame(&agent_id, &identity.spki, frame).await,
-                        Err(e) => {
-                            bad_frames += 1;
-                            warn!(error = %e, "bad frame from agent");
-                            let _ = send_error(&mut ws, e.code(), &e.to_string()).await;
-                        }
-                    }
-                    if bad_frames > MAX_BAD_FRAMES {
-                        close_ws(&mut ws, close::PROTOCOL_ERROR, "too many bad frames").await;
-                        break "too many bad frames";
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    shared.touch();
-                    bad_frames += 1;
-                    let _ = send_error(&mut ws, "binary", "binary messages are not part of the protocol").await;
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    debug!(?frame, "agent closed the session");
-                    break "closed by agent";
-                }
-                Some(Ok(_)) => shared.touch(), // ping/pong; tungstenite answers pings itself
-                Some(Err(WsError::Capacity(e))) => {
-                    warn!(error = %e, "agent message over the limit");
-                    close_ws(&mut ws, close::MESSAGE_TOO_BIG, "message too big").await;
-                    break "message too big";
-                }
-                Some(Err(e)) => {
-                    debug!(error = %e, "session read failed");
-                    break "connection lost";
-                }
-                None => break "connection lost",
-            },
-            frame = rx.recv() => {
-                // `None`: the registry dropped this session (superseded or revoked); the
-                // close request was sent just before, so honour it.
-                let Some(frame) = frame else {
-                    let (code, reason) = close_rx.borrow().clone().unwrap_or((close::NORMAL, "session ended by hub".to_owned()));
-                    close_ws(&mut ws, code, &reason).await;
-                    break if code == close::SUPERSEDED { "superseded" } else { "closed by hub" };
-                };
-                if let Err(e) = ws.send(Message::text(frame.to_json())).await {
-                    debug!(error = %e, "session write failed");
-                    break "connection lost";
-                }
-            }
-            _ = ticker.tick() => {
-                let silent_ms = clock::unix_ms() - shared.last_seen_ms.load(Ordering::Relaxed);
-                if silent_ms > 3 * heartbeat.as_millis() as i64 {
-                    ctx.metrics.hub_sessions_timed_out.fetch_add(1, Ordering::Relaxed);
-                    close_ws(&mut ws, close::GOING_AWAY, "missed 3 heartbeats").await;
-                    break "missed 3 heartbeats";
-                }
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    break "connection lost";
-                }
-            }
-            _ = super::stopped(&mut shutdown) => {
-                let drain = HubFrame::Drain { reconnect_after_ms: ctx.config.drain_reconnect_after_ms };
-                let _ = ws.send(Message::text(drain.to_json())).await;
-                close_ws(&mut ws, close::GOING_AWAY, "hub shutting down").await;
-                break "hub shutting down";
-            }
+    let end = match session.welcome().await {
+        Ok(()) => {
+            session.started(&hello, peer);
+            session.serve(rx, close_rx).await
         }
+        Err(end) => end,
     };
-    ctx.registry.detach(&agent_id, &session_id);
-    ctx.events.disconnected(&agent_id, &session_id);
-    ctx.audit.record(
-        AuditEvent::new(kinds::AGENT_DISCONNECTED)
-            .agent(agent_id.as_str())
-            .details(serde_json::json!({"session_id": session_id, "reason": end})),
-    );
-    info!(session.id = %session_id, reason = end, "agent disconnected");
+    session.finish(end);
 }
 
-async fn send_error(ws: &mut HubSocket, code: &str, message: &str) -> Result<(), WsError> {
-    let frame = HubFrame::Error(ErrorBody::new(code, message));
-    ws.send(Message::text(frame.to_json())).await
+struct Session<S> {
+    ctx: Arc<HubContext>,
+    ws: WebSocketStream<S>,
+    agent_id: String,
+    session_id: String,
+    identity: PeerIdentity,
+    shared: Arc<SessionShared>,
+    bad_frames: u32,
+}
+
+/// What a handler tells the loop.
+enum Step {
+    Continue,
+    End(End),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// The identity check at attach failed: close without `welcome`, never listed.
+    async fn refuse(mut self, why: IdentityRejection, peer: SocketAddr) {
+        let r = Rejection::new(
+            why.code(),
+            format!(
+                "pin {} became {} before hello for agent {}",
+                self.identity.pin,
+                why.code().replace('_', " "),
+                self.identity.cn
+            ),
+        );
+        super::handshake::refused(&self.ctx, peer, &r, Some(&self.identity));
+        let (code, reason) = super::handshake::close_for(why);
+        close_ws(&mut self.ws, code, reason).await;
+    }
+
+    async fn welcome(&mut self) -> Result<(), End> {
+        let welcome = HubFrame::Welcome(WelcomeFrame {
+            protocol: PROTOCOL_VERSION,
+            session_id: self.session_id.clone(),
+            server_time: clock::now_rfc3339(),
+            heartbeat_secs: self.ctx.config.heartbeat_secs,
+            max_message_bytes: self.ctx.config.max_message_bytes as u64,
+        });
+        self.send(Message::text(welcome.to_json())).await
+    }
+
+    fn started(&self, hello: &HelloFrame, peer: SocketAddr) {
+        let ctx = &self.ctx;
+        ctx.metrics
+            .hub_sessions_started
+            .fetch_add(1, Ordering::Relaxed);
+        info!(
+            session.id = %self.session_id,
+            cert.pin = %self.identity.pin,
+            verbs = hello.verbs.len(),
+            version = %hello.version,
+            "agent connected"
+        );
+        ctx.events
+            .connected(hello, &self.session_id, &self.identity.pin);
+        ctx.audit.record(
+            AuditEvent::new(kinds::AGENT_CONNECTED)
+                .agent(self.agent_id.as_str())
+                .details(serde_json::json!({
+                    "session_id": self.session_id,
+                    "pin": self.identity.pin,
+                    "remote_addr": peer.to_string(),
+                    "via_proxy": self.identity.via_proxy,
+                    "version": hello.version,
+                })),
+        );
+    }
+
+    /// The session loop: one `select!`, one handler per event.
+    async fn serve(
+        &mut self,
+        mut rx: mpsc::Receiver<HubFrame>,
+        mut close_rx: watch::Receiver<Option<(u16, String)>>,
+    ) -> End {
+        let heartbeat = Duration::from_secs(self.ctx.config.heartbeat_secs);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut shutdown = self.ctx.shutdown.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = close_rx.changed() => {
+                    let request = close_rx.borrow_and_update().clone();
+                    Step::End(self.on_close_request(request).await)
+                }
+                msg = self.ws.next() => self.on_message(msg).await,
+                frame = rx.recv() => match frame {
+                    Some(frame) => self.on_outbound(frame).await,
+                    // The registry dropped this session (superseded or revoked); the close
+                    // request was sent just before, so honour it.
+                    None => {
+                        let request = close_rx.borrow().clone();
+                        Step::End(self.on_close_request(request).await)
+                    }
+                },
+                _ = ticker.tick() => self.on_tick(heartbeat).await,
+                _ = super::stopped(&mut shutdown) => Step::End(self.on_shutdown().await),
+            };
+            if let Step::End(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// The hub asked this session to close (supersede, revoke, stop).
+    async fn on_close_request(&mut self, request: Option<(u16, String)>) -> End {
+        let (code, reason) =
+            request.unwrap_or_else(|| (close::NORMAL, "session ended by hub".to_owned()));
+        close_ws(&mut self.ws, code, &reason).await;
+        match code {
+            close::SUPERSEDED => "superseded",
+            close::REVOKED => "revoked",
+            _ => "closed by hub",
+        }
+    }
+
+    /// A message (or the end of the stream) from the agent.
+    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                self.shared.touch();
+                let max = self.ctx.config.max_message_bytes;
+                match decode_agent_frame(text.as_bytes(), max) {
+                    Ok(AgentFrame::Hello(_)) => {
+                        let step = self
+                            .bad_frame("duplicate_hello", "hello is only valid as the first frame")
+                            .await;
+                        if let Step::End(end) = step {
+                            return Step::End(end);
+                        }
+                    }
+                    Ok(frame) => {
+                        let ctx = self.ctx.clone();
+                        ctx.events
+                            .frame(&self.agent_id, &self.identity.spki, frame)
+                            .await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "bad frame from agent");
+                        if let Step::End(end) = self.bad_frame(e.code(), &e.to_string()).await {
+                            return Step::End(end);
+                        }
+                    }
+                }
+                if self.bad_frames > MAX_BAD_FRAMES {
+                    close_ws(&mut self.ws, close::PROTOCOL_ERROR, "too many bad frames").await;
+                    return Step::End("too many bad frames");
+                }
+                Step::Continue
+            }
+            Some(Ok(Message::Binary(_))) => {
+                self.shared.touch();
+                self.bad_frame("binary", "binary messages are not part of the protocol")
+                    .await
+            }
+            Some(Ok(Message::Close(frame))) => {
+                debug!(?frame, "agent closed the session");
+                Step::End("closed by agent")
+            }
+            // Ping/pong: tungstenite answers pings itself.
+            Some(Ok(_)) => {
+                self.shared.touch();
+                Step::Continue
+            }
+            Some(Err(WsError::Capacity(e))) => {
+                warn!(error = %e, "agent message over the limit");
+                close_ws(&mut self.ws, close::MESSAGE_TOO_BIG, "message too big").await;
+                Step::End("message too big")
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "session read failed");
+                Step::End(CONNECTION_LOST)
+            }
+            None => Step::End(CONNECTION_LOST),
+        }
+    }
+
+    /// Counts a bad frame and tells the agent why.
+    async fn bad_frame(&mut self, code: &str, message: &str) -> Step {
+        self.bad_frames += 1;
+        let frame = HubFrame::Error(ErrorBody::new(code, message));
+        match self.send(Message::text(frame.to_json())).await {
+            Ok(()) => Step::Continue,
+            Err(end) => Step::End(end),
+        }
+    }
+
+    /// A frame from the outbound queue (commands, answers).
+    async fn on_outbound(&mut self, frame: HubFrame) -> Step {
+        match self.send(Message::text(frame.to_json())).await {
+            Ok(()) => Step::Continue,
+            Err(end) => Step::End(end),
+        }
+    }
+
+    /// Heartbeat: drop a silent agent, ping a live one.
+    async fn on_tick(&mut self, heartbeat: Duration) -> Step {
+        let silent_ms = clock::unix_ms() - self.shared.last_seen_ms.load(Ordering::Relaxed);
+        if silent_ms > 3 * heartbeat.as_millis() as i64 {
+            self.ctx
+                .metrics
+                .hub_sessions_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            close_ws(&mut self.ws, close::GOING_AWAY, "missed 3 heartbeats").await;
+            return Step::End("missed 3 heartbeats");
+        }
+        match self.send(Message::Ping(Default::default())).await {
+            Ok(()) => Step::Continue,
+            Err(end) => Step::End(end),
+        }
+    }
+
+    /// The hub is stopping: `drain`, then close 1001.
+    async fn on_shutdown(&mut self) -> End {
+        let drain = HubFrame::Drain {
+            reconnect_after_ms: self.ctx.config.drain_reconnect_after_ms,
+        };
+        if self.send(Message::text(drain.to_json())).await.is_ok() {
+            close_ws(&mut self.ws, close::GOING_AWAY, "hub shutting down").await;
+        }
+        "hub shutting down"
+    }
+
+    /// One write, bounded by [`WRITE_DEADLINE`].
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        match tokio::time::timeout(WRITE_DEADLINE, self.ws.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                debug!(error = %e, "session write failed");
+                Err(CONNECTION_LOST)
+            }
+            Err(_) => {
+                self.ctx
+                    .metrics
+                    .hub_sessions_write_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    deadline_secs = WRITE_DEADLINE.as_secs(),
+                    "agent stopped reading: dropping the session"
+                );
+                Err(WRITE_DEADLINE_EXCEEDED)
+            }
+        }
+    }
+
+    /// Detaches, tells the event sink and writes `agent_disconnected`. The socket is
+    /// dropped with `self`.
+    fn finish(self, end: End) {
+        let ctx = &self.ctx;
+        ctx.registry.detach(&self.agent_id, &self.session_id);
+        ctx.events.disconnected(&self.agent_id, &self.session_id);
+        ctx.audit.record(
+            AuditEvent::new(kinds::AGENT_DISCONNECTED)
+                .agent(self.agent_id.as_str())
+                .details(serde_json::json!({"session_id": self.session_id, "reason": end})),
+        );
+        info!(session.id = %self.session_id, reason = end, "agent disconnected");
+    }
 }
 
 /// Sends a close frame and waits briefly for the peer's answer so the reason arrives.
-pub(super) async fn close_ws(ws: &mut HubSocket, code: u16, reason: &str) {
+pub(super) async fn close_ws<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     // A close reason may be at most 123 bytes.
     let mut reason = reason.to_owned();
     while reason.len() > 123 {
@@ -203,10 +386,14 @@ pub(super) async fn close_ws(ws: &mut HubSocket, code: u16, reason: &str) {
         code: CloseCode::from(code),
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    // Bounded as a whole: a peer that stops reading cannot hold the close either.
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
         if ws.close(Some(frame)).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}
         }
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests;

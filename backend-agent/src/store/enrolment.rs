@@ -15,6 +15,9 @@ use time::{Duration, OffsetDateTime};
 
 use super::{Store, StoreError};
 
+mod renewal;
+pub use renewal::{refusal as renewal_refusal, RenewalRecord, RenewalStart};
+
 /// How long a used join token is kept (so a replay says "already used", not "unknown").
 pub const USED_TOKEN_RETENTION: Duration = Duration::days(7);
 
@@ -124,6 +127,8 @@ pub enum Redeem {
     Expired,
     /// Issued for another agent id.
     WrongAgent,
+    /// The agent is revoked: only an admin's explicit enrolment lifts that, never a token.
+    AgentRevoked,
 }
 
 /// Storage for enrolment state. Methods block; async code goes through [`Store`].
@@ -143,8 +148,9 @@ pub trait EnrolmentStore: Send + Sync + 'static {
     fn pins(&self, agent_id: &str) -> Result<Vec<PinRecord>, StoreError>;
     /// Every pin, in enrolment order.
     fn all_pins(&self) -> Result<Vec<PinRecord>, StoreError>;
-    /// Revokes every pin of the agent and marks the agent revoked (also an agent with no
-    /// stored pins, e.g. one from static config). Returns how many pins changed state.
+    /// Revokes every pin of the agent, marks the agent revoked (also an agent with no
+    /// stored pins, e.g. one from static config) and deletes its unused join tokens, all at
+    /// once. Returns how many pins changed state.
     fn revoke_agent(&self, agent_id: &str) -> Result<usize, StoreError>;
     /// Clears the agent-level revocation (an admin enrolling a fresh pin); revoked pins stay
     /// revoked. Not an error if the agent was not revoked.
@@ -162,6 +168,35 @@ pub trait EnrolmentStore: Send + Sync + 'static {
         agent_id: &str,
         now_rfc3339: &str,
     ) -> Result<Redeem, StoreError>;
+    /// Like [`EnrolmentStore::redeem_join_token`], and in the same transaction refuses a
+    /// revoked agent ([`Redeem::AgentRevoked`]) and enrols `pin` as active; a revoked `pin`
+    /// is [`StoreError::Conflict`]. Any refusal or error leaves the token unspent, so call
+    /// this only once the CSR passed every check (the certificate is signed).
+    fn redeem_join_token_for_pin(
+        &self,
+        token_sha256: &str,
+        agent_id: &str,
+        now_rfc3339: &str,
+        pin: &str,
+    ) -> Result<Redeem, StoreError>;
+    /// The latest renewal of `agent_id`, if any.
+    fn renewal(&self, agent_id: &str) -> Result<Option<RenewalRecord>, StoreError>;
+    /// Atomically applies [`renewal_refusal`] against the stored renewal; if allowed,
+    /// retires an outstanding new pin, enrols `record.new_pin` as active (source renewal;
+    /// a revoked pin is [`StoreError::Conflict`]) and stores `record` as the latest.
+    fn start_renewal(
+        &self,
+        record: &RenewalRecord,
+        min_interval_ms: i64,
+    ) -> Result<RenewalStart, StoreError>;
+    /// A session authenticated with `pin_in_use`: if that is the outstanding new pin of the
+    /// agent's renewal, marks it completed and retires the old pin (unless revoked).
+    /// Returns the retired pin.
+    fn complete_renewal(
+        &self,
+        agent_id: &str,
+        pin_in_use: &str,
+    ) -> Result<Option<String>, StoreError>;
     /// Deletes tokens that are expired at `now_rfc3339` or were used more than
     /// [`USED_TOKEN_RETENTION`] before it, keeping the table bounded. Returns how many.
     fn prune_join_tokens(&self, now_rfc3339: &str) -> Result<usize, StoreError>;

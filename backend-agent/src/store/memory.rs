@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-use super::enrolment::{check_transition, parse_time, prunable, refusal, validate_token};
+use super::enrolment::{
+    check_transition, parse_time, prunable, refusal, renewal_refusal, validate_token,
+    RenewalRecord, RenewalStart,
+};
 use super::{
     CommandQuery, CommandRecord, CommandState, CommandStore, EnrolmentStore, JobRecord, JoinToken,
     PinRecord, PinState, Redeem, StoreError,
@@ -24,6 +27,16 @@ struct Inner {
     // Agent id → when it was revoked.
     revoked_agents: BTreeMap<String, String>,
     join_tokens: HashMap<String, JoinToken>,
+    // Agent id → its latest renewal.
+    renewals: HashMap<String, RenewalRecord>,
+}
+
+impl Inner {
+    fn pin_state(&self, agent_id: &str, pin: &str) -> Option<PinState> {
+        self.pin_index
+            .get(&(agent_id.to_owned(), pin.to_owned()))
+            .map(|&i| self.pins[i].state)
+    }
 }
 
 /// An in-memory [`CommandStore`] and [`EnrolmentStore`].
@@ -233,6 +246,9 @@ impl EnrolmentStore for MemoryStore {
             .revoked_agents
             .entry(agent_id.to_owned())
             .or_insert(now);
+        inner
+            .join_tokens
+            .retain(|_, t| t.agent_id != agent_id || t.used_at.is_some());
         Ok(changed)
     }
 
@@ -271,6 +287,90 @@ impl EnrolmentStore for MemoryStore {
         }
         t.used_at = Some(now_rfc3339.to_owned());
         Ok(Redeem::Ok(t.clone()))
+    }
+
+    fn redeem_join_token_for_pin(
+        &self,
+        token_sha256: &str,
+        agent_id: &str,
+        now_rfc3339: &str,
+        pin: &str,
+    ) -> Result<Redeem, StoreError> {
+        let now = parse_time("now", now_rfc3339)?;
+        {
+            let inner = self.lock();
+            let Some(t) = inner.join_tokens.get(token_sha256) else {
+                return Ok(Redeem::Unknown);
+            };
+            if let Some(refused) = refusal(t, agent_id, now)? {
+                return Ok(refused);
+            }
+            if inner.revoked_agents.contains_key(agent_id) {
+                return Ok(Redeem::AgentRevoked);
+            }
+            if let Some(state) = inner.pin_state(agent_id, pin) {
+                check_transition(agent_id, pin, state, PinState::Active)?;
+            }
+        }
+        // Checked above under the same rules; tests of this store are single-threaded.
+        self.upsert_pin(agent_id, pin, PinState::Active, "join_token")?;
+        self.redeem_join_token(token_sha256, agent_id, now_rfc3339)
+    }
+
+    fn renewal(&self, agent_id: &str) -> Result<Option<RenewalRecord>, StoreError> {
+        Ok(self.lock().renewals.get(agent_id).cloned())
+    }
+
+    fn start_renewal(
+        &self,
+        record: &RenewalRecord,
+        min_interval_ms: i64,
+    ) -> Result<RenewalStart, StoreError> {
+        let agent_id = record.agent_id.as_str();
+        let last = self.lock().renewals.get(agent_id).cloned();
+        if let Some(refused) =
+            renewal_refusal(last.as_ref(), record.requested_at_ms, min_interval_ms)
+        {
+            return Ok(refused);
+        }
+        if let Some(state) = self.lock().pin_state(agent_id, &record.new_pin) {
+            check_transition(agent_id, &record.new_pin, state, PinState::Active)?;
+        }
+        let superseded = last
+            .filter(|l| !l.completed && l.new_pin != record.new_pin)
+            .map(|l| l.new_pin);
+        if let Some(unused) = &superseded {
+            if self.lock().pin_state(agent_id, unused) == Some(PinState::Active) {
+                self.upsert_pin(agent_id, unused, PinState::Retired, "renewal")?;
+            }
+        }
+        self.upsert_pin(agent_id, &record.new_pin, PinState::Active, "renewal")?;
+        let mut stored = record.clone();
+        stored.completed = false;
+        self.lock().renewals.insert(agent_id.to_owned(), stored);
+        Ok(RenewalStart::Started { superseded })
+    }
+
+    fn complete_renewal(
+        &self,
+        agent_id: &str,
+        pin_in_use: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let old = {
+            let mut inner = self.lock();
+            match inner.renewals.get_mut(agent_id) {
+                Some(r) if !r.completed && r.new_pin == pin_in_use => {
+                    r.completed = true;
+                    r.old_pin.clone()
+                }
+                _ => return Ok(None),
+            }
+        };
+        if self.lock().pin_state(agent_id, &old) != Some(PinState::Active) {
+            return Ok(None);
+        }
+        self.upsert_pin(agent_id, &old, PinState::Retired, "renewal")?;
+        Ok(Some(old))
     }
 
     fn prune_join_tokens(&self, now_rfc3339: &str) -> Result<usize, StoreError> {

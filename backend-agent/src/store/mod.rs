@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use enrolment::{
-    EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, UnknownPinState, USED_TOKEN_RETENTION,
+    renewal_refusal, EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, RenewalRecord,
+    RenewalStart, UnknownPinState, USED_TOKEN_RETENTION,
 };
 pub use memory::MemoryStore;
 pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};

@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::store::StoreError;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// `MIGRATIONS[n]` upgrades a file at schema version `n` to `n + 1`. Never edit a released
 /// entry; append a new one.
@@ -80,6 +80,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         created_at   TEXT NOT NULL,
         expires_at   TEXT NOT NULL,
         used_at      TEXT
+    );
+",
+    // 3: the latest certificate renewal of each agent (one outstanding, rate limited).
+    "
+    CREATE TABLE renewals (
+        agent_id        TEXT PRIMARY KEY NOT NULL,
+        old_pin         TEXT NOT NULL,
+        new_pin         TEXT NOT NULL,
+        requested_at_ms INTEGER NOT NULL,
+        completed       INTEGER NOT NULL
     );
 ",
 ];
