@@ -143,6 +143,7 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{from_der, percent_decode, spki_of};
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn a_certificate_without_an_extractable_key_is_refused() {

@@ -1,1 +1,204 @@
-//! placeholder
+//! Session behaviour over in-memory streams (`tokio::io::duplex`), with paused time: no TLS,
+//! no sockets, no waiting in real time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_protocol::{close, ErrorBody, HelloFrame, HubFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::DuplexStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::super::identity::PeerIdentity;
+use super::super::{HubContext, NoEvents, TaskCounter};
+use crate::audit::Audit;
+use crate::audit_flood::FailureAudit;
+use crate::config::{AuditConfig, HubConfig, LimitsConfig};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+const AGENT: &str = "edge-01";
+const PIN: &str = "sha256//test-pin";
+
+struct Fixture {
+    ctx: Arc<HubContext>,
+    _stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_certs::Ca::generate("session test CA").unwrap();
+    ca.save(&dir.path().join("ca")).unwrap();
+    let server = ca
+        .issue_server("localhost", &[], mesh_certs::Validity::days(1))
+        .unwrap();
+    server.save(&dir.path().join("server")).unwrap();
+    let (tls, client_verifier) = super::super::tls::server_config(
+        &dir.path().join("server/cert.pem"),
+        &dir.path().join("server/key.pem"),
+        &dir.path().join("ca/ca.pem"),
+    )
+    .unwrap();
+    let audit_config: AuditConfig =
+        toml::from_str(&format!("path = {:?}", dir.path().join("audit.log"))).unwrap();
+    let audit = Arc::new(Audit::open(&audit_config).unwrap().0);
+    let registry = Arc::new(Registry::default());
+    registry.enrol(AGENT, PIN);
+    let (stop, shutdown) = watch::channel(false);
+    let ctx = HubContext {
+        config: HubConfig::default(),
+        registry,
+        metrics: Arc::new(Metrics::default()),
+        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        client_verifier,
+        events: Arc::new(NoEvents),
+        shutdown,
+        tasks: TaskCounter::default(),
+        limits: Arc::new(crate::limits::RateLimits::new(&LimitsConfig::default())),
+        failures: Arc::new(FailureAudit::new(audit.clone())),
+        audit,
+    };
+    Fixture {
+        ctx: Arc::new(ctx),
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+fn hello() -> HelloFrame {
+    serde_json::from_value(serde_json::json!({
+        "type": "hello", "protocol": 1, "agent_id": AGENT, "version": "test",
+        "site": "s", "hostname": "h", "labels": {}, "verbs": [],
+        "max_concurrency": 1, "pending_results": []
+    }))
+    .unwrap()
+}
+
+fn identity() -> PeerIdentity {
+    PeerIdentity {
+        cn: AGENT.to_owned(),
+        pin: PIN.to_owned(),
+        spki: vec![1, 2, 3],
+        via_proxy: None,
+    }
+}
+
+/// Starts a session on one end of a duplex pipe of `buffer` bytes; returns the agent's end.
+async fn start(
+    ctx: &Arc<HubContext>,
+    buffer: usize,
+) -> (WebSocketStream<DuplexStream>, tokio::task::JoinHandle<()>) {
+    let (hub_io, agent_io) = tokio::io::duplex(buffer);
+    let hub_ws = WebSocketStream::from_raw_socket(hub_io, Role::Server, None).await;
+    let agent_ws = WebSocketStream::from_raw_socket(agent_io, Role::Client, None).await;
+    let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+    let task = tokio::spawn(super::run(ctx.clone(), hub_ws, identity(), hello(), peer));
+    (agent_ws, task)
+}
+
+async fn next_text(ws: &mut WebSocketStream<DuplexStream>) -> serde_json::Value {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+async fn close_code(ws: &mut WebSocketStream<DuplexStream>) -> u16 {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let f = fixture();
+    let (mut agent, task) = start(&f.ctx, 4 * 1024).await;
+    assert_eq!(next_text(&mut agent).await["type"], "welcome");
+    let session = f.ctx.registry.session(AGENT).expect("attached");
+    // Far more than the pipe holds; the agent never reads again.
+    let big = HubFrame::Error(ErrorBody::new("filler", "x".repeat(256 * 1024)));
+    session.tx.try_send(big).unwrap();
+    // Paused time jumps to the deadline once the write is stuck.
+    tokio::time::timeout(super::WRITE_DEADLINE * 3, task)
+        .await
+        .expect("the session ended by itself")
+        .unwrap();
+    assert_eq!(
+        f.ctx
+            .metrics
+            .hub_sessions_write_timeout
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert!(f.ctx.registry.session(AGENT).is_none(), "detached");
+    assert!(!f.ctx.registry.get(AGENT).unwrap().connected);
+    drop(agent);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_before_hello_is_final_at_attach() {
+    let f = fixture();
+    // Admitted at the handshake, revoked before `hello` arrives.
+    f.ctx.registry.revoke_agent(AGENT);
+    let (mut agent, task) = start(&f.ctx, 64 * 1024).await;
+    assert_eq!(close_code(&mut agent).await, close::REVOKED);
+    task.await.unwrap();
+    let view = f.ctx.registry.get(AGENT).unwrap();
+    assert!(!view.connected, "never listed as connected");
+    assert_eq!(view.session_id, None);
+    assert_eq!(f.ctx.metrics.hub_rejected_count("revoked"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_session_supersedes_the_older_with_4003() {
+    let f = fixture();
+    let (mut first, first_task) = start(&f.ctx, 64 * 1024).await;
+    assert_eq!(next_text(&mut first).await["type"], "welcome");
+    let (mut second, _second_task) = start(&f.ctx, 64 * 1024).await;
+    assert_eq!(next_text(&mut second).await["type"], "welcome");
+    assert_eq!(close_code(&mut first).await, close::SUPERSEDED);
+    first_task.await.unwrap();
+    assert!(
+        f.ctx.registry.get(AGENT).unwrap().connected,
+        "the newer stays"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_frames_are_answered_then_the_session_is_closed_4002() {
+    let f = fixture();
+    let (mut agent, task) = start(&f.ctx, 64 * 1024).await;
+    assert_eq!(next_text(&mut agent).await["type"], "welcome");
+    for _ in 0..=super::MAX_BAD_FRAMES {
+        agent.send(Message::text("{not json")).await.unwrap();
+        assert_eq!(next_text(&mut agent).await["type"], "error");
+    }
+    assert_eq!(close_code(&mut agent).await, close::PROTOCOL_ERROR);
+    task.await.unwrap();
+    assert!(!f.ctx.registry.get(AGENT).unwrap().connected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_session_is_pinged_every_heartbeat() {
+    let f = fixture();
+    let (mut agent, _task) = start(&f.ctx, 64 * 1024).await;
+    assert_eq!(next_text(&mut agent).await["type"], "welcome");
+    let heartbeat = Duration::from_secs(f.ctx.config.heartbeat_secs);
+    let msg = tokio::time::timeout(heartbeat * 2, agent.next())
+        .await
+        .expect("a ping within two heartbeats");
+    assert!(matches!(msg, Some(Ok(Message::Ping(_)))), "{msg:?}");
+}

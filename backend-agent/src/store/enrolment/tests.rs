@@ -37,6 +37,143 @@ pub(crate) fn conformance(store: &dyn EnrolmentStore) {
     pins_and_revocation(store);
     join_tokens(store);
     pruning(store);
+    revocation_voids_tokens_and_tokens_never_lift_it(store);
+    renewals(store);
+}
+
+fn revocation_voids_tokens_and_tokens_never_lift_it(store: &dyn EnrolmentStore) {
+    let late = "2030-01-01T00:00:00Z";
+    let now = "2026-01-01T00:00:00Z";
+    for hash in ["r1", "r2"] {
+        store
+            .insert_join_token(&token(hash, "edge-09", late))
+            .expect("insert");
+    }
+    // A token whose pin is revoked is a conflict and stays unspent.
+    store
+        .upsert_pin(
+            "edge-09",
+            "stolen",
+            PinState::Revoked,
+            PinRecord::SOURCE_API,
+        )
+        .expect("revoked pin");
+    assert!(matches!(
+        store.redeem_join_token_for_pin("r1", "edge-09", now, "stolen"),
+        Err(StoreError::Conflict(_))
+    ));
+    let Redeem::Ok(t) = store
+        .redeem_join_token_for_pin("r1", "edge-09", now, "fresh")
+        .expect("redeem")
+    else {
+        panic!("r1 is redeemable");
+    };
+    assert_eq!(t.used_at.as_deref(), Some(now));
+    assert_eq!(
+        states(store, "edge-09"),
+        [
+            pin("stolen", PinState::Revoked),
+            pin("fresh", PinState::Active)
+        ]
+    );
+    // Revoking voids the unused r2; a later redemption is refused and lifts nothing.
+    store.revoke_agent("edge-09").expect("revoke");
+    assert_eq!(
+        store
+            .redeem_join_token_for_pin("r2", "edge-09", now, "again")
+            .expect("redeem"),
+        Redeem::Unknown
+    );
+    store
+        .insert_join_token(&token("r3", "edge-09", late))
+        .expect("r3 issued after");
+    assert_eq!(
+        store
+            .redeem_join_token_for_pin("r3", "edge-09", now, "again")
+            .expect("redeem"),
+        Redeem::AgentRevoked
+    );
+    assert!(store
+        .revoked_agents()
+        .expect("revoked")
+        .contains(&"edge-09".to_owned()));
+    assert!(
+        matches!(
+            store.redeem_join_token("r3", "edge-09", now).expect("r3"),
+            Redeem::Ok(_)
+        ),
+        "the refusal left r3 unspent"
+    );
+}
+
+fn renewals(store: &dyn EnrolmentStore) {
+    use PinState::{Active, Retired};
+    let rec = |old: &str, new: &str, at: i64| RenewalRecord {
+        agent_id: "edge-20".to_owned(),
+        old_pin: old.to_owned(),
+        new_pin: new.to_owned(),
+        requested_at_ms: at,
+        completed: false,
+    };
+    let interval = 600_000;
+    store
+        .upsert_pin("edge-20", "a", Active, PinRecord::SOURCE_CONFIG)
+        .expect("a");
+    assert_eq!(store.renewal("edge-20").expect("none"), None);
+    assert_eq!(
+        store
+            .start_renewal(&rec("a", "b", 1_000), interval)
+            .expect("b"),
+        RenewalStart::Started { superseded: None }
+    );
+    // One outstanding: refused within the interval, pins unchanged.
+    assert_eq!(
+        store
+            .start_renewal(&rec("a", "c", 2_000), interval)
+            .expect("c"),
+        RenewalStart::Outstanding { wait_ms: 599_000 }
+    );
+    assert_eq!(
+        states(store, "edge-20"),
+        [pin("a", Active), pin("b", Active)]
+    );
+    // After the interval the never-used b is retired for c.
+    assert_eq!(
+        store
+            .start_renewal(&rec("a", "c", 601_000), interval)
+            .expect("c"),
+        RenewalStart::Started {
+            superseded: Some("b".to_owned())
+        }
+    );
+    assert_eq!(
+        states(store, "edge-20"),
+        [pin("a", Active), pin("b", Retired), pin("c", Active)]
+    );
+    // Seen in use: a session with c retires a, exactly once.
+    assert_eq!(store.complete_renewal("edge-20", "a").expect("old"), None);
+    assert_eq!(
+        store.complete_renewal("edge-20", "c").expect("c"),
+        Some("a".to_owned())
+    );
+    assert_eq!(store.complete_renewal("edge-20", "c").expect("again"), None);
+    assert_eq!(
+        states(store, "edge-20"),
+        [pin("a", Retired), pin("b", Retired), pin("c", Active)]
+    );
+    assert!(
+        store
+            .renewal("edge-20")
+            .expect("row")
+            .expect("some")
+            .completed
+    );
+    assert_eq!(
+        store
+            .start_renewal(&rec("c", "d", 602_000), interval)
+            .expect("d"),
+        RenewalStart::TooSoon { wait_ms: 599_000 }
+    );
 }
 
 fn pins_and_revocation(store: &dyn EnrolmentStore) {
