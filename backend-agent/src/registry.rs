@@ -221,7 +221,10 @@ impl Registry {
         let retired: Vec<String> = record.retired_pins.drain().collect();
         record.revoked_pins.extend(retired);
         record.revoked = true;
-        Some(record.session.clone())
+        // Taken out at once: a revoked agent is never listed as connected, not even while
+        // its session task is still sending the close frame.
+        record.connected_since_ms = None;
+        Some(record.session.take())
     }
 
     /// Marks the whole agent revoked (loaded from the store at start).

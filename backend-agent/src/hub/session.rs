@@ -128,8 +128,15 @@ enum Step {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The identity check at attach failed: close without `welcome`, never listed.
     async fn refuse(mut self, why: IdentityRejection, peer: SocketAddr) {
+        // Own reason codes: metrics and the audit tell this race apart from a refusal at
+        // the handshake.
+        let reason = match why {
+            IdentityRejection::Revoked => "revoked_before_hello",
+            IdentityRejection::Retired => "retired_before_hello",
+            IdentityRejection::PinNotEnrolled => "unenrolled_before_hello",
+        };
         let r = Rejection::new(
-            why.code(),
+            reason,
             format!(
                 "pin {} became {} before hello for agent {}",
                 self.identity.pin,

@@ -159,7 +159,7 @@ async fn a_revocation_before_hello_is_final_at_attach() {
     let view = f.ctx.registry.get(AGENT).unwrap();
     assert!(!view.connected, "never listed as connected");
     assert_eq!(view.session_id, None);
-    assert_eq!(f.ctx.metrics.hub_rejected_count("revoked"), 1);
+    assert_eq!(f.ctx.metrics.hub_rejected_count("revoked_before_hello"), 1);
 }
 
 #[tokio::test(start_paused = true)]
