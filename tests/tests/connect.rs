@@ -339,7 +339,11 @@ async fn agent_comes_back_after_the_backend_is_killed_and_restarted() {
         hub.is_connected("edge-01")
     })
     .await;
-    assert!(agent.state.snapshot().connects >= 2);
+    // The hub lists a session before its `welcome` reaches the agent, so wait for the agent.
+    eventually("the agent counted its reconnect", PATIENCE, || async {
+        agent.state.snapshot().connects >= 2
+    })
+    .await;
     agent.stop().await;
     hub.stop().await;
 }
