@@ -188,6 +188,8 @@ impl Backend {
             metrics: metrics.clone(),
             failures: failures.clone(),
             renewals: Arc::new(tokio::sync::Semaphore::new(events::MAX_CONCURRENT_RENEWALS)),
+            results: Arc::new(tokio::sync::Semaphore::new(events::MAX_RESULTS_IN_FLIGHT)),
+            tasks: tasks.clone(),
         });
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
