@@ -205,7 +205,12 @@ impl Backend {
             failures: failures.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
-        let hub_task = tokio::spawn(hub::serve(listeners.hub, hub_ctx));
+        // `/ready` reports a hub whose accept loop ended (shutdown, or a task that died).
+        let hub_flag = hub_listening.clone();
+        let hub_task = tokio::spawn(async move {
+            let _listening = hub::ListeningGuard(hub_flag);
+            hub::serve(listeners.hub, hub_ctx).await;
+        });
 
         let state = api::AppState {
             registry: registry.clone(),

@@ -12,11 +12,17 @@
 //!  wait for `hello` (hello_timeout_secs) ──none──► close 4002
 //!  agent_id == CN? ──no──► 4001     protocol == 1? ──no──► 4002
 //!      │
-//!  register session (an older one of the same id is closed 4003), send `welcome`
+//!  attach under the registry lock: identity checked again ──revoked──► 4004 (never listed)
+//!      │                                                   └─retired/unknown──► 4001
+//!  (an older session of the same id is closed 4003), send `welcome`
 //!      │
 //!  session loop: frames in ⇄ bounded queue out; ping every heartbeat_secs;
-//!  silent for 3 intervals ──► drop;  shutdown ──► `drain` + close 1001
+//!  silent for 3 intervals ──► drop;  a write stuck for 10 s ──► drop (peer not reading);
+//!  revoked ──► 4004;  shutdown ──► `drain` + close 1001
 //! ```
+//!
+//! Refused connections are audited per source through [`crate::audit_flood`]: the first
+//! refusal of a source in a window in full, the rest as one summary record.
 //!
 //! Every refused connection is logged once with its reason code and counted in
 //! `agentmesh_hub_rejected_total{reason}`.
@@ -150,8 +156,42 @@ impl Drop for TaskGuard {
     }
 }
 
+/// Clears the "hub is listening" flag `/ready` reads when dropped: when the accept loop
+/// ends, and also when its task is aborted or panics.
+#[derive(Debug)]
+pub struct ListeningGuard(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ListeningGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Completes once the shutdown flag is set (or its sender is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     // Map the guard `wait_for` returns to `()`: it must not live across an await.
     let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::ListeningGuard;
+
+    #[tokio::test]
+    async fn ready_learns_that_the_accept_loop_is_gone_even_when_aborted() {
+        let flag = Arc::new(AtomicBool::new(true));
+        let guard = ListeningGuard(flag.clone());
+        let task = tokio::spawn(async move {
+            let _listening = guard;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        assert!(flag.load(Ordering::Relaxed));
+        task.abort();
+        let _ = task.await;
+        assert!(!flag.load(Ordering::Relaxed));
+    }
 }
