@@ -22,6 +22,8 @@ pub struct Metrics {
     pub hub_sessions_write_timeout: AtomicU64,
     /// Certificate renewals refused (one outstanding, rate limit, bad CSR).
     pub renewals_refused: AtomicU64,
+    /// Unauthenticated failures summed into a per-source record instead of one each.
+    pub unauthenticated_failures_aggregated: AtomicU64,
     /// Connections refused, by reason code.
     hub_rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// API requests refused for a missing or bad token.
@@ -107,6 +109,12 @@ impl Metrics {
             "agentmesh_results_duplicate_total",
             "Results received again for commands already final.",
             &self.results_duplicate,
+        );
+        counter(
+            &mut out,
+            "agentmesh_unauthenticated_failures_aggregated_total",
+            "Unauthenticated failures counted in a per-source summary instead of a record each.",
+            &self.unauthenticated_failures_aggregated,
         );
         let _ = writeln!(
             out,

@@ -64,6 +64,13 @@ async fn a_401_flood_of_10000_requests_writes_a_few_dozen_audit_records() {
     })
     .await;
     assert!(statuses.iter().all(|s| *s == 401));
+    let metrics = http::get(addr, "/metrics", None).await.body;
+    let aggregated: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agentmesh_unauthenticated_failures_aggregated_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the aggregation counter is exported");
+    assert!(aggregated >= 9_900, "{aggregated}");
     let config: PathBuf = hub.config_path.clone();
     // Stopping closes the open window, so every failure is accounted for below.
     hub.stop().await;

@@ -46,6 +46,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // The aggregator counts on its own (it has no metrics handle); copy it in before render.
+    state
+        .metrics
+        .unauthenticated_failures_aggregated
+        .store(state.failures.suppressed(), Ordering::Relaxed);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(state.registry.connected_count()),

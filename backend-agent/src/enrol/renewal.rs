@@ -91,6 +91,16 @@ impl Enrolment {
 
     /// A session authenticated with `pin`: completes a pending renewal by retiring the old pin.
     pub async fn on_session(&self, agent_id: &str, pin: &str) {
+        // A plain read first: most sessions complete no renewal, and a reconnect storm
+        // should not queue a write transaction per agent.
+        match self.store.renewal(agent_id).await {
+            Ok(Some(r)) if !r.completed && r.new_pin == pin => {}
+            Ok(_) => return,
+            Err(e) => {
+                warn!(agent.id = %agent_id, error = %e, "could not read the pending renewal");
+                return;
+            }
+        }
         match self.store.complete_renewal(agent_id, pin).await {
             Ok(Some(old)) => {
                 self.registry.retire_pin(agent_id, &old);
