@@ -77,6 +77,7 @@ pub(super) async fn run<S>(
         identity,
         shared,
         bad_frames: 0,
+        last_heard: tokio::time::Instant::now(),
     };
     // Attached before `welcome`: the identity is checked again under the registry lock, so
     // a revocation between the handshake and `hello` is final.
@@ -117,6 +118,9 @@ struct Session<S> {
     identity: PeerIdentity,
     shared: Arc<SessionShared>,
     bad_frames: u32,
+    /// Last message from the agent on the runtime's clock (the heartbeat check), while
+    /// `shared` keeps wall-clock time for the API.
+    last_heard: tokio::time::Instant,
 }
 
 /// What a handler tells the loop.
@@ -239,7 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Step {
         match msg {
             Some(Ok(Message::Text(text))) => {
-                self.shared.touch();
+                self.heard();
                 let max = self.ctx.config.max_message_bytes;
                 match decode_agent_frame(text.as_bytes(), max) {
                     Ok(AgentFrame::Hello(_)) => {
@@ -270,7 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Step::Continue
             }
             Some(Ok(Message::Binary(_))) => {
-                self.shared.touch();
+                self.heard();
                 self.bad_frame("binary", "binary messages are not part of the protocol")
                     .await
             }
@@ -280,7 +284,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             // Ping/pong: tungstenite answers pings itself.
             Some(Ok(_)) => {
-                self.shared.touch();
+                self.heard();
                 Step::Continue
             }
             Some(Err(WsError::Capacity(e))) => {
@@ -294,6 +298,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             None => Step::End(CONNECTION_LOST),
         }
+    }
+
+    /// The agent said something (any message counts as alive).
+    fn heard(&mut self) {
+        self.shared.touch();
+        self.last_heard = tokio::time::Instant::now();
     }
 
     /// Counts a bad frame and tells the agent why.
@@ -316,8 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Heartbeat: drop a silent agent, ping a live one.
     async fn on_tick(&mut self, heartbeat: Duration) -> Step {
-        let silent_ms = clock::unix_ms() - self.shared.last_seen_ms.load(Ordering::Relaxed);
-        if silent_ms > 3 * heartbeat.as_millis() as i64 {
+        if self.last_heard.elapsed() > 3 * heartbeat {
             self.ctx
                 .metrics
                 .hub_sessions_timed_out

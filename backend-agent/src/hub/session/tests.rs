@@ -202,3 +202,22 @@ async fn a_quiet_session_is_pinged_every_heartbeat() {
         .expect("a ping within two heartbeats");
     assert!(matches!(msg, Some(Ok(Message::Ping(_)))), "{msg:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_silent_for_three_heartbeats_is_dropped() {
+    let f = fixture();
+    let (mut agent, task) = start(&f.ctx, 64 * 1024).await;
+    assert_eq!(next_text(&mut agent).await["type"], "welcome");
+    // From now on the agent neither reads nor writes, so it never answers a ping.
+    let heartbeat = Duration::from_secs(f.ctx.config.heartbeat_secs);
+    tokio::time::timeout(heartbeat * 6, task)
+        .await
+        .expect("dropped after three silent intervals")
+        .unwrap();
+    assert_eq!(
+        f.ctx.metrics.hub_sessions_timed_out.load(Ordering::Relaxed),
+        1
+    );
+    assert!(!f.ctx.registry.get(AGENT).unwrap().connected);
+    drop(agent);
+}
