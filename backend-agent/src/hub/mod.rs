@@ -28,6 +28,7 @@
 //! `agentmesh_hub_rejected_total{reason}`.
 
 mod accept;
+mod close;
 mod handshake;
 mod identity;
 mod session;

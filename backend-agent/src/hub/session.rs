@@ -18,12 +18,11 @@ use agentmesh_protocol::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
+pub(super) use super::close::close_ws;
 use super::identity::{PeerIdentity, Rejection};
 use super::HubContext;
 use crate::audit::kinds;
@@ -36,9 +35,6 @@ const MAX_BAD_FRAMES: u32 = 100;
 
 /// Longest one write to the agent may take; past it the agent counts as gone.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Longest a close handshake waits for the peer's answer.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What ends a session; the text goes to the log and the `agent_disconnected` record.
 type End = &'static str;
@@ -100,13 +96,17 @@ pub(super) async fn run<S>(
         info!(old.session_id = %old.session_id, "superseding older session");
         old.request_close(close::SUPERSEDED, "superseded by a newer session");
     }
-    let end = match session.welcome().await {
-        Ok(()) => {
-            session.started(&hello, peer);
-            session.serve(rx, close_rx).await
-        }
-        Err(end) => end,
-    };
+    if let Err(end) = session.welcome().await {
+        // Never announced as connected, so only the registry needs to forget it.
+        debug!(reason = end, "welcome could not be sent");
+        session
+            .ctx
+            .registry
+            .detach(&session.agent_id, &session.session_id);
+        return;
+    }
+    session.started(&hello, peer);
+    let end = session.serve(rx, close_rx).await;
     session.finish(end);
 }
 
@@ -386,29 +386,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         info!(session.id = %self.session_id, reason = end, "agent disconnected");
     }
-}
-
-/// Sends a close frame and waits briefly for the peer's answer so the reason arrives.
-pub(super) async fn close_ws<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    // A close reason may be at most 123 bytes.
-    let mut reason = reason.to_owned();
-    while reason.len() > 123 {
-        reason.pop();
-    }
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    // Bounded as a whole: a peer that stops reading cannot hold the close either.
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        if ws.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]
