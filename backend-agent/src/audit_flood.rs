@@ -115,8 +115,9 @@ impl FailureAudit {
     }
 
     /// Counts one failure from `source` for `reason`; `first` builds the full record, which
-    /// is written only for the first failure of this source in the window.
-    pub fn failure(&self, source: &str, reason: &str, first: impl FnOnce() -> AuditEvent) {
+    /// is written only for the first failure of this source in the window. Returns whether
+    /// it was, so callers can log at the same rate (a flood must not become a log flood).
+    pub fn failure(&self, source: &str, reason: &str, first: impl FnOnce() -> AuditEvent) -> bool {
         let now = clock::unix_ms();
         let is_first = {
             let mut w = self.lock();
@@ -138,6 +139,7 @@ impl FailureAudit {
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
+        is_first
     }
 
     /// Failures so far that got no record of their own.

@@ -77,19 +77,24 @@ impl FromRequestParts<AppState> for Caller {
                 .metrics
                 .api_auth_failures
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(path = %parts.uri.path(), reason, "API request refused: 401");
-            // Aggregated per source: a bad-token flood costs a few records, not one each.
+            // Aggregated per source: a bad-token flood costs a few records, not one each,
+            // and is logged at the same rate.
             let peer = parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0);
             let source = crate::audit_flood::source_name(peer.map(|p| p.ip()));
-            state.failures.failure(&source, reason, || {
+            let first = state.failures.failure(&source, reason, || {
                 AuditEvent::new(kinds::AUTH_FAILED).details(serde_json::json!({
                     "credential": "bearer", "reason": reason, "path": parts.uri.path(),
                     "peer": peer.map(|p| p.to_string()),
                 }))
             });
+            if first {
+                warn!(path = %parts.uri.path(), %source, reason, "API request refused: 401 (further ones from this source are summed up)");
+            } else {
+                tracing::debug!(path = %parts.uri.path(), %source, reason, "API request refused: 401");
+            }
         };
         let Some(token) = presented else {
             failed("missing bearer token");

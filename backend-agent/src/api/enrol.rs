@@ -128,14 +128,17 @@ pub async fn redeem(
                 _ => None,
             };
             if let Some(why) = why {
-                warn!(peer.addr = %peer, agent.id = %body.agent_id, reason = why, error = %e, "join token refused");
-                state
+                let first = state
                     .failures
                     .failure(&source, &format!("enrol: {why}"), || {
                         state
                             .enrolment
                             .join_refused_event(&body.agent_id, &peer.to_string(), why)
                     });
+                // Logged at the rate it is audited.
+                if first {
+                    warn!(peer.addr = %peer, agent.id = %body.agent_id, reason = why, error = %e, "join token refused");
+                }
             }
             Err(e.into())
         }

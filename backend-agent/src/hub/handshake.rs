@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::{http, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::identity::{self, PeerIdentity, Rejection, FORWARDED_CERT_HEADER};
 use super::{session, HubContext, TaskGuard};
@@ -133,7 +133,8 @@ pub(super) fn refused(
     ctx.metrics.hub_rejected(r.reason);
     // Aggregated per source: a reconnect loop or a scan costs a few records per window.
     let source = crate::audit_flood::source_name(Some(peer.ip()));
-    ctx.failures
+    let first = ctx
+        .failures
         .failure(&source, &format!("hub: {}", r.reason), || {
             let mut event = AuditEvent::new(kinds::AGENT_REJECTED).details(serde_json::json!({
                 "reason": r.reason, "detail": r.detail,
@@ -144,6 +145,11 @@ pub(super) fn refused(
             }
             event
         });
+    // Logged at the rate it is audited: the first refusal of a source per window.
+    if !first {
+        debug!(reason = r.reason, detail = %r.detail, "hub connection refused");
+        return;
+    }
     match identity {
         Some(id) => {
             warn!(reason = r.reason, cert.cn = %id.cn, cert.pin = %id.pin, detail = %r.detail, "hub connection refused")
