@@ -80,7 +80,7 @@ impl SessionEvents for BackendEvents {
                 })
             }
             AgentFrame::Renew { csr } => {
-                self.renew(agent_id, csr);
+                self.renew(agent_id, spki, csr);
                 Box::pin(async {})
             }
             AgentFrame::Error(e) => {
@@ -95,13 +95,12 @@ impl SessionEvents for BackendEvents {
 impl BackendEvents {
     /// Handles a `renew` off the session loop (signing and the store take time), bounded by
     /// [`MAX_CONCURRENT_RENEWALS`].
-    fn renew(&self, agent_id: &str, csr: String) {
+    fn renew(&self, agent_id: &str, spki: &[u8], csr: String) {
         let Some(session) = self.registry.session(agent_id) else {
             return;
         };
-        let Some(current_pin) = self.registry.get(agent_id).and_then(|v| v.pin) else {
-            return;
-        };
+        // The pin of the very session that asked (the hub pinned the same SPKI bytes).
+        let current_pin = mesh_certs::pin_from_spki_der(spki);
         let Ok(permit) = self.renewals.clone().try_acquire_owned() else {
             let e = EnrolError::RenewalRefused {
                 code: "renew_busy",

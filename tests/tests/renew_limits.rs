@@ -38,7 +38,10 @@ async fn a_renew_flood_gets_one_certificate_and_the_pins_do_not_grow() {
     let mut renewed = 0;
     let mut refused = Vec::new();
     for _ in 0..FLOOD {
-        let answer = c.next_json(PATIENCE).await.expect("every renew is answered");
+        let answer = c
+            .next_json(PATIENCE)
+            .await
+            .expect("every renew is answered");
         match answer["type"].as_str() {
             Some("renewed") => renewed += 1,
             Some("error") => refused.push(answer["code"].as_str().unwrap().to_owned()),
@@ -111,7 +114,10 @@ async fn a_csr_the_ca_refuses_does_not_burn_the_join_token() {
     };
     let r = enroll(P384_CSR.to_owned()).await;
     assert_eq!(r.status, 422, "{}", r.body);
-    let r = enroll("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".to_owned()).await;
+    let r = enroll(
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".to_owned(),
+    )
+    .await;
     assert_eq!(r.status, 422, "{}", r.body);
     // The token is intact: a good CSR redeems it, once.
     let (csr, _key) = mesh_certs::generate_csr("edge-05").unwrap();
