@@ -285,7 +285,11 @@ impl Enrolment {
             Redeem::WrongAgent => return Err(EnrolError::BadToken("issued for another agent")),
             Redeem::AgentRevoked => return Err(EnrolError::BadToken("agent revoked")),
         }
-        // Never unrevokes: if a revocation raced this redemption, the agent stays refused.
+        // Never unrevokes. A revocation that raced this redemption has already revoked the
+        // new pin in the store; keep it out of the registry too.
+        if self.is_revoked(agent_id) {
+            return Err(EnrolError::BadToken("agent revoked"));
+        }
         self.registry.enrol(agent_id, &issued.pin);
         info!(agent.id = %agent_id, pin = %issued.pin, "agent enrolled with a join token");
         self.enrolled("join_token", agent_id, &issued.pin, "join_token");
