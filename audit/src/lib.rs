@@ -29,8 +29,9 @@
 //! # Layout
 //!
 //! - `record`: [`AuditEvent`], [`AuditRecord`], [`kinds`], the canonical form and hashing.
-//! - `writer`: [`AuditLog`] and [`AuditOptions`]: the handle, the writer thread, group commit.
-//! - `segment`: the current file: sealing, writing, fsync, rotation.
+//! - `writer`: [`AuditLog`] and [`AuditOptions`]: the handle and its health.
+//! - `thread`: the writer thread: group commit, retrying and resuming after a failed write.
+//! - `segment`: the current file: placing records on the chain, writing, fsync, rotation.
 //! - `repair`: what [`AuditLog::open`] checks and cuts; [`OpenReport`].
 //! - `verify`: [`verify_files`], [`VerifyError`], [`run_verify_cli`] for `audit verify FILE...`.
 //! - `query`: [`query`] with an [`AuditFilter`].
@@ -42,12 +43,15 @@
 
 mod der;
 mod error;
+#[cfg(test)]
+mod fault;
 mod files;
 mod query;
 mod record;
 mod repair;
 mod segment;
 mod sign;
+mod thread;
 mod verify;
 mod writer;
 

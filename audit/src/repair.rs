@@ -116,6 +116,8 @@ pub(crate) fn recover(
         last_hash,
         dirty: false,
         rotation_blocked: false,
+        #[cfg(test)]
+        fault: Default::default(),
     };
     if !events.is_empty() {
         segment.write_events(events, fsyncs)?;
