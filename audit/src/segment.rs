@@ -82,9 +82,10 @@ impl Segment {
         let mut buf = String::new();
         let mut saved = self.position();
         let mut written = 0;
-        for i in 0..records.len() {
-            records[i].relink(self.last_seq.saturating_add(1), self.last_hash.clone());
-            let mut line = records[i].to_line();
+        let total = records.len();
+        for (i, record) in records.iter_mut().enumerate() {
+            record.relink(self.last_seq.saturating_add(1), self.last_hash.clone());
+            let mut line = record.to_line();
             if self.should_rotate(buf.len() + line.len()) {
                 if let Err(e) = self.write_buf(&buf) {
                     self.restore(saved);
@@ -102,19 +103,19 @@ impl Segment {
                         saved = self.position();
                         buf.push_str(&rotated.to_line());
                         self.advance(&rotated);
-                        records[i].relink(self.last_seq.saturating_add(1), self.last_hash.clone());
-                        line = records[i].to_line();
+                        record.relink(self.last_seq.saturating_add(1), self.last_hash.clone());
+                        line = record.to_line();
                     }
                 }
             }
             buf.push_str(&line);
-            self.advance(&records[i]);
+            self.advance(record);
         }
         if let Err(e) = self.write_buf(&buf) {
             self.restore(saved);
             return (written, Err(e));
         }
-        (records.len(), Ok(()))
+        (total, Ok(()))
     }
 
     /// Cuts whatever a failed write left past the last complete record (when the cut in

@@ -52,7 +52,9 @@ async fn a_failed_write_refuses_durable_appends_then_resumes_the_same_chain() {
     assert!(log.is_healthy());
 
     log.fault().fail_writes.store(true, Ordering::SeqCst);
-    let err = log.append_durable(AuditEvent::new("refused-in-flight")).await;
+    let err = log
+        .append_durable(AuditEvent::new("refused-in-flight"))
+        .await;
     assert!(matches!(err, Err(AuditError::Unavailable(_))), "{err:?}");
     assert!(!log.is_healthy());
     // While it cannot write: durable work fails at once, plain appends wait in the backlog.
@@ -76,7 +78,10 @@ async fn a_failed_write_refuses_durable_appends_then_resumes_the_same_chain() {
     assert_eq!(all[0]["hash"], acked.hash.as_str());
     assert_eq!(all[4]["seq"], after.seq);
     let resumed = &all[3]["details"];
-    assert_eq!(resumed["refused_durable"], 3, "two appends and a flush: {resumed}");
+    assert_eq!(
+        resumed["refused_durable"], 3,
+        "two appends and a flush: {resumed}"
+    );
     assert_eq!(resumed["dropped"], 0, "{resumed}");
     assert!(
         resumed["first_error"]
@@ -151,7 +156,10 @@ async fn closing_while_unable_to_write_reports_it_and_leaves_a_valid_file() {
     assert_eq!(kinds(&records(&path)), ["kept"]);
     // Reopening continues the chain from what is on disk.
     let (log, report) = AuditLog::open(&path, AuditOptions::default()).unwrap();
-    assert!(report.repaired.is_none() && report.broken.is_none(), "{report:?}");
+    assert!(
+        report.repaired.is_none() && report.broken.is_none(),
+        "{report:?}"
+    );
     log.append_durable(AuditEvent::new("next")).await.unwrap();
     log.close().await.unwrap();
     assert_eq!(kinds(&records(&path)), ["kept", "next"]);
@@ -185,7 +193,19 @@ async fn a_failure_across_rotation_keeps_one_chain() {
         .collect();
     assert_eq!(
         k,
-        ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4", "log_resumed"]
+        [
+            "a0",
+            "a1",
+            "a2",
+            "a3",
+            "a4",
+            "b0",
+            "b1",
+            "b2",
+            "b3",
+            "b4",
+            "log_resumed"
+        ]
     );
     assert!(log_files(&path).unwrap().len() > 1, "the test rotated");
 }

@@ -105,7 +105,11 @@ impl Shared {
         if self.healthy.load(Ordering::SeqCst) {
             return None;
         }
-        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Some(AuditError::Unavailable(reason))
     }
 }
