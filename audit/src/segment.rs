@@ -32,6 +32,9 @@ pub(crate) struct Segment {
     pub(crate) last_hash: String,
     /// Written but not yet fsynced.
     pub(crate) dirty: bool,
+    /// Seq and hash of the last record known to be on disk (fsynced, or written when the
+    /// `fsync` option is off): what a checkpoint may vouch for.
+    pub(crate) synced: (u64, String),
     /// Set when the rotation target already exists; the file then just grows.
     pub(crate) rotation_blocked: bool,
     /// Injected failures for the writer's unit tests.
@@ -155,8 +158,10 @@ impl Segment {
     }
 
     /// fsyncs the file if anything is unsynced (and `force` or the `fsync` option says so).
+    /// On success the current position becomes [`Segment::synced`].
     pub(crate) fn sync(&mut self, force: bool, fsyncs: &AtomicU64) -> Result<(), AuditError> {
         if !self.dirty || !(force || self.options.fsync) {
+            self.synced = (self.last_seq, self.last_hash.clone());
             return Ok(());
         }
         #[cfg(test)]
@@ -171,6 +176,7 @@ impl Segment {
             .map_err(|e| AuditError::io(format!("fsync {}", self.path.display()), e))?;
         fsyncs.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
+        self.synced = (self.last_seq, self.last_hash.clone());
         Ok(())
     }
 

@@ -312,8 +312,13 @@ impl Writer<'_> {
             .map(|o| AuditError::Unavailable(o.last_error.clone()))
     }
 
-    /// Remembers unsynced data for the idle fsync.
+    /// Publishes the synced tail; remembers unsynced data for the idle fsync.
     fn after_write(&mut self) {
+        let mut tail = self.shared.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.0 != self.segment.synced.0 {
+            *tail = self.segment.synced.clone();
+        }
+        drop(tail);
         if self.segment.dirty && self.segment.options.fsync {
             self.dirty_since.get_or_insert_with(Instant::now);
         } else {

@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     /// Records the writer holds unwritten.
     pub(crate) backlog: AtomicUsize,
     pub(crate) backlog_capacity: usize,
+    /// Seq and hash of the last record known to be on disk.
+    pub(crate) tail: Mutex<(u64, String)>,
     /// Durable appends and flushes the handles refused during the current outage.
     pub(crate) refused: AtomicU64,
     /// Plain appends the handles refused (backlog full) during the current outage.
@@ -143,6 +145,7 @@ impl AuditLog {
         let fsyncs = AtomicU64::new(0);
         let (segment, report) = recover(path, &options, &fsyncs)?;
         let shared = Arc::new(Shared {
+            tail: Mutex::new(segment.synced.clone()),
             fsyncs,
             healthy: AtomicBool::new(true),
             reason: Mutex::new(String::new()),
@@ -240,6 +243,18 @@ impl AuditLog {
     /// refused. For `/ready` and metrics; it turns true again by itself when a retry succeeds.
     pub fn is_healthy(&self) -> bool {
         self.inner.shared.unavailable().is_none()
+    }
+
+    /// Seq and hash of the last record known to be on disk (fsynced; written, with `fsync`
+    /// off); `(0, GENESIS_PREV)` for an empty log. What a checkpoint may vouch for: a crash
+    /// cannot take it away, so a log that ends before it was cut.
+    pub fn durable_tail(&self) -> (u64, String) {
+        self.inner
+            .shared
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records the writer holds unwritten (non-zero only while it cannot write).

@@ -61,10 +61,12 @@ enum TokenAction {
 
 #[derive(Subcommand, Debug)]
 enum AuditAction {
-    /// Verify the hash chain and result signatures; prints the first broken record.
+    /// Verify the hash chain and result signatures; prints the first broken record. With
+    /// `--config`, verifies the configured log (all rotated files) and that it reaches the
+    /// latest signed checkpoint in the store, so records cut off the end are detected; with
+    /// FILE... the tail is unanchored. Exit 0 ok, 1 broken or cut, 64 usage/config error.
     Verify {
-        /// Log files (current and rotated, any order).
-        #[arg(required = true)]
+        /// Log files (current and rotated, any order); instead of `--config`.
         files: Vec<PathBuf>,
     },
 }
@@ -116,7 +118,19 @@ fn main() -> ExitCode {
         Some(Command::Audit {
             action: AuditAction::Verify { files },
         }) => {
-            let code = agentmesh_audit::run_verify_cli(&files);
+            let code = match (&cli.config, files.is_empty()) {
+                (Some(_), false) => {
+                    eprintln!(
+                        "usage: audit verify --config FILE  or  audit verify FILE..., not both"
+                    );
+                    i32::from(EXIT_USAGE)
+                }
+                (Some(path), true) => match load_config(Some(path)) {
+                    Ok(config) => backend_agent::checkpoint::run_verify_cli(&config),
+                    Err(code) => return code,
+                },
+                (None, _) => agentmesh_audit::run_verify_cli(&files),
+            };
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Revoke { id }) => {

@@ -24,6 +24,8 @@ struct Inner {
     // Agent id → when it was revoked.
     revoked_agents: BTreeMap<String, String>,
     join_tokens: HashMap<String, JoinToken>,
+    // Oldest first, at most CHECKPOINTS_KEPT.
+    checkpoints: std::collections::VecDeque<agentmesh_audit::Checkpoint>,
 }
 
 /// An in-memory [`CommandStore`] and [`EnrolmentStore`].
@@ -296,5 +298,20 @@ mod tests {
     #[test]
     fn enrolment_conformance() {
         crate::store::enrolment::tests::conformance(&MemoryStore::new());
+    }
+}
+
+impl super::CheckpointStore for MemoryStore {
+    fn put_checkpoint(&self, checkpoint: &agentmesh_audit::Checkpoint) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.checkpoints.len() >= super::CHECKPOINTS_KEPT {
+            inner.checkpoints.pop_front();
+        }
+        inner.checkpoints.push_back(checkpoint.clone());
+        Ok(())
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<agentmesh_audit::Checkpoint>, StoreError> {
+        Ok(self.lock().checkpoints.back().cloned())
     }
 }
