@@ -286,21 +286,6 @@ impl EnrolmentStore for MemoryStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conformance() {
-        crate::store::tests::conformance(&MemoryStore::new());
-    }
-
-    #[test]
-    fn enrolment_conformance() {
-        crate::store::enrolment::tests::conformance(&MemoryStore::new());
-    }
-}
-
 impl super::CheckpointStore for MemoryStore {
     fn put_checkpoint(&self, checkpoint: &agentmesh_audit::Checkpoint) -> Result<(), StoreError> {
         let mut inner = self.lock();
@@ -313,5 +298,20 @@ impl super::CheckpointStore for MemoryStore {
 
     fn latest_checkpoint(&self) -> Result<Option<agentmesh_audit::Checkpoint>, StoreError> {
         Ok(self.lock().checkpoints.back().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        crate::store::tests::conformance(&MemoryStore::new());
+    }
+
+    #[test]
+    fn enrolment_conformance() {
+        crate::store::enrolment::tests::conformance(&MemoryStore::new());
     }
 }
