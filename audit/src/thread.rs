@@ -57,10 +57,17 @@ struct Outage {
 }
 
 impl Outage {
-    /// The `log_resumed` record, counting what the writer and the handles refused.
+    /// Durable appends refused and plain appends dropped, by the writer and the handles.
+    fn totals(&self, shared: &Shared) -> (u64, u64) {
+        (
+            self.refused + shared.refused.load(Ordering::Relaxed),
+            self.dropped + shared.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The `log_resumed` record.
     fn resumed_record(&self, shared: &Shared) -> AuditRecord {
-        let refused = self.refused + shared.refused.load(Ordering::Relaxed);
-        let dropped = self.dropped + shared.dropped.load(Ordering::Relaxed);
+        let (refused, dropped) = self.totals(shared);
         let event = AuditEvent::new(kinds::LOG_RESUMED).details(json!({
             "failed_since": self.since,
             "first_error": self.first_error,
@@ -228,11 +235,12 @@ impl Writer<'_> {
                     let _ = ack.send(Ok(()));
                 }
                 if let Some(o) = self.outage.take() {
+                    let (refused, dropped) = o.totals(self.shared);
                     tracing::warn!(
                         since = %o.since,
                         retries = o.retries,
-                        refused_durable = o.refused,
-                        dropped = o.dropped,
+                        refused_durable = refused,
+                        dropped,
                         "audit log writable again; chain resumed"
                     );
                     self.shared.refused.store(0, Ordering::Relaxed);
