@@ -158,10 +158,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime_main(async move {
+                let shutdown = shutdown_signal_now();
                 let listeners = Listeners::bind(&config)
                     .await
                     .map_err(|e| (1, e.to_string()))?;
-                backend_agent::run(listeners, config, backend_agent::shutdown_signal())
+                backend_agent::run(listeners, config, shutdown)
                     .await
                     .map_err(|e| (1, e.to_string()))
             })
@@ -199,6 +200,32 @@ fn runtime_main(fut: impl std::future::Future<Output = Result<(), (u8, String)>>
             ExitCode::from(code)
         }
     }
+}
+
+/// [`backend_agent::shutdown_signal`], with the SIGTERM/SIGINT handlers installed now rather
+/// than when first polled: a SIGTERM that arrives once the API answers (a service manager
+/// stopping a backend that just started) then shuts down cleanly, with a final checkpoint,
+/// instead of killing the process.
+fn shutdown_signal_now() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                return futures_util::future::Either::Left(async move {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                    }
+                });
+            }
+            _ => tracing::warn!("cannot install signal handlers early"),
+        }
+    }
+    futures_util::future::Either::Right(backend_agent::shutdown_signal())
 }
 
 fn init_tracing(format: LogFormat) {

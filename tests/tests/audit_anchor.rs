@@ -1,7 +1,8 @@
 //! Issue 7, "Audit tail is anchored": a cleanly stopped backend's log verifies against the
 //! signed checkpoint in its store; cutting records off the end makes
 //! `backend-agent audit verify --config` fail and name the checkpoint, while
-//! `audit verify FILE...` cannot tell and says the tail is unanchored.
+//! `audit verify FILE...` cannot tell and says the tail is unanchored; a restart on the cut log
+//! records `audit_tail_missing` and keeps running.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,4 +57,20 @@ async fn cutting_the_tail_of_a_cleanly_stopped_log_fails_anchored_verify_naming_
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("tail unanchored"), "{stdout}");
+
+    // A restart on the cut log continues the chain, but says loudly that records are missing,
+    // and the anchored verify keeps failing on that record.
+    let backend = setup.start_backend().await;
+    backend.terminate().await;
+    let content = std::fs::read_to_string(&log).unwrap();
+    let missing = content
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["kind"] == "audit_tail_missing")
+        .expect("the restart records the missing tail");
+    assert_eq!(missing["details"]["checkpoint_seq"], final_seq, "{missing}");
+    let out = setup.verify_config();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("found records missing"), "{stderr}");
 }
