@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::record::{is_hash_hex, kinds};
-use crate::verify::verify_files_visiting;
+use crate::verify::{check_record, verify_files_visiting};
 use crate::{log_files, AuditError, VerifyError, VerifySummary};
 
 /// Domain separation: the first line of the signed message.
@@ -255,26 +255,29 @@ pub fn verify_anchored(
     }
 }
 
-/// Seq and hash of the record with `seq` in the log at `path`, reading only the file whose
-/// range holds it; `None` if there is no such record. For the check at start.
+/// The hash of the record with `seq` in the log at `path`, reading only the file whose range
+/// holds it; `None` if no well-formed record has that seq. Each line is checked on its own, not
+/// as a chain, so damage elsewhere does not hide the record. For the check at start.
 pub fn find_record(path: &Path, seq: u64) -> Result<Option<String>, AuditError> {
-    let mut found = None;
     for file in log_files(path)? {
         if let Some((first, last)) = crate::files::rotated_range(path, &file) {
             if seq < first || seq > last {
                 continue;
             }
         }
-        let _ = verify_files_visiting(std::slice::from_ref(&file), &mut |line, _| {
-            if line.seq == seq {
-                found = Some(line.hash.clone());
+        let reader = std::fs::File::open(&file)
+            .map(std::io::BufReader::new)
+            .map_err(|e| AuditError::io(format!("open {}", file.display()), e))?;
+        for line in std::io::BufRead::split(reader, b'\n') {
+            let line = line.map_err(|e| AuditError::io(format!("read {}", file.display()), e))?;
+            if let Ok((checked, _)) = check_record(&line) {
+                if checked.seq == seq {
+                    return Ok(Some(checked.hash));
+                }
             }
-        });
-        if found.is_some() {
-            break;
         }
     }
-    Ok(found)
+    Ok(None)
 }
 
 #[cfg(test)]
