@@ -144,6 +144,18 @@ pub struct BackendProcess {
 }
 
 impl BackendProcess {
+    /// Kills the process with SIGKILL (a crash: no shutdown path, no final checkpoint).
+    pub fn kill_9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .arg("-9")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = child.wait();
+    }
+
     /// Sends SIGTERM and waits for a clean exit (the graceful shutdown path).
     pub async fn terminate(mut self) {
         let mut child = self.child.take().unwrap();
