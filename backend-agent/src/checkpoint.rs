@@ -209,6 +209,10 @@ pub fn run_verify_cli(config: &crate::config::BackendConfig) -> i32 {
     });
     let checkpoint = match latest {
         Ok(Some(c)) => c,
+        Ok(None) if log_is_empty(&config.audit.path) => {
+            println!("ok: 0 records; the log is empty and no checkpoint is needed yet");
+            return 0;
+        }
         Ok(None) => {
             eprintln!(
                 "BROKEN: the store {} holds no audit checkpoint, though the backend writes one \
@@ -236,4 +240,13 @@ pub fn run_verify_cli(config: &crate::config::BackendConfig) -> i32 {
             1
         }
     }
+}
+
+/// Whether the log at `path` has no records at all (no files, or only empty ones).
+fn log_is_empty(path: &Path) -> bool {
+    agentmesh_audit::log_files(path).is_ok_and(|files| {
+        files
+            .iter()
+            .all(|f| std::fs::metadata(f).is_ok_and(|m| m.len() == 0))
+    })
 }
