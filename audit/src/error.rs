@@ -24,10 +24,11 @@ pub enum AuditError {
     /// The log was closed (explicitly, or its writer has gone).
     #[error("audit log is closed")]
     Closed,
-    /// An earlier write or fsync failed; the log refuses appends until it is reopened, which
-    /// repairs any torn tail.
-    #[error("audit log writer failed earlier: {0}")]
-    Failed(String),
+    /// The writer cannot write or fsync right now (a full disk, an I/O error): durable appends
+    /// and flushes are refused at once, plain appends are kept (up to
+    /// [`crate::AuditOptions::queue_capacity`]) and written when the writer's retry succeeds.
+    #[error("audit log cannot write: {0}")]
+    Unavailable(String),
     /// A query filter could not be used.
     #[error("invalid audit filter: {0}")]
     InvalidFilter(String),

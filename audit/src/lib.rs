@@ -29,10 +29,13 @@
 //! # Layout
 //!
 //! - `record`: [`AuditEvent`], [`AuditRecord`], [`kinds`], the canonical form and hashing.
-//! - `writer`: [`AuditLog`] and [`AuditOptions`]: the handle, the writer thread, group commit.
-//! - `segment`: the current file: sealing, writing, fsync, rotation.
+//! - `writer`: [`AuditLog`] and [`AuditOptions`]: the handle and its health.
+//! - `thread`: the writer thread: group commit, retrying and resuming after a failed write.
+//! - `segment`: the current file: placing records on the chain, writing, fsync, rotation.
 //! - `repair`: what [`AuditLog::open`] checks and cuts; [`OpenReport`].
 //! - `verify`: [`verify_files`], [`VerifyError`], [`run_verify_cli`] for `audit verify FILE...`.
+//! - `anchor`: signed [`Checkpoint`]s of the chain's tail and [`verify_anchored`], which
+//!   detects records cut off the end.
 //! - `query`: [`query`] with an [`AuditFilter`].
 //! - `sign`: result digests and signatures ([`result_digest`], [`ResultSignature`]) and
 //!   [`salted_hash`] for `secret` params.
@@ -40,17 +43,24 @@
 //! - `files`: rotated file names ([`log_files`]), directory fsync, tail reading.
 //! - `error`: [`AuditError`].
 
+mod anchor;
 mod der;
 mod error;
+#[cfg(test)]
+mod fault;
 mod files;
 mod query;
 mod record;
 mod repair;
 mod segment;
 mod sign;
+mod thread;
 mod verify;
 mod writer;
 
+pub use anchor::{
+    find_record, verify_anchored, AnchorError, Checkpoint, CheckpointSigner, CHECKPOINT_CONTEXT,
+};
 pub use der::spki_der_from_cert_der;
 pub use error::AuditError;
 pub use files::log_files;

@@ -46,6 +46,12 @@ pub mod kinds {
     pub const LOG_REPAIRED: &str = "log_repaired";
     /// Written by the log itself: first record of a file started by rotation.
     pub const LOG_ROTATED: &str = "log_rotated";
+    /// Written by the log itself: writes failed for a while (a full disk) and work again; says
+    /// since when, why, and how many appends were refused or dropped meanwhile.
+    pub const LOG_RESUMED: &str = "log_resumed";
+    /// Written by the backend at start: the log ends before the latest signed checkpoint, so
+    /// records the checkpoint vouches for are missing (see `docs/audit.md`, "Anchored tail").
+    pub const AUDIT_TAIL_MISSING: &str = "audit_tail_missing";
 }
 
 /// What a caller appends; the writer adds `seq`, `ts`, `prev` and `hash`.
@@ -151,6 +157,22 @@ impl AuditRecord {
         };
         record.hash = sha256_hex(canonical_json(&record.body()).as_bytes());
         record
+    }
+
+    /// `event` stamped `ts`, not yet placed in the chain: [`AuditRecord::relink`] gives it its
+    /// `seq`, `prev` and `hash` when it is written.
+    pub(crate) fn unsealed(event: AuditEvent, ts: String) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            ts,
+            kind: event.kind,
+            actor: event.actor,
+            agent_id: event.agent_id,
+            command_id: event.command_id,
+            details: event.details,
+            prev: String::new(),
+            hash: String::new(),
+        }
     }
 
     /// Moves the record to position `seq` after `prev` (used when rotation intervenes).

@@ -105,6 +105,8 @@ pub(crate) fn recover(
         .unwrap_or_else(|| (0, GENESIS_PREV.to_owned()));
     let header = matches!(&scan.first, Some((_, kind)) if kind == kinds::LOG_ROTATED);
     let mut segment = Segment {
+        // What open read was on disk already.
+        synced: (last_seq, last_hash.clone()),
         path: path.to_path_buf(),
         file,
         options: options.clone(),
@@ -116,6 +118,8 @@ pub(crate) fn recover(
         last_hash,
         dirty: false,
         rotation_blocked: false,
+        #[cfg(test)]
+        fault: Default::default(),
     };
     if !events.is_empty() {
         segment.write_events(events, fsyncs)?;

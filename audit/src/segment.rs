@@ -32,51 +32,151 @@ pub(crate) struct Segment {
     pub(crate) last_hash: String,
     /// Written but not yet fsynced.
     pub(crate) dirty: bool,
+    /// Seq and hash of the last record known to be on disk (fsynced, or written when the
+    /// `fsync` option is off): what a checkpoint may vouch for.
+    pub(crate) synced: (u64, String),
     /// Set when the rotation target already exists; the file then just grows.
     pub(crate) rotation_blocked: bool,
+    /// Injected failures for the writer's unit tests.
+    #[cfg(test)]
+    pub(crate) fault: std::sync::Arc<crate::fault::Fault>,
+}
+
+/// The parts of a [`Segment`] a failed write rolls back.
+#[derive(Debug, Clone)]
+struct Position {
+    first_seq: Option<u64>,
+    body_records: u64,
+    records: u64,
+    last_seq: u64,
+    last_hash: String,
 }
 
 impl Segment {
     /// Seals `events` in order and writes them (rotating when the file would outgrow
-    /// `max_file_bytes`); one `write` per file touched. Does not fsync.
+    /// `max_file_bytes`). Does not fsync. Used at open, where any failure fails the open.
     pub(crate) fn write_events(
         &mut self,
         events: Vec<AuditEvent>,
         fsyncs: &AtomicU64,
     ) -> Result<Vec<AuditRecord>, AuditError> {
+        let ts = now_ts();
+        let mut records: Vec<AuditRecord> = events
+            .into_iter()
+            .map(|e| AuditRecord::unsealed(e, ts.clone()))
+            .collect();
+        self.write_records(&mut records, fsyncs).1?;
+        Ok(records)
+    }
+
+    /// Places `records` at the end of the chain in order ([`AuditRecord::relink`]) and writes
+    /// them, one `write` per file touched, rotating when the file would outgrow
+    /// `max_file_bytes`. Does not fsync.
+    ///
+    /// Returns how many leading records are now in a file, and the error that stopped the
+    /// rest. The records after that count are not in any file — a partial line was cut — and
+    /// the chain position is that of the last written record, so writing them again later
+    /// continues the same chain without a gap or a duplicate.
+    pub(crate) fn write_records(
+        &mut self,
+        records: &mut [AuditRecord],
+        fsyncs: &AtomicU64,
+    ) -> (usize, Result<(), AuditError>) {
         let mut buf = String::new();
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            let mut record = self.seal(event);
+        let mut saved = self.position();
+        let mut written = 0;
+        let total = records.len();
+        for (i, record) in records.iter_mut().enumerate() {
+            record.relink(self.last_seq.saturating_add(1), self.last_hash.clone());
             let mut line = record.to_line();
             if self.should_rotate(buf.len() + line.len()) {
-                self.write_buf(&buf)?;
+                if let Err(e) = self.write_buf(&buf) {
+                    self.restore(saved);
+                    return (written, Err(e));
+                }
+                written = i;
                 buf.clear();
-                if let Some(rotated) = self.rotate(fsyncs)? {
-                    buf.push_str(&rotated.to_line());
-                    self.advance(&rotated);
-                    record.relink(self.last_seq.saturating_add(1), self.last_hash.clone());
-                    line = record.to_line();
+                saved = self.position();
+                match self.rotate(fsyncs) {
+                    Err(e) => return (written, Err(e)),
+                    Ok(None) => {}
+                    Ok(Some(rotated)) => {
+                        // If the write below fails, the new file stays empty: its
+                        // `log_rotated` header is lost but the chain still links across files.
+                        saved = self.position();
+                        buf.push_str(&rotated.to_line());
+                        self.advance(&rotated);
+                        record.relink(self.last_seq.saturating_add(1), self.last_hash.clone());
+                        line = record.to_line();
+                    }
                 }
             }
             buf.push_str(&line);
-            self.advance(&record);
-            out.push(record);
+            self.advance(record);
         }
-        self.write_buf(&buf)?;
-        Ok(out)
+        if let Err(e) = self.write_buf(&buf) {
+            self.restore(saved);
+            return (written, Err(e));
+        }
+        (total, Ok(()))
+    }
+
+    /// Cuts whatever a failed write left past the last complete record (when the cut in
+    /// `write_buf` itself failed), so the next write starts on a line boundary.
+    pub(crate) fn cut_partial(&mut self) -> Result<(), AuditError> {
+        let what = || format!("truncate {}", self.path.display());
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| AuditError::io(what(), e))?
+            .len();
+        if len > self.bytes {
+            tracing::warn!(path = %self.path.display(), cut_bytes = len - self.bytes, "cutting a partial audit line left by a failed write");
+            self.file
+                .set_len(self.bytes)
+                .map_err(|e| AuditError::io(what(), e))?;
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            first_seq: self.first_seq,
+            body_records: self.body_records,
+            records: self.records,
+            last_seq: self.last_seq,
+            last_hash: self.last_hash.clone(),
+        }
+    }
+
+    fn restore(&mut self, p: Position) {
+        self.first_seq = p.first_seq;
+        self.body_records = p.body_records;
+        self.records = p.records;
+        self.last_seq = p.last_seq;
+        self.last_hash = p.last_hash;
     }
 
     /// fsyncs the file if anything is unsynced (and `force` or the `fsync` option says so).
+    /// On success the current position becomes [`Segment::synced`].
     pub(crate) fn sync(&mut self, force: bool, fsyncs: &AtomicU64) -> Result<(), AuditError> {
         if !self.dirty || !(force || self.options.fsync) {
+            self.synced = (self.last_seq, self.last_hash.clone());
             return Ok(());
+        }
+        #[cfg(test)]
+        if self.fault.fail_syncs.load(Ordering::SeqCst) {
+            return Err(AuditError::io(
+                "fsync",
+                std::io::Error::other("injected: fsync failed"),
+            ));
         }
         self.file
             .sync_data()
             .map_err(|e| AuditError::io(format!("fsync {}", self.path.display()), e))?;
         fsyncs.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
+        self.synced = (self.last_seq, self.last_hash.clone());
         Ok(())
     }
 
@@ -114,14 +214,30 @@ impl Segment {
         if buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all(buf.as_bytes()) {
-            // Best effort: do not leave half a batch behind; open repairs it otherwise.
+        if let Err(e) = self.write_all(buf.as_bytes()) {
+            // Best effort: do not leave half a batch behind; `cut_partial` before the next
+            // write (or repair at open) catches a failed cut.
             let _ = self.file.set_len(self.bytes);
             return Err(AuditError::io(format!("write {}", self.path.display()), e));
         }
         self.bytes += buf.len() as u64;
         self.dirty = true;
         Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    /// Under test, a [`crate::fault::Fault`] can make writes fail, after writing half.
+    #[cfg(test)]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.fault.fail_writes.load(Ordering::SeqCst) {
+            self.file.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(std::io::Error::other("injected: no space left on device"));
+        }
+        self.file.write_all(bytes)
     }
 
     /// Renames the current file to its rotated name and starts a new one; returns the
@@ -145,9 +261,19 @@ impl Segment {
                 e,
             )
         })?;
-        let (file, _) = open_log_file(&self.path)?;
+        let file = match open_log_file(&self.path) {
+            Ok((file, _)) => file,
+            Err(e) => {
+                // Put the old file back so the state matches the disk and a retry can rotate.
+                let _ = fs::rename(&target, &self.path);
+                return Err(e);
+            }
+        };
         if self.options.fsync {
-            sync_dir(&self.path)?;
+            if let Err(e) = sync_dir(&self.path) {
+                // The rename is done either way; the chain links across files regardless.
+                tracing::warn!(error = %e, "audit log rotation: directory fsync failed");
+            }
         }
         self.file = file;
         self.bytes = 0;

@@ -96,6 +96,7 @@ pub struct VerifySummary {
 pub(crate) struct CheckedLine {
     pub(crate) seq: u64,
     pub(crate) hash: String,
+    pub(crate) kind: String,
 }
 
 /// The running state of a chain: the last good record, if any.
@@ -154,10 +155,16 @@ pub(crate) fn check_record(
     if !field_ok("details", Value::is_object) {
         return Err(bad("`details` is missing or not an object"));
     }
+    let kind = body
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     Ok((
         CheckedLine {
             seq: seq_value,
             hash: stored,
+            kind,
         },
         body,
     ))
@@ -184,6 +191,16 @@ impl Chain {
         line: &[u8],
         check_signatures: bool,
     ) -> Result<CheckedLine, (Option<u64>, BreakReason)> {
+        self.check_returning_body(line, check_signatures)
+            .map(|(checked, _)| checked)
+    }
+
+    /// [`Chain::check`], also returning the record without its `hash`.
+    pub(crate) fn check_returning_body(
+        &mut self,
+        line: &[u8],
+        check_signatures: bool,
+    ) -> Result<(CheckedLine, Value), (Option<u64>, BreakReason)> {
         let (checked, body) = check_record(line)?;
         let seq = Some(checked.seq);
         let prev = body.get("prev").and_then(Value::as_str).unwrap_or_default();
@@ -231,7 +248,7 @@ impl Chain {
         self.last = Some((checked.seq, checked.hash.clone()));
         self.records += 1;
         self.first_seq.get_or_insert(checked.seq);
-        Ok(checked)
+        Ok((checked, body))
     }
 }
 
@@ -239,9 +256,17 @@ impl Chain {
 /// seq and prev links within and between files, and every result signature. Stops at the first
 /// broken record.
 pub fn verify_files(paths: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
+    verify_files_visiting(paths, &mut |_, _| {})
+}
+
+/// [`verify_files`], calling `visit` with each good record and its body.
+pub(crate) fn verify_files_visiting(
+    paths: &[PathBuf],
+    visit: &mut dyn FnMut(&CheckedLine, &Value),
+) -> Result<VerifySummary, VerifyError> {
     let mut chain = Chain::default();
     for path in paths {
-        verify_file(path, &mut chain)?;
+        verify_file(path, &mut chain, visit)?;
     }
     let (last_seq, last_hash) = chain
         .last
@@ -257,7 +282,11 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<VerifySummary, VerifyError> {
     })
 }
 
-fn verify_file(path: &Path, chain: &mut Chain) -> Result<(), VerifyError> {
+fn verify_file(
+    path: &Path,
+    chain: &mut Chain,
+    visit: &mut dyn FnMut(&CheckedLine, &Value),
+) -> Result<(), VerifyError> {
     let broken = |line: u64, seq: Option<u64>, reason: BreakReason| VerifyError {
         file: path.to_path_buf(),
         line,
@@ -278,14 +307,15 @@ fn verify_file(path: &Path, chain: &mut Chain) -> Result<(), VerifyError> {
         }
         line_no += 1;
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        chain
-            .check(line, true)
+        let (checked, body) = chain
+            .check_returning_body(line, true)
             .map_err(|(seq, reason)| broken(line_no, seq, reason))?;
+        visit(&checked, &body);
     }
 }
 
 /// `audit verify FILE...`: verifies the files (put in chain order, so `audit.jsonl*` works),
-/// prints `ok: N records, M signatures` to stdout or `BROKEN: <file>:<line> seq <n>: <reason>`
+/// prints `ok: N records, M signatures` and a `tail unanchored` note to stdout or `BROKEN: <file>:<line> seq <n>: <reason>`
 /// to stderr, and returns the exit code: 0 ok, 1 broken, 64 no files given.
 pub fn run_verify_cli(paths: &[PathBuf]) -> i32 {
     if paths.is_empty() {
@@ -297,6 +327,10 @@ pub fn run_verify_cli(paths: &[PathBuf]) -> i32 {
             println!(
                 "ok: {} records, {} signatures",
                 summary.records, summary.signatures_checked
+            );
+            println!(
+                "tail unanchored: records cut off the end are not detected without a \
+                 checkpoint (the backend's log: `backend-agent audit verify --config FILE`)"
             );
             0
         }

@@ -9,24 +9,24 @@
 //!  append_durable ─▶ [ bounded queue ] ─▶ writer thread        ├─▶ ack append_durable #2
 //!  flush ───┘                        └─ (rotate if full)      └─▶ ack flush
 //! ```
+//!
+//! When a write or fsync fails (a full disk), the log is *unavailable* rather than dead: the
+//! writer keeps the unwritten records (bounded), retries with backoff and resumes the same
+//! chain; meanwhile durable appends and flushes fail at once (see `thread`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use crate::repair::recover;
-use crate::segment::Segment;
+use crate::thread::run;
 use crate::{AuditError, AuditEvent, AuditRecord, OpenReport};
 
-/// Most messages the writer takes per batch, bounding one write's size and its waiters' wait.
-const MAX_BATCH: usize = 4096;
-/// Unsynced data written by plain appends is fsynced after this much idle time.
-const IDLE_SYNC: Duration = Duration::from_secs(1);
 /// How long `flush` and `close` wait between tries when the queue is full.
 const FULL_QUEUE_RETRY: Duration = Duration::from_millis(2);
 
@@ -39,7 +39,9 @@ pub struct AuditOptions {
     /// Rotate before the current file would grow past this many bytes (default 64 MiB).
     pub max_file_bytes: u64,
     /// Messages the queue holds before `append` reports [`AuditError::Overloaded`]
-    /// (default 65536).
+    /// (default 65536). Also the most records the writer keeps while it cannot write: at
+    /// that bound `append` reports [`AuditError::Unavailable`] and the writer drops what still
+    /// arrives, counting it in the `log_resumed` record it writes when writing works again.
     pub queue_capacity: usize,
 }
 
@@ -53,10 +55,11 @@ impl Default for AuditOptions {
     }
 }
 
-type RecordAck = oneshot::Sender<Result<AuditRecord, AuditError>>;
-type DoneAck = oneshot::Sender<Result<(), AuditError>>;
+pub(crate) type RecordAck = oneshot::Sender<Result<AuditRecord, AuditError>>;
+pub(crate) type DoneAck = oneshot::Sender<Result<(), AuditError>>;
 
-enum Msg {
+/// What handles send the writer thread.
+pub(crate) enum Msg {
     Append {
         event: AuditEvent,
         ack: Option<RecordAck>,
@@ -66,11 +69,51 @@ enum Msg {
 }
 
 /// State the handles and the writer share.
-#[derive(Debug, Default)]
-struct Shared {
-    fsyncs: AtomicU64,
-    /// Set once when a write or fsync fails; every later append fails fast with it.
-    failed: OnceLock<String>,
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) fsyncs: AtomicU64,
+    /// False while the writer cannot write; handles then refuse durable work at once.
+    healthy: AtomicBool,
+    /// Why the writer cannot write (the latest error), while it cannot.
+    reason: Mutex<String>,
+    /// Records the writer holds unwritten.
+    pub(crate) backlog: AtomicUsize,
+    pub(crate) backlog_capacity: usize,
+    /// Seq and hash of the last record known to be on disk.
+    pub(crate) tail: Mutex<(u64, String)>,
+    /// Durable appends and flushes the handles refused during the current outage.
+    pub(crate) refused: AtomicU64,
+    /// Plain appends the handles refused (backlog full) during the current outage.
+    pub(crate) dropped: AtomicU64,
+    /// Injected failures (unit tests only).
+    #[cfg(test)]
+    pub(crate) fault: Arc<crate::fault::Fault>,
+}
+
+impl Shared {
+    /// Marks the log unavailable because of `reason`.
+    pub(crate) fn set_unavailable(&self, reason: &AuditError) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+        self.healthy.store(false, Ordering::SeqCst);
+    }
+
+    /// Marks the log writable again.
+    pub(crate) fn set_healthy(&self) {
+        self.healthy.store(true, Ordering::SeqCst);
+    }
+
+    /// [`AuditError::Unavailable`] with the latest reason, if the log is unavailable.
+    pub(crate) fn unavailable(&self) -> Option<AuditError> {
+        if self.healthy.load(Ordering::SeqCst) {
+            return None;
+        }
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(AuditError::Unavailable(reason))
+    }
 }
 
 /// A handle to an open audit log; clone it freely. The writer stops (after draining the queue
@@ -99,8 +142,20 @@ impl AuditLog {
     /// Opens (creating it and its directory if needed, mode 0600/0700) the log at `path`,
     /// repairs a torn tail, and starts the writer thread. See [`OpenReport`].
     pub fn open(path: &Path, options: AuditOptions) -> Result<(AuditLog, OpenReport), AuditError> {
-        let shared = Arc::new(Shared::default());
-        let (segment, report) = recover(path, &options, &shared.fsyncs)?;
+        let fsyncs = AtomicU64::new(0);
+        let (segment, report) = recover(path, &options, &fsyncs)?;
+        let shared = Arc::new(Shared {
+            tail: Mutex::new(segment.synced.clone()),
+            fsyncs,
+            healthy: AtomicBool::new(true),
+            reason: Mutex::new(String::new()),
+            backlog: AtomicUsize::new(0),
+            backlog_capacity: options.queue_capacity.max(1),
+            refused: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            #[cfg(test)]
+            fault: segment.fault.clone(),
+        });
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity.max(1));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -122,31 +177,52 @@ impl AuditLog {
     }
 
     /// Queues `event` and returns at once; the record is written soon but is not yet durable.
-    /// [`AuditError::Overloaded`] when the queue is full.
+    /// [`AuditError::Overloaded`] when the queue is full; [`AuditError::Unavailable`] when the
+    /// writer cannot write and its backlog is full.
     pub fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let shared = &self.inner.shared;
+        if let Some(e) = shared.unavailable() {
+            if shared.backlog.load(Ordering::Relaxed) >= shared.backlog_capacity {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         self.try_send(Msg::Append { event, ack: None })
     }
 
     /// Queues `event` now (so records keep call order) and returns a future that completes
     /// with the record once it is written and fsynced. Concurrent calls share one fsync.
-    /// A full queue fails at once with [`AuditError::Overloaded`].
+    /// A full queue fails at once with [`AuditError::Overloaded`]; while the writer cannot
+    /// write, this fails at once with [`AuditError::Unavailable`] and nothing is recorded.
     pub fn append_durable(
         &self,
         event: AuditEvent,
     ) -> impl std::future::Future<Output = Result<AuditRecord, AuditError>> + Send + 'static {
         let (ack, done) = oneshot::channel();
-        let queued = self.try_send(Msg::Append {
-            event,
-            ack: Some(ack),
-        });
+        let shared = &self.inner.shared;
+        let queued = match shared.unavailable() {
+            Some(e) => {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            None => self.try_send(Msg::Append {
+                event,
+                ack: Some(ack),
+            }),
+        };
         async move {
             queued?;
             done.await.map_err(|_| AuditError::Closed)?
         }
     }
 
-    /// Completes once everything queued before it is written and fsynced.
+    /// Completes once everything queued before it is written and fsynced; fails at once with
+    /// [`AuditError::Unavailable`] while the writer cannot write.
     pub async fn flush(&self) -> Result<(), AuditError> {
+        if let Some(e) = self.inner.shared.unavailable() {
+            self.inner.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let (ack, done) = oneshot::channel();
         self.send_waiting(Msg::Flush(ack)).await?;
         done.await.map_err(|_| AuditError::Closed)?
@@ -163,6 +239,29 @@ impl AuditLog {
         done.await.unwrap_or(Ok(()))
     }
 
+    /// False while the writer cannot write or fsync (a full disk): durable appends are being
+    /// refused. For `/ready` and metrics; it turns true again by itself when a retry succeeds.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.shared.unavailable().is_none()
+    }
+
+    /// Seq and hash of the last record known to be on disk (fsynced; written, with `fsync`
+    /// off); `(0, GENESIS_PREV)` for an empty log. What a checkpoint may vouch for: a crash
+    /// cannot take it away, so a log that ends before it was cut.
+    pub fn durable_tail(&self) -> (u64, String) {
+        self.inner
+            .shared
+            .tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the writer holds unwritten (non-zero only while it cannot write).
+    pub fn backlog_len(&self) -> usize {
+        self.inner.shared.backlog.load(Ordering::Relaxed)
+    }
+
     /// fsyncs done so far, for metrics and tests.
     pub fn fsync_count(&self) -> u64 {
         self.inner.shared.fsyncs.load(Ordering::Relaxed)
@@ -173,10 +272,13 @@ impl AuditLog {
         &self.inner.path
     }
 
+    /// Injected failures, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn fault(&self) -> &crate::fault::Fault {
+        &self.inner.shared.fault
+    }
+
     fn try_send(&self, msg: Msg) -> Result<(), AuditError> {
-        if let Some(reason) = self.inner.shared.failed.get() {
-            return Err(AuditError::Failed(reason.clone()));
-        }
         let tx = self.inner.tx.as_ref().ok_or(AuditError::Closed)?;
         tx.try_send(msg).map_err(|e| match e {
             TrySendError::Full(_) => AuditError::Overloaded,
@@ -211,136 +313,6 @@ impl Drop for Inner {
             }
         }
     }
-}
-
-/// The writer thread: batches until the queue closes or a `Close` arrives.
-fn run(mut segment: Segment, rx: &Receiver<Msg>, shared: &Shared) {
-    // When plain appends first left unsynced data; it is synced IDLE_SYNC later at the latest,
-    // busy or not.
-    let mut dirty_since: Option<Instant> = None;
-    loop {
-        let first = match dirty_since {
-            Some(since) => match rx.recv_timeout(IDLE_SYNC.saturating_sub(since.elapsed())) {
-                Ok(msg) => Some(msg),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(msg) => Some(msg),
-                Err(_) => break,
-            },
-        };
-        if let Some(first) = first {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(msg) => batch.push(msg),
-                    Err(_) => break,
-                }
-            }
-            if commit(&mut segment, batch, shared) {
-                return;
-            }
-        }
-        if segment.dirty {
-            let since = *dirty_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= IDLE_SYNC && shared.failed.get().is_none() {
-                if let Err(e) = segment.sync(false, &shared.fsyncs) {
-                    fail(shared, &e);
-                }
-            }
-        }
-        // Without fsync the data stays "dirty"; nothing more to do for it.
-        if !segment.dirty || !segment.options.fsync || shared.failed.get().is_some() {
-            dirty_since = None;
-        }
-    }
-    if shared.failed.get().is_none() {
-        if let Err(e) = segment.sync(true, &shared.fsyncs) {
-            fail(shared, &e);
-        }
-    }
-}
-
-/// Writes one batch, fsyncs if needed, completes its waiters; true if it held a `Close`.
-fn commit(segment: &mut Segment, batch: Vec<Msg>, shared: &Shared) -> bool {
-    let mut events = Vec::new();
-    let mut record_acks = Vec::new();
-    let mut done_acks = Vec::new();
-    let mut closing = false;
-    let mut durable = false;
-    for msg in batch {
-        match msg {
-            // Messages behind a `Close` are dropped, which fails their waiters with `Closed`.
-            _ if closing => {}
-            Msg::Append { event, ack } => {
-                durable |= ack.is_some();
-                events.push(event);
-                record_acks.push(ack);
-            }
-            Msg::Flush(ack) => {
-                durable = true;
-                done_acks.push(ack);
-            }
-            Msg::Close(ack) => {
-                closing = true;
-                done_acks.push(ack);
-            }
-        }
-    }
-    let result = match shared.failed.get() {
-        Some(reason) => Err(AuditError::Failed(reason.clone())),
-        None => write_and_sync(segment, events, durable, closing, shared),
-    };
-    match result {
-        Ok(records) => {
-            for (ack, record) in record_acks.into_iter().zip(records) {
-                if let Some(ack) = ack {
-                    let _ = ack.send(Ok(record));
-                }
-            }
-            for ack in done_acks {
-                let _ = ack.send(Ok(()));
-            }
-        }
-        Err(e) => {
-            for ack in record_acks.into_iter().flatten() {
-                let _ = ack.send(Err(e.clone()));
-            }
-            for ack in done_acks {
-                let _ = ack.send(Err(e.clone()));
-            }
-        }
-    }
-    closing
-}
-
-fn write_and_sync(
-    segment: &mut Segment,
-    events: Vec<AuditEvent>,
-    durable: bool,
-    closing: bool,
-    shared: &Shared,
-) -> Result<Vec<AuditRecord>, AuditError> {
-    let result = segment
-        .write_events(events, &shared.fsyncs)
-        .and_then(|records| {
-            if durable || closing {
-                segment.sync(closing, &shared.fsyncs)?;
-            }
-            Ok(records)
-        });
-    if let Err(e) = &result {
-        fail(shared, e);
-    }
-    result
-}
-
-/// Marks the log failed: after a failed write or fsync the file's state is unknown, so the
-/// writer refuses everything until the log is reopened (and repaired).
-fn fail(shared: &Shared, error: &AuditError) {
-    tracing::error!(error = %error, "audit log write failed; refusing further appends");
-    let _ = shared.failed.set(error.to_string());
 }
 
 #[cfg(test)]

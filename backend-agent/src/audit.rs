@@ -85,4 +85,15 @@ impl Audit {
     pub fn path(&self) -> &std::path::Path {
         self.log.path()
     }
+
+    /// False while the writer cannot write (a full disk): commands are refused with 503
+    /// `audit_unavailable` until its retry succeeds. For `/ready`.
+    pub fn is_healthy(&self) -> bool {
+        self.log.is_healthy()
+    }
+
+    /// The underlying log (its durable tail, for checkpoints).
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
 }

@@ -13,6 +13,7 @@
 //! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
 //! - [`audit`]: the audit trail (hash-chained, group-committed).
 //! - [`audit_flood`]: unauthenticated failures, aggregated per source before the audit trail.
+//! - [`checkpoint`]: signed checkpoints of the audit tail in the store.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
@@ -27,6 +28,7 @@ pub mod api;
 pub mod audit;
 pub mod audit_flood;
 pub mod auth;
+pub mod checkpoint;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -86,6 +88,9 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    /// Audit checkpoints cannot be signed.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
 }
 
 /// The two bound listeners the backend serves on.
@@ -134,6 +139,7 @@ pub struct Backend {
     tasks: TaskCounter,
     hub_task: JoinHandle<()>,
     http_task: JoinHandle<std::io::Result<()>>,
+    checkpoints: checkpoint::Checkpoints,
 }
 
 impl Backend {
@@ -155,6 +161,9 @@ impl Backend {
         let limits = Arc::new(limits::RateLimits::new(&config.limits));
         spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
+        let signer = checkpoint::load_signer(&config.hub.key)?;
+        checkpoint::check_tail(&store, &audit).await;
+        let checkpoints = checkpoint::Checkpoints::start(signer, store.clone(), audit.clone());
         let commands = commands::CommandService::start(
             registry.clone(),
             store.clone(),
@@ -249,6 +258,7 @@ impl Backend {
             tasks,
             hub_task,
             http_task,
+            checkpoints,
         })
     }
 
@@ -269,7 +279,7 @@ impl Backend {
         }
         self.failures.flush();
         self.audit.flush().await;
-        match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RunError::Http(e)),
             Ok(Err(join)) => Err(RunError::Http(std::io::Error::other(join))),
@@ -277,7 +287,11 @@ impl Backend {
                 warn!("HTTP requests still running after the grace period");
                 Ok(())
             }
-        }
+        };
+        // The last records of this process (HTTP drain included), then their checkpoint.
+        self.audit.flush().await;
+        self.checkpoints.finish().await;
+        result
     }
 
     /// Stops at once without draining, as a crash would (for tests).

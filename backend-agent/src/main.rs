@@ -61,10 +61,12 @@ enum TokenAction {
 
 #[derive(Subcommand, Debug)]
 enum AuditAction {
-    /// Verify the hash chain and result signatures; prints the first broken record.
+    /// Verify the hash chain and result signatures; prints the first broken record. With
+    /// `--config`, verifies the configured log (all rotated files) and that it reaches the
+    /// latest signed checkpoint in the store, so records cut off the end are detected; with
+    /// FILE... the tail is unanchored. Exit 0 ok, 1 broken or cut, 64 usage/config error.
     Verify {
-        /// Log files (current and rotated, any order).
-        #[arg(required = true)]
+        /// Log files (current and rotated, any order); instead of `--config`.
         files: Vec<PathBuf>,
     },
 }
@@ -116,7 +118,19 @@ fn main() -> ExitCode {
         Some(Command::Audit {
             action: AuditAction::Verify { files },
         }) => {
-            let code = agentmesh_audit::run_verify_cli(&files);
+            let code = match (&cli.config, files.is_empty()) {
+                (Some(_), false) => {
+                    eprintln!(
+                        "usage: audit verify --config FILE  or  audit verify FILE..., not both"
+                    );
+                    i32::from(EXIT_USAGE)
+                }
+                (Some(path), true) => match load_config(Some(path)) {
+                    Ok(config) => backend_agent::checkpoint::run_verify_cli(&config),
+                    Err(code) => return code,
+                },
+                (None, _) => agentmesh_audit::run_verify_cli(&files),
+            };
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Revoke { id }) => {
@@ -144,10 +158,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime_main(async move {
+                let shutdown = shutdown_signal_now();
                 let listeners = Listeners::bind(&config)
                     .await
                     .map_err(|e| (1, e.to_string()))?;
-                backend_agent::run(listeners, config, backend_agent::shutdown_signal())
+                backend_agent::run(listeners, config, shutdown)
                     .await
                     .map_err(|e| (1, e.to_string()))
             })
@@ -185,6 +200,32 @@ fn runtime_main(fut: impl std::future::Future<Output = Result<(), (u8, String)>>
             ExitCode::from(code)
         }
     }
+}
+
+/// [`backend_agent::shutdown_signal`], with the SIGTERM/SIGINT handlers installed now rather
+/// than when first polled: a SIGTERM that arrives once the API answers (a service manager
+/// stopping a backend that just started) then shuts down cleanly, with a final checkpoint,
+/// instead of killing the process.
+fn shutdown_signal_now() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                return futures_util::future::Either::Left(async move {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                    }
+                });
+            }
+            _ => tracing::warn!("cannot install signal handlers early"),
+        }
+    }
+    futures_util::future::Either::Right(backend_agent::shutdown_signal())
 }
 
 fn init_tracing(format: LogFormat) {

@@ -29,6 +29,8 @@ struct Inner {
     join_tokens: HashMap<String, JoinToken>,
     // Agent id → its latest renewal.
     renewals: HashMap<String, RenewalRecord>,
+    // Oldest first, at most CHECKPOINTS_KEPT.
+    checkpoints: std::collections::VecDeque<agentmesh_audit::Checkpoint>,
 }
 
 impl Inner {
@@ -381,6 +383,21 @@ impl EnrolmentStore for MemoryStore {
             .join_tokens
             .retain(|_, t| !prunable(&t.expires_at, t.used_at.as_deref(), now));
         Ok(before - inner.join_tokens.len())
+    }
+}
+
+impl super::CheckpointStore for MemoryStore {
+    fn put_checkpoint(&self, checkpoint: &agentmesh_audit::Checkpoint) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.checkpoints.len() >= super::CHECKPOINTS_KEPT {
+            inner.checkpoints.pop_front();
+        }
+        inner.checkpoints.push_back(checkpoint.clone());
+        Ok(())
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<agentmesh_audit::Checkpoint>, StoreError> {
+        Ok(self.lock().checkpoints.back().cloned())
     }
 }
 

@@ -16,11 +16,13 @@
 //! - this file: the [`CommandStore`] and [`Backend`] traits, [`StoreError`] and the async
 //!   [`Store`] (command methods).
 //! - `record`: [`CommandRecord`], [`CommandState`], [`JobRecord`], [`CommandQuery`].
+//! - [`checkpoint`]: the [`CheckpointStore`] trait: signed audit checkpoints.
 //! - [`enrolment`]: the [`EnrolmentStore`] trait, [`PinRecord`], [`JoinToken`], [`Redeem`] and
 //!   the async enrolment methods of [`Store`].
 //! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
 //! - [`memory`]: the in-memory implementation.
 
+pub mod checkpoint;
 pub mod enrolment;
 pub mod memory;
 mod record;
@@ -32,6 +34,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use checkpoint::{CheckpointStore, CHECKPOINTS_KEPT};
 pub use enrolment::{
     renewal_refusal, EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, RenewalRecord,
     RenewalStart, UnknownPinState, USED_TOKEN_RETENTION,
@@ -129,10 +132,10 @@ pub trait CommandStore: Send + Sync + 'static {
 }
 
 /// Everything a store implements; blanket-implemented, so `Store::new` takes any type with
-/// both traits.
-pub trait Backend: CommandStore + EnrolmentStore {}
+/// all the traits.
+pub trait Backend: CommandStore + EnrolmentStore + CheckpointStore {}
 
-impl<T: CommandStore + EnrolmentStore> Backend for T {}
+impl<T: CommandStore + EnrolmentStore + CheckpointStore> Backend for T {}
 
 /// Async handle to a [`Backend`]: each call runs on the blocking pool.
 #[derive(Clone)]

@@ -13,6 +13,7 @@
 //! - `schema`: the versioned schema and its migrations.
 //! - `row`: encoding records into columns and decoding rows back, distrusting stored data.
 
+mod checkpoint;
 mod enrolment;
 mod row;
 mod schema;

@@ -5,7 +5,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::store::StoreError;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// `MIGRATIONS[n]` upgrades a file at schema version `n` to `n + 1`. Never edit a released
 /// entry; append a new one.
@@ -90,6 +90,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         new_pin         TEXT NOT NULL,
         requested_at_ms INTEGER NOT NULL,
         completed       INTEGER NOT NULL
+    );
+",
+    // 4: signed checkpoints of the audit chain's tail (docs/audit.md, "Anchored tail").
+    "
+    CREATE TABLE audit_checkpoints (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq        INTEGER NOT NULL,
+        hash       TEXT NOT NULL,
+        ts         TEXT NOT NULL,
+        file       TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        key_pin    TEXT NOT NULL,
+        signature  TEXT NOT NULL
     );
 ",
 ];
