@@ -297,6 +297,7 @@ mod tests {
             kind: ParamKind::String {
                 pattern: None,
                 max_len: None,
+                allow_leading_dash: false,
             },
             required: true,
             secret,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gateway_agent::enroll::{EnrollError, EnrollOptions};
 use gateway_agent::enroll_cli::{self, EnrollCommand};
-use gateway_agent::{check_config, GatewayConfig, RunError};
+use gateway_agent::{check_config, config_warnings, GatewayConfig, RunError};
 use tracing_subscriber::EnvFilter;
 
 /// EX_USAGE: the configuration or the command line is wrong.
@@ -187,6 +187,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Warnings go to stderr and do not change the exit status.
+    for w in config_warnings(&config) {
+        eprintln!("warning: {w}");
+    }
     match check_config(&config) {
         Ok(()) => {
             println!("ok");

@@ -44,7 +44,8 @@ fn golden_examples_round_trip() {
         assert_golden_round_trip(&name);
         seen += 1;
     }
-    assert_eq!(seen, 12, "every frame type has a golden example");
+    // Every frame type, plus a hello whose string parameter sets `allow_leading_dash`.
+    assert_eq!(seen, 13, "every frame type has a golden example");
 }
 
 #[test]
@@ -58,6 +59,28 @@ fn golden_hello_decodes_to_typed_fields() {
     assert_eq!(hello.labels["role"], "panel");
     assert_eq!(hello.verbs.len(), 2);
     assert!(hello.verbs[1].params["password"].secret);
+}
+
+#[test]
+fn golden_hello_with_allow_leading_dash() {
+    let frame =
+        decode_agent_frame(golden("agent_hello_leading_dash.json").as_bytes(), LIMIT).unwrap();
+    let AgentFrame::Hello(hello) = frame else {
+        panic!("not a hello")
+    };
+    let verb = &hello.verbs[0];
+    let args = serde_json::json!({"expr": "-v error", "file": "app.log"});
+    verb.validate_args(args.as_object().unwrap()).unwrap();
+    // The old golden hello has no such flag: `-` leading values stay refused there.
+    let old = decode_agent_frame(golden("agent_hello.json").as_bytes(), LIMIT).unwrap();
+    let AgentFrame::Hello(old) = old else {
+        panic!("not a hello")
+    };
+    let args = serde_json::json!({"username": "-rf", "password": "x"});
+    let err = old.verbs[1]
+        .validate_args(args.as_object().unwrap())
+        .unwrap_err();
+    assert_eq!(err.param, "username");
 }
 
 #[test]

@@ -325,6 +325,9 @@ fn validate_param(key: &str, p: &ParamConfig) -> Result<(), Problem> {
         if p.max_len.is_some() {
             return misplaced("max_len", "string");
         }
+        if p.allow_leading_dash.is_some() {
+            return misplaced("allow_leading_dash", "string");
+        }
     }
     if p.kind != ParamType::Integer {
         if p.min.is_some() {
