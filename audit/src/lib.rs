@@ -36,11 +36,9 @@
 //! - `query`: [`query`] with an [`AuditFilter`].
 //! - `sign`: result digests and signatures ([`result_digest`], [`ResultSignature`]) and
 //!   [`salted_hash`] for `secret` params.
-//! - `der`: [`spki_der_from_cert_der`] and the minimal DER walking it needs.
 //! - `files`: rotated file names ([`log_files`]), directory fsync, tail reading.
 //! - `error`: [`AuditError`].
 
-mod der;
 mod error;
 mod files;
 mod query;
@@ -51,9 +49,10 @@ mod sign;
 mod verify;
 mod writer;
 
-pub use der::spki_der_from_cert_der;
 pub use error::AuditError;
 pub use files::log_files;
+/// Re-exported from mesh-certs, the one place that parses X.509.
+pub use mesh_certs::spki_der_from_cert_der;
 pub use query::{query, AuditFilter, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 pub use record::{canonical_json, kinds, AuditEvent, AuditRecord, GENESIS_PREV};
 pub use repair::OpenReport;

@@ -12,7 +12,6 @@ use ring::signature::{
 };
 use serde_json::{Map, Value};
 
-use crate::der::ec_point_from_spki;
 use crate::record::{canonical_json, is_hash_hex, sha256_hex};
 use crate::AuditError;
 
@@ -42,7 +41,8 @@ impl std::fmt::Debug for ResultSigner {
 }
 
 impl ResultSigner {
-    /// From a PKCS#8 DER P-256 private key (`mesh_certs::private_key_der_from_pem`).
+    /// From a PKCS#8 DER P-256 private key (`mesh_certs::p256_pkcs8_der_from_pem` also turns a
+    /// SEC1 key into one).
     pub fn from_pkcs8_der(pkcs8_der: &[u8]) -> Result<ResultSigner, AuditError> {
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8_der, &rng)
@@ -67,13 +67,13 @@ pub fn sign_result_digest(pkcs8_der: &[u8], digest_hex: &str) -> Result<String, 
 
 /// Whether `signature_b64` is a valid signature of `digest_hex` by the key in `spki_der`.
 pub fn verify_result_signature(spki_der: &[u8], digest_hex: &str, signature_b64: &str) -> bool {
-    let Ok(point) = ec_point_from_spki(spki_der) else {
+    let Ok(point) = mesh_certs::ec_p256_point_from_spki(spki_der) else {
         return false;
     };
     let Ok(sig) = STANDARD.decode(signature_b64) else {
         return false;
     };
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
         .verify(signed_message(digest_hex).as_bytes(), &sig)
         .is_ok()
 }
