@@ -210,6 +210,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // The same advice `check-config` prints, once per start, where operators read the logs.
+    for w in config_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

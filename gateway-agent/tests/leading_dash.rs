@@ -154,3 +154,38 @@ fn check_config_warns_about_string_params_without_a_pattern() {
     // Integer params are bounded by min/max; no warning for them.
     assert!(!all.contains("params.mb"), "{all}");
 }
+
+#[test]
+fn the_check_config_command_prints_the_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[agent]
+id = "edge-01"
+state_dir = "{state}"
+
+[outbound]
+backend_url = "wss://hub.test:8081/ws/agent"
+ca = "tls/ca.pem"
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+server_pins = ["sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="]
+{VERBS}
+"#,
+        state = dir.path().display()
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-agent"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("without a pattern"),
+        "{stderr}"
+    );
+    // The TLS files are missing, so the check itself fails; warnings alone would not.
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+}
