@@ -84,6 +84,26 @@ fn golden_hello_with_allow_leading_dash() {
 }
 
 #[test]
+fn a_hello_with_an_oversized_pattern_decodes_and_names_the_unusable_verb() {
+    let text =
+        golden("agent_hello.json").replace(r#""^[a-z][a-z0-9_-]{2,31}$""#, r#""(\\w{100}){100}""#);
+    let AgentFrame::Hello(hello) = decode_agent_frame(text.as_bytes(), LIMIT).unwrap() else {
+        panic!("not a hello")
+    };
+    let unusable: Vec<_> = hello.unusable_verbs().collect();
+    assert_eq!(unusable.len(), 1, "{unusable:?}");
+    assert_eq!(unusable[0].0, "create_panel_user");
+    assert_eq!(unusable[0].1.param, "username");
+    // The golden hello itself is fine.
+    let AgentFrame::Hello(ok) =
+        decode_agent_frame(golden("agent_hello.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    assert_eq!(ok.unusable_verbs().count(), 0);
+}
+
+#[test]
 fn golden_result_status() {
     let frame = decode_agent_frame(golden("agent_result_rejected.json").as_bytes(), LIMIT).unwrap();
     let AgentFrame::Result(result) = frame else {
