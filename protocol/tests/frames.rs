@@ -104,6 +104,41 @@ fn a_hello_with_an_oversized_pattern_decodes_and_names_the_unusable_verb() {
 }
 
 #[test]
+fn a_hello_compiles_a_bounded_number_of_patterns() {
+    use agentmesh_protocol::pattern::MAX_PATTERNS_PER_HELLO;
+    let verbs: Vec<Value> = (0..MAX_PATTERNS_PER_HELLO + 2)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("v{i:04}"),
+                "params": {"p": {"type": "string", "pattern": "[a-z]+"}}
+            })
+        })
+        .collect();
+    let hello = serde_json::json!({
+        "type": "hello", "protocol": 1, "agent_id": "edge-01", "verbs": verbs
+    });
+    let AgentFrame::Hello(hello) = decode_agent_frame(hello.to_string().as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    let unusable: Vec<&str> = hello.unusable_verbs().map(|(name, _)| name).collect();
+    assert_eq!(
+        unusable,
+        [
+            format!("v{MAX_PATTERNS_PER_HELLO:04}"),
+            format!("v{:04}", MAX_PATTERNS_PER_HELLO + 1)
+        ]
+    );
+    let args = serde_json::json!({"p": "abc"});
+    let args = args.as_object().unwrap();
+    hello.verbs[0].validate_args(args).unwrap();
+    let err = hello.verbs[MAX_PATTERNS_PER_HELLO]
+        .validate_args(args)
+        .unwrap_err();
+    assert!(err.reason.contains("more than"), "{err}");
+}
+
+#[test]
 fn golden_result_status() {
     let frame = decode_agent_frame(golden("agent_result_rejected.json").as_bytes(), LIMIT).unwrap();
     let AgentFrame::Result(result) = frame else {
