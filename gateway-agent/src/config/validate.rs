@@ -31,7 +31,26 @@ pub(super) fn validate(config: &GatewayConfig) -> Result<(), Problem> {
         }
         validate_verb(&key, verb, config.outbound.max_message_bytes)?;
     }
-    Ok(())
+    validate_pattern_count(config)
+}
+
+/// The hub compiles at most `MAX_PATTERNS_PER_HELLO` patterns of one `hello` (in verb order,
+/// then parameter name order) and refuses the verbs of the rest: refuse such a config here.
+fn validate_pattern_count(config: &GatewayConfig) -> Result<(), Problem> {
+    use agentmesh_protocol::pattern::MAX_PATTERNS_PER_HELLO as MAX;
+    let mut patterned = config.verbs.iter().enumerate().flat_map(|(i, verb)| {
+        verb.params
+            .iter()
+            .filter(|(_, p)| p.pattern.is_some())
+            .map(move |(name, _)| format!("verbs[{i}].params.{name}.pattern"))
+    });
+    match patterned.nth(MAX) {
+        Some(key) => Err(problem(
+            key,
+            format!("more than {MAX} patterns across all verbs; the hub compiles at most {MAX}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn validate_agent(config: &GatewayConfig) -> Result<(), Problem> {
