@@ -8,6 +8,7 @@
 mod check;
 mod env;
 mod keypath;
+mod params;
 mod validate;
 mod verbs;
 
