@@ -28,7 +28,6 @@ use agentmesh_audit::{
     kinds, AuditError, AuditEvent, AuditLog, AuditOptions, OpenReport, ResultSignature,
 };
 use agentmesh_protocol::{CommandFrame, ResultFrame, VerbSpec};
-use rand::RngCore as _;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -67,8 +66,8 @@ impl AgentAudit {
     pub fn open(path: &Path, agent_id: &str) -> Result<AgentAudit, AuditError> {
         let (log, report) = AuditLog::open(path, AuditOptions::default())?;
         log_report(path, &report);
-        let mut salt = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut salt);
+        // rand's thread RNG is a CSPRNG seeded from the OS.
+        let salt: [u8; 32] = rand::random();
         Ok(AgentAudit {
             inner: Arc::new(Inner {
                 log,
