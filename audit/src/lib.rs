@@ -57,8 +57,9 @@ pub use query::{query, AuditFilter, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 pub use record::{canonical_json, kinds, AuditEvent, AuditRecord, GENESIS_PREV};
 pub use repair::OpenReport;
 pub use sign::{
-    result_digest, salted_hash, sign_result_digest, verify_result_signature, ResultSignature,
-    ResultSigner, RESULT_SIGNATURE_CONTEXT,
+    result_digest, salted_hash, salted_secret, secret_matches, sign_result_digest,
+    verify_result_signature, ResultSignature, ResultSigner, RESULT_SIGNATURE_CONTEXT,
+    SECRET_SALT_BYTES,
 };
 pub use verify::{run_verify_cli, verify_files, BreakReason, VerifyError, VerifySummary};
 pub use writer::{AuditLog, AuditOptions};

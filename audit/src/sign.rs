@@ -168,3 +168,38 @@ pub fn salted_hash(salt: &[u8], value: &str) -> String {
     bytes.extend_from_slice(value.as_bytes());
     format!("sha256:{}", sha256_hex(&bytes))
 }
+
+/// Bytes of salt [`salted_secret`] callers should draw at random for each value.
+pub const SECRET_SALT_BYTES: usize = 16;
+
+/// `sha256:<salt hex>:<hash hex>`, the [`salted_hash`] of `value` with its own `salt` stored
+/// beside it: equal secrets look different and a short one cannot be looked up in a table,
+/// yet the record stays checkable with [`secret_matches`] by anyone who knows the value,
+/// across restarts and on another machine. Draw `salt` at random for each value.
+pub fn salted_secret(salt: &[u8], value: &str) -> String {
+    let salted = salted_hash(salt, value);
+    let hash = salted.strip_prefix("sha256:").unwrap_or(&salted);
+    format!("sha256:{}:{hash}", crate::record::hex(salt))
+}
+
+/// Whether `recorded` (from [`salted_secret`]) is the record of `candidate`.
+pub fn secret_matches(recorded: &str, candidate: &str) -> bool {
+    let Some((salt_hex, _)) = recorded
+        .strip_prefix("sha256:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return false;
+    };
+    if salt_hex.len() % 2 != 0 {
+        return false;
+    }
+    let salt: Option<Vec<u8>> = (0..salt_hex.len())
+        .step_by(2)
+        .map(|i| {
+            salt_hex
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    salt.is_some_and(|salt| salted_secret(&salt, candidate) == recorded)
+}
