@@ -93,3 +93,56 @@ async fn a_leading_dash_is_422_unless_the_param_allows_it() {
     .await;
     assert_eq!(r.status, 422, "{}", r.body);
 }
+
+/// A hand-driven agent (not our gateway, which refuses such configs) advertises a verb whose
+/// pattern is over the compile limit and a verb with a plain string parameter: the backend
+/// refuses both with 422 itself, and nothing reaches the agent.
+#[tokio::test]
+async fn the_backend_refuses_by_itself_whatever_the_agent_advertises() {
+    init_logging();
+    let pki = Pki::new();
+    let (edge, _) = pki.agent("edge-01");
+    let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
+    let mut client = agentmesh_e2e::raw::connect(hub.hub, pki.ca.cert_pem(), &edge)
+        .await
+        .unwrap();
+    let mut hello = agentmesh_e2e::raw::hello("edge-01", 1);
+    hello["verbs"] = json!([
+        {"name": "huge", "params": {"p": {"type": "string", "pattern": "(\\w{100}){100}"}}},
+        {"name": "plain", "params": {"p": {"type": "string"}}}
+    ]);
+    client.send_json(&hello).await;
+    let welcome = client.next_json(PATIENCE).await.expect("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    eventually("edge-01 connected", PATIENCE, || async {
+        hub.is_connected("edge-01")
+    })
+    .await;
+
+    for (verb, value, says) in [
+        ("huge", "a", "pattern"),
+        ("plain", "-rf", "allow_leading_dash"),
+    ] {
+        let r = run(
+            &hub,
+            "edge-01",
+            json!({"verb": verb, "args": {"p": value}, "wait": false}),
+        )
+        .await;
+        assert_eq!(r.status, 422, "{verb}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "invalid_args", "{}", r.body);
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{verb}: {message}");
+    }
+    // The one command the backend does accept is the first frame the agent sees.
+    let r = run(
+        &hub,
+        "edge-01",
+        json!({"verb": "plain", "args": {"p": "ok"}, "wait": false}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let frame = client.next_json(PATIENCE).await.expect("a command frame");
+    assert_eq!(frame["type"], "command", "{frame}");
+    assert_eq!(frame["args"]["p"], "ok", "{frame}");
+}
