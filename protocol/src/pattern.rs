@@ -57,7 +57,17 @@ pub fn compile_pattern(pattern: &str) -> Result<Regex, PatternError> {
         .size_limit(PATTERN_SIZE_LIMIT)
         .dfa_size_limit(PATTERN_SIZE_LIMIT)
         .build()
-        .map_err(|e| PatternError::Invalid(e.to_string()))
+        .map_err(|e| PatternError::Invalid(one_line(&e.to_string())))
+}
+
+/// regex's parse errors draw a caret diagram over several lines; API answers and log lines
+/// want one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A string parameter's pattern: its source and its compiled form (or why there is none).
@@ -189,7 +199,8 @@ mod tests {
         ));
         // A bad pattern still decodes (the frame is fine), but is unusable.
         let bad: Pattern = serde_json::from_str(r#""(unclosed""#).unwrap();
-        assert!(bad.regex().is_err());
+        let err = bad.regex().unwrap_err().to_string();
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
