@@ -39,12 +39,10 @@
 //! - `query`: [`query`] with an [`AuditFilter`].
 //! - `sign`: result digests and signatures ([`result_digest`], [`ResultSignature`]) and
 //!   [`salted_hash`] for `secret` params.
-//! - `der`: [`spki_der_from_cert_der`] and the minimal DER walking it needs.
 //! - `files`: rotated file names ([`log_files`]), directory fsync, tail reading.
 //! - `error`: [`AuditError`].
 
 mod anchor;
-mod der;
 mod error;
 #[cfg(test)]
 mod fault;
@@ -61,15 +59,17 @@ mod writer;
 pub use anchor::{
     find_record, verify_anchored, AnchorError, Checkpoint, CheckpointSigner, CHECKPOINT_CONTEXT,
 };
-pub use der::spki_der_from_cert_der;
 pub use error::AuditError;
 pub use files::log_files;
+/// Re-exported from mesh-certs, the one place that parses X.509.
+pub use mesh_certs::spki_der_from_cert_der;
 pub use query::{query, AuditFilter, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT};
 pub use record::{canonical_json, kinds, AuditEvent, AuditRecord, GENESIS_PREV};
 pub use repair::OpenReport;
 pub use sign::{
-    result_digest, salted_hash, sign_result_digest, verify_result_signature, ResultSignature,
-    ResultSigner, RESULT_SIGNATURE_CONTEXT,
+    result_digest, salted_hash, salted_secret, secret_matches, sign_result_digest,
+    verify_result_signature, ResultSignature, ResultSigner, RESULT_SIGNATURE_CONTEXT,
+    SECRET_SALT_BYTES,
 };
 pub use verify::{run_verify_cli, verify_files, BreakReason, VerifyError, VerifySummary};
 pub use writer::{AuditLog, AuditOptions};

@@ -12,7 +12,6 @@ use ring::signature::{
 };
 use serde_json::{Map, Value};
 
-use crate::der::ec_point_from_spki;
 use crate::record::{canonical_json, is_hash_hex, sha256_hex};
 use crate::AuditError;
 
@@ -42,7 +41,8 @@ impl std::fmt::Debug for ResultSigner {
 }
 
 impl ResultSigner {
-    /// From a PKCS#8 DER P-256 private key (`mesh_certs::private_key_der_from_pem`).
+    /// From a PKCS#8 DER P-256 private key (`mesh_certs::p256_pkcs8_der_from_pem` also turns a
+    /// SEC1 key into one).
     pub fn from_pkcs8_der(pkcs8_der: &[u8]) -> Result<ResultSigner, AuditError> {
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8_der, &rng)
@@ -67,13 +67,13 @@ pub fn sign_result_digest(pkcs8_der: &[u8], digest_hex: &str) -> Result<String, 
 
 /// Whether `signature_b64` is a valid signature of `digest_hex` by the key in `spki_der`.
 pub fn verify_result_signature(spki_der: &[u8], digest_hex: &str, signature_b64: &str) -> bool {
-    let Ok(point) = ec_point_from_spki(spki_der) else {
+    let Ok(point) = mesh_certs::ec_p256_point_from_spki(spki_der) else {
         return false;
     };
     let Ok(sig) = STANDARD.decode(signature_b64) else {
         return false;
     };
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
         .verify(signed_message(digest_hex).as_bytes(), &sig)
         .is_ok()
 }
@@ -167,4 +167,39 @@ pub fn salted_hash(salt: &[u8], value: &str) -> String {
     bytes.extend_from_slice(salt);
     bytes.extend_from_slice(value.as_bytes());
     format!("sha256:{}", sha256_hex(&bytes))
+}
+
+/// Bytes of salt [`salted_secret`] callers should draw at random for each value.
+pub const SECRET_SALT_BYTES: usize = 16;
+
+/// `sha256:<salt hex>:<hash hex>`, the [`salted_hash`] of `value` with its own `salt` stored
+/// beside it: equal secrets look different and a short one cannot be looked up in a table,
+/// yet the record stays checkable with [`secret_matches`] by anyone who knows the value,
+/// across restarts and on another machine. Draw `salt` at random for each value.
+pub fn salted_secret(salt: &[u8], value: &str) -> String {
+    let salted = salted_hash(salt, value);
+    let hash = salted.strip_prefix("sha256:").unwrap_or(&salted);
+    format!("sha256:{}:{hash}", crate::record::hex(salt))
+}
+
+/// Whether `recorded` (from [`salted_secret`]) is the record of `candidate`.
+pub fn secret_matches(recorded: &str, candidate: &str) -> bool {
+    let Some((salt_hex, _)) = recorded
+        .strip_prefix("sha256:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return false;
+    };
+    if salt_hex.len() % 2 != 0 {
+        return false;
+    }
+    let salt: Option<Vec<u8>> = (0..salt_hex.len())
+        .step_by(2)
+        .map(|i| {
+            salt_hex
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    salt.is_some_and(|salt| salted_secret(&salt, candidate) == recorded)
 }

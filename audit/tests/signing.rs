@@ -187,3 +187,28 @@ fn salted_hashes() {
         .collect();
     assert_eq!(h, format!("sha256:{expected}"));
 }
+
+#[test]
+fn salted_secrets_carry_their_salt_and_stay_checkable() {
+    let a = agentmesh_audit::salted_secret(&[1; 16], "hunter2");
+    let b = agentmesh_audit::salted_secret(&[2; 16], "hunter2");
+    assert_ne!(a, b, "equal secrets look different");
+    assert!(
+        a.starts_with(&format!("sha256:{}:", "01".repeat(16))),
+        "{a}"
+    );
+    assert!(!a.contains("hunter2"));
+    assert!(agentmesh_audit::secret_matches(&a, "hunter2"));
+    assert!(agentmesh_audit::secret_matches(&b, "hunter2"));
+    assert!(!agentmesh_audit::secret_matches(&a, "hunter3"));
+    for bad in [
+        "",
+        "sha256:",
+        "sha256:zz:00",
+        "sha256:0:00",
+        "md5:01:00",
+        "sha256:01",
+    ] {
+        assert!(!agentmesh_audit::secret_matches(bad, "hunter2"), "{bad}");
+    }
+}

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::files::{create_dir, read_text, write_private, write_public};
+use rustls_pki_types::pem::SectionKind;
+
 use crate::pem::{self, CERTIFICATE};
 use crate::{
     pin_from_cert_der, validate_agent_id, x509, Error, Issued, Result, Validity, CA_CERT_FILE,
@@ -58,7 +60,7 @@ impl Ca {
 
     /// Reads a CA certificate and its PKCS#8 key from two files and checks they belong together.
     pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Ca> {
-        let cert_der = pem::first_labelled(&read_text(cert_path)?, CERTIFICATE)
+        let cert_der = pem::first_of(&read_text(cert_path)?, SectionKind::Certificate)
             .map_err(|e| e.in_file(cert_path))?;
         let key = crate::private_key_der_from_pem(&read_text(key_path)?)
             .and_then(|der| {

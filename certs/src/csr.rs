@@ -3,7 +3,9 @@
 use rcgen::{CertificateParams, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, KeyPair};
 
 use crate::ca::{leaf_params, subject};
-use crate::pem::{self, CERTIFICATE_REQUEST, NEW_CERTIFICATE_REQUEST};
+use rustls_pki_types::pem::SectionKind;
+
+use crate::pem::{self, CERTIFICATE_REQUEST};
 use crate::{pin_from_spki_der, validate_agent_id, x509, Ca, Error, Issued, Result, Validity};
 
 /// A new P-256 key and a CSR for it with subject CN = `agent_id`.
@@ -22,12 +24,53 @@ pub fn generate_csr(agent_id: &str) -> Result<(String, String)> {
     Ok((csr, key.serialize_pem()))
 }
 
+/// Checks an agent's CSR without signing anything: one `CERTIFICATE REQUEST` block, parsed,
+/// its signature verified (proof the requester holds the key), and its key ECDSA P-256 (the
+/// only kind an agent can sign results with). Returns the pin of that key.
+///
+/// [`Ca::sign_agent_csr`] runs the same checks; call this first where something (a join token)
+/// must only be spent on a CSR that will then be signed.
+pub fn check_agent_csr(csr_pem: &str) -> Result<String> {
+    check(csr_pem).map(|c| c.pin)
+}
+
+/// A CSR that passed [`check_agent_csr`].
+struct Checked {
+    pin: String,
+    request: CertificateSigningRequestParams,
+}
+
+fn check(csr_pem: &str) -> Result<Checked> {
+    let block = pem::first_block(csr_pem)?;
+    if block.kind != SectionKind::Csr {
+        return Err(Error::Pem(format!(
+            "expected a {CERTIFICATE_REQUEST} block, found {}",
+            pem::label(block.kind)
+        )));
+    }
+    let pin = {
+        let csr = x509::parse_csr(&block.der)?;
+        let spki = &csr.certification_request_info.subject_pki;
+        if !x509::is_p256(spki) {
+            return Err(Error::Invalid(
+                "unsupported key type in certificate request (use ECDSA P-256)".into(),
+            ));
+        }
+        pin_from_spki_der(spki.raw)
+    };
+    // Verifies the signature; also refuses CSRs asking for extensions rcgen cannot express.
+    let request = CertificateSigningRequestParams::from_der(&block.der.as_slice().into())
+        .map_err(|e| Error::Invalid(format!("certificate request rejected: {e}")))?;
+    Ok(Checked { pin, request })
+}
+
 impl Ca {
-    /// Issues an agent certificate for the key in `csr_pem`.
+    /// Issues an agent certificate for the key in `csr_pem`, which must pass
+    /// [`check_agent_csr`].
     ///
-    /// The CSR's signature must verify (proof the requester holds the key). Everything else in
-    /// it is ignored: the certificate gets CN = `agent_id`, EKU clientAuth and `validity`, as if
-    /// issued by [`Ca::issue_agent`]. The returned `key_pem` is empty.
+    /// Everything else in the CSR is ignored: the certificate gets CN = `agent_id`, EKU
+    /// clientAuth and `validity`, as if issued by [`Ca::issue_agent`]. The returned `key_pem`
+    /// is empty.
     pub fn sign_agent_csr(
         &self,
         csr_pem: &str,
@@ -35,28 +78,14 @@ impl Ca {
         validity: Validity,
     ) -> Result<Issued> {
         validate_agent_id(agent_id)?;
-        let block = pem::first_block(csr_pem)?;
-        if block.label != CERTIFICATE_REQUEST && block.label != NEW_CERTIFICATE_REQUEST {
-            return Err(Error::Pem(format!(
-                "expected a {CERTIFICATE_REQUEST} block, found {}",
-                block.label
-            )));
-        }
-        let requested_pin = {
-            let csr = x509::parse_csr(&block.der)?;
-            pin_from_spki_der(csr.certification_request_info.subject_pki.raw)
-        };
-        // Verifies the signature; also refuses CSRs asking for extensions rcgen cannot express.
-        let request = CertificateSigningRequestParams::from_der(&block.der.as_slice().into())
-            .map_err(|e| Error::Invalid(format!("certificate request rejected: {e}")))?;
+        let checked = check(csr_pem)?;
         let params = leaf_params(agent_id, validity, ExtendedKeyUsagePurpose::ClientAuth);
-        let issued = self.sign(params, &request.public_key, validity)?;
+        let issued = self.sign(params, &checked.request.public_key, validity)?;
         // rcgen re-encodes the key from the CSR's signature algorithm; make sure that round
-        // trip kept the very key the requester signed with (it would not for, say, P-384 keys
-        // signed with SHA-256).
-        if issued.pin != requested_pin {
+        // trip kept the very key the requester signed with.
+        if issued.pin != checked.pin {
             return Err(Error::Invalid(
-                "unsupported key type in certificate request (use ECDSA P-256 or Ed25519)".into(),
+                "unsupported key type in certificate request (use ECDSA P-256)".into(),
             ));
         }
         Ok(issued)

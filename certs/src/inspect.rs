@@ -8,7 +8,9 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use crate::pem::{self, CERTIFICATE};
+use rustls_pki_types::pem::SectionKind;
+
+use crate::pem;
 use crate::{pin_from_spki_der, x509, Error, Result};
 
 /// Where a certificate stands relative to the current time.
@@ -63,7 +65,7 @@ pub struct CertInfo {
 
 /// Summarises the first `CERTIFICATE` block of `pem`.
 pub fn inspect_pem(pem: &str) -> Result<CertInfo> {
-    inspect_der(&pem::first_labelled(pem, CERTIFICATE)?)
+    inspect_der(&pem::first_of(pem, SectionKind::Certificate)?)
 }
 
 /// Summarises a DER certificate.

@@ -25,8 +25,10 @@
 //! - `csr`: [`generate_csr`] and [`Ca::sign_agent_csr`], for enrolment without moving keys.
 //! - `issued`: [`Validity`] and [`Issued`], what issuance takes and returns.
 //! - `pin`: SPKI pins from DER or PEM.
-//! - `pem`: PEM decoding and encoding.
-//! - `x509`: parsing helpers and [`common_name_from_cert_der`].
+//! - `pem`: PEM decoding (rustls-pki-types) and encoding; private keys in every form rustls
+//!   loads, and SEC1 to PKCS#8 for signing.
+//! - `x509`: parsing helpers, [`common_name_from_cert_der`], [`spki_der_from_cert_der`] and
+//!   [`ec_p256_point_from_spki`]: the only X.509/DER walking in agentmesh.
 //! - `inspect`: [`CertInfo`] for `mesh-certs inspect`.
 //! - `files`: [`write_private`] and directory-level helpers used by the CLI.
 //! - `id`: [`validate_agent_id`].
@@ -47,15 +49,17 @@ mod x509;
 mod tests;
 
 pub use ca::{Ca, CA_VALIDITY_DAYS};
-pub use csr::generate_csr;
+pub use csr::{check_agent_csr, generate_csr};
 pub use error::{Error, Result};
 pub use files::{init_ca_dir, issue_agent_to_dir, issue_server_to_dir, write_private};
 pub use id::{validate_agent_id, MAX_AGENT_ID_LEN};
 pub use inspect::{inspect_der, inspect_pem, CertInfo, CertStatus};
 pub use issued::{Issued, Validity, DEFAULT_LEAF_DAYS};
-pub use pem::{certs_der_from_pem, private_key_der_from_pem};
+pub use pem::{
+    certs_der_from_pem, p256_pkcs8_der_from_pem, private_key_der_from_pem, private_key_from_pem,
+};
 pub use pin::{is_valid_pin, pin_from_cert_der, pin_from_pem, pin_from_spki_der, PIN_PREFIX};
-pub use x509::common_name_from_cert_der;
+pub use x509::{common_name_from_cert_der, ec_p256_point_from_spki, spki_der_from_cert_der};
 
 /// CA certificate file name, in a CA directory and beside every issued certificate.
 pub const CA_CERT_FILE: &str = "ca.pem";

@@ -7,7 +7,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use crate::pem::{self, CERTIFICATE, CERTIFICATE_REQUEST, NEW_CERTIFICATE_REQUEST, PUBLIC_KEY};
+use rustls_pki_types::pem::SectionKind;
+
+use crate::pem;
 use crate::{x509, Error, Result};
 
 /// Prefix of every pin.
@@ -28,17 +30,18 @@ pub fn pin_from_cert_der(cert_der: &[u8]) -> Result<String> {
 /// `CERTIFICATE REQUEST` (also the legacy `NEW CERTIFICATE REQUEST`).
 pub fn pin_from_pem(pem: &str) -> Result<String> {
     let block = pem::first_block(pem)?;
-    match block.label.as_str() {
-        CERTIFICATE => pin_from_cert_der(&block.der),
-        PUBLIC_KEY => Ok(pin_from_spki_der(x509::parse_spki(&block.der)?.raw)),
-        CERTIFICATE_REQUEST | NEW_CERTIFICATE_REQUEST => {
+    match block.kind {
+        SectionKind::Certificate => pin_from_cert_der(&block.der),
+        SectionKind::PublicKey => Ok(pin_from_spki_der(x509::parse_spki(&block.der)?.raw)),
+        SectionKind::Csr => {
             let csr = x509::parse_csr(&block.der)?;
             Ok(pin_from_spki_der(
                 csr.certification_request_info.subject_pki.raw,
             ))
         }
         other => Err(Error::Pem(format!(
-            "first block is {other}; expected {CERTIFICATE}, {PUBLIC_KEY} or {CERTIFICATE_REQUEST}"
+            "first block is {}; expected CERTIFICATE, PUBLIC KEY or CERTIFICATE REQUEST",
+            pem::label(other)
         ))),
     }
 }

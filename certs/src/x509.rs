@@ -70,3 +70,40 @@ pub fn common_name_from_cert_der(cert_der: &[u8]) -> Result<String> {
     common_name(&parse_cert(cert_der)?)?
         .ok_or_else(|| Error::Invalid("certificate subject has no common name (CN)".into()))
 }
+
+/// The DER SubjectPublicKeyInfo of a DER certificate, byte for byte as encoded there (so its
+/// pin equals [`crate::pin_from_cert_der`]).
+pub fn spki_der_from_cert_der(cert_der: &[u8]) -> Result<Vec<u8>> {
+    Ok(parse_cert(cert_der)?
+        .tbs_certificate
+        .subject_pki
+        .raw
+        .to_vec())
+}
+
+/// Whether a parsed SubjectPublicKeyInfo is an ECDSA P-256 key.
+pub(crate) fn is_p256(spki: &SubjectPublicKeyInfo<'_>) -> bool {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|curve| curve == OID_EC_P256)
+}
+
+/// The uncompressed EC point of a P-256 SubjectPublicKeyInfo (what ring verifies with);
+/// an error for any other key type.
+pub fn ec_p256_point_from_spki(spki_der: &[u8]) -> Result<Vec<u8>> {
+    let spki = parse_spki(spki_der)?;
+    if !is_p256(&spki) {
+        return Err(Error::Invalid("public key is not ECDSA P-256".into()));
+    }
+    if spki.subject_public_key.unused_bits != 0 {
+        return Err(Error::Parse(
+            "public key: BIT STRING has unused bits".into(),
+        ));
+    }
+    Ok(spki.subject_public_key.data.to_vec())
+}

@@ -13,9 +13,10 @@
 //! | `enrolled` | `gateway-agent enroll`, or a renewal installed a new certificate | `source`, `pin` |
 //!
 //! Secrets never reach the log: a `secret` param (and any param the verb does not declare,
-//! whose nature is unknown) is recorded as `agentmesh_audit::salted_hash` with a salt drawn
-//! at random for each process, so equal values can be matched within one run of the agent but
-//! not guessed. Connection failures that repeat unchanged (a wrong hub pin retried with
+//! whose nature is unknown) is recorded as `agentmesh_audit::salted_secret`,
+//! `sha256:<salt hex>:<hash hex>` with a fresh random salt per value stored beside the hash:
+//! not guessable from a table, and checkable with `agentmesh_audit::secret_matches` by whoever
+//! knows the value, after restarts too. Connection failures that repeat unchanged (a wrong hub pin retried with
 //! backoff for hours) are recorded once per [`REPEAT_EVERY`], so an outage cannot fill the disk.
 
 use std::future::Future;
@@ -27,8 +28,8 @@ use std::time::Duration;
 use agentmesh_audit::{
     kinds, AuditError, AuditEvent, AuditLog, AuditOptions, OpenReport, ResultSignature,
 };
+use agentmesh_protocol::verbs::arg_to_argv;
 use agentmesh_protocol::{CommandFrame, ResultFrame, VerbSpec};
-use rand::RngCore as _;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -48,7 +49,6 @@ pub struct AgentAudit {
 struct Inner {
     log: AuditLog,
     agent_id: String,
-    salt: [u8; 32],
     /// The last connection failure recorded, and when.
     last_failure: Mutex<Option<(String, Instant)>>,
 }
@@ -67,13 +67,10 @@ impl AgentAudit {
     pub fn open(path: &Path, agent_id: &str) -> Result<AgentAudit, AuditError> {
         let (log, report) = AuditLog::open(path, AuditOptions::default())?;
         log_report(path, &report);
-        let mut salt = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut salt);
         Ok(AgentAudit {
             inner: Arc::new(Inner {
                 log,
                 agent_id: agent_id.to_owned(),
-                salt,
                 last_failure: Mutex::new(None),
             }),
         })
@@ -213,7 +210,7 @@ impl AgentAudit {
     ) -> AuditEvent {
         let mut details = json!({
             "verb": command.verb,
-            "args": Value::Object(redact(&command.args, spec, &self.inner.salt)),
+            "args": Value::Object(redact(&command.args, spec)),
             "timeout_ms": command.timeout_ms,
             "issued_at": command.issued_at,
         });
@@ -238,12 +235,8 @@ impl AgentAudit {
 }
 
 /// `args` with every value that is not a declared, non-secret param of `spec` replaced by its
-/// salted hash.
-pub fn redact(
-    args: &Map<String, Value>,
-    spec: Option<&VerbSpec>,
-    salt: &[u8],
-) -> Map<String, Value> {
+/// [`agentmesh_audit::salted_secret`] (each with its own random salt).
+pub fn redact(args: &Map<String, Value>, spec: Option<&VerbSpec>) -> Map<String, Value> {
     args.iter()
         .map(|(name, value)| {
             let in_clear = spec
@@ -252,11 +245,9 @@ pub fn redact(
             let recorded = if in_clear {
                 value.clone()
             } else {
-                let text = match value {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                Value::String(agentmesh_audit::salted_hash(salt, &text))
+                // rand's thread RNG is a CSPRNG seeded from the OS.
+                let salt: [u8; agentmesh_audit::SECRET_SALT_BYTES] = rand::random();
+                Value::String(agentmesh_audit::salted_secret(&salt, &arg_to_argv(value)))
             };
             (name.clone(), recorded)
         })
@@ -297,6 +288,7 @@ mod tests {
             kind: ParamKind::String {
                 pattern: None,
                 max_len: None,
+                allow_leading_dash: false,
             },
             required: true,
             secret,
@@ -318,18 +310,19 @@ mod tests {
     #[test]
     fn secret_and_undeclared_params_are_hashed() {
         let args = json!({"user": "alice", "password": "hunter2", "extra": 5});
-        let salt = b"salt";
-        let out = redact(args.as_object().unwrap(), Some(&spec()), salt);
+        let out = redact(args.as_object().unwrap(), Some(&spec()));
         assert_eq!(out["user"], "alice");
-        assert_eq!(
-            out["password"],
-            agentmesh_audit::salted_hash(salt, "hunter2").as_str()
-        );
-        assert_eq!(
-            out["extra"],
-            agentmesh_audit::salted_hash(salt, "5").as_str()
-        );
-        let unknown_verb = redact(args.as_object().unwrap(), None, salt);
+        let password = out["password"].as_str().unwrap();
+        assert!(agentmesh_audit::secret_matches(password, "hunter2"));
+        assert!(!agentmesh_audit::secret_matches(password, "hunter3"));
+        assert!(agentmesh_audit::secret_matches(
+            out["extra"].as_str().unwrap(),
+            "5"
+        ));
+        // Each value gets its own salt: the same secret twice is recorded differently.
+        let again = redact(args.as_object().unwrap(), Some(&spec()));
+        assert_ne!(again["password"], out["password"]);
+        let unknown_verb = redact(args.as_object().unwrap(), None);
         assert_ne!(unknown_verb["user"], "alice");
         assert!(!Value::Object(out).to_string().contains("hunter2"));
     }

@@ -78,7 +78,7 @@ fn uniform(rng: &mut impl Rng, low: Duration, high: Duration) -> Duration {
     if high <= low {
         return Duration::from_millis(low);
     }
-    Duration::from_millis(rng.gen_range(low..=high))
+    Duration::from_millis(rng.random_range(low..=high))
 }
 
 fn as_millis(d: Duration) -> u64 {

@@ -69,19 +69,16 @@ async fn record(path: &Path, enrolled: &Enrolled, api: &str) -> Result<PathBuf, 
 /// `/ws/agent` on the same host and port; a loopback http API (a dev setup) has the hub on
 /// port 8081.
 pub fn default_hub_url(api: &str) -> String {
-    let (tls, rest) = match api.strip_prefix("https://") {
-        Some(rest) => (true, rest),
-        None => (false, api.strip_prefix("http://").unwrap_or(api)),
+    // `enroll` already refused an `--api` that does not parse; the fallback only keeps this total.
+    let Ok(uri) = api.parse::<http::Uri>() else {
+        return format!("wss://{api}/ws/agent");
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if tls {
-        return format!("wss://{authority}/ws/agent");
+    let host = uri.host().unwrap_or_default();
+    match (uri.scheme_str(), uri.port_u16()) {
+        (Some("https"), Some(port)) => format!("wss://{host}:{port}/ws/agent"),
+        (Some("https"), None) => format!("wss://{host}/ws/agent"),
+        _ => format!("wss://{host}:8081/ws/agent"),
     }
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => host,
-        _ => authority,
-    };
-    format!("wss://{host}:8081/ws/agent")
 }
 
 #[cfg(test)]

@@ -47,7 +47,9 @@ pub mod signing;
 pub mod state;
 pub mod tls;
 
-pub use config::{check_config, ConfigError, GatewayConfig, ParamConfig, VerbConfig};
+pub use config::{
+    check_config, config_warnings, ConfigError, GatewayConfig, ParamConfig, VerbConfig,
+};
 pub use dialer::{run, run_with_state, RunError};
 pub use exec::{Executor, Results, Submitted};
 pub use state::{AgentState, StateSnapshot};

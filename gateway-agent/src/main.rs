@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gateway_agent::enroll::{EnrollError, EnrollOptions};
 use gateway_agent::enroll_cli::{self, EnrollCommand};
-use gateway_agent::{check_config, GatewayConfig, RunError};
+use gateway_agent::{check_config, config_warnings, GatewayConfig, RunError};
 use tracing_subscriber::EnvFilter;
 
 /// EX_USAGE: the configuration or the command line is wrong.
@@ -187,6 +187,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Warnings go to stderr and do not change the exit status.
+    for w in config_warnings(&config) {
+        eprintln!("warning: {w}");
+    }
     match check_config(&config) {
         Ok(()) => {
             println!("ok");
@@ -206,6 +210,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // The same advice `check-config` prints, once per start, where operators read the logs.
+    for w in config_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -217,7 +225,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(gateway_agent::run(config, shutdown_signal())) {
+    match runtime.block_on(async { gateway_agent::run(config, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway-agent: {e}");
@@ -229,30 +237,30 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that resolves on either.
+/// Installing them before the agent starts (rather than on the future's first poll) means a
+/// SIGTERM sent right after `READY=1` is a clean shutdown, never the default action's kill.
+/// Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                // Without a handler the default action still stops the process.
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(term.take()) => {}
+            _ = wait(int.take()) => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }
 
 fn init_tracing(format: LogFormat) {

@@ -11,8 +11,11 @@
 //!
 //! The [`Signer`] is a shared handle: the dialer reloads it together with the TLS material
 //! (at every reconnect, and right after a renewal), so it always holds the key the next session
-//! authenticates with. Without a usable key (not P-256, unreadable, not matching the
-//! certificate) results go out unsigned and the hub records them as such.
+//! authenticates with. The key is read by the same PEM parser as the TLS loader and accepted
+//! in the same forms (PKCS#8 and SEC1 `EC PRIVATE KEY`); a key that cannot sign (RSA, another
+//! curve) is refused by the TLS loader too ([`crate::tls::load_key`]), so `check-config` fails
+//! and no session is opened with it. Only a key that becomes unreadable between the TLS load
+//! and this one leaves results unsigned, and the hub records them as such.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -47,19 +50,16 @@ struct Key {
 }
 
 impl Key {
-    /// Loads a PKCS#8 P-256 key and checks it belongs to the certificate.
+    /// Loads a P-256 key (PKCS#8 or SEC1) and checks it belongs to the certificate.
     fn from_pem(key_pem: &str, cert_pem: &str) -> Result<Key, SigningError> {
         let unusable = |what: String| SigningError::Unusable(what);
-        let der = mesh_certs::private_key_der_from_pem(key_pem)
-            .map_err(|e| unusable(format!("private key: {e}")))?;
-        let signer = ResultSigner::from_pkcs8_der(&der)
-            .map_err(|e| unusable(format!("private key: {e}")))?;
+        let signer = signer_from_pem(key_pem)?;
         let cert = mesh_certs::certs_der_from_pem(cert_pem)
             .map_err(|e| unusable(format!("certificate: {e}")))?;
         let first = cert
             .first()
             .ok_or_else(|| unusable("certificate: no CERTIFICATE block".to_owned()))?;
-        let spki = agentmesh_audit::spki_der_from_cert_der(first)
+        let spki = mesh_certs::spki_der_from_cert_der(first)
             .map_err(|e| unusable(format!("certificate: {e}")))?;
         let key = Key {
             pin: mesh_certs::pin_from_spki_der(&spki),
@@ -79,6 +79,14 @@ impl Key {
         }
         Ok(key)
     }
+}
+
+/// A result signer for the key in `key_pem`, in any form the TLS loader accepts that can sign
+/// results (P-256 as PKCS#8 or SEC1); the error says why another key cannot.
+pub fn signer_from_pem(key_pem: &str) -> Result<ResultSigner, SigningError> {
+    let unusable = |e: &dyn std::fmt::Display| SigningError::Unusable(format!("private key: {e}"));
+    let der = mesh_certs::p256_pkcs8_der_from_pem(key_pem).map_err(|e| unusable(&e))?;
+    ResultSigner::from_pkcs8_der(&der).map_err(|e| unusable(&e))
 }
 
 /// Whether `key_pem` is the private key of `cert_pem` (P-256 keys only).

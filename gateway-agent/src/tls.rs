@@ -141,14 +141,21 @@ pub fn load_certs(
     Ok(certs)
 }
 
-/// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+/// The private key of a PEM file (PKCS#8 or SEC1). A key rustls could use but the agent could
+/// not sign results with (PKCS#1 RSA, another curve) is refused here, so the agent never
+/// connects with a key whose results would go out unsigned.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read("private key", path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+    let pem_err = |detail: String| TlsError::Pem {
         what: "private key",
         path: path.to_owned(),
-        detail: e.to_string(),
-    })
+        detail,
+    };
+    let text = String::from_utf8_lossy(&pem);
+    let key = mesh_certs::private_key_from_pem(&text).map_err(|e| pem_err(e.to_string()))?;
+    crate::signing::signer_from_pem(&text)
+        .map_err(|e| pem_err(format!("{e} (result signing needs an ECDSA P-256 key)")))?;
+    Ok(key)
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

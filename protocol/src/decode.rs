@@ -58,8 +58,15 @@ const AGENT_TYPES: &[&str] = &["hello", "result", "output", "error", "renew"];
 const HUB_TYPES: &[&str] = &["welcome", "command", "cancel", "drain", "error", "renewed"];
 
 /// Decodes a frame sent by an agent.
+///
+/// A `hello`'s parameter patterns are compiled here, once and within
+/// [`crate::pattern::MAX_PATTERNS_PER_HELLO`], so validating commands later never compiles.
 pub fn decode_agent_frame(bytes: &[u8], limit: usize) -> Result<AgentFrame, DecodeError> {
-    decode(bytes, limit, AGENT_TYPES)
+    let frame = decode(bytes, limit, AGENT_TYPES)?;
+    if let AgentFrame::Hello(hello) = &frame {
+        crate::pattern::compile_hello_patterns(&hello.verbs);
+    }
+    Ok(frame)
 }
 
 /// Decodes a frame sent by the hub.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::verbs::VerbSpec;
+use crate::verbs::{ArgError, VerbSpec};
 
 /// Frames an agent sends to the hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +91,17 @@ pub struct HelloFrame {
 
 fn default_max_concurrency() -> u32 {
     1
+}
+
+impl HelloFrame {
+    /// The verbs whose schema is unusable (a pattern over the size limits or that does not
+    /// compile), each with the reason, for the hub to log once per `hello`. Commands for them
+    /// are refused (422) by [`VerbSpec::validate_args`] whether or not anyone looks here.
+    pub fn unusable_verbs(&self) -> impl Iterator<Item = (&str, ArgError)> + '_ {
+        self.verbs
+            .iter()
+            .filter_map(|v| v.check_patterns().err().map(|e| (v.name.as_str(), e)))
+    }
 }
 
 /// `welcome`: the hub accepted the session.

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`frames`]: the v1 frames in both directions ([`AgentFrame`], [`HubFrame`]).
 //! - [`verbs`]: verb and parameter schemas advertised in `hello`, and argument validation.
+//! - [`pattern`]: parameter patterns, compiled once within size limits.
 //! - [`decode`]: the size-limited, panic-free decoder.
 //! - [`close`]: WebSocket close codes used by the hub.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod close;
 pub mod decode;
 pub mod frames;
+pub mod pattern;
 pub mod verbs;
 
 pub use decode::{decode_agent_frame, decode_hub_frame, DecodeError, DEFAULT_MAX_MESSAGE_BYTES};
@@ -21,7 +23,7 @@ pub use frames::{
     AgentFrame, CommandFrame, CommandStatus, ErrorBody, HelloFrame, HubFrame, OutputFrame,
     ResultFrame, WelcomeFrame,
 };
-pub use verbs::{ArgError, ParamKind, ParamSpec, VerbSpec};
+pub use verbs::{ArgError, ParamKind, ParamSpec, Pattern, VerbSpec};
 
 /// The protocol version this build speaks; `hello.protocol` must equal it.
 pub const PROTOCOL_VERSION: u32 = 1;

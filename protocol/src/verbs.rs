@@ -3,11 +3,19 @@
 //! Both sides validate with [`VerbSpec::validate_args`]: the backend to answer 422 early, the
 //! agent because it is the authority. A `pattern` must match the *whole* value (it is anchored
 //! as `^(?:pattern)$`), so a forgotten `^`/`$` in a config never widens what a verb accepts.
+//! Patterns are compiled once, when the schema is decoded or built (see [`crate::pattern`]).
+//!
+//! A string value starting with `-` is refused unless its parameter sets `allow_leading_dash`:
+//! a value placed as a whole argv element would otherwise be read by the program as an option
+//! (`--output=/etc/cron.d/x`). The rule applies to every string parameter, also those used
+//! inside a larger element, because one rule is easier to reason about than a per-template one.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub use crate::pattern::{compile_pattern, Pattern, PatternError};
 
 /// One verb as advertised in `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +62,14 @@ pub enum ParamKind {
     String {
         /// Regex the whole value must match.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pattern: Option<String>,
+        pattern: Option<Pattern>,
         /// Maximum length in bytes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_len: Option<usize>,
+        /// Values may start with `-` (otherwise refused as a possible option); sent only when
+        /// true, so schemas without it look exactly as before.
+        #[serde(default, skip_serializing_if = "is_false")]
+        allow_leading_dash: bool,
     },
     /// A signed 64-bit integer.
     Integer {
@@ -96,12 +108,23 @@ impl ArgError {
     }
 }
 
-/// Compiles a config pattern the way validation applies it (whole-value match).
-pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, regex::Error> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-}
-
 impl VerbSpec {
+    /// Checks the schema itself: `Err` names the first parameter whose pattern is unusable
+    /// (too long, does not compile, over the size limit). Commands for such a verb are
+    /// refused by [`VerbSpec::validate_args`] anyway; this lets a receiver say so once.
+    pub fn check_patterns(&self) -> Result<(), ArgError> {
+        for (name, spec) in &self.params {
+            if let ParamKind::String {
+                pattern: Some(p), ..
+            } = &spec.kind
+            {
+                p.regex()
+                    .map_err(|e| ArgError::new(name, format!("unusable pattern: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks `args` against the params: unknown, missing, wrong type and constraint
     /// violations are refused with the parameter named.
     pub fn validate_args(&self, args: &Map<String, Value>) -> Result<(), ArgError> {
@@ -125,7 +148,11 @@ impl ParamSpec {
     /// Checks one value against this parameter's type and constraints.
     pub fn validate(&self, name: &str, value: &Value) -> Result<(), ArgError> {
         match &self.kind {
-            ParamKind::String { pattern, max_len } => {
+            ParamKind::String {
+                pattern,
+                max_len,
+                allow_leading_dash,
+            } => {
                 let s = value
                     .as_str()
                     .ok_or_else(|| ArgError::new(name, "expected a string"))?;
@@ -137,9 +164,17 @@ impl ParamSpec {
                         return Err(ArgError::new(name, format!("longer than {max} bytes")));
                     }
                 }
+                if s.starts_with('-') && !allow_leading_dash {
+                    return Err(ArgError::new(
+                        name,
+                        "starts with '-', which a program could read as an option \
+                         (the parameter does not set allow_leading_dash)",
+                    ));
+                }
                 if let Some(p) = pattern {
-                    let re = compile_pattern(p)
-                        .map_err(|_| ArgError::new(name, "the verb's pattern does not compile"))?;
+                    let re = p
+                        .regex()
+                        .map_err(|e| ArgError::new(name, format!("the verb's {e}")))?;
                     if !re.is_match(s) {
                         return Err(ArgError::new(name, format!("does not match pattern {p}")));
                     }
@@ -255,5 +290,66 @@ mod tests {
         let s = serde_json::to_value(spec()).unwrap();
         assert_eq!(s["params"]["password"]["secret"], json!(true));
         assert!(s["params"]["username"].get("secret").is_none());
+    }
+
+    #[test]
+    fn a_leading_dash_is_refused_unless_the_param_allows_it() {
+        // `password` has no pattern: before, anything went, `-rf` included.
+        let err = check(json!({"username": "alice", "password": "-rf"})).unwrap_err();
+        assert_eq!(err.param, "password");
+        assert!(err.reason.contains("allow_leading_dash"), "{err}");
+        // Even where the pattern would accept it.
+        let spec: VerbSpec = serde_json::from_value(json!({
+            "name": "grep",
+            "params": {
+                "expr": {"type": "string", "pattern": "[-a-z]+"},
+                "opt": {"type": "string", "allow_leading_dash": true}
+            }
+        }))
+        .unwrap();
+        let args = |v: Value| v.as_object().unwrap().clone();
+        assert!(spec.validate_args(&args(json!({"expr": "-x"}))).is_err());
+        spec.validate_args(&args(json!({"expr": "x-"}))).unwrap();
+        spec.validate_args(&args(json!({"opt": "-rf"}))).unwrap();
+        spec.validate_args(&args(json!({"opt": "--"}))).unwrap();
+    }
+
+    #[test]
+    fn allow_leading_dash_is_sent_only_when_true() {
+        let s = serde_json::to_value(spec()).unwrap();
+        assert!(s["params"]["username"].get("allow_leading_dash").is_none());
+        let param: ParamSpec =
+            serde_json::from_value(json!({"type": "string", "allow_leading_dash": true})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&param).unwrap(),
+            json!({"type": "string", "allow_leading_dash": true, "required": false})
+        );
+    }
+
+    #[test]
+    fn an_unusable_pattern_makes_the_verb_unusable() {
+        let spec: VerbSpec = serde_json::from_value(json!({
+            "name": "x",
+            "params": {
+                "ok": {"type": "string", "pattern": "[a-z]+"},
+                "big": {"type": "string", "pattern": "(\\w{100}){100}"},
+                "long": {"type": "string", "pattern": "a".repeat(crate::pattern::MAX_PATTERN_LEN + 1)}
+            }
+        }))
+        .unwrap();
+        let err = spec.check_patterns().unwrap_err();
+        assert_eq!(err.param, "big");
+        let err = spec
+            .validate_args(json!({"big": "a"}).as_object().unwrap())
+            .unwrap_err();
+        assert_eq!(err.param, "big");
+        let err = spec
+            .validate_args(json!({"long": "a"}).as_object().unwrap())
+            .unwrap_err();
+        assert!(err.reason.contains("limit"), "{err}");
+        assert!(self::spec().check_patterns().is_ok());
+        // The wire form is untouched: the pattern goes back out as it came in.
+        let wire = serde_json::to_value(&spec).unwrap();
+        assert_eq!(wire["params"]["big"]["pattern"], json!("(\\w{100}){100}"));
     }
 }

@@ -44,7 +44,8 @@ fn golden_examples_round_trip() {
         assert_golden_round_trip(&name);
         seen += 1;
     }
-    assert_eq!(seen, 12, "every frame type has a golden example");
+    // Every frame type, plus a hello whose string parameter sets `allow_leading_dash`.
+    assert_eq!(seen, 13, "every frame type has a golden example");
 }
 
 #[test]
@@ -58,6 +59,83 @@ fn golden_hello_decodes_to_typed_fields() {
     assert_eq!(hello.labels["role"], "panel");
     assert_eq!(hello.verbs.len(), 2);
     assert!(hello.verbs[1].params["password"].secret);
+}
+
+#[test]
+fn golden_hello_with_allow_leading_dash() {
+    let frame =
+        decode_agent_frame(golden("agent_hello_leading_dash.json").as_bytes(), LIMIT).unwrap();
+    let AgentFrame::Hello(hello) = frame else {
+        panic!("not a hello")
+    };
+    let verb = &hello.verbs[0];
+    let args = serde_json::json!({"expr": "-v error", "file": "app.log"});
+    verb.validate_args(args.as_object().unwrap()).unwrap();
+    // The old golden hello has no such flag: `-` leading values stay refused there.
+    let old = decode_agent_frame(golden("agent_hello.json").as_bytes(), LIMIT).unwrap();
+    let AgentFrame::Hello(old) = old else {
+        panic!("not a hello")
+    };
+    let args = serde_json::json!({"username": "-rf", "password": "x"});
+    let err = old.verbs[1]
+        .validate_args(args.as_object().unwrap())
+        .unwrap_err();
+    assert_eq!(err.param, "username");
+}
+
+#[test]
+fn a_hello_with_an_oversized_pattern_decodes_and_names_the_unusable_verb() {
+    let text =
+        golden("agent_hello.json").replace(r#""^[a-z][a-z0-9_-]{2,31}$""#, r#""(\\w{100}){100}""#);
+    let AgentFrame::Hello(hello) = decode_agent_frame(text.as_bytes(), LIMIT).unwrap() else {
+        panic!("not a hello")
+    };
+    let unusable: Vec<_> = hello.unusable_verbs().collect();
+    assert_eq!(unusable.len(), 1, "{unusable:?}");
+    assert_eq!(unusable[0].0, "create_panel_user");
+    assert_eq!(unusable[0].1.param, "username");
+    // The golden hello itself is fine.
+    let AgentFrame::Hello(ok) =
+        decode_agent_frame(golden("agent_hello.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    assert_eq!(ok.unusable_verbs().count(), 0);
+}
+
+#[test]
+fn a_hello_compiles_a_bounded_number_of_patterns() {
+    use agentmesh_protocol::pattern::MAX_PATTERNS_PER_HELLO;
+    let verbs: Vec<Value> = (0..MAX_PATTERNS_PER_HELLO + 2)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("v{i:04}"),
+                "params": {"p": {"type": "string", "pattern": "[a-z]+"}}
+            })
+        })
+        .collect();
+    let hello = serde_json::json!({
+        "type": "hello", "protocol": 1, "agent_id": "edge-01", "verbs": verbs
+    });
+    let AgentFrame::Hello(hello) = decode_agent_frame(hello.to_string().as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    let unusable: Vec<&str> = hello.unusable_verbs().map(|(name, _)| name).collect();
+    assert_eq!(
+        unusable,
+        [
+            format!("v{MAX_PATTERNS_PER_HELLO:04}"),
+            format!("v{:04}", MAX_PATTERNS_PER_HELLO + 1)
+        ]
+    );
+    let args = serde_json::json!({"p": "abc"});
+    let args = args.as_object().unwrap();
+    hello.verbs[0].validate_args(args).unwrap();
+    let err = hello.verbs[MAX_PATTERNS_PER_HELLO]
+        .validate_args(args)
+        .unwrap_err();
+    assert!(err.reason.contains("more than"), "{err}");
 }
 
 #[test]

@@ -6,8 +6,37 @@
 
 use std::path::Path;
 
-use super::GatewayConfig;
+use super::{GatewayConfig, ParamType};
 use crate::tls;
+
+/// Advice that does not make the config invalid: string parameters without a `pattern` (any
+/// value up to `max_len` reaches the program) and those that set `allow_leading_dash`.
+pub fn config_warnings(config: &GatewayConfig) -> Vec<String> {
+    let file = config.file_name();
+    let mut warnings = Vec::new();
+    for (i, verb) in config.verbs.iter().enumerate() {
+        for (name, param) in &verb.params {
+            if param.kind != ParamType::String {
+                continue;
+            }
+            let key = format!("verbs[{i}].params.{name}");
+            if param.pattern.is_none() {
+                warnings.push(format!(
+                    "{file}: {key}: string parameter without a pattern: any value reaches {}; \
+                     add a pattern that accepts only what the program expects",
+                    verb.program.display()
+                ));
+            }
+            if param.allow_leading_dash == Some(true) {
+                warnings.push(format!(
+                    "{file}: {key}: allow_leading_dash = true: values starting with '-' reach \
+                     the program, which may read them as options"
+                ));
+            }
+        }
+    }
+    warnings
+}
 
 /// Checks the host-side facts of a loaded config; `Err` lists every problem found.
 pub fn check_config(config: &GatewayConfig) -> Result<(), Vec<String>> {

@@ -8,6 +8,7 @@
 mod check;
 mod env;
 mod keypath;
+mod params;
 mod validate;
 mod verbs;
 
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use agentmesh_protocol::VerbSpec;
 use serde::Deserialize;
 
-pub use check::check_config;
+pub use check::{check_config, config_warnings};
 pub use env::ENV_PREFIX;
 pub use validate::{parse_backend_url, BackendUrl};
 pub use verbs::{builtin_verbs, parse_template, ParamConfig, ParamType, Segment, VerbConfig};

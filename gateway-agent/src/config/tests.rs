@@ -164,3 +164,26 @@ fn verb_specs_carry_types_and_constraints() {
     assert_eq!(specs[1].timeout_ms, 10_000);
     assert!(specs[0].params.is_empty() && specs[1].params.is_empty());
 }
+
+#[test]
+fn at_most_the_hubs_pattern_budget_is_accepted() {
+    let max = agentmesh_protocol::pattern::MAX_PATTERNS_PER_HELLO;
+    let verbs = |n: usize| {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[verbs]]\nname = \"v{i}\"\nprogram = \"/bin/echo\"\nargs = [\"{{p}}\"]\n\
+                     params.p = {{ type = \"string\", pattern = \"[a-z]+\" }}\n"
+                )
+            })
+            .collect::<String>()
+    };
+    parse(&format!("{}{}", minimal(), verbs(max)), &[]).unwrap();
+    let err = parse(&format!("{}{}", minimal(), verbs(max + 1)), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("verbs[{max}].params.p.pattern")),
+        "{err}"
+    );
+}

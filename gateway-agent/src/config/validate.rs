@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 
 use tokio_tungstenite::tungstenite::http::Uri;
 
+use super::params::{validate_param, validate_pattern_count};
 use super::verbs::{is_param_name, parse_template, Segment, BUILTIN_VERB_NAMES};
-use super::{GatewayConfig, ParamConfig, ParamType, VerbConfig};
+use super::{GatewayConfig, VerbConfig};
 
-type Problem = (String, String);
+pub(super) type Problem = (String, String);
 
-fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+pub(super) fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
     (key.into(), message.into())
 }
 
@@ -31,7 +32,7 @@ pub(super) fn validate(config: &GatewayConfig) -> Result<(), Problem> {
         }
         validate_verb(&key, verb, config.outbound.max_message_bytes)?;
     }
-    Ok(())
+    validate_pattern_count(config)
 }
 
 fn validate_agent(config: &GatewayConfig) -> Result<(), Problem> {
@@ -308,74 +309,11 @@ fn validate_verb(key: &str, verb: &VerbConfig, max_message_bytes: usize) -> Resu
     Ok(())
 }
 
-fn validate_param(key: &str, p: &ParamConfig) -> Result<(), Problem> {
-    let misplaced = |field: &str, belongs: &str| {
-        Err(problem(
-            format!("{key}.{field}"),
-            format!(
-                "only applies to {belongs} parameters, this one is {}",
-                p.kind.as_str()
-            ),
-        ))
-    };
-    if p.kind != ParamType::String {
-        if p.pattern.is_some() {
-            return misplaced("pattern", "string");
-        }
-        if p.max_len.is_some() {
-            return misplaced("max_len", "string");
-        }
-    }
-    if p.kind != ParamType::Integer {
-        if p.min.is_some() {
-            return misplaced("min", "integer");
-        }
-        if p.max.is_some() {
-            return misplaced("max", "integer");
-        }
-    }
-    if p.kind != ParamType::Enum && p.values.is_some() {
-        return misplaced("values", "enum");
-    }
-    if let Some(pattern) = &p.pattern {
-        agentmesh_protocol::verbs::compile_pattern(pattern)
-            .map_err(|e| problem(format!("{key}.pattern"), one_line(&e.to_string())))?;
-    }
-    if p.max_len == Some(0) {
-        return Err(problem(format!("{key}.max_len"), "must be at least 1"));
-    }
-    if let (Some(min), Some(max)) = (p.min, p.max) {
-        if min > max {
-            return Err(problem(
-                format!("{key}.min"),
-                format!("{min} is larger than max ({max})"),
-            ));
-        }
-    }
-    if p.kind == ParamType::Enum {
-        let values = p.values.as_deref().unwrap_or_default();
-        if values.is_empty() {
-            return Err(problem(
-                format!("{key}.values"),
-                "an enum parameter needs at least one value",
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        if let Some(dup) = values.iter().find(|v| !seen.insert(v.as_str())) {
-            return Err(problem(
-                format!("{key}.values"),
-                format!("{dup:?} is listed twice"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use agentmesh_protocol::{ParamKind, ParamSpec, VerbSpec};
+use agentmesh_protocol::{ParamKind, ParamSpec, Pattern, VerbSpec};
 use serde::Deserialize;
 
 /// One allowlisted verb: a program and an argv template.
@@ -67,6 +67,10 @@ pub struct ParamConfig {
     /// `string`: maximum length in bytes.
     #[serde(default)]
     pub max_len: Option<usize>,
+    /// `string`: values may start with `-`. Off by default, because a value that starts with
+    /// `-` is read by most programs as an option (`--output=/etc/cron.d/x`).
+    #[serde(default)]
+    pub allow_leading_dash: Option<bool>,
     /// `integer`: smallest value.
     #[serde(default)]
     pub min: Option<i64>,
@@ -113,8 +117,9 @@ impl ParamConfig {
     pub fn to_spec(&self) -> ParamSpec {
         let kind = match self.kind {
             ParamType::String => ParamKind::String {
-                pattern: self.pattern.clone(),
+                pattern: self.pattern.as_deref().map(Pattern::new),
                 max_len: self.max_len,
+                allow_leading_dash: self.allow_leading_dash.unwrap_or(false),
             },
             ParamType::Integer => ParamKind::Integer {
                 min: self.min,

@@ -239,7 +239,7 @@ impl Dialer {
             url,
             state,
             config,
-            rng: StdRng::from_entropy(),
+            rng: StdRng::from_os_rng(),
         }
     }
 

@@ -4,17 +4,25 @@
 //! to `POST /api/v1/enroll` on the operator API (the front door). The answer is a certificate
 //! signed by the mesh CA and the hub's pins. `https://` is verified against `--ca` (and
 //! `--server-pin` when given); plain `http://` is accepted only for a loopback address.
+//!
+//! The URL is parsed by `http::Uri` and the request made by hyper's HTTP/1.1 client over the
+//! (pinned) TLS stream: framing (Content-Length, chunked) is hyper's, not ours.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use ::http::Uri;
 use rustls::pki_types::ServerName;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use self::exchange::post;
+
 use crate::tls::{root_store, PinObserver, PinningVerifier};
+
+mod exchange;
 
 /// What `enroll` needs.
 #[derive(Debug, Clone)]
@@ -75,41 +83,58 @@ pub enum EnrollError {
     Local(String),
 }
 
+/// Where the operator API is, from `--api`.
+#[derive(Debug)]
 struct Target {
     tls: bool,
+    /// Host as in the URL, without IPv6 brackets (for DNS, TLS names and IP checks).
     host: String,
     port: u16,
+    /// `Host` header value: the host as written, with the port when it is not the default.
+    authority: String,
+    /// Path prefix without a trailing `/` (empty at the root).
     base_path: String,
 }
 
 fn parse_api(url: &str) -> Result<Target, EnrollError> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(EnrollError::Usage(format!(
+    let scheme_error = || {
+        EnrollError::Usage(format!(
             "--api must start with https:// (or http:// for loopback): {url}"
-        )));
+        ))
     };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && !p.contains(']') => (
-            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            p.parse()
-                .map_err(|_| EnrollError::Usage(format!("bad port in {url}")))?,
-        ),
-        _ => (
-            authority
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            if tls { 443 } else { 80 },
-        ),
+    let uri = url
+        .parse::<Uri>()
+        .map_err(|e| match e.to_string().as_str() {
+            m if m.contains("port") => EnrollError::Usage(format!("bad port in {url}")),
+            _ if !url.contains("://") => scheme_error(),
+            m => EnrollError::Usage(format!("--api {url}: {m}")),
+        })?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(scheme_error()),
     };
+    let written_host = uri.host().unwrap_or_default();
+    let host = written_host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if host.is_empty() {
         return Err(EnrollError::Usage(format!("no host in {url}")));
     }
+    // `port_u16` is None both without a port and for one that is not a u16 (`:99999`): the
+    // authority then holds more than the host.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        return Err(EnrollError::Usage(format!(
+            "--api must not hold credentials (the join token is the credential): {url}"
+        )));
+    }
+    let authority_len = authority.len();
+    if uri.port_u16().is_none() && authority_len > written_host.len() {
+        return Err(EnrollError::Usage(format!("bad port in {url}")));
+    }
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !tls && !loopback {
         return Err(EnrollError::Usage(
@@ -117,12 +142,16 @@ fn parse_api(url: &str) -> Result<Target, EnrollError> {
                 .into(),
         ));
     }
-    let base_path = format!("/{}", path.trim_end_matches('/'));
+    let authority = match uri.port_u16() {
+        Some(p) => format!("{written_host}:{p}"),
+        None => written_host.to_owned(),
+    };
     Ok(Target {
         tls,
         host,
         port,
-        base_path: base_path.trim_end_matches('/').to_owned(),
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
     })
 }
 
@@ -139,45 +168,27 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
         url: opts.api.clone(),
         detail,
     };
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
-    let (status, text) = if target.tls {
-        let roots = root_store(&opts.ca).map_err(|e| EnrollError::Usage(e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| EnrollError::Local(e.to_string()))?;
-        let config = match &opts.server_pin {
-            Some(pin) => {
-                let verifier = PinningVerifier::new(
-                    roots,
-                    vec![pin.clone()],
-                    provider,
-                    PinObserver::default(),
-                )
-                .map_err(|e| EnrollError::Local(e.to_string()))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(verifier))
-                    .with_no_client_auth()
-            }
-            None => builder.with_root_certificates(roots).with_no_client_auth(),
-        };
+    let exchange = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        if !target.tls {
+            return post(tcp, &target, &path, body).await.map_err(connect_err);
+        }
+        let config = tls_config(opts)?;
         let name = ServerName::try_from(target.host.clone())
             .map_err(|e| EnrollError::Usage(e.to_string()))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
             .map_err(|e| connect_err(format!("TLS: {e}")))?;
-        post(stream, &target.host, &path, &body)
+        post(stream, &target, &path, body)
             .await
-            .map_err(connect_err)?
-    } else {
-        post(tcp, &target.host, &path, &body)
-            .await
-            .map_err(connect_err)?
+            .map_err(connect_err)
     };
+    let (status, text) = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| connect_err(format!("no answer within {} s", EXCHANGE_TIMEOUT.as_secs())))??;
     if status != 200 {
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -189,6 +200,27 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
         .map_err(|e| EnrollError::Local(format!("unexpected answer from the backend: {e}")))?;
     write_identity(&opts.out, &key_pem, &enrolled)?;
     Ok(enrolled)
+}
+
+/// The client TLS config for `--ca` (and `--server-pin`, when given).
+fn tls_config(opts: &EnrollOptions) -> Result<rustls::ClientConfig, EnrollError> {
+    let roots = root_store(&opts.ca).map_err(|e| EnrollError::Usage(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EnrollError::Local(e.to_string()))?;
+    Ok(match &opts.server_pin {
+        Some(pin) => {
+            let verifier =
+                PinningVerifier::new(roots, vec![pin.clone()], provider, PinObserver::default())
+                    .map_err(|e| EnrollError::Local(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+        None => builder.with_root_certificates(roots).with_no_client_auth(),
+    })
 }
 
 fn write_identity(out: &Path, key_pem: &str, e: &Enrolled) -> Result<(), EnrollError> {
@@ -205,54 +237,9 @@ fn write_identity(out: &Path, key_pem: &str, e: &Enrolled) -> Result<(), EnrollE
     Ok(())
 }
 
-async fn post<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    host: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), String> {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    // Bounded: an enrolment answer is a few KiB.
-    let mut limited = (&mut stream).take(1024 * 1024);
-    let _ = limited.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("no HTTP status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
+/// The whole exchange (TCP, TLS, request, answer) must finish within this; a stalled server
+/// fails the command instead of hanging it.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `[outbound]` lines for a freshly enrolled agent.
 pub fn config_snippet(e: &Enrolled, out: &Path, hub_url: &str) -> String {
@@ -270,6 +257,7 @@ pub fn config_snippet(e: &Enrolled, out: &Path, hub_url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -277,7 +265,11 @@ mod tests {
     fn http_only_for_loopback() {
         assert!(parse_api("http://127.0.0.1:8080").is_ok());
         assert!(parse_api("http://localhost:8080/").is_ok());
-        assert!(parse_api("http://[::1]:8080").is_ok());
+        let t = parse_api("http://[::1]:8080").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.authority.as_str()),
+            ("::1", "[::1]:8080")
+        );
         assert!(parse_api("http://10.0.0.1:8080").is_err());
         assert!(parse_api("ftp://x").is_err());
         let t = parse_api("https://hub.example.com/prefix/").unwrap();
@@ -285,5 +277,16 @@ mod tests {
             (t.port, t.base_path.as_str(), t.tls),
             (443, "/prefix", true)
         );
+        assert_eq!(t.authority, "hub.example.com");
+        let t = parse_api("https://hub.example.com:8443").unwrap();
+        assert_eq!((t.port, t.base_path.as_str()), (8443, ""));
+        for (bad, says) in [
+            ("hub.example.com", "must start with https://"),
+            ("https://hub.example.com:99999/", "bad port"),
+            ("https:///x", "--api"),
+        ] {
+            let err = parse_api(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }
