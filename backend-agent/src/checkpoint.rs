@@ -46,7 +46,7 @@ pub fn load_signer(key_path: &Path) -> Result<CheckpointSigner, CheckpointError>
         message,
     };
     let pem = std::fs::read_to_string(key_path).map_err(|e| err(e.to_string()))?;
-    let der = mesh_certs::private_key_der_from_pem(&pem).map_err(|e| err(e.to_string()))?;
+    let der = mesh_certs::p256_pkcs8_der_from_pem(&pem).map_err(|e| err(e.to_string()))?;
     CheckpointSigner::from_pkcs8_der(&der).map_err(|e| err(e.to_string()))
 }
 

@@ -267,7 +267,12 @@ async fn wait_hello(ws: &mut HubSocket, ctx: &HubContext) -> Result<HelloFrame, 
         match msg {
             Ok(Message::Text(text)) => {
                 return match decode_agent_frame(text.as_bytes(), ctx.config.max_message_bytes) {
-                    Ok(AgentFrame::Hello(hello)) => Ok(hello),
+                    Ok(AgentFrame::Hello(hello)) => {
+                        for (verb, e) in hello.unusable_verbs() {
+                            warn!(agent.id = %hello.agent_id, verb, error = %e, "verb unusable: its parameter patterns exceed the hub's limits; commands for it answer 422");
+                        }
+                        Ok(hello)
+                    }
                     Ok(other) => Err(protocol(format!("expected hello, got {}", other.kind()))),
                     Err(e) => Err(protocol(format!("bad hello: {e}"))),
                 }

@@ -107,17 +107,16 @@ pub fn resolve(
 
 /// The DER SubjectPublicKeyInfo, byte for byte as encoded in the certificate.
 fn spki_of(der: &[u8]) -> Result<Vec<u8>, Rejection> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+    let spki = mesh_certs::spki_der_from_cert_der(der).map_err(|e| {
         Rejection::new(
             "bad_certificate",
             format!("cannot extract the public key: {e}"),
         )
     })?;
-    let spki = cert.tbs_certificate.subject_pki.raw;
     if spki.is_empty() {
         return Err(Rejection::new("bad_certificate", "empty public key"));
     }
-    Ok(spki.to_vec())
+    Ok(spki)
 }
 
 /// Decodes `%XX` escapes (nginx escapes newlines, spaces and `+` in the PEM).
