@@ -13,6 +13,7 @@
 //! - [`commands`]: command dispatch, results, waiters, fan-out jobs.
 //! - [`audit`]: the audit trail (hash-chained, group-committed).
 //! - [`auth`]: token roles, hashed lookup, token minting.
+//! - [`authz`]: the one authorisation policy (who may do what to which agent or command).
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -149,12 +151,15 @@ impl Backend {
         let limits = Arc::new(limits::RateLimits::new(&config.limits));
         spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
+        let authz = Arc::new(authz::Authz::new(audit.clone()));
         let commands = commands::CommandService::start(
             registry.clone(),
             store.clone(),
             metrics.clone(),
             limits.clone(),
             audit.clone(),
+            authz.clone(),
+            commands::Settings::from_config(&config.limits, &config.store),
             stop_rx.clone(),
         );
         commands.recover().await?;
@@ -174,6 +179,12 @@ impl Backend {
             )
             .await?,
         );
+        // Enrolment labels are authoritative: set before the hub accepts its first hello.
+        for agent in &config.agents {
+            if let Some(labels) = &agent.labels {
+                registry.set_enrolled_labels(&agent.id, labels.clone());
+            }
+        }
         let events = Arc::new(events::BackendEvents {
             registry: registry.clone(),
             commands: commands.clone(),
@@ -204,6 +215,7 @@ impl Backend {
             limits,
             enrolment: enrolment.clone(),
             audit: audit.clone(),
+            authz,
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;

@@ -54,12 +54,12 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<EnrollmentBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.require(&state, Role::Admin)?;
     match body.pin {
         Some(pin) => {
             state
                 .enrolment
-                .enrol_pin(&body.agent_id, &pin, &caller.0.name)
+                .enrol_pin(&body.agent_id, &pin, &caller.principal.name)
                 .await?;
             let answer = json!({"agent_id": body.agent_id, "pin": pin, "state": "active"});
             Ok((StatusCode::CREATED, Json(answer)).into_response())
@@ -68,7 +68,7 @@ pub async fn create(
             let ttl = body.ttl_secs.unwrap_or(DEFAULT_JOIN_TOKEN_SECS);
             let issued = state
                 .enrolment
-                .create_join_token(&body.agent_id, ttl, &caller.0.name)
+                .create_join_token(&body.agent_id, ttl, &caller.principal.name)
                 .await?;
             let answer = json!({
                 "agent_id": issued.agent_id,
@@ -130,8 +130,11 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require(Role::Admin)?;
-    let (pins, disconnected) = state.enrolment.revoke(&agent_id, &caller.0.name).await?;
+    caller.require(&state, Role::Admin)?;
+    let (pins, disconnected) = state
+        .enrolment
+        .revoke(&agent_id, &caller.principal.name)
+        .await?;
     Ok(Json(
         json!({"agent_id": agent_id, "revoked_pins": pins, "disconnected": disconnected}),
     ))

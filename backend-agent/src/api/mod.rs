@@ -45,6 +45,8 @@ pub struct AppState {
     pub enrolment: Arc<crate::enrol::Enrolment>,
     /// Audit trail.
     pub audit: Arc<crate::audit::Audit>,
+    /// The authorisation policy (and its audit records).
+    pub authz: Arc<crate::authz::Authz>,
 }
 
 /// The API router.

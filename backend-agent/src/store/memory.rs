@@ -103,7 +103,14 @@ impl CommandStore for MemoryStore {
             .rev()
             .filter(|rec| q.matches(rec))
             .take(q.effective_limit())
-            .cloned()
+            .map(|rec| {
+                let mut rec = rec.clone();
+                if !q.with_output {
+                    rec.stdout.clear();
+                    rec.stderr.clear();
+                }
+                rec
+            })
             .collect())
     }
 
@@ -144,31 +151,52 @@ impl CommandStore for MemoryStore {
             .skip(keep_newest)
             .map(|rec| (rec.command_id.clone(), rec.job_id.clone()))
             .collect();
-        let mut touched_jobs = HashSet::new();
-        for (id, job) in &doomed {
-            inner.commands.remove(id);
-            inner.events.remove(id);
-            touched_jobs.extend(job.clone());
-        }
-        // Only jobs that lost commands here: a job just created may not have any yet.
-        let live: HashSet<&String> = inner
+        Ok(delete(&mut inner, doomed))
+    }
+
+    fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let doomed: Vec<(String, Option<String>)> = inner
             .commands
             .values()
-            .filter_map(|rec| rec.job_id.as_ref())
+            .filter(|rec| rec.status.is_final())
+            .filter(|rec| {
+                rec.finished_at
+                    .as_deref()
+                    .is_some_and(|f| f < cutoff_rfc3339)
+            })
+            .map(|rec| (rec.command_id.clone(), rec.job_id.clone()))
             .collect();
-        let orphans: Vec<String> = touched_jobs
-            .into_iter()
-            .filter(|job| !live.contains(job))
-            .collect();
-        for job in orphans {
-            inner.jobs.remove(&job);
-        }
-        Ok(doomed.len())
+        Ok(delete(&mut inner, doomed))
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// Deletes commands with their events, then the jobs they emptied.
+fn delete(inner: &mut Inner, doomed: Vec<(String, Option<String>)>) -> usize {
+    let mut touched_jobs = HashSet::new();
+    for (id, job) in &doomed {
+        inner.commands.remove(id);
+        inner.events.remove(id);
+        touched_jobs.extend(job.clone());
+    }
+    // Only jobs that lost commands here: a job just created may not have any yet.
+    let live: HashSet<&String> = inner
+        .commands
+        .values()
+        .filter_map(|rec| rec.job_id.as_ref())
+        .collect();
+    let orphans: Vec<String> = touched_jobs
+        .into_iter()
+        .filter(|job| !live.contains(job))
+        .collect();
+    for job in orphans {
+        inner.jobs.remove(&job);
+    }
+    doomed.len()
 }
 
 impl EnrolmentStore for MemoryStore {

@@ -123,6 +123,10 @@ pub trait CommandStore: Send + Sync + 'static {
     /// their events, and jobs left without commands); unfinished commands are never deleted.
     /// Returns how many commands were deleted.
     fn prune(&self, keep_newest: usize) -> Result<usize, StoreError>;
+    /// Deletes finished commands that finished before `cutoff_rfc3339` (compared as text, so
+    /// within one second of the cutoff the order may be off; retention is counted in days),
+    /// with their events and emptied jobs. Returns how many commands were deleted.
+    fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError>;
     /// A cheap real write, for `/ready`.
     fn check_writable(&self) -> Result<(), StoreError>;
 }
@@ -245,6 +249,12 @@ impl Store {
     /// See [`CommandStore::prune`].
     pub async fn prune(&self, keep_newest: usize) -> Result<usize, StoreError> {
         self.run(move |s| s.prune(keep_newest)).await
+    }
+
+    /// See [`CommandStore::prune_finished_before`].
+    pub async fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError> {
+        let cutoff = cutoff_rfc3339.to_owned();
+        self.run(move |s| s.prune_finished_before(&cutoff)).await
     }
 
     /// See [`CommandStore::check_writable`].
