@@ -133,7 +133,10 @@ impl CommandService {
         Ok(job)
     }
 
+    /// The selector's targets: known, not revoked, and matching its labels (authoritative
+    /// labels, see [`crate::registry`]).
     fn resolve(&self, selector: &Selector) -> Result<Vec<String>, JobError> {
+        let no_labels = BTreeMap::new();
         let mut targets = match (&selector.ids, &selector.labels) {
             (None, None) => {
                 return Err(JobError::BadSelector(
@@ -141,17 +144,19 @@ impl CommandService {
                 ))
             }
             (Some(ids), labels) => {
+                let eligible: std::collections::HashSet<String> = self
+                    .registry
+                    .ids_matching(labels.as_ref().unwrap_or(&no_labels))
+                    .into_iter()
+                    .collect();
                 let mut out = Vec::new();
                 for id in ids {
                     if !self.registry.contains(id) {
                         return Err(JobError::UnknownAgent(id.clone()));
                     }
-                    if let Some(labels) = labels {
-                        if !self.registry.ids_matching(labels).contains(id) {
-                            continue;
-                        }
+                    if eligible.contains(id) {
+                        out.push(id.clone());
                     }
-                    out.push(id.clone());
                 }
                 out
             }
