@@ -240,10 +240,12 @@ pub struct TokenConfig {
     pub sha256: String,
     /// `viewer`, `operator` or `admin`.
     pub role: Role,
-    /// Verbs an operator may run (`*` = all).
+    /// Verbs the token may run and read about (`*` = all); applies to viewers too, ignored
+    /// for admins.
     #[serde(default = "default_verbs")]
     pub verbs: Vec<String>,
-    /// Labels a target agent must carry.
+    /// Labels an agent must carry (its authoritative labels) to be targeted or read about;
+    /// applies to viewers too, ignored for admins.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
