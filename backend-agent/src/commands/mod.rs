@@ -302,6 +302,10 @@ impl CommandService {
                     "the backend restarted before the command was dispatched",
                 );
                 self.store.update_command(&rec).await?;
+                self.audit.record(crate::audit::events::command_expired(
+                    &rec,
+                    "backend_restarted",
+                ));
             }
         }
         Ok(())
