@@ -120,3 +120,34 @@ impl Audit {
         self.log.path()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_do_not_fsync_when_nothing_new_was_appended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AuditConfig {
+            path: dir.path().join("audit.log"),
+            ..AuditConfig::default()
+        };
+        let (audit, _) = Audit::open(&config).expect("open");
+        audit.record(events::token_used("ops"));
+        audit.sync_for_read().await;
+        let after_first = audit.fsync_count();
+        for _ in 0..100 {
+            audit.sync_for_read().await;
+        }
+        assert_eq!(audit.fsync_count(), after_first, "idle reads cost no fsync");
+        // A durable append syncs what came before it: the next read needs no flush either.
+        audit.record(events::token_used("viewer"));
+        audit
+            .durable(events::token_used("admin"))
+            .await
+            .expect("durable");
+        let after_durable = audit.fsync_count();
+        audit.sync_for_read().await;
+        assert_eq!(audit.fsync_count(), after_durable);
+    }
+}

@@ -266,6 +266,16 @@ async fn labels_claimed_in_hello_never_widen_a_scope() {
     let view = call(&hub, "GET", "/api/v1/agents/us-01", ADMIN_TOKEN, None).await;
     assert_eq!(view.json()["labels"]["region"], "us", "{}", view.body);
     assert_eq!(view.json()["authoritative_labels"]["region"], "us");
+    // A label-scoped token sees only the agents in its scope.
+    let listed = call(&hub, "GET", "/api/v1/agents", EU_VIEWER, None).await;
+    assert_eq!(
+        ids_in(&listed.json(), "agents", "id"),
+        ["eu-01"],
+        "{}",
+        listed.body
+    );
+    let r = call(&hub, "GET", "/api/v1/agents/us-01", EU_VIEWER, None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
 
     let r = call(
         &hub,

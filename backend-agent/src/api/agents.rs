@@ -8,15 +8,13 @@ use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::registry::{AgentFilter, AgentView};
 
-/// Lists agents; `?connected=true|false` and repeated `?label=k=v` (matched against the
-/// authoritative labels) filter.
+/// Lists the agents in the caller's label scope; `?connected=true|false` and repeated
+/// `?label=k=v` (matched against the authoritative labels) filter.
 pub async fn list(
     caller: Caller,
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    // Every token has at least the viewer role: authenticating is the check here.
-    let _ = caller;
     let Query(pairs) = query?;
     let mut filter = AgentFilter::default();
     for (key, value) in pairs {
@@ -39,20 +37,15 @@ pub async fn list(
             }
         }
     }
-    let agents = state.registry.list(&filter);
+    let agents = state.commands.agents(&caller.principal, &filter);
     Ok(Json(json!({"agents": agents, "count": agents.len()})))
 }
 
-/// One agent by id.
+/// One agent by id (404 when outside the caller's label scope).
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let _ = caller;
-    state
-        .registry
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("unknown agent {id:?}")))
+    Ok(Json(state.commands.agent(&caller.principal, &id)?))
 }

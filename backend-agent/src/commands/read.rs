@@ -11,6 +11,7 @@ use super::CommandService;
 use crate::audit::events::verb_of;
 use crate::auth::Principal;
 use crate::authz::{decide, Action, AgentScope, AuthzError, Decision, Ids, Subject};
+use crate::registry::{AgentFilter, AgentView};
 use crate::store::{CommandQuery, CommandRecord, StoreError};
 
 /// Largest history page when outputs are included (each may be up to ~1 MiB).
@@ -71,6 +72,21 @@ impl CommandService {
         };
         let subject = Subject { verb, agent: scope };
         decide(caller, Action::Read, &subject) == Decision::Allow
+    }
+
+    /// `GET /api/v1/agents`: the agents matching `filter` that are in `caller`'s label scope.
+    pub fn agents(&self, caller: &Principal, filter: &AgentFilter) -> Vec<AgentView> {
+        let mut agents = self.registry.list(filter);
+        agents.retain(|a| self.may_read(caller, None, Some(&a.id)));
+        agents
+    }
+
+    /// `GET /api/v1/agents/{id}`: one agent; out of scope is unknown (404).
+    pub fn agent(&self, caller: &Principal, id: &str) -> Result<AgentView, ReadError> {
+        match self.registry.get(id) {
+            Some(view) if self.may_read(caller, None, Some(id)) => Ok(view),
+            _ => Err(AuthzError::NotFound(format!("unknown agent {id:?}")).into()),
+        }
     }
 
     /// `GET /api/v1/commands/{id}`: a command record (with output) or a job view.

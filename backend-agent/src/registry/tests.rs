@@ -33,7 +33,7 @@ fn enrolment_labels_win_over_hello_claims() {
     let r = Registry::default();
     r.enrol("a", "pin-a");
     r.set_enrolled_labels("a", labels(&[("region", "us")]));
-    r.attach(
+    let _ = r.attach(
         hello("a", &[("region", "eu"), ("rack", "7")]),
         "pin-a",
         "127.0.0.1:1",
@@ -54,7 +54,7 @@ fn enrolment_labels_win_over_hello_claims() {
 fn without_enrolment_labels_hello_labels_are_used() {
     let r = Registry::default();
     r.enrol("b", "pin-b");
-    r.attach(hello("b", &[("region", "eu")]), "pin-b", "x", session());
+    let _ = r.attach(hello("b", &[("region", "eu")]), "pin-b", "x", session());
     assert_eq!(r.ids_matching(&labels(&[("region", "eu")])), ["b"]);
 }
 
@@ -62,7 +62,7 @@ fn without_enrolment_labels_hello_labels_are_used() {
 fn revoked_and_retired_identities_are_never_targeted() {
     let r = Registry::default();
     r.enrol("a", "pin-a");
-    r.attach(hello("a", &[]), "pin-a", "x", session());
+    let _ = r.attach(hello("a", &[]), "pin-a", "x", session());
     assert!(r.command_target("a", "ping").expect("a").session.is_some());
     r.retire_pin("a", "pin-a");
     r.enrol("a", "pin-new");
@@ -74,7 +74,7 @@ fn revoked_and_retired_identities_are_never_targeted() {
     );
 
     r.enrol("b", "pin-b");
-    r.attach(hello("b", &[]), "pin-b", "x", session());
+    let _ = r.attach(hello("b", &[]), "pin-b", "x", session());
     r.revoke_agent("b");
     let t = r.command_target("b", "ping").expect("b");
     assert!(t.refused && t.session.is_none());
