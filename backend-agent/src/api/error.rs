@@ -92,11 +92,16 @@ impl From<crate::authz::AuthzError> for ApiError {
 impl From<crate::commands::read::ReadError> for ApiError {
     fn from(e: crate::commands::read::ReadError) -> Self {
         use crate::commands::read::ReadError;
-        match e {
-            ReadError::Denied(d) => d.into(),
+        match &e {
+            ReadError::Denied(d) => d.clone().into(),
             ReadError::BadFilter(m) => Self::bad_request(m),
             ReadError::Store(s) => Self::internal(s),
             ReadError::Audit(a) => Self::internal(a),
+            ReadError::Busy => {
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string());
+                err.retry_after = Some(1);
+                err
+            }
         }
     }
 }

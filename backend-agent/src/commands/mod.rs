@@ -27,6 +27,8 @@ pub mod redact;
 mod results;
 mod submit;
 mod sweep;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -198,6 +200,8 @@ pub struct CommandService {
     audit: Arc<crate::audit::Audit>,
     authz: Arc<Authz>,
     settings: Settings,
+    /// Permits for reads that scan files or materialise outputs (see `read`).
+    heavy_reads: tokio::sync::Semaphore,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
     connected_tx: mpsc::Sender<String>,
@@ -229,6 +233,7 @@ impl CommandService {
             audit,
             authz,
             settings,
+            heavy_reads: tokio::sync::Semaphore::new(read::MAX_HEAVY_READS),
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             connected_tx,

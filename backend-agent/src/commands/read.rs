@@ -20,6 +20,11 @@ pub const MAX_LIMIT_WITH_OUTPUT: usize = 100;
 /// is reached with the returned cursor.
 pub const MAX_SCAN_PAGES: usize = 10;
 
+/// Audit reads, history lists with output and job views with output running at once;
+/// beyond it such a read is refused at once with [`ReadError::Busy`] (503, retry), so a few
+/// viewers cannot occupy the blocking pool and the store lock with file scans.
+pub const MAX_HEAVY_READS: usize = 4;
+
 /// One history or audit page and the cursor to continue from.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -56,9 +61,16 @@ pub enum ReadError {
     /// The audit log could not be read.
     #[error(transparent)]
     Audit(AuditError),
+    /// Too many heavy reads are running ([`MAX_HEAVY_READS`]); retry shortly (503).
+    #[error("too many large reads at once; retry shortly")]
+    Busy,
 }
 
 impl CommandService {
+    fn heavy_read(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ReadError> {
+        self.heavy_reads.try_acquire().map_err(|_| ReadError::Busy)
+    }
+
     fn agent_scope(&self, agent_id: &str) -> Option<std::collections::BTreeMap<String, String>> {
         self.registry.scope_labels(agent_id)
     }
@@ -123,6 +135,11 @@ impl CommandService {
         if !own && !job.targets.iter().any(|a| visible(a)) {
             return Err(AuthzError::NotFound(not_found()).into());
         }
+        let _permit = if include_output {
+            Some(self.heavy_read()?)
+        } else {
+            None
+        };
         Ok(self
             .render_job(job.clone(), visible, include_output)
             .await?)
@@ -140,6 +157,11 @@ impl CommandService {
             MAX_LIMIT_WITH_OUTPUT
         } else {
             CommandQuery::MAX_LIMIT
+        };
+        let _permit = if include_output {
+            Some(self.heavy_read()?)
+        } else {
+            None
         };
         let want = query.limit.clamp(1, cap);
         query.limit = want;
@@ -178,6 +200,7 @@ impl CommandService {
         caller: &Principal,
         mut filter: AuditFilter,
     ) -> Result<Page<AuditRecord>, ReadError> {
+        let _permit = self.heavy_read()?;
         let want = filter.limit.clamp(1, MAX_QUERY_LIMIT);
         self.audit.sync_for_read().await;
         let path = self.audit.path().to_path_buf();

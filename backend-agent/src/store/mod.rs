@@ -26,7 +26,7 @@ pub mod memory;
 mod record;
 pub mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
