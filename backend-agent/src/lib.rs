@@ -18,6 +18,7 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
+//! - [`labels`]: authoritative agent labels (config, admin API, store).
 //! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
@@ -34,6 +35,7 @@ pub mod dev;
 pub mod enrol;
 pub mod events;
 pub mod hub;
+pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
@@ -179,12 +181,17 @@ impl Backend {
             )
             .await?,
         );
-        // Enrolment labels are authoritative: set before the hub accepts its first hello.
-        for agent in &config.agents {
-            if let Some(labels) = &agent.labels {
-                registry.set_enrolled_labels(&agent.id, labels.clone());
-            }
-        }
+        // Authoritative labels are in place before the hub accepts its first hello.
+        let labels = Arc::new(
+            labels::AgentLabels::load(
+                registry.clone(),
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                &config.agents,
+            )
+            .await?,
+        );
         let events = Arc::new(events::BackendEvents {
             registry: registry.clone(),
             commands: commands.clone(),
@@ -216,6 +223,7 @@ impl Backend {
             enrolment: enrolment.clone(),
             audit: audit.clone(),
             authz,
+            labels,
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;

@@ -355,3 +355,83 @@ async fn a_revoked_agent_is_never_targeted() {
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn labels_set_by_an_admin_are_authoritative_and_survive_a_restart() {
+    init_logging();
+    let pki = Pki::new();
+    let (edge, edge_dir) = pki.agent("edge-01");
+    let extra = format!(
+        "\n[[tokens]]\nname = \"eu-ops\"\nsha256 = \"{}\"\nrole = \"operator\"\nlabels = {{ region = \"eu\" }}\n",
+        token_sha256_hex(EU_OPS)
+    );
+    let options = HubOptions {
+        extra,
+        ..HubOptions::default()
+    };
+    let mut hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
+    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
+    let fan_out = json!({"selector": {"labels": {}}, "verb": "ping"});
+
+    // Without enrolment labels, what the agent claims (region=eu) is all there is.
+    let r = call(
+        &hub,
+        "POST",
+        "/api/v1/commands",
+        EU_OPS,
+        Some(fan_out.clone()),
+    )
+    .await;
+    assert_eq!(r.json()["targets"], json!(["edge-01"]), "{}", r.body);
+
+    let path = "/api/v1/agents/edge-01/labels";
+    let body = json!({"labels": {"region": "us"}});
+    let r = call(&hub, "PUT", path, OPERATOR_TOKEN, Some(body.clone())).await;
+    assert_eq!(r.status, 403, "operators may not relabel: {}", r.body);
+    let r = call(&hub, "PUT", path, ADMIN_TOKEN, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["authoritative_labels"], json!({"region": "us"}));
+
+    for round in ["now", "after a restart"] {
+        let r = call(
+            &hub,
+            "POST",
+            "/api/v1/commands",
+            EU_OPS,
+            Some(fan_out.clone()),
+        )
+        .await;
+        assert_eq!(r.status, 422, "{round}: {}", r.body);
+        let r = call(
+            &hub,
+            "POST",
+            "/api/v1/agents/edge-01/commands",
+            EU_OPS,
+            Some(json!({"verb": "ping"})),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{round}: {}", r.body);
+        hub.restart(&pki).await;
+        eventually("agent back", PATIENCE, || async {
+            hub.is_connected("edge-01")
+        })
+        .await;
+    }
+    let audit = call(
+        &hub,
+        "GET",
+        "/api/v1/audit?kind=labels_set",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    let records = audit.json()["records"].as_array().unwrap().clone();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["actor"] == "test-admin" && r["agent_id"] == "edge-01"),
+        "{records:?}"
+    );
+    agent.stop().await;
+    hub.stop().await;
+}

@@ -4,8 +4,15 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, AppState};
+use crate::labels::LabelsError;
 use crate::registry::{AgentFilter, AgentView};
 
 /// Lists the agents in the caller's label scope; `?connected=true|false` and repeated
@@ -48,4 +55,51 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     Ok(Json(state.commands.agent(&caller.principal, &id)?))
+}
+
+/// Body of `PUT /api/v1/agents/{id}/labels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsBody {
+    labels: BTreeMap<String, String>,
+}
+
+impl From<LabelsError> for ApiError {
+    fn from(e: LabelsError) -> Self {
+        match e {
+            LabelsError::Denied(d) => d.into(),
+            LabelsError::UnknownAgent(_) => ApiError::not_found(e.to_string()),
+            LabelsError::FromConfig(_) => {
+                ApiError::new(StatusCode::CONFLICT, "labels_from_config", e.to_string())
+            }
+            LabelsError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_labels", m)
+            }
+            LabelsError::Audit(_) => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    e.to_string(),
+                );
+                err.retry_after = Some(1);
+                err
+            }
+            LabelsError::Store(inner) => ApiError::internal(inner),
+        }
+    }
+}
+
+/// `PUT /api/v1/agents/{id}/labels` (admin): sets the agent's authoritative labels.
+pub async fn set_labels(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<LabelsBody>,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(
+        state
+            .labels
+            .set(&caller.principal, &id, body.labels)
+            .await?,
+    ))
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use auth::Caller;
@@ -47,6 +47,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::Audit>,
     /// The authorisation policy (and its audit records).
     pub authz: Arc<crate::authz::Authz>,
+    /// Authoritative agent labels.
+    pub labels: Arc<crate::labels::AgentLabels>,
 }
 
 /// The API router.
@@ -60,6 +62,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/api/v1/agents/{id}",
             get(agents::get).delete(enrol::revoke),
         )
+        .route("/api/v1/agents/{id}/labels", put(agents::set_labels))
         .route("/api/v1/enrollments", post(enrol::create))
         .route("/api/v1/enroll", post(enrol::redeem))
         .route("/api/v1/audit", get(audit::list))

@@ -21,6 +21,8 @@ pub mod extra_kinds {
     pub const LATE_RESULT: &str = "late_result";
     /// The history pruner deleted finished commands.
     pub const HISTORY_PRUNED: &str = "history_pruned";
+    /// An admin set an agent's authoritative labels.
+    pub const LABELS_SET: &str = "labels_set";
 }
 
 /// `command_requested`: written durably before the command can leave the backend.
@@ -142,6 +144,19 @@ pub fn history_pruned(count: usize, reason: &str) -> AuditEvent {
     AuditEvent::new(extra_kinds::HISTORY_PRUNED)
         .actor("backend")
         .details(json!({"deleted": count, "reason": reason}))
+}
+
+/// `labels_set`: `actor` set `agent`'s authoritative labels (replacing `previous`).
+pub fn labels_set(
+    actor: &str,
+    agent: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    previous: Option<&std::collections::BTreeMap<String, String>>,
+) -> AuditEvent {
+    AuditEvent::new(extra_kinds::LABELS_SET)
+        .actor(actor)
+        .agent(agent)
+        .details(json!({"labels": labels, "previous": previous}))
 }
 
 /// The verb an audit record is about, when it names one (`details.verb`).

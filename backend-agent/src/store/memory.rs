@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::enrolment::{check_transition, parse_time, prunable, refusal, validate_token};
+use super::Labels;
 use super::{
     CommandQuery, CommandRecord, CommandState, CommandStore, EnrolmentStore, JobRecord, JoinToken,
     PinRecord, PinState, Redeem, StoreError,
@@ -24,6 +25,7 @@ struct Inner {
     // Agent id → when it was revoked.
     revoked_agents: BTreeMap<String, String>,
     join_tokens: HashMap<String, JoinToken>,
+    agent_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// An in-memory [`CommandStore`] and [`EnrolmentStore`].
@@ -172,6 +174,26 @@ impl CommandStore for MemoryStore {
 
     fn check_writable(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn set_agent_labels(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .agent_labels
+            .insert(agent_id.to_owned(), labels.clone());
+        Ok(())
+    }
+
+    fn agent_labels(&self) -> Result<Vec<(String, Labels)>, StoreError> {
+        Ok(self
+            .lock()
+            .agent_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 

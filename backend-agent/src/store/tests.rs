@@ -358,3 +358,29 @@ fn sqlite_prunes_by_age() {
     let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
     prune_by_age_and_lists_without_output(&store);
 }
+
+fn labels_round_trip(store: &dyn CommandStore) {
+    assert!(store.agent_labels().expect("none").is_empty());
+    let eu: Labels = [("region".to_owned(), "eu".to_owned())].into();
+    let us: Labels = [("region".to_owned(), "us".to_owned())].into();
+    store.set_agent_labels("edge-01", &eu).expect("set");
+    store.set_agent_labels("edge-01", &us).expect("replace");
+    store.set_agent_labels("edge-02", &eu).expect("set");
+    let mut all = store.agent_labels().expect("all");
+    all.sort();
+    assert_eq!(
+        all,
+        [("edge-01".to_owned(), us), ("edge-02".to_owned(), eu)]
+    );
+}
+
+#[test]
+fn memory_keeps_agent_labels() {
+    labels_round_trip(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_keeps_agent_labels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    labels_round_trip(&SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+}
