@@ -133,7 +133,8 @@ pub struct Ids<'a> {
     pub command: Option<&'a str>,
 }
 
-/// Applies [`decide`] and records refusals (`forbidden`) and authentication events.
+/// Applies [`decide`] and records refusals (`forbidden`). Authentication failures (401) are
+/// not authorisation decisions: the bearer extractor in `api/auth.rs` records those.
 pub struct Authz {
     audit: Arc<Audit>,
 }
@@ -191,16 +192,6 @@ impl Authz {
             ids.command,
             verb,
         ));
-    }
-
-    /// Records a refused bearer token (401).
-    pub fn authentication_failed(&self, reason: &str, path: &str) {
-        self.audit.record(events::bearer_auth_failed(reason, path));
-    }
-
-    /// Records a token's first use by this process.
-    pub fn authenticated(&self, p: &Principal) {
-        self.audit.token_used(&p.name);
     }
 }
 

@@ -93,27 +93,65 @@ impl AgentLabels {
         labels: BTreeMap<String, String>,
     ) -> Result<AgentView, LabelsError> {
         self.authz.require(caller, Role::Admin)?;
-        validate(&labels)?;
-        let Some(before) = self.registry.get(agent_id) else {
+        self.check(agent_id, &labels)?;
+        if self.registry.get(agent_id).is_none() {
             return Err(LabelsError::UnknownAgent(agent_id.to_owned()));
-        };
+        }
+        self.apply(&caller.name, agent_id, labels).await?;
+        self.registry
+            .get(agent_id)
+            .ok_or_else(|| LabelsError::UnknownAgent(agent_id.to_owned()))
+    }
+
+    /// Whether `labels` could be set for `agent_id` (valid, and the agent is not labelled in
+    /// the config file). Enrolment calls it before it changes anything.
+    pub fn check(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), LabelsError> {
+        validate(labels)?;
         if self.from_config.contains(agent_id) {
             return Err(LabelsError::FromConfig(agent_id.to_owned()));
         }
+        Ok(())
+    }
+
+    /// The labels given at enrolment (`POST /api/v1/enrollments {agent_id, pin|ttl_secs,
+    /// labels}`): set like [`AgentLabels::set`] by an admin the enrolment route has already
+    /// checked, for an agent that may not have connected (or been enrolled) yet, so a join
+    /// token's agent has its labels before its first `hello`.
+    pub async fn set_at_enrolment(
+        &self,
+        caller: &Principal,
+        agent_id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), LabelsError> {
+        self.authz.require(caller, Role::Admin)?;
+        self.check(agent_id, &labels)?;
+        self.apply(&caller.name, agent_id, labels).await
+    }
+
+    /// Audits durably, stores, then puts the labels in the registry.
+    async fn apply(
+        &self,
+        actor: &str,
+        agent_id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), LabelsError> {
+        let previous = self.registry.enrolled_labels(agent_id);
         self.audit
             .durable(events::labels_set(
-                &caller.name,
+                actor,
                 agent_id,
                 &labels,
-                before.authoritative_labels.as_ref(),
+                previous.as_ref(),
             ))
             .await
             .map_err(LabelsError::Audit)?;
         self.store.set_agent_labels(agent_id, &labels).await?;
         self.registry.set_enrolled_labels(agent_id, labels);
-        self.registry
-            .get(agent_id)
-            .ok_or_else(|| LabelsError::UnknownAgent(agent_id.to_owned()))
+        Ok(())
     }
 }
 

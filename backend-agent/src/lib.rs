@@ -219,11 +219,11 @@ impl Backend {
             hub_listening: hub_listening.clone(),
             started: Instant::now(),
             commands: commands.clone(),
+            authz,
+            labels,
             limits,
             enrolment: enrolment.clone(),
             audit: audit.clone(),
-            authz,
-            labels,
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;

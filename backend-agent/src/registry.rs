@@ -227,6 +227,11 @@ impl Registry {
             .enrolled_labels = Some(labels);
     }
 
+    /// The enrolment labels of `id`, if an admin set any.
+    pub fn enrolled_labels(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        self.lock().get(id).and_then(|r| r.enrolled_labels.clone())
+    }
+
     /// The labels scopes are checked against for `id`; `None` when unknown.
     pub fn scope_labels(&self, id: &str) -> Option<BTreeMap<String, String>> {
         self.lock().get(id).map(AgentRecord::scope_labels)

@@ -159,13 +159,25 @@ fn backend_binary() -> PathBuf {
     bin
 }
 
-fn spawn_backend(config: &std::path::Path) -> Child {
-    Command::new(backend_binary())
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap()
+/// A backend child process, killed when dropped so a failing test leaves no process behind.
+struct BackendProcess(Child);
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_backend(config: &std::path::Path) -> BackendProcess {
+    BackendProcess(
+        Command::new(backend_binary())
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -185,7 +197,7 @@ async fn a_dispatched_command_whose_agent_vanished_ends_expired_after_a_kill_9_a
         original.replace("[limits]\n", "[limits]\nresult_grace_secs = 3600\n"),
     )
     .unwrap();
-    let mut child = spawn_backend(&config_path);
+    let child = spawn_backend(&config_path);
     eventually("backend process up", PATIENCE, || async {
         http::try_get(http_addr, "/health").await.is_some()
     })
@@ -208,10 +220,10 @@ async fn a_dispatched_command_whose_agent_vanished_ends_expired_after_a_kill_9_a
 
     Command::new("kill")
         .arg("-9")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status()
         .unwrap();
-    let _ = child.wait();
+    drop(child); // reaps it
     drop(client);
 
     // ... the restarted one does, from the stored record (a grace of one second).
@@ -220,7 +232,7 @@ async fn a_dispatched_command_whose_agent_vanished_ends_expired_after_a_kill_9_a
         original.replace("[limits]\n", "[limits]\nresult_grace_secs = 1\n"),
     )
     .unwrap();
-    let mut child = spawn_backend(&config_path);
+    let child = spawn_backend(&config_path);
     eventually("backend back", PATIENCE, || async {
         http::try_get(http_addr, "/health").await.is_some()
     })
@@ -235,8 +247,7 @@ async fn a_dispatched_command_whose_agent_vanished_ends_expired_after_a_kill_9_a
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(last["status"], "expired", "{last}");
     assert_eq!(last["error"]["code"], "no_result", "{last}");
 }

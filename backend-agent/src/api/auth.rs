@@ -8,7 +8,9 @@ use axum::http::request::Parts;
 use tracing::warn;
 
 use super::{ApiError, AppState};
+use crate::audit::kinds;
 use crate::auth::{Principal, Role};
+use agentmesh_audit::AuditEvent;
 
 /// An authenticated caller; extracting it answers 401 when the token is missing or unknown.
 /// What the caller may do is decided by [`crate::authz`], not here.
@@ -31,26 +33,31 @@ impl FromRequestParts<AppState> for Caller {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
-        let failed = |reason: &'static str| {
+        let failed = |reason: &str| {
             state
                 .metrics
                 .api_auth_failures
                 .fetch_add(1, Ordering::Relaxed);
             warn!(path = %parts.uri.path(), reason, "API request refused: 401");
-            state.authz.authentication_failed(reason, parts.uri.path());
-            ApiError::unauthorized(reason)
+            state.audit.record(AuditEvent::new(kinds::AUTH_FAILED).details(
+                serde_json::json!({"credential": "bearer", "reason": reason, "path": parts.uri.path()}),
+            ));
         };
         let Some(token) = presented else {
-            return Err(failed("missing bearer token"));
+            failed("missing bearer token");
+            return Err(ApiError::unauthorized("missing bearer token"));
         };
         match state.tokens.authenticate(token) {
             Some(principal) => {
-                state.authz.authenticated(principal);
+                state.audit.token_used(&principal.name);
                 Ok(Caller {
                     principal: principal.clone(),
                 })
             }
-            None => Err(failed("unknown token")),
+            None => {
+                failed("unknown token");
+                Err(ApiError::unauthorized("unknown token"))
+            }
         }
     }
 }

@@ -39,16 +39,16 @@ pub struct AppState {
     pub started: Instant,
     /// Commands and jobs.
     pub commands: Arc<crate::commands::CommandService>,
+    /// The authorisation policy (and its audit records).
+    pub authz: Arc<crate::authz::Authz>,
+    /// Authoritative agent labels.
+    pub labels: Arc<crate::labels::AgentLabels>,
     /// Rate limits.
     pub limits: Arc<crate::limits::RateLimits>,
     /// Enrolment, renewal, revocation.
     pub enrolment: Arc<crate::enrol::Enrolment>,
     /// Audit trail.
     pub audit: Arc<crate::audit::Audit>,
-    /// The authorisation policy (and its audit records).
-    pub authz: Arc<crate::authz::Authz>,
-    /// Authoritative agent labels.
-    pub labels: Arc<crate::labels::AgentLabels>,
 }
 
 /// The API router.

@@ -128,12 +128,6 @@ pub fn rate_limited(
     e
 }
 
-/// `auth_failed` for a bearer token that is missing or unknown.
-pub fn bearer_auth_failed(reason: &str, path: &str) -> AuditEvent {
-    AuditEvent::new(kinds::AUTH_FAILED)
-        .details(json!({"credential": "bearer", "reason": reason, "path": path}))
-}
-
 /// `token_used`: the first use of a token by this process.
 pub fn token_used(name: &str) -> AuditEvent {
     AuditEvent::new(kinds::TOKEN_USED).actor(name)
