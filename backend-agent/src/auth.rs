@@ -37,10 +37,29 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
-    /// Verbs it may run (`*` = all).
+    /// Verbs it may run, and (for any role) whose commands and records it may read
+    /// (`*` = all). Ignored for admins.
     pub verbs: Vec<String>,
-    /// Labels a target agent must carry.
+    /// Labels an agent must carry (its authoritative labels) to be targeted or read about.
+    /// Ignored for admins.
     pub labels: BTreeMap<String, String>,
+}
+
+impl Principal {
+    /// Whether the token's verb scope includes `verb`.
+    pub fn allows_verb(&self, verb: &str) -> bool {
+        self.role == Role::Admin || self.verbs.iter().any(|v| v == "*" || v == verb)
+    }
+
+    /// Whether an agent with these (authoritative) labels is inside the token's label scope.
+    pub fn allows_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.role == Role::Admin || self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether the token has no verb or label restriction (admins never have one).
+    pub fn is_unscoped(&self) -> bool {
+        self.role == Role::Admin || (self.labels.is_empty() && self.verbs.iter().any(|v| v == "*"))
+    }
 }
 
 struct TokenEntry {

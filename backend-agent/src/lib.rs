@@ -15,10 +15,12 @@
 //! - [`audit_flood`]: unauthenticated failures, aggregated per source before the audit trail.
 //! - [`checkpoint`]: signed checkpoints of the audit tail in the store.
 //! - [`auth`]: token roles, hashed lookup, token minting.
+//! - [`authz`]: the one authorisation policy (who may do what to which agent or command).
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
+//! - [`labels`]: authoritative agent labels (config, admin API, store).
 //! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
@@ -29,6 +31,7 @@ pub mod audit;
 pub mod audit_flood;
 pub mod auth;
 pub mod checkpoint;
+pub mod authz;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -36,6 +39,7 @@ pub mod dev;
 pub mod enrol;
 pub mod events;
 pub mod hub;
+pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
@@ -164,12 +168,15 @@ impl Backend {
         let signer = checkpoint::load_signer(&config.hub.key)?;
         checkpoint::check_tail(&store, &audit).await;
         let checkpoints = checkpoint::Checkpoints::start(signer, store.clone(), audit.clone());
+        let authz = Arc::new(authz::Authz::new(audit.clone()));
         let commands = commands::CommandService::start(
             registry.clone(),
             store.clone(),
             metrics.clone(),
             limits.clone(),
             audit.clone(),
+            authz.clone(),
+            commands::Settings::from_config(&config.limits, &config.store),
             stop_rx.clone(),
         );
         commands.recover().await?;
@@ -187,6 +194,17 @@ impl Backend {
                 hub_pins,
                 config.limits.renewals_per_agent_per_hour,
                 audit.clone(),
+            )
+            .await?,
+        );
+        // Authoritative labels are in place before the hub accepts its first hello.
+        let labels = Arc::new(
+            labels::AgentLabels::load(
+                registry.clone(),
+                store.clone(),
+                audit.clone(),
+                authz.clone(),
+                &config.agents,
             )
             .await?,
         );
@@ -228,6 +246,8 @@ impl Backend {
             hub_listening: hub_listening.clone(),
             started: Instant::now(),
             commands: commands.clone(),
+            authz,
+            labels,
             limits,
             enrolment: enrolment.clone(),
             audit: audit.clone(),

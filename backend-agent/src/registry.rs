@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use agentmesh_protocol::{HelloFrame, HubFrame, VerbSpec};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::clock;
 use crate::config::AgentEnrolment;
+
+mod view;
+use view::view;
+pub use view::{AgentFilter, AgentView};
 
 /// State a live session shares with the registry without taking the map lock.
 #[derive(Debug, Default)]
@@ -55,10 +58,13 @@ pub struct CommandTarget {
     pub session: Option<LiveSession>,
     /// The verb's schema from the last `hello`, if advertised.
     pub spec: Option<VerbSpec>,
-    /// Labels from the last `hello`.
+    /// Authoritative labels: the enrolment labels when an admin set them, else the labels
+    /// of the last `hello`. Scopes are checked against these.
     pub labels: BTreeMap<String, String>,
     /// Whether the agent ever said `hello` (so its verbs are known).
     pub ever_connected: bool,
+    /// The agent (or the pin of its session) is revoked or retired: nothing may be sent.
+    pub refused: bool,
 }
 
 /// Why an authenticated certificate is still refused.
@@ -95,48 +101,54 @@ struct AgentRecord {
     connected_since_ms: Option<i64>,
     last_seen_ms: Option<i64>,
     session: Option<LiveSession>,
+    /// Labels an admin set at enrolment (`[[agents]] labels`, the enrolment API); `None`:
+    /// never set, and the `hello` labels are all there is.
+    enrolled_labels: Option<BTreeMap<String, String>>,
 }
 
-/// One agent as the API shows it (DESIGN.md §5).
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentView {
-    /// Agent id (certificate CN).
-    pub id: String,
-    /// Whether a session is live.
-    pub connected: bool,
-    /// Site from the last `hello`.
-    pub site: Option<String>,
-    /// Hostname from the last `hello`.
-    pub hostname: Option<String>,
-    /// Labels from the last `hello`.
-    pub labels: BTreeMap<String, String>,
-    /// Verbs from the last `hello`.
-    pub verbs: Vec<VerbSpec>,
-    /// Agent version from the last `hello`.
-    pub version: Option<String>,
-    /// Pin of the certificate of the last session.
-    pub pin: Option<String>,
-    /// Pins enrolled (active) for this agent.
-    pub enrolled_pins: Vec<String>,
-    /// Whether the agent is revoked.
-    pub revoked: bool,
-    /// Peer address of the last session.
-    pub remote_addr: Option<String>,
-    /// Start of the current session (RFC 3339).
-    pub connected_since: Option<String>,
-    /// Last message from the agent (RFC 3339).
-    pub last_seen: Option<String>,
-    /// Id of the current session.
-    pub session_id: Option<String>,
-}
+impl AgentRecord {
+    /// The labels scopes and selectors match: the enrolment labels when set (a `hello`
+    /// cannot widen them), else the `hello` labels.
+    fn scope_labels(&self) -> BTreeMap<String, String> {
+        match (&self.enrolled_labels, &self.hello) {
+            (Some(enrolled), _) => enrolled.clone(),
+            (None, Some(h)) => h.labels.clone(),
+            (None, None) => BTreeMap::new(),
+        }
+    }
 
-/// Filters of `GET /api/v1/agents`.
-#[derive(Debug, Clone, Default)]
-pub struct AgentFilter {
-    /// Only connected (true) or disconnected (false) agents.
-    pub connected: Option<bool>,
-    /// Labels an agent must carry (all of them).
-    pub labels: BTreeMap<String, String>,
+    /// `hello` labels with the enrolment labels laid over them (for display).
+    fn merged_labels(&self) -> BTreeMap<String, String> {
+        let mut out = self
+            .hello
+            .as_ref()
+            .map(|h| h.labels.clone())
+            .unwrap_or_default();
+        if let Some(enrolled) = &self.enrolled_labels {
+            out.extend(enrolled.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
+    }
+
+    fn scope_matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let have = self.scope_labels();
+        labels.iter().all(|(k, v)| have.get(k) == Some(v))
+    }
+
+    /// Revoked, or no active pin left: never a command target.
+    fn refused(&self) -> bool {
+        self.revoked || self.pins.is_empty()
+    }
+
+    /// The live session, unless its certificate's pin was revoked or retired since it
+    /// connected (such a session is being closed; nothing more is sent on it).
+    fn usable_session(&self) -> Option<LiveSession> {
+        let pin = self.pin.as_deref()?;
+        if self.refused() || !self.pins.iter().any(|p| p == pin) {
+            return None;
+        }
+        self.session.clone()
+    }
 }
 
 /// Enrolments and live sessions.
@@ -152,6 +164,9 @@ impl Registry {
         for a in static_agents {
             for pin in &a.pins {
                 registry.enrol(&a.id, pin);
+            }
+            if let Some(labels) = &a.labels {
+                registry.set_enrolled_labels(&a.id, labels.clone());
             }
         }
         registry
@@ -201,6 +216,25 @@ impl Registry {
         if !record.revoked_pins.contains(pin) {
             record.retired_pins.insert(pin.to_owned());
         }
+    }
+
+    /// Sets the authoritative labels of `id` (from `[[agents]] labels` or the enrolment
+    /// API); they replace earlier enrolment labels.
+    pub fn set_enrolled_labels(&self, id: &str, labels: BTreeMap<String, String>) {
+        self.lock()
+            .entry(id.to_owned())
+            .or_default()
+            .enrolled_labels = Some(labels);
+    }
+
+    /// The enrolment labels of `id`, if an admin set any.
+    pub fn enrolled_labels(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        self.lock().get(id).and_then(|r| r.enrolled_labels.clone())
+    }
+
+    /// The labels scopes are checked against for `id`; `None` when unknown.
+    pub fn scope_labels(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        self.lock().get(id).map(AgentRecord::scope_labels)
     }
 
     /// Active pins of `id`.
@@ -305,47 +339,36 @@ impl Registry {
         let mut out: Vec<AgentView> = agents
             .iter()
             .filter(|(_, r)| filter.connected.is_none_or(|c| c == r.session.is_some()))
-            .filter(|(_, r)| {
-                filter.labels.iter().all(|(k, v)| {
-                    r.hello
-                        .as_ref()
-                        .and_then(|h| h.labels.get(k))
-                        .is_some_and(|have| have == v)
-                })
-            })
+            .filter(|(_, r)| r.scope_matches(&filter.labels))
             .map(|(id, r)| view(id, r))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
-    /// What a command for `id` needs: the live session, the verb's schema from the last
-    /// `hello`, and the agent's labels. `None` when the agent is unknown.
+    /// What a command for `id` needs, read under one lock: the live session (only while its
+    /// pin is still active), the verb's schema from the last `hello`, the authoritative
+    /// labels, and whether the identity is revoked or retired. `None` when unknown.
     pub fn command_target(&self, id: &str, verb: &str) -> Option<CommandTarget> {
         let agents = self.lock();
         let record = agents.get(id)?;
         let hello = record.hello.as_ref();
         Some(CommandTarget {
-            session: record.session.clone(),
+            session: record.usable_session(),
             spec: hello.and_then(|h| h.verbs.iter().find(|v| v.name == verb).cloned()),
-            labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
+            labels: record.scope_labels(),
             ever_connected: hello.is_some(),
+            refused: record.refused(),
         })
     }
 
-    /// Ids of agents whose labels include all of `labels` (empty = every known agent).
+    /// Ids of agents whose authoritative labels include all of `labels` (empty = every
+    /// known agent); revoked agents and agents without an active pin are never included.
     pub fn ids_matching(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
         let agents = self.lock();
         let mut ids: Vec<String> = agents
             .iter()
-            .filter(|(_, r)| {
-                labels.iter().all(|(k, v)| {
-                    r.hello
-                        .as_ref()
-                        .and_then(|h| h.labels.get(k))
-                        .is_some_and(|have| have == v)
-                })
-            })
+            .filter(|(_, r)| !r.refused() && r.scope_matches(labels))
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();
@@ -378,26 +401,5 @@ fn identity_of(record: Option<&AgentRecord>, pin: &str) -> Result<(), IdentityRe
     }
 }
 
-fn view(id: &str, r: &AgentRecord) -> AgentView {
-    let hello = r.hello.as_ref();
-    let last_seen = match &r.session {
-        Some(s) => Some(s.shared.last_seen_ms.load(Ordering::Relaxed)),
-        None => r.last_seen_ms,
-    };
-    AgentView {
-        id: id.to_owned(),
-        connected: r.session.is_some(),
-        site: hello.map(|h| h.site.clone()),
-        hostname: hello.map(|h| h.hostname.clone()),
-        labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
-        verbs: hello.map(|h| h.verbs.clone()).unwrap_or_default(),
-        version: hello.map(|h| h.version.clone()),
-        pin: r.pin.clone(),
-        enrolled_pins: r.pins.clone(),
-        revoked: r.revoked,
-        remote_addr: r.remote_addr.clone(),
-        connected_since: r.connected_since_ms.map(clock::rfc3339_from_unix_ms),
-        last_seen: last_seen.map(clock::rfc3339_from_unix_ms),
-        session_id: r.session.as_ref().map(|s| s.session_id.clone()),
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -4,18 +4,24 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, AppState};
-use crate::auth::Role;
+use crate::labels::LabelsError;
 use crate::registry::{AgentFilter, AgentView};
 
-/// Lists agents; `?connected=true|false` and repeated `?label=k=v` filter.
+/// Lists the agents in the caller's label scope; `?connected=true|false` and repeated
+/// `?label=k=v` (matched against the authoritative labels) filter.
 pub async fn list(
     caller: Caller,
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(pairs) = query?;
     let mut filter = AgentFilter::default();
     for (key, value) in pairs {
@@ -38,20 +44,62 @@ pub async fn list(
             }
         }
     }
-    let agents = state.registry.list(&filter);
+    let agents = state.commands.agents(&caller.principal, &filter);
     Ok(Json(json!({"agents": agents, "count": agents.len()})))
 }
 
-/// One agent by id.
+/// One agent by id (404 when outside the caller's label scope).
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
-    caller.require(Role::Viewer)?;
-    state
-        .registry
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("unknown agent {id:?}")))
+    Ok(Json(state.commands.agent(&caller.principal, &id)?))
+}
+
+/// Body of `PUT /api/v1/agents/{id}/labels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsBody {
+    labels: BTreeMap<String, String>,
+}
+
+impl From<LabelsError> for ApiError {
+    fn from(e: LabelsError) -> Self {
+        match e {
+            LabelsError::Denied(d) => d.into(),
+            LabelsError::UnknownAgent(_) => ApiError::not_found(e.to_string()),
+            LabelsError::FromConfig(_) => {
+                ApiError::new(StatusCode::CONFLICT, "labels_from_config", e.to_string())
+            }
+            LabelsError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_labels", m)
+            }
+            LabelsError::Audit(_) => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    e.to_string(),
+                );
+                err.retry_after = Some(1);
+                err
+            }
+            LabelsError::Store(inner) => ApiError::internal(inner),
+        }
+    }
+}
+
+/// `PUT /api/v1/agents/{id}/labels` (admin): sets the agent's authoritative labels.
+pub async fn set_labels(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<LabelsBody>,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(
+        state
+            .labels
+            .set(&caller.principal, &id, body.labels)
+            .await?,
+    ))
 }

@@ -1,5 +1,6 @@
 //! `GET /api/v1/audit?since=&agent=&actor=&kind=&limit=`: records oldest first after `since`
-//! (a `seq` number as a cursor, or an RFC 3339 time).
+//! (a `seq` number as a cursor, or an RFC 3339 time), only those in the caller's scope;
+//! `next_since` continues the listing.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -9,7 +10,6 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::{ApiError, AppState};
-use crate::auth::Role;
 
 /// Query of the audit route.
 #[derive(Debug, Deserialize)]
@@ -28,7 +28,6 @@ pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query?;
     let mut filter = agentmesh_audit::AuditFilter {
         agent: q.agent,
@@ -47,15 +46,10 @@ pub async fn list(
         Some(s) => filter.since_ts = Some(s),
         None => {}
     }
-    // Make what was appended so far visible to the reader.
-    state.audit.flush().await;
-    let path = state.audit.path().to_path_buf();
-    let records = tokio::task::spawn_blocking(move || agentmesh_audit::query(&path, &filter))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| match e {
-            agentmesh_audit::AuditError::InvalidFilter(m) => ApiError::bad_request(m),
-            other => ApiError::internal(other),
-        })?;
-    Ok(Json(json!({"records": records, "count": records.len()})))
+    let page = state.commands.read_audit(&caller.principal, filter).await?;
+    Ok(Json(json!({
+        "records": page.items,
+        "count": page.items.len(),
+        "next_since": page.next,
+    })))
 }

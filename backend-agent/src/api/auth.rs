@@ -8,55 +8,16 @@ use axum::http::request::Parts;
 use tracing::warn;
 
 use super::{ApiError, AppState};
-use crate::audit::{kinds, Audit};
+use crate::audit::kinds;
 use crate::auth::{Principal, Role};
 use agentmesh_audit::AuditEvent;
-use std::sync::Arc;
 
 /// An authenticated caller; extracting it answers 401 when the token is missing or unknown.
-#[derive(Clone)]
-pub struct Caller(pub Principal, Arc<Audit>);
-
-impl std::fmt::Debug for Caller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Caller").field(&self.0).finish()
-    }
-}
-
-impl Caller {
-    /// Refuses with 403 (audited) unless the caller's role includes `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.0.role >= role {
-            Ok(())
-        } else {
-            Err(self.forbidden(format!(
-                "token {:?} has role {} but this needs {}",
-                self.0.name,
-                self.0.role.as_str(),
-                role.as_str()
-            )))
-        }
-    }
-
-    /// A 403, audited as `forbidden`.
-    pub fn forbidden(&self, message: String) -> ApiError {
-        warn!(token = %self.0.name, reason = %message, "forbidden");
-        self.1.record(
-            AuditEvent::new(kinds::FORBIDDEN)
-                .actor(self.0.name.as_str())
-                .details(serde_json::json!({"reason": message})),
-        );
-        ApiError::forbidden(message)
-    }
-
-    /// Records a refused request as `rate_limited`.
-    pub fn audit_rate_limited(&self, limit: &str) {
-        self.1.record(
-            AuditEvent::new(kinds::RATE_LIMITED)
-                .actor(self.0.name.as_str())
-                .details(serde_json::json!({"limit": limit})),
-        );
-    }
+/// What the caller may do is decided by [`crate::authz`], not here.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who the token says the caller is.
+    pub principal: Principal,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -103,12 +64,24 @@ impl FromRequestParts<AppState> for Caller {
         match state.tokens.authenticate(token) {
             Some(principal) => {
                 state.audit.token_used(&principal.name);
-                Ok(Caller(principal.clone(), state.audit.clone()))
+                Ok(Caller {
+                    principal: principal.clone(),
+                })
             }
             None => {
                 failed("unknown token");
                 Err(ApiError::unauthorized("unknown token"))
             }
         }
+    }
+}
+
+impl Caller {
+    /// Refuses (403, audited by [`crate::authz::Authz`]) unless the role includes `role`.
+    pub fn require(&self, state: &AppState, role: Role) -> Result<(), ApiError> {
+        state
+            .authz
+            .require(&self.principal, role)
+            .map_err(ApiError::from)
     }
 }

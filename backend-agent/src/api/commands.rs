@@ -1,6 +1,6 @@
-//! Command routes: run one verb on one agent, fan out, read, list, cancel.
+//! Command routes: run one verb on one agent, fan out, read, list, cancel. Parsing and error
+//! mapping only: authorisation, limits and auditing are in [`crate::commands`].
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::{ApiError, AppState};
-use crate::auth::{Principal, Role};
+use crate::authz::AuthzError;
 use crate::commands::jobs::{JobError, JobRequest, Selector};
 use crate::commands::{SubmitError, SubmitRequest, WAIT_GRACE};
 use crate::store::{CommandQuery, CommandState};
@@ -50,35 +50,19 @@ pub struct JobBody {
     max_errors: Option<u32>,
 }
 
-/// Refuses (403) a verb or target outside an operator token's scope.
-pub fn check_scope(
-    caller: &Caller,
-    verb: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), ApiError> {
-    let p: &Principal = &caller.0;
-    if !p.verbs.iter().any(|v| v == "*" || v == verb) {
-        return Err(caller.forbidden(format!("token {:?} may not run verb {verb:?}", p.name)));
-    }
-    if let Some((k, v)) = p.labels.iter().find(|(k, v)| labels.get(*k) != Some(*v)) {
-        return Err(caller.forbidden(format!(
-            "token {:?} may only target agents labelled {k}={v}",
-            p.name
-        )));
-    }
-    Ok(())
-}
-
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         let status = match &e {
             SubmitError::UnknownAgent(_) => StatusCode::NOT_FOUND,
-            SubmitError::NotAdvertised { .. } | SubmitError::BadArgs(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            SubmitError::Offline(_) => StatusCode::CONFLICT,
+            SubmitError::Denied(AuthzError::Forbidden(m)) => return ApiError::forbidden(m),
+            SubmitError::Denied(AuthzError::NotFound(m)) => return ApiError::not_found(m),
+            SubmitError::NotAdvertised { .. }
+            | SubmitError::BadArgs(_)
+            | SubmitError::QueueTtlTooLong { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            SubmitError::Offline(_) | SubmitError::Revoked(_) => StatusCode::CONFLICT,
             SubmitError::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-            SubmitError::RateLimited { wait, .. } => {
+            SubmitError::RateLimited { wait, .. }
+            | SubmitError::OperatorRateLimited { wait, .. } => {
                 return ApiError::rate_limited(e.to_string(), *wait);
             }
             SubmitError::Store(inner) => return ApiError::internal(inner),
@@ -117,18 +101,6 @@ impl From<JobError> for ApiError {
     }
 }
 
-/// Charges one request to the caller's token bucket.
-fn operator_rate(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    state.limits.check_operator(&caller.0.name).map_err(|wait| {
-        tracing::warn!(token = %caller.0.name, "operator rate limit hit");
-        caller.audit_rate_limited("operator_commands");
-        ApiError::rate_limited(
-            format!("token {:?} is over its command rate", caller.0.name),
-            wait,
-        )
-    })
-}
-
 /// `POST /api/v1/agents/{id}/commands`.
 pub async fn run_on_agent(
     caller: Caller,
@@ -136,26 +108,14 @@ pub async fn run_on_agent(
     Path(agent_id): Path<String>,
     JsonBody(body): JsonBody<CommandBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
-    operator_rate(&state, &caller)?;
-    let labels = state
-        .registry
-        .command_target(&agent_id, &body.verb)
-        .map(|t| t.labels)
-        .ok_or_else(|| ApiError::not_found(format!("unknown agent {agent_id:?}")))?;
-    check_scope(&caller, &body.verb, &labels)?;
-    let record = state
-        .commands
-        .submit(SubmitRequest {
-            agent_id,
-            verb: body.verb,
-            args: body.args,
-            timeout_ms: body.timeout_ms,
-            requested_by: caller.0.name.clone(),
-            queue_ttl_ms: body.queue_ttl_ms,
-            job_id: None,
-        })
-        .await?;
+    let request = SubmitRequest {
+        agent_id,
+        verb: body.verb,
+        args: body.args,
+        timeout_ms: body.timeout_ms,
+        queue_ttl_ms: body.queue_ttl_ms,
+    };
+    let record = state.commands.submit(&caller.principal, request).await?;
     if !body.wait {
         let answer = json!({"command_id": record.command_id, "status": record.status});
         return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
@@ -184,61 +144,55 @@ pub async fn fan_out(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<JobBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
-    operator_rate(&state, &caller)?;
-    // Scope: the verb, and every label the token is restricted to must be in the selector.
-    check_scope(&caller, &body.verb, &caller.0.labels)?;
-    let mut selector = body.selector;
-    if !caller.0.labels.is_empty() {
-        let labels = selector.labels.get_or_insert_with(BTreeMap::new);
-        for (k, v) in &caller.0.labels {
-            if labels.get(k).is_some_and(|have| have != v) {
-                return Err(caller.forbidden(format!(
-                    "token {:?} may only target agents labelled {k}={v}",
-                    caller.0.name
-                )));
-            }
-            labels.insert(k.clone(), v.clone());
-        }
-    }
+    let request = JobRequest {
+        selector: body.selector,
+        verb: body.verb,
+        args: body.args,
+        timeout_ms: body.timeout_ms,
+        max_concurrency: body.max_concurrency,
+        max_errors: body.max_errors,
+    };
     let job = state
         .commands
-        .submit_job(JobRequest {
-            selector,
-            verb: body.verb,
-            args: body.args,
-            timeout_ms: body.timeout_ms,
-            max_concurrency: body.max_concurrency,
-            max_errors: body.max_errors,
-            requested_by: caller.0.name.clone(),
-        })
+        .submit_job(&caller.principal, request)
         .await?;
     let answer = json!({"job_id": job.job_id, "targets": job.targets});
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
-/// `GET /api/v1/commands/{id}`: a command record or a job.
+/// `?include=output` of the read routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneQuery {
+    include: Option<String>,
+}
+
+fn include_output(include: Option<&str>) -> Result<bool, ApiError> {
+    match include {
+        None => Ok(false),
+        Some("output") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "include: only \"output\" is known, not {other:?}"
+        ))),
+    }
+}
+
+/// `GET /api/v1/commands/{id}`: a command record (with its output) or a job (its results
+/// with output only with `?include=output`).
 pub async fn get_one(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<OneQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
-    let store = state.commands.store();
-    if let Some(rec) = store.get_command(&id).await.map_err(ApiError::internal)? {
-        return Ok(Json(serde_json::to_value(rec).map_err(ApiError::internal)?));
-    }
-    match state
-        .commands
-        .job_view(&id)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Some(job) => Ok(Json(job)),
-        None => Err(ApiError::not_found(format!(
-            "unknown command or job {id:?}"
-        ))),
-    }
+    let Query(q) = query?;
+    let output = include_output(q.include.as_deref())?;
+    Ok(Json(
+        state
+            .commands
+            .read_one(&caller.principal, &id, output)
+            .await?,
+    ))
 }
 
 /// `DELETE /api/v1/commands/{id}`: cancel.
@@ -247,16 +201,8 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Operator)?;
-    match state
-        .commands
-        .cancel(&id)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Some(rec) => Ok((StatusCode::ACCEPTED, Json(rec)).into_response()),
-        None => Err(ApiError::not_found(format!("unknown command {id:?}"))),
-    }
+    let rec = state.commands.cancel(&caller.principal, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(rec)).into_response())
 }
 
 /// Query of `GET /api/v1/commands`.
@@ -267,16 +213,18 @@ pub struct ListQuery {
     status: Option<String>,
     limit: Option<usize>,
     before: Option<String>,
+    include: Option<String>,
 }
 
-/// `GET /api/v1/commands?agent=&status=&limit=&before=`.
+/// `GET /api/v1/commands?agent=&status=&limit=&before=&include=output`: newest first,
+/// without `stdout`/`stderr` unless `include=output`; `next_before` continues the list.
 pub async fn list(
     caller: Caller,
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Viewer)?;
     let Query(q) = query?;
+    let output = include_output(q.include.as_deref())?;
     let status = match q.status {
         Some(s) => Some(
             s.parse::<CommandState>()
@@ -287,15 +235,17 @@ pub async fn list(
     let query = CommandQuery {
         agent: q.agent,
         status,
-        job_id: None,
         limit: q.limit.unwrap_or(CommandQuery::DEFAULT_LIMIT),
         before: q.before,
+        ..CommandQuery::default()
     };
-    let commands = state
+    let page = state
         .commands
-        .store()
-        .list_commands(&query)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({"commands": commands, "count": commands.len()})))
+        .list(&caller.principal, query, output)
+        .await?;
+    Ok(Json(json!({
+        "commands": page.items,
+        "count": page.items.len(),
+        "next_before": page.next,
+    })))
 }

@@ -1,5 +1,6 @@
 //! Enrolment routes: admin enrolment and join tokens, join-token redemption, revocation.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
@@ -50,22 +51,31 @@ pub struct EnrollmentBody {
     pin: Option<String>,
     #[serde(default)]
     ttl_secs: Option<u64>,
+    /// Authoritative labels for the agent (see [`crate::labels`]).
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 /// `POST /api/v1/enrollments` (admin): `{agent_id, pin}` enrols directly; `{agent_id,
-/// ttl_secs}` creates a one-time join token.
+/// ttl_secs}` creates a one-time join token; `labels` sets the agent's authoritative labels.
 pub async fn create(
     caller: Caller,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<EnrollmentBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
+    caller.require(&state, Role::Admin)?;
+    // Labels are checked before anything changes and set once the enrolment exists.
+    if let Some(labels) = &body.labels {
+        state.labels.check(&body.agent_id, labels)?;
+    }
+    let labels = body.labels;
     match body.pin {
         Some(pin) => {
             state
                 .enrolment
-                .enrol_pin(&body.agent_id, &pin, &caller.0.name)
+                .enrol_pin(&body.agent_id, &pin, &caller.principal.name)
                 .await?;
+            set_labels(&state, &caller, &body.agent_id, labels).await?;
             let answer = json!({"agent_id": body.agent_id, "pin": pin, "state": "active"});
             Ok((StatusCode::CREATED, Json(answer)).into_response())
         }
@@ -73,8 +83,9 @@ pub async fn create(
             let ttl = body.ttl_secs.unwrap_or(DEFAULT_JOIN_TOKEN_SECS);
             let issued = state
                 .enrolment
-                .create_join_token(&body.agent_id, ttl, &caller.0.name)
+                .create_join_token(&body.agent_id, ttl, &caller.principal.name)
                 .await?;
+            set_labels(&state, &caller, &body.agent_id, labels).await?;
             let answer = json!({
                 "agent_id": issued.agent_id,
                 "token": issued.token,
@@ -86,6 +97,21 @@ pub async fn create(
             });
             Ok((StatusCode::CREATED, Json(answer)).into_response())
         }
+    }
+}
+
+async fn set_labels(
+    state: &AppState,
+    caller: &Caller,
+    agent_id: &str,
+    labels: Option<BTreeMap<String, String>>,
+) -> Result<(), ApiError> {
+    match labels {
+        Some(labels) => Ok(state
+            .labels
+            .set_at_enrolment(&caller.principal, agent_id, labels)
+            .await?),
+        None => Ok(()),
     }
 }
 
@@ -151,8 +177,11 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require(Role::Admin)?;
-    let (pins, disconnected) = state.enrolment.revoke(&agent_id, &caller.0.name).await?;
+    caller.require(&state, Role::Admin)?;
+    let (pins, disconnected) = state
+        .enrolment
+        .revoke(&agent_id, &caller.principal.name)
+        .await?;
     Ok(Json(
         json!({"agent_id": agent_id, "revoked_pins": pins, "disconnected": disconnected}),
     ))

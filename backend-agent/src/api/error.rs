@@ -80,6 +80,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::authz::AuthzError> for ApiError {
+    fn from(e: crate::authz::AuthzError) -> Self {
+        match e {
+            crate::authz::AuthzError::Forbidden(m) => Self::forbidden(m),
+            crate::authz::AuthzError::NotFound(m) => Self::not_found(m),
+        }
+    }
+}
+
+impl From<crate::commands::read::ReadError> for ApiError {
+    fn from(e: crate::commands::read::ReadError) -> Self {
+        use crate::commands::read::ReadError;
+        match &e {
+            ReadError::Denied(d) => d.clone().into(),
+            ReadError::BadFilter(m) => Self::bad_request(m),
+            ReadError::Store(s) => Self::internal(s),
+            ReadError::Audit(a) => Self::internal(a),
+            ReadError::Busy => {
+                let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string());
+                err.retry_after = Some(1);
+                err
+            }
+        }
+    }
+}
+
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
         Self::bad_request(r.body_text())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use auth::Caller;
@@ -39,6 +39,10 @@ pub struct AppState {
     pub started: Instant,
     /// Commands and jobs.
     pub commands: Arc<crate::commands::CommandService>,
+    /// The authorisation policy (and its audit records).
+    pub authz: Arc<crate::authz::Authz>,
+    /// Authoritative agent labels.
+    pub labels: Arc<crate::labels::AgentLabels>,
     /// Rate limits.
     pub limits: Arc<crate::limits::RateLimits>,
     /// Enrolment, renewal, revocation.
@@ -60,6 +64,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/api/v1/agents/{id}",
             get(agents::get).delete(enrol::revoke),
         )
+        .route("/api/v1/agents/{id}/labels", put(agents::set_labels))
         .route("/api/v1/enrollments", post(enrol::create))
         .route("/api/v1/enroll", post(enrol::redeem))
         .route("/api/v1/audit", get(audit::list))

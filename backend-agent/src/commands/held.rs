@@ -107,6 +107,10 @@ impl CommandService {
                     .await
                 {
                     info!(command.id = %rec.command_id, agent.id = %rec.agent_id, "held command expired");
+                    self.audit.record(crate::audit::events::command_expired(
+                        &rec,
+                        "queue_ttl_expired",
+                    ));
                     self.notify(&rec);
                 }
             }

@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use super::{finish, CommandService, SubmitError, SubmitRequest, WAIT_GRACE};
+use crate::auth::{Principal, Role};
+use crate::authz::{decide, Action, AgentScope, AuthzError, Decision, Ids, Subject};
 use crate::clock;
 use crate::store::{CommandQuery, CommandRecord, CommandState, JobRecord, StoreError};
 
@@ -47,8 +49,6 @@ pub struct JobRequest {
     pub max_concurrency: Option<u32>,
     /// Failures after which dispatching stops (0 behaves like 1; absent = no limit).
     pub max_errors: Option<u32>,
-    /// Token name of the operator.
-    pub requested_by: String,
 }
 
 /// Why a job was not accepted.
@@ -66,7 +66,8 @@ pub enum JobError {
     /// Too many targets.
     #[error("the selector matches {0} agents; at most {MAX_TARGETS} per job")]
     TooManyTargets(usize),
-    /// The verb or args do not fit the targets' schema.
+    /// The verb or args do not fit the targets' schema, or the caller may not run it (scope,
+    /// rate limit).
     #[error(transparent)]
     Invalid(SubmitError),
     /// The store failed.
@@ -75,15 +76,45 @@ pub enum JobError {
 }
 
 impl CommandService {
-    /// Resolves the selector, records the job and starts dispatching in the background.
-    pub async fn submit_job(self: &Arc<Self>, req: JobRequest) -> Result<JobRecord, JobError> {
+    /// The API's entry for a fan-out: the verb scope, the token's labels forced into the
+    /// selector (matched against authoritative labels), the operator rate limit (one charge
+    /// per job); then the job is recorded and dispatched in the background, each target
+    /// re-checked and charged to its agent limit as it is reached.
+    pub async fn submit_job(
+        self: &Arc<Self>,
+        caller: &Principal,
+        mut req: JobRequest,
+    ) -> Result<JobRecord, JobError> {
+        let own = Subject {
+            verb: Some(&req.verb),
+            agent: AgentScope::Labels(&caller.labels),
+        };
+        let refuse = |e: AuthzError| JobError::Invalid(e.into());
+        self.authz
+            .check(caller, Action::FanOut, &own, Ids::default(), String::new)
+            .map_err(refuse)?;
+        if caller.role != Role::Admin && !caller.labels.is_empty() {
+            let labels = req.selector.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &caller.labels {
+                if labels.get(k).is_some_and(|have| have != v) {
+                    let reason = format!(
+                        "token {:?} may only target agents labelled {k}={v}",
+                        caller.name
+                    );
+                    return Err(refuse(AuthzError::Forbidden(reason)));
+                }
+                labels.insert(k.clone(), v.clone());
+            }
+        }
         let targets = self.resolve(&req.selector)?;
         self.precheck(&targets, &req.verb, &req.args)?;
+        self.charge_operator(caller, Some(&req.verb))
+            .map_err(JobError::Invalid)?;
         let job = JobRecord {
             job_id: uuid::Uuid::now_v7().to_string(),
             verb: req.verb.clone(),
             args: Value::Object(Map::new()),
-            requested_by: req.requested_by.clone(),
+            requested_by: caller.name.clone(),
             selector: serde_json::to_value(&req.selector).unwrap_or(Value::Null),
             max_concurrency: req
                 .max_concurrency
@@ -97,11 +128,15 @@ impl CommandService {
         info!(job.id = %job.job_id, targets = job.targets.len(), verb = %job.verb, "fan-out job started");
         let service = self.clone();
         let run = job.clone();
-        tokio::spawn(async move { service.run_job(run, req).await });
+        let caller = caller.clone();
+        tokio::spawn(async move { service.run_job(run, req, caller).await });
         Ok(job)
     }
 
+    /// The selector's targets: known, not revoked, and matching its labels (authoritative
+    /// labels, see [`crate::registry`]).
     fn resolve(&self, selector: &Selector) -> Result<Vec<String>, JobError> {
+        let no_labels = BTreeMap::new();
         let mut targets = match (&selector.ids, &selector.labels) {
             (None, None) => {
                 return Err(JobError::BadSelector(
@@ -109,17 +144,19 @@ impl CommandService {
                 ))
             }
             (Some(ids), labels) => {
+                let eligible: std::collections::HashSet<String> = self
+                    .registry
+                    .ids_matching(labels.as_ref().unwrap_or(&no_labels))
+                    .into_iter()
+                    .collect();
                 let mut out = Vec::new();
                 for id in ids {
                     if !self.registry.contains(id) {
                         return Err(JobError::UnknownAgent(id.clone()));
                     }
-                    if let Some(labels) = labels {
-                        if !self.registry.ids_matching(labels).contains(id) {
-                            continue;
-                        }
+                    if eligible.contains(id) {
+                        out.push(id.clone());
                     }
-                    out.push(id.clone());
                 }
                 out
             }
@@ -155,7 +192,7 @@ impl CommandService {
             .map_err(|e| JobError::Invalid(SubmitError::BadArgs(e)))
     }
 
-    async fn run_job(self: Arc<Self>, job: JobRecord, req: JobRequest) {
+    async fn run_job(self: Arc<Self>, job: JobRecord, req: JobRequest, caller: Principal) {
         let in_flight = Arc::new(Semaphore::new(job.max_concurrency as usize));
         let failures = Arc::new(AtomicU32::new(0));
         let budget = job.max_errors.max(1);
@@ -176,17 +213,7 @@ impl CommandService {
                 .await;
                 continue;
             }
-            let submitted = self
-                .submit(SubmitRequest {
-                    agent_id: agent_id.clone(),
-                    verb: req.verb.clone(),
-                    args: req.args.clone(),
-                    timeout_ms: req.timeout_ms,
-                    requested_by: req.requested_by.clone(),
-                    queue_ttl_ms: None,
-                    job_id: Some(job.job_id.clone()),
-                })
-                .await;
+            let submitted = self.submit_target(&job, &req, &caller, agent_id).await;
             match submitted {
                 Ok(rec) => {
                     let service = self.clone();
@@ -219,6 +246,41 @@ impl CommandService {
         }
         while waits.join_next().await.is_some() {}
         info!(job.id = %job.job_id, failures = failures.load(Ordering::SeqCst), "fan-out job finished dispatching");
+    }
+
+    /// One target of a job, looked up again now: it may have been revoked or relabelled
+    /// since the selector was resolved.
+    async fn submit_target(
+        &self,
+        job: &JobRecord,
+        req: &JobRequest,
+        caller: &Principal,
+        agent_id: &str,
+    ) -> Result<CommandRecord, SubmitError> {
+        let target = self
+            .registry
+            .command_target(agent_id, &req.verb)
+            .ok_or_else(|| SubmitError::UnknownAgent(agent_id.to_owned()))?;
+        let subject = Subject {
+            verb: Some(&req.verb),
+            agent: AgentScope::Labels(&target.labels),
+        };
+        if decide(caller, Action::FanOut, &subject) != Decision::Allow {
+            return Err(AuthzError::Forbidden(format!(
+                "agent {agent_id:?} left the scope of token {:?}",
+                caller.name
+            ))
+            .into());
+        }
+        let request = SubmitRequest {
+            agent_id: agent_id.to_owned(),
+            verb: req.verb.clone(),
+            args: req.args.clone(),
+            timeout_ms: req.timeout_ms,
+            queue_ttl_ms: None,
+        };
+        self.submit_to(&job.requested_by, Some(job.job_id.clone()), target, request)
+            .await
     }
 
     async fn record_unsent(
@@ -254,11 +316,15 @@ impl CommandService {
         }
     }
 
-    /// The job with its per-target records and a summary; `None` if unknown.
-    pub async fn job_view(&self, job_id: &str) -> Result<Option<Value>, StoreError> {
-        let Some(job) = self.store.get_job(job_id).await? else {
-            return Ok(None);
-        };
+    /// The job with the per-target records of the targets `visible` admits (without their
+    /// output unless `include_output`) and a summary over those targets.
+    pub(super) async fn render_job(
+        &self,
+        job: JobRecord,
+        visible: impl Fn(&str) -> bool,
+        include_output: bool,
+    ) -> Result<Value, StoreError> {
+        let job_id = job.job_id.as_str();
         let records = self
             .store
             .list_commands(&CommandQuery {
@@ -267,6 +333,7 @@ impl CommandService {
                 job_id: Some(job_id.to_owned()),
                 limit: CommandQuery::MAX_LIMIT,
                 before: None,
+                with_output: include_output,
             })
             .await?;
         let mut by_agent: BTreeMap<&str, &CommandRecord> = BTreeMap::new();
@@ -274,8 +341,9 @@ impl CommandService {
             by_agent.insert(r.agent_id.as_str(), r);
         }
         let (mut ok, mut failed, mut pending, mut skipped) = (0, 0, 0, 0);
-        let mut results = Vec::with_capacity(job.targets.len());
-        for agent in &job.targets {
+        let targets: Vec<&String> = job.targets.iter().filter(|a| visible(a)).collect();
+        let mut results = Vec::with_capacity(targets.len());
+        for &agent in &targets {
             match by_agent.get(agent.as_str()) {
                 Some(r) => {
                     let is_skipped = r.error.as_ref().is_some_and(|e| e.code == "skipped");
@@ -285,7 +353,7 @@ impl CommandService {
                         s if s.is_final() => failed += 1,
                         _ => pending += 1,
                     }
-                    results.push(serde_json::to_value(r).unwrap_or(Value::Null));
+                    results.push(super::read::render(r, include_output));
                 }
                 None => {
                     pending += 1;
@@ -294,7 +362,7 @@ impl CommandService {
                 }
             }
         }
-        Ok(Some(json!({
+        Ok(json!({
             "job_id": job.job_id,
             "verb": job.verb,
             "requested_by": job.requested_by,
@@ -302,8 +370,8 @@ impl CommandService {
             "selector": job.selector,
             "max_concurrency": job.max_concurrency,
             "max_errors": if job.max_errors == u32::MAX { Value::Null } else { json!(job.max_errors) },
-            "summary": {"targets": job.targets.len(), "ok": ok, "failed": failed, "pending": pending, "skipped": skipped},
+            "summary": {"targets": targets.len(), "ok": ok, "failed": failed, "pending": pending, "skipped": skipped},
             "results": results,
-        })))
+        }))
     }
 }

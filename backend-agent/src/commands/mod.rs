@@ -2,32 +2,50 @@
 //! record, dispatch over the agent's bounded queue (or hold for an offline agent up to
 //! `queue_ttl_ms`), collect results, wake waiters. Fan-out jobs live in [`jobs`].
 //!
+//! [`CommandService`] is the single entry for everything an API caller does with commands:
+//! submit, fan-out, cancel and every read. Each entry takes the caller's [`Principal`], makes
+//! one registry lookup, asks [`Authz`] (the one policy), charges the operator and agent rate
+//! limits and writes the audit record; the HTTP layer only parses and maps errors.
+//!
 //! Every state change is written to the store before anything depends on it: a command is
 //! recorded `dispatched` before its frame is queued, so a fast result can never be
 //! overwritten by a late status update.
+//!
+//! # Layout
+//! - this file: the service, its settings, errors and waiters.
+//! - `submit`: one command on one agent. `cancel`: cancelling. `read`: scoped reads of
+//!   commands, jobs, history and the audit log. [`jobs`]: fan-out.
+//! - `held`: commands held for offline agents. `results`: results from agents.
+//! - `sweep`: expiry of commands that never got a result, and history pruning.
+//! - [`redact`]: secret params hashed before they are stored or audited.
 
+mod cancel;
 mod held;
 pub mod jobs;
+pub mod read;
 pub mod redact;
 mod results;
+mod submit;
+mod sweep;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentmesh_protocol::{ArgError, CommandFrame, HubFrame};
+use agentmesh_protocol::{ArgError, CommandFrame};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, warn};
 
-use crate::audit::kinds;
+use crate::auth::Principal;
+use crate::authz::{Authz, AuthzError};
 use crate::clock;
+use crate::config::{LimitsConfig, StoreConfig};
 use crate::metrics::Metrics;
-use crate::registry::{LiveSession, Registry};
+use crate::registry::Registry;
 use crate::store::{CommandRecord, CommandState, ErrorInfo, Store, StoreError};
-use agentmesh_audit::AuditEvent;
-use redact::Salt;
 
 /// Verb timeout used when neither the verb nor the request gives one.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -35,6 +53,41 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 pub const WAIT_GRACE: Duration = Duration::from_secs(5);
 /// Commands held for one offline agent; beyond it new ones are refused (503).
 pub const MAX_QUEUED_PER_AGENT: usize = 256;
+
+/// Knobs of the command service (from `[limits]` and `[store]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest `queue_ttl_ms` accepted.
+    pub max_queue_ttl_ms: u64,
+    /// A dispatched command without a result this long past its timeout ends `expired`.
+    pub result_grace: Duration,
+    /// Finished commands older than this are pruned (`None`: no age limit).
+    pub retention: Option<Duration>,
+    /// At most this many finished commands are kept (`None`: no cap).
+    pub max_records: Option<usize>,
+    /// How often the pruner runs.
+    pub prune_interval: Duration,
+}
+
+impl Settings {
+    /// From the config tables.
+    pub fn from_config(limits: &LimitsConfig, store: &StoreConfig) -> Self {
+        Settings {
+            max_queue_ttl_ms: limits.max_queue_ttl_ms,
+            result_grace: Duration::from_secs(limits.result_grace_secs),
+            retention: (store.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(store.retention_days) * 86_400)),
+            max_records: (store.max_records > 0).then_some(store.max_records),
+            prune_interval: Duration::from_secs(store.prune_interval_secs.max(1)),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_config(&LimitsConfig::default(), &StoreConfig::default())
+    }
+}
 
 /// One command as an operator asked for it.
 #[derive(Debug, Clone)]
@@ -47,12 +100,8 @@ pub struct SubmitRequest {
     pub args: Map<String, Value>,
     /// Requested timeout; the smaller of this and the verb's wins.
     pub timeout_ms: Option<u64>,
-    /// Token name of the operator.
-    pub requested_by: String,
     /// Hold the command this long if the agent is offline (else 409).
     pub queue_ttl_ms: Option<u64>,
-    /// The fan-out job it belongs to.
-    pub job_id: Option<String>,
 }
 
 /// Why a command was not accepted.
@@ -61,6 +110,28 @@ pub enum SubmitError {
     /// No such agent.
     #[error("unknown agent {0:?}")]
     UnknownAgent(String),
+    /// The caller may not do this (403), or the subject is outside its scope (404).
+    #[error(transparent)]
+    Denied(#[from] AuthzError),
+    /// The agent is revoked or has no active certificate: nothing is sent to it.
+    #[error("agent {0:?} is revoked; no command is sent to it")]
+    Revoked(String),
+    /// `queue_ttl_ms` is above `[limits] max_queue_ttl_ms`.
+    #[error("queue_ttl_ms: {asked} is above the limit of {max} ms")]
+    QueueTtlTooLong {
+        /// What was asked for.
+        asked: u64,
+        /// `[limits] max_queue_ttl_ms`.
+        max: u64,
+    },
+    /// The operator token's command rate is exhausted.
+    #[error("token {token:?} is over its command rate; retry in {wait:?}")]
+    OperatorRateLimited {
+        /// Token name.
+        token: String,
+        /// How long until a request would pass.
+        wait: Duration,
+    },
     /// The agent did not advertise the verb.
     #[error("agent {agent:?} does not offer verb {verb:?}")]
     NotAdvertised {
@@ -99,6 +170,11 @@ impl SubmitError {
     pub fn code(&self) -> &'static str {
         match self {
             SubmitError::UnknownAgent(_) => "unknown_agent",
+            SubmitError::Denied(AuthzError::Forbidden(_)) => "forbidden",
+            SubmitError::Denied(AuthzError::NotFound(_)) => "not_found",
+            SubmitError::Revoked(_) => "agent_revoked",
+            SubmitError::QueueTtlTooLong { .. } => "invalid_queue_ttl",
+            SubmitError::OperatorRateLimited { .. } => "rate_limited",
             SubmitError::NotAdvertised { .. } => "verb_not_advertised",
             SubmitError::BadArgs(_) => "invalid_args",
             SubmitError::Offline(_) => "agent_offline",
@@ -122,7 +198,10 @@ pub struct CommandService {
     metrics: Arc<Metrics>,
     limits: Arc<crate::limits::RateLimits>,
     audit: Arc<crate::audit::Audit>,
-    salt: Salt,
+    authz: Arc<Authz>,
+    settings: Settings,
+    /// Permits for reads that scan files or materialise outputs (see `read`).
+    heavy_reads: tokio::sync::Semaphore,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
     connected_tx: mpsc::Sender<String>,
@@ -130,13 +209,17 @@ pub struct CommandService {
 
 impl CommandService {
     /// Builds the service and starts its background work (flushing held commands when an
-    /// agent connects, expiring them at their deadline) until `shutdown` flips.
+    /// agent connects, expiring them at their deadline, expiring dispatched commands that
+    /// never got a result, pruning history) until `shutdown` flips.
+    #[allow(clippy::too_many_arguments)] // the service's collaborators, each needed once
     pub fn start(
         registry: Arc<Registry>,
         store: Store,
         metrics: Arc<Metrics>,
         limits: Arc<crate::limits::RateLimits>,
         audit: Arc<crate::audit::Audit>,
+        authz: Arc<Authz>,
+        settings: Settings,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Self> {
         // Bounded: if it is full, the periodic sweep still finds held commands of connected
@@ -148,14 +231,18 @@ impl CommandService {
             metrics,
             limits,
             audit,
-            salt: Salt::random(),
+            authz,
+            settings,
+            heavy_reads: tokio::sync::Semaphore::new(read::MAX_HEAVY_READS),
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             connected_tx,
         });
+        sweep::spawn_pruner(Arc::downgrade(&service), shutdown.clone());
         let worker = Arc::downgrade(&service);
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(Duration::from_millis(250));
+            let mut expiry = tokio::time::interval(sweep::EXPIRY_SWEEP);
             loop {
                 tokio::select! {
                     _ = crate::hub::stopped(&mut shutdown) => break,
@@ -166,6 +253,10 @@ impl CommandService {
                     _ = sweep.tick() => {
                         let Some(s) = worker.upgrade() else { break };
                         s.expire_held().await;
+                    }
+                    _ = expiry.tick() => {
+                        let Some(s) = worker.upgrade() else { break };
+                        s.expire_unanswered().await;
                     }
                 }
             }
@@ -178,9 +269,31 @@ impl CommandService {
         let _ = self.connected_tx.try_send(agent_id.to_owned());
     }
 
-    /// The store (for the read routes).
+    /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The authoriser (for routes outside the command path, e.g. enrolment).
+    pub fn authz(&self) -> &Arc<Authz> {
+        &self.authz
+    }
+
+    /// Charges one request to `caller`'s operator bucket; audited when refused.
+    fn charge_operator(&self, caller: &Principal, verb: Option<&str>) -> Result<(), SubmitError> {
+        self.limits.check_operator(&caller.name).map_err(|wait| {
+            tracing::warn!(token = %caller.name, "operator rate limit hit");
+            self.audit.record(crate::audit::events::rate_limited(
+                &caller.name,
+                "operator_commands",
+                None,
+                verb,
+            ));
+            SubmitError::OperatorRateLimited {
+                token: caller.name.clone(),
+                wait,
+            }
+        })
     }
 
     /// Marks commands a previous process left `pending` (held in its memory) as expired.
@@ -194,168 +307,13 @@ impl CommandService {
                     "the backend restarted before the command was dispatched",
                 );
                 self.store.update_command(&rec).await?;
+                self.audit.record(crate::audit::events::command_expired(
+                    &rec,
+                    "backend_restarted",
+                ));
             }
         }
         Ok(())
-    }
-
-    /// Validates, records and dispatches (or holds) one command.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<CommandRecord, SubmitError> {
-        let target = self
-            .registry
-            .command_target(&req.agent_id, &req.verb)
-            .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
-        if !target.ever_connected && target.session.is_none() {
-            // Its verbs are unknown until its first hello, so nothing can be validated.
-            return Err(SubmitError::Offline(req.agent_id));
-        }
-        let spec = target.spec.ok_or_else(|| SubmitError::NotAdvertised {
-            agent: req.agent_id.clone(),
-            verb: req.verb.clone(),
-        })?;
-        spec.validate_args(&req.args)
-            .map_err(SubmitError::BadArgs)?;
-        if target.session.is_none() && req.queue_ttl_ms.is_none() {
-            return Err(SubmitError::Offline(req.agent_id));
-        }
-        if let Err(wait) = self.limits.check_agent(&req.agent_id) {
-            self.audit.record(
-                AuditEvent::new(kinds::RATE_LIMITED)
-                    .actor(req.requested_by.as_str())
-                    .agent(req.agent_id.as_str())
-                    .details(serde_json::json!({"limit": "agent_commands", "verb": req.verb})),
-            );
-            return Err(SubmitError::RateLimited {
-                agent: req.agent_id,
-                wait,
-            });
-        }
-        let verb_timeout = if spec.timeout_ms > 0 {
-            spec.timeout_ms
-        } else {
-            DEFAULT_TIMEOUT_MS
-        };
-        let timeout_ms = req
-            .timeout_ms
-            .map_or(verb_timeout, |t| t.clamp(1, verb_timeout));
-        let command_id = uuid::Uuid::now_v7().to_string();
-        let now = clock::now_rfc3339();
-        let mut record = CommandRecord {
-            command_id: command_id.clone(),
-            agent_id: req.agent_id.clone(),
-            verb: req.verb.clone(),
-            args: redact::redact_args(&spec, &req.args, &self.salt),
-            requested_by: req.requested_by.clone(),
-            status: CommandState::Pending,
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            truncated: false,
-            created_at: now.clone(),
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            error: None,
-            timeout_ms,
-            job_id: req.job_id.clone(),
-        };
-        let frame = CommandFrame {
-            command_id,
-            verb: req.verb,
-            args: req.args,
-            timeout_ms: Some(timeout_ms),
-            requested_by: req.requested_by,
-            issued_at: now,
-        };
-        // The request is on disk before the command can leave the backend.
-        self.audit
-            .durable(
-                AuditEvent::new(kinds::COMMAND_REQUESTED)
-                    .actor(record.requested_by.as_str())
-                    .agent(record.agent_id.as_str())
-                    .command(record.command_id.as_str())
-                    .details(serde_json::json!({
-                        "verb": record.verb,
-                        "args": record.args,
-                        "timeout_ms": timeout_ms,
-                        "queue_ttl_ms": req.queue_ttl_ms,
-                        "job_id": record.job_id,
-                    })),
-            )
-            .await
-            .map_err(SubmitError::Audit)?;
-        // A connected agent's command is stored once, already `dispatched` (one write fewer
-        // per command); a held one is stored `pending` first.
-        let dispatched = match &target.session {
-            Some(session) => {
-                self.dispatch(&mut record, frame.clone(), session, false)
-                    .await
-            }
-            None => Err(SubmitError::Offline(record.agent_id.clone())),
-        };
-        match (dispatched, req.queue_ttl_ms) {
-            (Err(SubmitError::Offline(_)), Some(ttl)) => {
-                self.store.insert_command(&record).await?;
-                self.hold(&mut record, frame, ttl).await?;
-            }
-            (other, _) => other?,
-        }
-        Ok(record)
-    }
-
-    /// Queues the frame on the session and records the outcome (`stored`: the record already
-    /// exists and is updated, else it is inserted).
-    async fn dispatch(
-        &self,
-        record: &mut CommandRecord,
-        frame: CommandFrame,
-        session: &LiveSession,
-        stored: bool,
-    ) -> Result<(), SubmitError> {
-        // Reserve a slot first so a full queue is refused before anything is recorded as sent.
-        let permit = match session.tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                finish(
-                    record,
-                    CommandState::Rejected,
-                    "queue_full",
-                    "the agent's send queue is full",
-                );
-                self.save(record, stored).await?;
-                return Err(SubmitError::QueueFull(record.agent_id.clone()));
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                return Err(SubmitError::Offline(record.agent_id.clone()));
-            }
-        };
-        // Recorded `dispatched` before the frame is queued, so a fast result always finds it.
-        record.status = CommandState::Dispatched;
-        if !self.save(record, stored).await? {
-            debug!(command.id = %record.command_id, "no longer pending (cancelled or expired); not sent");
-            return Ok(());
-        }
-        permit.send(HubFrame::Command(frame));
-        self.audit.record(
-            AuditEvent::new(kinds::COMMAND_DISPATCHED)
-                .actor(record.requested_by.as_str())
-                .agent(record.agent_id.as_str())
-                .command(record.command_id.as_str()),
-        );
-        debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
-        Ok(())
-    }
-
-    /// Inserts a new record, or moves a stored one on from `pending` (compare-and-set, so a
-    /// cancel or expiry that won the race is not overwritten); `false`: it was no longer pending.
-    async fn save(&self, record: &CommandRecord, stored: bool) -> Result<bool, StoreError> {
-        if stored {
-            self.store
-                .update_command_if(record, CommandState::Pending)
-                .await
-        } else {
-            self.store.insert_command(record).await.map(|()| true)
-        }
     }
 
     /// Waits until the command is final or `limit` passes.
@@ -400,48 +358,6 @@ impl CommandService {
                 let _ = tx.send(rec.clone());
             }
         }
-    }
-
-    /// Cancels a command: a held one at once, a dispatched one by asking its agent.
-    pub async fn cancel(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        let Some(mut rec) = self.store.get_command(command_id).await? else {
-            return Ok(None);
-        };
-        match rec.status {
-            CommandState::Pending => {
-                if let Some(q) = lock(&self.held).get_mut(&rec.agent_id) {
-                    q.retain(|h| h.frame.command_id != command_id);
-                }
-                finish(
-                    &mut rec,
-                    CommandState::Cancelled,
-                    "cancelled",
-                    "cancelled before dispatch",
-                );
-                if self
-                    .store
-                    .update_command_if(&rec, CommandState::Pending)
-                    .await?
-                {
-                    self.notify(&rec);
-                } else {
-                    // Dispatched meanwhile: cancel it on the agent instead.
-                    return Box::pin(self.cancel(command_id)).await;
-                }
-            }
-            CommandState::Dispatched | CommandState::Running => {
-                if let Some(session) = self.registry.session(&rec.agent_id) {
-                    let frame = HubFrame::Cancel {
-                        command_id: command_id.to_owned(),
-                    };
-                    if session.tx.try_send(frame).is_err() {
-                        warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(Some(rec))
     }
 }
 

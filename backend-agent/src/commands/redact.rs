@@ -1,38 +1,23 @@
-//! Secret parameters never reach the store or the audit log in clear: they are replaced by a
-//! salted SHA-256 (`"sha256:<hex>"`), enough to prove later which value was sent.
+//! Secret parameters never reach the store or the audit log in clear: they are replaced by
+//! `"sha256:<salt hex>:<hash hex>"`, the [`agentmesh_audit::salted_hash`] of the value with a
+//! fresh random salt stored next to it. The salt makes equal secrets look different and
+//! keeps a short value from being looked up in a table; storing it keeps the hash checkable
+//! after a restart ([`verify_secret`]).
 
 use agentmesh_protocol::VerbSpec;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-/// A per-process random salt for secret hashes.
-#[derive(Clone)]
-pub struct Salt([u8; 16]);
-
-impl Salt {
-    /// A fresh random salt.
-    pub fn random() -> Self {
-        Salt(rand::random())
-    }
-}
-
-impl std::fmt::Debug for Salt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Salt(***)")
-    }
-}
+/// Bytes of random salt per hashed value.
+pub const SALT_BYTES: usize = 16;
 
 /// `args` with every `secret` parameter replaced by its salted hash.
-pub fn redact_args(spec: &VerbSpec, args: &Map<String, Value>, salt: &Salt) -> Value {
+pub fn redact_args(spec: &VerbSpec, args: &Map<String, Value>) -> Value {
     let mut out = Map::with_capacity(args.len());
     for (name, value) in args {
         let secret = spec.params.get(name).is_some_and(|p| p.secret);
         let shown = if secret {
-            let mut h = Sha256::new();
-            h.update(salt.0);
-            h.update(agentmesh_protocol::verbs::arg_to_argv(value).as_bytes());
-            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            Value::String(format!("sha256:{hex}"))
+            let salt: [u8; SALT_BYTES] = rand::random();
+            Value::String(hash_with_salt(&salt, value))
         } else {
             value.clone()
         };
@@ -41,13 +26,48 @@ pub fn redact_args(spec: &VerbSpec, args: &Map<String, Value>, salt: &Salt) -> V
     Value::Object(out)
 }
 
+fn hash_with_salt(salt: &[u8], value: &Value) -> String {
+    let argv = agentmesh_protocol::verbs::arg_to_argv(value);
+    let salted = agentmesh_audit::salted_hash(salt, &argv);
+    let hash = salted.strip_prefix("sha256:").unwrap_or(&salted);
+    format!("sha256:{}:{hash}", hex(salt))
+}
+
+/// Whether `recorded` (`"sha256:<salt>:<hash>"`) is the hash of `candidate`.
+pub fn verify_secret(recorded: &str, candidate: &Value) -> bool {
+    let Some((salt_hex, _)) = recorded
+        .strip_prefix("sha256:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return false;
+    };
+    match unhex(salt_hex) {
+        Some(salt) => hash_with_salt(&salt, candidate) == recorded,
+        None => false,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[test]
-    fn secrets_are_hashed_and_others_kept() {
+    fn secrets_are_hashed_with_their_own_salt_and_stay_verifiable() {
         let spec: VerbSpec = serde_json::from_value(json!({
             "name": "v", "params": {
                 "user": {"type": "string"},
@@ -56,9 +76,15 @@ mod tests {
         }))
         .unwrap();
         let args = json!({"user": "alice", "password": "hunter2"});
-        let red = redact_args(&spec, args.as_object().unwrap(), &Salt::random());
+        let red = redact_args(&spec, args.as_object().unwrap());
         assert_eq!(red["user"], "alice");
         let p = red["password"].as_str().unwrap();
         assert!(p.starts_with("sha256:") && !p.contains("hunter2"));
+        // Verifiable without any process state (as after a restart).
+        assert!(verify_secret(p, &json!("hunter2")));
+        assert!(!verify_secret(p, &json!("hunter3")));
+        // The same secret twice gets two different records.
+        let again = redact_args(&spec, args.as_object().unwrap());
+        assert_ne!(again["password"], red["password"]);
     }
 }

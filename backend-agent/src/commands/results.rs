@@ -1,11 +1,10 @@
 //! Results from agents: recorded, audited with the agent's signature checked, waiters woken.
 
-use agentmesh_audit::AuditEvent;
 use agentmesh_protocol::{CommandStatus, ResultFrame};
 use tracing::{debug, info, warn};
 
 use super::CommandService;
-use crate::audit::kinds;
+use crate::audit::events;
 use crate::clock;
 use crate::store::{CommandRecord, CommandState, ErrorInfo};
 
@@ -39,7 +38,17 @@ impl CommandService {
             warn!(agent.id = %agent_id, command.id = %rec.command_id, owner = %rec.agent_id, "result for another agent's command ignored");
             return true;
         }
-        if rec.status.is_final() && rec.status != CommandState::Expired {
+        if rec.status == CommandState::Expired {
+            // The backend gave up on it; the result is kept in the audit trail (signature
+            // checked) but does not rewrite a final record.
+            info!(command.id = %rec.command_id, agent.id = %agent_id, "late result for an expired command: audited, not applied");
+            self.audit.record(events::late_result(
+                &rec,
+                result_details(agent_id, spki, &rec, result),
+            ));
+            return true;
+        }
+        if rec.status.is_final() {
             self.metrics
                 .results_duplicate
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -51,8 +60,10 @@ impl CommandService {
         apply_result(&mut rec, result.clone());
         match self.store.update_command_if(&rec, expected).await {
             Ok(true) => {
-                self.audit
-                    .record(result_event(agent_id, spki, &rec, result));
+                self.audit.record(events::command_result(
+                    &rec,
+                    result_details(agent_id, spki, &rec, result),
+                ));
                 info!(command.id = %rec.command_id, agent.id = %agent_id, status = rec.status.as_str(), "command finished");
                 self.notify(&rec);
                 true
@@ -66,14 +77,14 @@ impl CommandService {
     }
 }
 
-/// The `command_result` record, with the agent's signature checked against the key of the
-/// certificate the delivering session authenticated with.
-fn result_event(
+/// The details of a `command_result` record, with the agent's signature checked against the
+/// key of the certificate the delivering session authenticated with.
+fn result_details(
     agent_id: &str,
     spki: &[u8],
     rec: &CommandRecord,
     result: &ResultFrame,
-) -> AuditEvent {
+) -> serde_json::Value {
     let digest = agentmesh_audit::result_digest(result);
     let mut details = serde_json::json!({
         "status": result.status.as_str(),
@@ -97,11 +108,7 @@ fn result_event(
         }
         None => details["unsigned"] = serde_json::Value::Bool(true),
     }
-    AuditEvent::new(kinds::COMMAND_RESULT)
-        .actor(rec.requested_by.as_str())
-        .agent(agent_id)
-        .command(rec.command_id.as_str())
-        .details(details)
+    details
 }
 
 fn apply_result(rec: &mut CommandRecord, r: ResultFrame) {

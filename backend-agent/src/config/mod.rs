@@ -136,6 +136,15 @@ pub struct StoreConfig {
     /// SQLite file of the embedded store.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Finished commands older than this many days are pruned (0 = keep regardless of age).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// At most this many finished commands are kept; the oldest go first (0 = no cap).
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// How often the pruner runs.
+    #[serde(default = "default_prune_interval_secs")]
+    pub prune_interval_secs: u64,
 }
 
 /// `[audit]`.
@@ -190,6 +199,12 @@ pub struct LimitsConfig {
     /// Certificate renewals one agent may start per hour (0 = no limit; still one at a time).
     #[serde(default = "default_renewals_per_agent_per_hour")]
     pub renewals_per_agent_per_hour: u32,
+    /// Largest `queue_ttl_ms` a command may ask for (422 beyond).
+    #[serde(default = "default_max_queue_ttl_ms")]
+    pub max_queue_ttl_ms: u64,
+    /// A dispatched command without a result this long after its timeout ends `expired`.
+    #[serde(default = "default_result_grace_secs")]
+    pub result_grace_secs: u64,
 }
 
 /// `[ca]`: the mesh CA key, needed only for join-token enrolment and renewal.
@@ -218,6 +233,10 @@ pub struct AgentEnrolment {
     pub id: String,
     /// Enrolled SPKI pins.
     pub pins: Vec<String>,
+    /// Authoritative labels: when set, scopes and fan-out selectors match these and labels
+    /// the agent claims in `hello` can only add keys for display.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// `[[tokens]]`: an API bearer token, stored by hash.
@@ -230,10 +249,12 @@ pub struct TokenConfig {
     pub sha256: String,
     /// `viewer`, `operator` or `admin`.
     pub role: Role,
-    /// Verbs an operator may run (`*` = all).
+    /// Verbs the token may run and read about (`*` = all); applies to viewers too, ignored
+    /// for admins.
     #[serde(default = "default_verbs")]
     pub verbs: Vec<String>,
-    /// Labels a target agent must carry.
+    /// Labels an agent must carry (its authoritative labels) to be targeted or read about;
+    /// applies to viewers too, ignored for admins.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -279,6 +300,21 @@ fn default_drain_reconnect_after_ms() -> u64 {
 }
 fn default_store_path() -> PathBuf {
     "/var/lib/agentmesh/backend.db".into()
+}
+fn default_retention_days() -> u32 {
+    30
+}
+fn default_max_records() -> usize {
+    100_000
+}
+fn default_prune_interval_secs() -> u64 {
+    300
+}
+fn default_max_queue_ttl_ms() -> u64 {
+    3_600_000
+}
+fn default_result_grace_secs() -> u64 {
+    30
 }
 fn default_audit_path() -> PathBuf {
     "/var/lib/agentmesh/audit.log".into()
@@ -434,6 +470,12 @@ impl BackendConfig {
         if self.hub.send_queue == 0 || self.hub.max_pending_handshakes == 0 {
             return Err(invalid("hub.send_queue".into(), "must be > 0".into()));
         }
+        if self.store.prune_interval_secs == 0 {
+            return Err(invalid(
+                "store.prune_interval_secs".into(),
+                "must be > 0".into(),
+            ));
+        }
         if self.ca.cert.is_some() != self.ca.key.is_some() {
             return Err(invalid(
                 "ca".into(),
@@ -467,6 +509,12 @@ impl BackendConfig {
             }
             for (j, pin) in agent.pins.iter().enumerate() {
                 check_pin(pin).map_err(|m| invalid(format!("agents[{i}].pins[{j}]"), m))?;
+            }
+            if agent.labels.iter().flatten().any(|(k, _)| k.is_empty()) {
+                return Err(invalid(
+                    format!("agents[{i}].labels"),
+                    "label keys must not be empty".into(),
+                ));
             }
         }
         let mut names = std::collections::HashSet::new();

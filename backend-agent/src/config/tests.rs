@@ -59,3 +59,26 @@ fn env_overrides_apply() {
     assert_eq!(c.hub.listen.port(), 9);
     assert_eq!(c.hub.heartbeat_secs, 7);
 }
+
+#[test]
+fn history_and_queue_limits_have_defaults_and_agents_may_carry_labels() {
+    let c = parse("").unwrap();
+    assert_eq!(c.store.retention_days, 30);
+    assert_eq!(c.store.max_records, 100_000);
+    assert_eq!(c.store.prune_interval_secs, 300);
+    assert_eq!(c.limits.max_queue_ttl_ms, 3_600_000);
+    assert_eq!(c.limits.result_grace_secs, 30);
+    let pin = format!("sha256//{}", "A".repeat(43) + "=");
+    let c = parse(&format!(
+        "[[agents]]\nid = \"edge-01\"\npins = [\"{pin}\"]\nlabels = {{ region = \"eu\" }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.agents[0].labels.as_ref().and_then(|l| l.get("region")),
+        Some(&"eu".to_owned())
+    );
+    let err = parse("[store]\nprune_interval_secs = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("store.prune_interval_secs"), "{err}");
+}

@@ -9,6 +9,7 @@ use super::enrolment::{
     check_transition, parse_time, prunable, refusal, renewal_refusal, validate_token,
     RenewalRecord, RenewalStart,
 };
+use super::Labels;
 use super::{
     CommandQuery, CommandRecord, CommandState, CommandStore, EnrolmentStore, JobRecord, JoinToken,
     PinRecord, PinState, Redeem, StoreError,
@@ -31,6 +32,7 @@ struct Inner {
     renewals: HashMap<String, RenewalRecord>,
     // Oldest first, at most CHECKPOINTS_KEPT.
     checkpoints: std::collections::VecDeque<agentmesh_audit::Checkpoint>,
+    agent_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Inner {
@@ -118,7 +120,14 @@ impl CommandStore for MemoryStore {
             .rev()
             .filter(|rec| q.matches(rec))
             .take(q.effective_limit())
-            .cloned()
+            .map(|rec| {
+                let mut rec = rec.clone();
+                if !q.with_output {
+                    rec.stdout.clear();
+                    rec.stderr.clear();
+                }
+                rec
+            })
             .collect())
     }
 
@@ -159,31 +168,72 @@ impl CommandStore for MemoryStore {
             .skip(keep_newest)
             .map(|rec| (rec.command_id.clone(), rec.job_id.clone()))
             .collect();
-        let mut touched_jobs = HashSet::new();
-        for (id, job) in &doomed {
-            inner.commands.remove(id);
-            inner.events.remove(id);
-            touched_jobs.extend(job.clone());
-        }
-        // Only jobs that lost commands here: a job just created may not have any yet.
-        let live: HashSet<&String> = inner
+        Ok(delete(&mut inner, doomed))
+    }
+
+    fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let doomed: Vec<(String, Option<String>)> = inner
             .commands
             .values()
-            .filter_map(|rec| rec.job_id.as_ref())
+            .filter(|rec| rec.status.is_final())
+            .filter(|rec| {
+                rec.finished_at
+                    .as_deref()
+                    .is_some_and(|f| f < cutoff_rfc3339)
+            })
+            .map(|rec| (rec.command_id.clone(), rec.job_id.clone()))
             .collect();
-        let orphans: Vec<String> = touched_jobs
-            .into_iter()
-            .filter(|job| !live.contains(job))
-            .collect();
-        for job in orphans {
-            inner.jobs.remove(&job);
-        }
-        Ok(doomed.len())
+        Ok(delete(&mut inner, doomed))
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn set_agent_labels(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .agent_labels
+            .insert(agent_id.to_owned(), labels.clone());
+        Ok(())
+    }
+
+    fn agent_labels(&self) -> Result<Vec<(String, Labels)>, StoreError> {
+        Ok(self
+            .lock()
+            .agent_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// Deletes commands with their events, then the jobs they emptied.
+fn delete(inner: &mut Inner, doomed: Vec<(String, Option<String>)>) -> usize {
+    let mut touched_jobs = HashSet::new();
+    for (id, job) in &doomed {
+        inner.commands.remove(id);
+        inner.events.remove(id);
+        touched_jobs.extend(job.clone());
+    }
+    // Only jobs that lost commands here: a job just created may not have any yet.
+    let live: HashSet<&String> = inner
+        .commands
+        .values()
+        .filter_map(|rec| rec.job_id.as_ref())
+        .collect();
+    let orphans: Vec<String> = touched_jobs
+        .into_iter()
+        .filter(|job| !live.contains(job))
+        .collect();
+    for job in orphans {
+        inner.jobs.remove(&job);
+    }
+    doomed.len()
 }
 
 impl EnrolmentStore for MemoryStore {

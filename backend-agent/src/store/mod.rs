@@ -28,8 +28,9 @@ pub mod memory;
 mod record;
 pub mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +43,9 @@ pub use enrolment::{
 pub use memory::MemoryStore;
 pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};
 pub use sqlite::SqliteStore;
+
+/// An agent's labels, key to value.
+pub type Labels = BTreeMap<String, String>;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +131,20 @@ pub trait CommandStore: Send + Sync + 'static {
     /// their events, and jobs left without commands); unfinished commands are never deleted.
     /// Returns how many commands were deleted.
     fn prune(&self, keep_newest: usize) -> Result<usize, StoreError>;
+    /// Deletes finished commands that finished before `cutoff_rfc3339` (compared as text, so
+    /// within one second of the cutoff the order may be off; retention is counted in days),
+    /// with their events and emptied jobs. Returns how many commands were deleted.
+    fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError>;
     /// A cheap real write, for `/ready`.
     fn check_writable(&self) -> Result<(), StoreError>;
+    /// Stores the authoritative labels an admin set for `agent_id` (replacing earlier ones).
+    fn set_agent_labels(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError>;
+    /// Every agent's stored authoritative labels.
+    fn agent_labels(&self) -> Result<Vec<(String, Labels)>, StoreError>;
 }
 
 /// Everything a store implements; blanket-implemented, so `Store::new` takes any type with
@@ -249,6 +265,27 @@ impl Store {
     /// See [`CommandStore::prune`].
     pub async fn prune(&self, keep_newest: usize) -> Result<usize, StoreError> {
         self.run(move |s| s.prune(keep_newest)).await
+    }
+
+    /// See [`CommandStore::prune_finished_before`].
+    pub async fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError> {
+        let cutoff = cutoff_rfc3339.to_owned();
+        self.run(move |s| s.prune_finished_before(&cutoff)).await
+    }
+
+    /// See [`CommandStore::set_agent_labels`].
+    pub async fn set_agent_labels(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let (id, labels) = (agent_id.to_owned(), labels.clone());
+        self.run(move |s| s.set_agent_labels(&id, &labels)).await
+    }
+
+    /// See [`CommandStore::agent_labels`].
+    pub async fn agent_labels(&self) -> Result<Vec<(String, Labels)>, StoreError> {
+        self.run(|s| s.agent_labels()).await
     }
 
     /// See [`CommandStore::check_writable`].

@@ -174,6 +174,9 @@ pub struct CommandQuery {
     pub limit: usize,
     /// Cursor: only commands with an id below this one (the last id of the previous page).
     pub before: Option<String>,
+    /// Whether `stdout`/`stderr` are read; `false` returns them empty without loading them
+    /// (history lists, where up to a page of 1 MiB outputs would otherwise be materialised).
+    pub with_output: bool,
 }
 
 impl CommandQuery {
@@ -210,6 +213,7 @@ impl Default for CommandQuery {
             job_id: None,
             limit: Self::DEFAULT_LIMIT,
             before: None,
+            with_output: true,
         }
     }
 }

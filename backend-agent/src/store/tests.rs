@@ -296,3 +296,91 @@ async fn async_wrapper_runs_on_the_blocking_pool() {
     let mem = Store::memory();
     assert!(mem.get_command("x").await.expect("get").is_none());
 }
+
+/// Pruning by age and listing without output, against `store` (fresh and empty).
+fn prune_by_age_and_lists_without_output(store: &dyn CommandStore) {
+    let finished = |id: &str, at: &str| {
+        let mut c = command(id, "edge-01", CommandState::Ok);
+        c.stdout = "big output".to_owned();
+        c.finished_at = Some(at.to_owned());
+        c
+    };
+    store
+        .insert_command(&finished("cmd-01", "2025-01-01T00:00:00Z"))
+        .expect("old");
+    store
+        .insert_command(&finished("cmd-02", "2025-03-01T00:00:00Z"))
+        .expect("new");
+    store
+        .insert_command(&command("cmd-03", "edge-01", CommandState::Dispatched))
+        .expect("unfinished");
+    let plain = store
+        .list_commands(&CommandQuery {
+            with_output: false,
+            ..Default::default()
+        })
+        .expect("list");
+    assert!(plain.iter().all(|c| c.stdout.is_empty()));
+    let full = store.list_commands(&CommandQuery::default()).expect("list");
+    assert_eq!(full[1].stdout, "big output");
+
+    assert_eq!(
+        store
+            .prune_finished_before("2025-02-01T00:00:00Z")
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        ids(&store.list_commands(&CommandQuery::default()).expect("list")),
+        ["cmd-03", "cmd-02"]
+    );
+    // Unfinished commands are never pruned, however old.
+    assert_eq!(
+        store
+            .prune_finished_before("2099-01-01T00:00:00Z")
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        ids(&store.list_commands(&CommandQuery::default()).expect("list")),
+        ["cmd-03"]
+    );
+}
+
+#[test]
+fn memory_prunes_by_age() {
+    prune_by_age_and_lists_without_output(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_prunes_by_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
+    prune_by_age_and_lists_without_output(&store);
+}
+
+fn labels_round_trip(store: &dyn CommandStore) {
+    assert!(store.agent_labels().expect("none").is_empty());
+    let eu: Labels = [("region".to_owned(), "eu".to_owned())].into();
+    let us: Labels = [("region".to_owned(), "us".to_owned())].into();
+    store.set_agent_labels("edge-01", &eu).expect("set");
+    store.set_agent_labels("edge-01", &us).expect("replace");
+    store.set_agent_labels("edge-02", &eu).expect("set");
+    let mut all = store.agent_labels().expect("all");
+    all.sort();
+    assert_eq!(
+        all,
+        [("edge-01".to_owned(), us), ("edge-02".to_owned(), eu)]
+    );
+}
+
+#[test]
+fn memory_keeps_agent_labels() {
+    labels_round_trip(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_keeps_agent_labels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    labels_round_trip(&SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+}

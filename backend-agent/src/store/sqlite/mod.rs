@@ -66,6 +66,46 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Deletes the commands `select` (returning `command_id, job_id`) picks, with their
+    /// events and the jobs they emptied, in one transaction.
+    fn delete_selected(
+        &self,
+        select: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let doomed: Vec<(String, Option<String>)> = {
+            let mut stmt = tx.prepare(select)?;
+            let rows = stmt.query_map(params, |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>().map_err(decode_err)?
+        };
+        let mut jobs: Vec<&String> = Vec::new();
+        {
+            let mut del_events =
+                tx.prepare_cached("DELETE FROM command_events WHERE command_id = ?1")?;
+            let mut del_command =
+                tx.prepare_cached("DELETE FROM commands WHERE command_id = ?1")?;
+            for (id, job) in &doomed {
+                del_events.execute([id])?;
+                del_command.execute([id])?;
+                jobs.extend(job);
+            }
+            jobs.sort_unstable();
+            jobs.dedup();
+            // Only jobs that lost commands here: a job just created may not have any yet.
+            let mut del_job = tx.prepare_cached(
+                "DELETE FROM jobs WHERE job_id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM commands WHERE job_id = ?1)",
+            )?;
+            for job in jobs {
+                del_job.execute([job])?;
+            }
+        }
+        tx.commit()?;
+        Ok(doomed.len())
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock rolled back its transaction on unwind.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
@@ -209,7 +249,13 @@ impl CommandStore for SqliteStore {
         if let Some(before) = &q.before {
             filter("command_id <", before.clone());
         }
-        let mut sql = format!("SELECT {COLUMNS} FROM commands");
+        let columns = if q.with_output {
+            COLUMNS.to_owned()
+        } else {
+            // Same positions, so the row decoder is unchanged; the outputs are never read.
+            COLUMNS.replace("stdout, stderr", "'' AS stdout, '' AS stderr")
+        };
+        let mut sql = format!("SELECT {columns} FROM commands");
         if !conds.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conds.join(" AND "));
@@ -284,43 +330,22 @@ impl CommandStore for SqliteStore {
     }
 
     fn prune(&self, keep_newest: usize) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let doomed: Vec<(String, Option<String>)> = {
-            let sql = format!(
-                "SELECT command_id, job_id FROM commands WHERE status IN ({}) \
-                 ORDER BY command_id DESC LIMIT -1 OFFSET ?1",
-                state_list(true)
-            );
-            let mut stmt = tx.prepare(&sql)?;
-            let offset = i64::try_from(keep_newest).unwrap_or(i64::MAX);
-            let rows = stmt.query_map([offset], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect::<Result<_, _>>().map_err(decode_err)?
-        };
-        let mut jobs: Vec<&String> = Vec::new();
-        {
-            let mut del_events =
-                tx.prepare_cached("DELETE FROM command_events WHERE command_id = ?1")?;
-            let mut del_command =
-                tx.prepare_cached("DELETE FROM commands WHERE command_id = ?1")?;
-            for (id, job) in &doomed {
-                del_events.execute([id])?;
-                del_command.execute([id])?;
-                jobs.extend(job);
-            }
-            jobs.sort_unstable();
-            jobs.dedup();
-            // Only jobs that lost commands here: a job just created may not have any yet.
-            let mut del_job = tx.prepare_cached(
-                "DELETE FROM jobs WHERE job_id = ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM commands WHERE job_id = ?1)",
-            )?;
-            for job in jobs {
-                del_job.execute([job])?;
-            }
-        }
-        tx.commit()?;
-        Ok(doomed.len())
+        let sql = format!(
+            "SELECT command_id, job_id FROM commands WHERE status IN ({}) \
+             ORDER BY command_id DESC LIMIT -1 OFFSET ?1",
+            state_list(true)
+        );
+        let offset = i64::try_from(keep_newest).unwrap_or(i64::MAX);
+        self.delete_selected(&sql, [offset])
+    }
+
+    fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError> {
+        let sql = format!(
+            "SELECT command_id, job_id FROM commands WHERE status IN ({}) \
+             AND finished_at IS NOT NULL AND finished_at < ?1",
+            state_list(true)
+        );
+        self.delete_selected(&sql, [cutoff_rfc3339])
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
@@ -331,11 +356,48 @@ impl CommandStore for SqliteStore {
             .execute([clock::now_rfc3339()])?;
         Ok(())
     }
+
+    // Labels live in `store_meta` under `agent_labels/<id>`: no schema change for a few
+    // rows per agent.
+    fn set_agent_labels(
+        &self,
+        agent_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("INSERT OR REPLACE INTO store_meta (key, value) VALUES (?1, ?2)")?
+            .execute(params![format!("{LABELS_KEY}{agent_id}"), to_json(labels)?])?;
+        Ok(())
+    }
+
+    fn agent_labels(&self) -> Result<Vec<(String, Labels)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, value FROM store_meta WHERE substr(key, 1, length(?1)) = ?1",
+        )?;
+        let mut rows = stmt.query([LABELS_KEY])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0).map_err(decode_err)?;
+            let value: String = row.get(1).map_err(decode_err)?;
+            let id = key.strip_prefix(LABELS_KEY).unwrap_or(&key).to_owned();
+            let labels = serde_json::from_str(&value)
+                .map_err(|e| StoreError::Corrupt(format!("labels of agent {id:?}: {e}")))?;
+            out.push((id, labels));
+        }
+        Ok(out)
+    }
 }
+
+/// `store_meta` key prefix of an agent's authoritative labels.
+const LABELS_KEY: &str = "agent_labels/";
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
+
+use crate::store::Labels;
 use std::fmt;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,82 @@
+use super::*;
+
+fn hello(id: &str, labels: &[(&str, &str)]) -> HelloFrame {
+    serde_json::from_value(serde_json::json!({
+        "protocol": 1,
+        "agent_id": id,
+        "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        "verbs": [{"name": "ping"}],
+    }))
+    .expect("hello")
+}
+
+fn session() -> LiveSession {
+    let (tx, _rx) = mpsc::channel(1);
+    let (close, _) = watch::channel(None);
+    LiveSession {
+        session_id: "s".into(),
+        tx,
+        close: Arc::new(close),
+        shared: Arc::default(),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn enrolment_labels_win_over_hello_claims() {
+    let r = Registry::default();
+    r.enrol("a", "pin-a");
+    r.set_enrolled_labels("a", labels(&[("region", "us")]));
+    let _ = r.attach(
+        hello("a", &[("region", "eu"), ("rack", "7")]),
+        "pin-a",
+        "127.0.0.1:1",
+        session(),
+    );
+    let t = r.command_target("a", "ping").expect("known");
+    assert_eq!(t.labels, labels(&[("region", "us")]));
+    assert!(r.ids_matching(&labels(&[("region", "eu")])).is_empty());
+    assert_eq!(r.ids_matching(&labels(&[("region", "us")])), ["a"]);
+    // A hello-only key adds information for display but is not matched.
+    assert!(r.ids_matching(&labels(&[("rack", "7")])).is_empty());
+    let view = r.get("a").expect("view");
+    assert_eq!(view.labels, labels(&[("region", "us"), ("rack", "7")]));
+    assert_eq!(view.authoritative_labels, Some(labels(&[("region", "us")])));
+}
+
+#[test]
+fn without_enrolment_labels_hello_labels_are_used() {
+    let r = Registry::default();
+    r.enrol("b", "pin-b");
+    let _ = r.attach(hello("b", &[("region", "eu")]), "pin-b", "x", session());
+    assert_eq!(r.ids_matching(&labels(&[("region", "eu")])), ["b"]);
+}
+
+#[test]
+fn revoked_and_retired_identities_are_never_targeted() {
+    let r = Registry::default();
+    r.enrol("a", "pin-a");
+    let _ = r.attach(hello("a", &[]), "pin-a", "x", session());
+    assert!(r.command_target("a", "ping").expect("a").session.is_some());
+    r.retire_pin("a", "pin-a");
+    r.enrol("a", "pin-new");
+    let t = r.command_target("a", "ping").expect("a");
+    assert!(t.session.is_none(), "the session's pin was retired");
+    assert!(
+        !t.refused,
+        "the agent itself may still connect with its new pin"
+    );
+
+    r.enrol("b", "pin-b");
+    let _ = r.attach(hello("b", &[]), "pin-b", "x", session());
+    r.revoke_agent("b");
+    let t = r.command_target("b", "ping").expect("b");
+    assert!(t.refused && t.session.is_none());
+    assert_eq!(r.ids_matching(&BTreeMap::new()), ["a"]);
+}
