@@ -242,7 +242,8 @@ impl CommandService {
         let worker = Arc::downgrade(&service);
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(Duration::from_millis(250));
-            let mut expiry = tokio::time::interval(sweep::EXPIRY_SWEEP);
+            let mut expiry =
+                tokio::time::interval_at(Instant::now() + sweep::EXPIRY_SWEEP, sweep::EXPIRY_SWEEP);
             loop {
                 tokio::select! {
                     _ = crate::hub::stopped(&mut shutdown) => break,

@@ -138,7 +138,9 @@ pub(super) fn spawn_pruner(service: Weak<CommandService>, mut shutdown: watch::R
         return;
     };
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(interval);
+        // The first pass one interval after start, not at once: start-up is not held up by
+        // a large prune, and tests drive `prune_history` themselves without a racing pass.
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {
                 _ = crate::hub::stopped(&mut shutdown) => break,

@@ -10,11 +10,13 @@
 //! # Layout
 //! - this file: opening the file and the [`CommandStore`] implementation.
 //! - `enrolment`: the [`EnrolmentStore`](crate::store::EnrolmentStore) implementation.
+//! - `labels`: authoritative agent labels (rows of `store_meta`).
 //! - `schema`: the versioned schema and its migrations.
 //! - `row`: encoding records into columns and decoding rows back, distrusting stored data.
 
 mod checkpoint;
 mod enrolment;
+mod labels;
 mod row;
 mod schema;
 impl fmt::Debug for SqliteStore {
@@ -357,40 +359,18 @@ impl CommandStore for SqliteStore {
         Ok(())
     }
 
-    // Labels live in `store_meta` under `agent_labels/<id>`: no schema change for a few
-    // rows per agent.
     fn set_agent_labels(
         &self,
         agent_id: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached("INSERT OR REPLACE INTO store_meta (key, value) VALUES (?1, ?2)")?
-            .execute(params![format!("{LABELS_KEY}{agent_id}"), to_json(labels)?])?;
-        Ok(())
+        labels::set(&self.conn(), agent_id, labels)
     }
 
     fn agent_labels(&self) -> Result<Vec<(String, Labels)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT key, value FROM store_meta WHERE substr(key, 1, length(?1)) = ?1",
-        )?;
-        let mut rows = stmt.query([LABELS_KEY])?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let key: String = row.get(0).map_err(decode_err)?;
-            let value: String = row.get(1).map_err(decode_err)?;
-            let id = key.strip_prefix(LABELS_KEY).unwrap_or(&key).to_owned();
-            let labels = serde_json::from_str(&value)
-                .map_err(|e| StoreError::Corrupt(format!("labels of agent {id:?}: {e}")))?;
-            out.push((id, labels));
-        }
-        Ok(out)
+        labels::all(&self.conn())
     }
 }
-
-/// `store_meta` key prefix of an agent's authoritative labels.
-const LABELS_KEY: &str = "agent_labels/";
 
 #[cfg(test)]
 mod tests;
