@@ -128,6 +128,10 @@ async fn a_full_disk_refuses_commands_then_the_same_chain_resumes_without_a_rest
     assert!(refused.header("retry-after").is_some(), "{}", refused.body);
     let again = setup.command().await;
     assert_eq!(again.status, 503, "still refused: {}", again.body);
+    // A load balancer sees it too.
+    let ready = agentmesh_e2e::http::get(setup.http, "/ready", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.json()["audit_writable"], false, "{}", ready.body);
 
     std::fs::remove_file(&filler).unwrap();
     eventually(
@@ -138,6 +142,8 @@ async fn a_full_disk_refuses_commands_then_the_same_chain_resumes_without_a_rest
     .await;
     let r = setup.command().await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let ready = agentmesh_e2e::http::get(setup.http, "/ready", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
 
     agent.stop().await;
     backend.terminate().await;

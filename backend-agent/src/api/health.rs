@@ -20,7 +20,8 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
-/// Readiness: the hub is listening and the store takes writes.
+/// Readiness: the hub is listening, the store takes writes and the audit log can be written
+/// (while it cannot, commands are refused, so a load balancer should look elsewhere).
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let hub = state.hub_listening.load(Ordering::Relaxed);
     let store = state
@@ -29,7 +30,8 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         .check_writable()
         .await
         .map_err(|e| e.to_string());
-    let ok = hub && store.is_ok();
+    let audit = state.audit.is_healthy();
+    let ok = hub && store.is_ok() && audit;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -40,6 +42,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "hub_listening": hub,
         "store_writable": store.is_ok(),
         "store_error": store.err(),
+        "audit_writable": audit,
     });
     (status, Json(body))
 }
