@@ -30,7 +30,7 @@
 mod accept;
 mod close;
 mod handshake;
-mod identity;
+pub(crate) mod identity;
 mod session;
 pub mod tls;
 
