@@ -70,11 +70,6 @@ pub trait SessionEvents: Send + Sync + 'static {
     fn disconnected(&self, _agent_id: &str, _session_id: &str) {}
 }
 
-/// Events sink that only relies on the hub's own logging.
-#[derive(Debug, Default)]
-pub struct NoEvents;
-impl SessionEvents for NoEvents {}
-
 /// Everything a hub connection task needs.
 pub struct HubContext {
     /// `[hub]` settings.
