@@ -110,7 +110,7 @@ impl FailureAudit {
 
     fn lock(&self) -> MutexGuard<'_, Window> {
         // Tallies are plain counters; a panic mid-update cannot leave them unsafe to read.
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.window)
     }
 
     /// Counts one failure from `source` for `reason`; `first` builds the full record, which

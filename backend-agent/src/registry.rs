@@ -160,7 +160,7 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, AgentRecord>> {
         // A panic while holding this lock cannot leave the map half-updated in a way that
         // matters more than refusing service would, so recover from poisoning.
-        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.agents)
     }
 
     /// Enrols `pin` for `id` (idempotent); a previously revoked pin stays revoked.
