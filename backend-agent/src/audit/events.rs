@@ -3,9 +3,9 @@
 //! actor). Call sites never build an [`AuditEvent`] in place.
 //!
 //! # Layout
-//! - [`command`]: the command path (requests, results, refusals, pruning, labels).
-//! - [`identity`]: who is at the door: hub connections, API 401s, aggregated failures.
-//! - [`enrolment`]: enrolment, join tokens, renewal and revocation.
+//! - `command`: the command path (requests, results, refusals, pruning, labels).
+//! - `identity`: who is at the door: hub connections, API 401s, aggregated failures.
+//! - `enrolment`: enrolment, join tokens, renewal and revocation.
 //! - this file: kinds beyond the shared ones, and the trail's own events.
 
 use agentmesh_audit::{AuditEvent, Checkpoint};
