@@ -1,6 +1,6 @@
 #![forbid(unsafe_code)]
 //! The agentmesh audit log: tamper-evident, hash-chained JSON Lines, used by the backend and
-//! by each gateway agent for its own log (DESIGN.md §7; the format is in `docs/audit.md`).
+//! by each gateway agent for its own log (the format is in `docs/audit.md`).
 //!
 //! Every record carries `seq`, `prev` (the previous record's hash) and `hash` (SHA-256 of its
 //! canonical form), so changing, deleting or reordering a record breaks the chain at that

@@ -93,11 +93,7 @@ impl Audit {
 
     /// Records `token_used` the first time a token is seen by this process.
     pub fn token_used(&self, name: &str) {
-        let first = self
-            .tokens_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned());
+        let first = crate::sync::lock(&self.tokens_seen).insert(name.to_owned());
         if first {
             self.record(events::token_used(name));
         }

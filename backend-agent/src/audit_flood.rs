@@ -22,14 +22,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use agentmesh_audit::AuditEvent;
-use serde_json::json;
 use tokio::sync::watch;
 
-use crate::audit::Audit;
+use crate::audit::{events, Audit};
 use crate::clock;
 
 /// Kind of the aggregated record.
-pub const UNAUTHENTICATED_FAILURES: &str = "unauthenticated_failures";
+pub use crate::audit::events::extra_kinds::UNAUTHENTICATED_FAILURES;
 /// Length of one aggregation window.
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// Most sources tracked in one window; the rest share the `overflow` record.
@@ -63,13 +62,13 @@ impl Tally {
     }
 
     fn event(&self, source: &str) -> AuditEvent {
-        AuditEvent::new(UNAUTHENTICATED_FAILURES).details(json!({
-            "source": source,
-            "count": self.count,
-            "reasons": self.reasons,
-            "first_ts": clock::rfc3339_from_unix_ms(self.first_ms),
-            "last_ts": clock::rfc3339_from_unix_ms(self.last_ms),
-        }))
+        events::unauthenticated_failures(
+            source,
+            self.count,
+            &self.reasons,
+            self.first_ms,
+            self.last_ms,
+        )
     }
 }
 
@@ -111,7 +110,7 @@ impl FailureAudit {
 
     fn lock(&self) -> MutexGuard<'_, Window> {
         // Tallies are plain counters; a panic mid-update cannot leave them unsafe to read.
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.window)
     }
 
     /// Counts one failure from `source` for `reason`; `first` builds the full record, which

@@ -12,13 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_audit::{find_record, kinds, AuditEvent, Checkpoint, CheckpointSigner};
-use serde_json::json;
+use agentmesh_audit::{find_record, Checkpoint, CheckpointSigner};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
-use crate::audit::Audit;
+use crate::audit::{events, Audit};
 use crate::clock;
 use crate::store::Store;
 
@@ -81,13 +80,7 @@ pub async fn check_tail(store: &Store, audit: &Audit) -> bool {
         problem = %problem,
         "AUDIT LOG TAIL MISSING: records a signed checkpoint vouches for are gone"
     );
-    audit.record(AuditEvent::new(kinds::AUDIT_TAIL_MISSING).details(json!({
-        "checkpoint_seq": seq,
-        "checkpoint_hash": checkpoint.hash,
-        "checkpoint_ts": checkpoint.ts,
-        "log_last_seq": last_seq,
-        "problem": problem,
-    })));
+    audit.record(events::audit_tail_missing(&checkpoint, last_seq, &problem));
     false
 }
 

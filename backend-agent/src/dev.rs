@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use gateway_agent::config::GatewayConfig;
 use mesh_certs::{Ca, Issued, Validity};
 
 use crate::auth::{new_token, token_sha256_hex};
@@ -166,12 +167,24 @@ fn ensure_leaf(dir: &Path, issue: impl FnOnce() -> Result<Issued>) -> Result<Str
     Ok(issued.pin)
 }
 
+/// Loads both configs, with the `AGENTMESH_*` overrides in `env` applied to the backend's
+/// only. Both run in this process, so the same variables would otherwise point both audit
+/// writers at one file (`AGENTMESH_AUDIT_PATH`), and a `[limits]` key of one config is an
+/// unknown override to the other. The agent's config is the one `prepare` wrote, as is.
+fn load_configs(
+    state: &DevState,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(BackendConfig, GatewayConfig)> {
+    let backend = BackendConfig::load_with_env(&state.backend_toml, env)?;
+    let gateway = GatewayConfig::load_with_env(&state.gateway_toml, std::iter::empty())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((backend, gateway))
+}
+
 /// Runs the quick start until Ctrl-C.
 pub async fn run(opts: DevOptions) -> Result<()> {
     let state = prepare(&opts)?;
-    let config = BackendConfig::load(&state.backend_toml)?;
-    let gateway = gateway_agent::config::GatewayConfig::load(&state.gateway_toml)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (config, gateway) = load_configs(&state, std::env::vars())?;
     let listeners = Listeners::bind(&config)
         .await
         .context("is another backend (or `backend-agent dev`) already running? pass --http/--hub to use other ports")?;
@@ -222,4 +235,38 @@ Ctrl-C stops both."#,
         dir = opts.dir.display(),
         server_pin = state.server_pin,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn env_overrides_reach_the_backend_config_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = DevOptions {
+            dir: tmp.path().join("dev-state"),
+            http: "127.0.0.1:0".parse().unwrap(),
+            hub: "127.0.0.1:0".parse().unwrap(),
+        };
+        let state = prepare(&opts).unwrap();
+        let audit = tmp.path().join("elsewhere.log");
+        let env = [
+            ("AGENTMESH_AUDIT_PATH", audit.to_str().unwrap()),
+            // A backend `[limits]` key: an unknown override to the agent's config.
+            ("AGENTMESH_LIMITS_OPERATOR_BURST", "7"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let (backend, gateway) = load_configs(&state, env.into_iter()).unwrap();
+        assert_eq!(backend.audit.path, audit);
+        assert_eq!(backend.limits.operator_burst, 7);
+        // The agent keeps its own log, in its own state directory (resolved once).
+        assert_eq!(
+            gateway.audit_path(),
+            opts.dir.join("agent-state").join("gateway-audit.log")
+        );
+        assert_eq!(gateway.agent.state_dir, opts.dir.join("agent-state"));
+    }
 }

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use mesh_certs::{Ca, Validity};
 use tracing::{info, warn};
 
-use crate::audit::kinds;
+use crate::audit::events;
 use crate::auth::{new_token, token_sha256_hex};
 use crate::clock;
 use crate::config::{AgentEnrolment, CaConfig};
 use crate::registry::Registry;
 use crate::store::{JoinToken, PinState, Redeem, Store, StoreError};
-use agentmesh_audit::AuditEvent;
 
 /// Why an enrolment operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +101,6 @@ pub struct Enrolment {
     audit: Arc<crate::audit::Audit>,
 }
 
-/// Kind of the record written when an admin creates a join token.
-pub const JOIN_TOKEN_CREATED: &str = "join_token_created";
-/// Kind of the record written when a renewal is refused.
-pub const RENEWAL_REFUSED: &str = "renewal_refused";
-
 impl Enrolment {
     /// Loads enrolments from the store, merges the static ones, and fills the registry.
     pub async fn start(
@@ -179,14 +173,8 @@ impl Enrolment {
         self.registry.enrol(agent_id, pin);
         self.registry.unrevoke(agent_id);
         info!(agent.id = %agent_id, pin = %pin, lifted_revocation = was_revoked, "agent enrolled");
-        self.audit.record(
-            AuditEvent::new(kinds::ENROLLED)
-                .actor(actor)
-                .agent(agent_id)
-                .details(serde_json::json!({
-                    "pin": pin, "source": "api", "lifted_revocation": was_revoked,
-                })),
-        );
+        self.audit
+            .record(events::pin_enrolled(actor, agent_id, pin, was_revoked));
         Ok(())
     }
 
@@ -234,17 +222,13 @@ impl Enrolment {
             .await?;
         let _ = self.store.prune_join_tokens(&clock::now_rfc3339()).await;
         info!(agent.id = %agent_id, %expires_at, "join token created");
-        // The hash prefix names the token in the trail without letting anyone use it.
-        self.audit.record(
-            AuditEvent::new(JOIN_TOKEN_CREATED)
-                .actor(created_by)
-                .agent(agent_id)
-                .details(serde_json::json!({
-                    "token_id": &token_sha256[..12.min(token_sha256.len())],
-                    "expires_at": expires_at,
-                    "ttl_secs": ttl_secs,
-                })),
-        );
+        self.audit.record(events::join_token_created(
+            created_by,
+            agent_id,
+            &token_sha256,
+            &expires_at,
+            ttl_secs,
+        ));
         Ok(IssuedJoinToken {
             agent_id: agent_id.to_owned(),
             token,
@@ -292,7 +276,8 @@ impl Enrolment {
         }
         self.registry.enrol(agent_id, &issued.pin);
         info!(agent.id = %agent_id, pin = %issued.pin, "agent enrolled with a join token");
-        self.enrolled("join_token", agent_id, &issued.pin, "join_token");
+        self.audit
+            .record(events::enrolled_with_join_token(agent_id, &issued.pin));
         Ok(SignedIdentity {
             agent_id: agent_id.to_owned(),
             certificate: issued.cert_pem,
@@ -314,31 +299,9 @@ impl Enrolment {
             s.request_close(agentmesh_protocol::close::REVOKED, "revoked");
         }
         info!(agent.id = %agent_id, pins = n, disconnected = connected, "agent revoked");
-        self.audit.record(
-            AuditEvent::new(kinds::REVOKED)
-                .actor(actor)
-                .agent(agent_id)
-                .details(serde_json::json!({"pins": n, "disconnected": connected})),
-        );
+        self.audit
+            .record(events::agent_revoked(actor, agent_id, n, connected));
         Ok((n, connected))
-    }
-}
-
-impl Enrolment {
-    fn enrolled(&self, actor: &str, agent_id: &str, pin: &str, source: &str) {
-        self.audit.record(
-            AuditEvent::new(kinds::ENROLLED)
-                .actor(actor)
-                .agent(agent_id)
-                .details(serde_json::json!({"pin": pin, "source": source})),
-        );
-    }
-
-    /// The record of a refused join-token redemption (the caller aggregates per source).
-    pub fn join_refused_event(&self, agent_id: &str, peer: &str, why: &str) -> AuditEvent {
-        AuditEvent::new(kinds::AUTH_FAILED)
-            .agent(agent_id)
-            .details(serde_json::json!({"credential": "join_token", "reason": why, "peer": peer}))
     }
 }
 

@@ -115,7 +115,6 @@ impl BackendEvents {
             let outcome = enrolment.renew(&agent, &current_pin, &csr).await;
             drop(permit);
             let this = Refuser {
-                enrolment: &enrolment,
                 metrics: &metrics,
                 failures: &failures,
             };
@@ -144,7 +143,6 @@ impl BackendEvents {
 
     fn refused(&self, agent_id: &str, session: &crate::registry::LiveSession, e: &EnrolError) {
         Refuser {
-            enrolment: &self.enrolment,
             metrics: &self.metrics,
             failures: &self.failures,
         }
@@ -154,7 +152,6 @@ impl BackendEvents {
 
 /// Answers and records a refused renewal.
 struct Refuser<'a> {
-    enrolment: &'a Enrolment,
     metrics: &'a Metrics,
     failures: &'a FailureAudit,
 }
@@ -179,10 +176,7 @@ impl Refuser<'_> {
         self.failures.failure(
             &format!("agent:{agent_id}"),
             &format!("renew: {code}"),
-            || {
-                self.enrolment
-                    .renewal_refused_event(agent_id, code, &message)
-            },
+            || crate::audit::events::renewal_refused(agent_id, code, &message),
         );
         if let Some(session) = session {
             let frame = HubFrame::Error(ErrorBody::new(code, message));

@@ -24,6 +24,7 @@
 //! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
+//! - [`hex`], [`sync`]: lower-case hex; poison-tolerant locking.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -38,12 +39,14 @@ pub mod config;
 pub mod dev;
 pub mod enrol;
 pub mod events;
+pub mod hex;
 pub mod hub;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -35,13 +35,13 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a refused hub connection under `reason`.
     pub fn hub_rejected(&self, reason: &'static str) {
-        let mut map = self.hub_rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.hub_rejected);
         *map.entry(reason).or_default() += 1;
     }
 
     /// Refused hub connections for one reason (for tests).
     pub fn hub_rejected_count(&self, reason: &str) -> u64 {
-        let map = self.hub_rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::lock(&self.hub_rejected);
         map.get(reason).copied().unwrap_or(0)
     }
 
@@ -120,7 +120,7 @@ impl Metrics {
             out,
             "# HELP agentmesh_hub_rejected_total Hub connections refused, by reason.\n# TYPE agentmesh_hub_rejected_total counter"
         );
-        let map = self.hub_rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let map = crate::sync::lock(&self.hub_rejected);
         for (reason, n) in map.iter() {
             let _ = writeln!(
                 out,

@@ -11,7 +11,6 @@ use agentmesh_protocol::{HelloFrame, HubFrame, VerbSpec};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock;
-use crate::config::AgentEnrolment;
 
 mod view;
 use view::view;
@@ -158,24 +157,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry holding the static `[[agents]]` enrolments.
-    pub fn new(static_agents: &[AgentEnrolment]) -> Self {
-        let registry = Registry::default();
-        for a in static_agents {
-            for pin in &a.pins {
-                registry.enrol(&a.id, pin);
-            }
-            if let Some(labels) = &a.labels {
-                registry.set_enrolled_labels(&a.id, labels.clone());
-            }
-        }
-        registry
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<String, AgentRecord>> {
         // A panic while holding this lock cannot leave the map half-updated in a way that
         // matters more than refusing service would, so recover from poisoning.
-        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.agents)
     }
 
     /// Enrols `pin` for `id` (idempotent); a previously revoked pin stays revoked.

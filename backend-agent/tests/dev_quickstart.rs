@@ -96,4 +96,10 @@ fn dev_starts_a_backend_and_a_connected_agent_and_stops_on_sigint() {
         "{out}"
     );
     assert!(dir.path().join("dev-state/backend.db").exists());
+    // The agent's state (and its audit log) under `dev-state/agent-state`, resolved once.
+    assert!(dir
+        .path()
+        .join("dev-state/agent-state/gateway-audit.log")
+        .exists());
+    assert!(!dir.path().join("dev-state/dev-state").exists());
 }

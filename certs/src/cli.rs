@@ -1,4 +1,4 @@
-//! The `mesh-certs` command line (DESIGN.md §3).
+//! The `mesh-certs` command line (README, "Identity and pins").
 //!
 //! Exit codes: 0 on success, 1 when the command fails, 64 (EX_USAGE) for bad arguments.
 //! Commands that produce a pin print it, bare, as the last line of stdout so scripts can use

@@ -4,7 +4,7 @@
 //! Every agent and the hub carry a certificate issued by one mesh CA. An agent's id is its
 //! certificate's subject CN ([`validate_agent_id`] says what an id may look like), and peers are
 //! additionally pinned by the SHA-256 of their SubjectPublicKeyInfo, written
-//! `sha256//<base64>` exactly as `curl --pinnedpubkey` expects (DESIGN.md §3).
+//! `sha256//<base64>` exactly as `curl --pinnedpubkey` expects (README, "Identity and pins").
 //!
 //! Keys are ECDSA P-256, stored as PKCS#8 PEM with mode 0600. The `mesh-certs` binary is a thin
 //! command-line front end over this library.

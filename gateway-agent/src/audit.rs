@@ -1,4 +1,4 @@
-//! The agent's own audit log (DESIGN.md §7): hash-chained JSON Lines at `[audit] path`
+//! The agent's own audit log (format: `docs/audit.md`): hash-chained JSON Lines at `[audit] path`
 //! (default `state_dir/gateway-audit.log`), written through [`agentmesh_audit::AuditLog`]
 //! with fsync and group commit. `gateway-agent audit verify FILE...` checks it.
 //!

@@ -3,7 +3,7 @@
 //!
 //! The agent never listens for the hub; it connects out (through NAT and firewalls) and keeps
 //! reconnecting with jittered exponential backoff. The hub is trusted only if its chain verifies
-//! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (DESIGN.md §3).
+//! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (README, "Identity and pins").
 //!
 //! Entry points: [`GatewayConfig::load`] then [`run`] (or [`run_with_state`] to observe the
 //! connection through [`AgentState`]). `main.rs` only parses arguments and wires signals.

@@ -1,4 +1,4 @@
-//! WebSocket close codes used between hub and agent (DESIGN.md §4).
+//! WebSocket close codes used between hub and agent (`docs/protocol.md`, "Close codes").
 
 /// Normal closure.
 pub const NORMAL: u16 = 1000;

@@ -8,9 +8,8 @@ use axum::http::request::Parts;
 use tracing::warn;
 
 use super::{ApiError, AppState};
-use crate::audit::kinds;
+use crate::audit::events;
 use crate::auth::{Principal, Role};
-use agentmesh_audit::AuditEvent;
 
 /// An authenticated caller; extracting it answers 401 when the token is missing or unknown.
 /// What the caller may do is decided by [`crate::authz`], not here.
@@ -46,10 +45,7 @@ impl FromRequestParts<AppState> for Caller {
                 .map(|c| c.0);
             let source = crate::audit_flood::source_name(peer.map(|p| p.ip()));
             let first = state.failures.failure(&source, reason, || {
-                AuditEvent::new(kinds::AUTH_FAILED).details(serde_json::json!({
-                    "credential": "bearer", "reason": reason, "path": parts.uri.path(),
-                    "peer": peer.map(|p| p.to_string()),
-                }))
+                events::bearer_auth_failed(reason, parts.uri.path(), peer)
             });
             if first {
                 warn!(path = %parts.uri.path(), %source, reason, "API request refused: 401 (further ones from this source are summed up)");

@@ -14,10 +14,9 @@ use tracing::warn;
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::{ApiError, AppState};
-use crate::audit::kinds;
+use crate::audit::events;
 use crate::auth::Role;
 use crate::enrol::EnrolError;
-use agentmesh_audit::AuditEvent;
 
 /// Default lifetime of a join token.
 pub const DEFAULT_JOIN_TOKEN_SECS: u64 = 3600;
@@ -135,9 +134,7 @@ pub async fn redeem(
     let source = crate::audit_flood::source_name(Some(peer.ip()));
     if let Err(wait) = state.limits.check_enrol(peer.ip()) {
         state.failures.failure(&source, "enrol: rate limited", || {
-            AuditEvent::new(kinds::RATE_LIMITED).details(json!({
-                "limit": "enrol_attempts_per_sec", "peer": peer.to_string(),
-            }))
+            events::enrol_rate_limited(peer)
         });
         return Err(ApiError::rate_limited("too many enrolment attempts", wait));
     }
@@ -157,9 +154,7 @@ pub async fn redeem(
                 let first = state
                     .failures
                     .failure(&source, &format!("enrol: {why}"), || {
-                        state
-                            .enrolment
-                            .join_refused_event(&body.agent_id, &peer.to_string(), why)
+                        events::join_token_refused(&body.agent_id, peer, why)
                     });
                 // Logged at the rate it is audited.
                 if first {

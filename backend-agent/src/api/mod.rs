@@ -1,4 +1,4 @@
-//! The operator HTTP API (DESIGN.md §5): JSON in and out, bearer-token auth.
+//! The operator HTTP API (README, "Operator API"): JSON in and out, bearer-token auth.
 
 mod agents;
 mod audit;

@@ -1,14 +1,25 @@
-//! Typed constructors for the audit events the command path and the API write, so every
-//! record of one kind has the same fields (and a call site cannot forget the actor).
+//! Typed constructors for every audit event the backend writes, one function per kind and
+//! shape, so every record of one kind has the same fields (and a call site cannot forget the
+//! actor). Call sites never build an [`AuditEvent`] in place.
 //!
-//! Hub and enrolment events still build their [`AuditEvent`]s in place; they move here when
-//! those modules are next touched.
+//! # Layout
+//! - `command`: the command path (requests, results, refusals, pruning, labels).
+//! - `identity`: who is at the door: hub connections, API 401s, aggregated failures.
+//! - `enrolment`: enrolment, join tokens, renewal and revocation.
+//! - this file: kinds beyond the shared ones, and the trail's own events.
 
-use agentmesh_audit::AuditEvent;
+use agentmesh_audit::{AuditEvent, Checkpoint};
 use serde_json::{json, Value};
 
 use super::kinds;
-use crate::store::CommandRecord;
+
+mod command;
+mod enrolment;
+mod identity;
+
+pub use command::*;
+pub use enrolment::*;
+pub use identity::*;
 
 /// Kinds this backend writes beyond the shared [`agentmesh_audit::kinds`].
 pub mod extra_kinds {
@@ -23,134 +34,24 @@ pub mod extra_kinds {
     pub const HISTORY_PRUNED: &str = "history_pruned";
     /// An admin set an agent's authoritative labels.
     pub const LABELS_SET: &str = "labels_set";
+    /// An admin created a join token.
+    pub const JOIN_TOKEN_CREATED: &str = "join_token_created";
+    /// A renewal was refused.
+    pub const RENEWAL_REFUSED: &str = "renewal_refused";
+    /// The per-source aggregate of unauthenticated failures (see [`crate::audit_flood`]).
+    pub const UNAUTHENTICATED_FAILURES: &str = "unauthenticated_failures";
 }
 
-/// `command_requested`: written durably before the command can leave the backend.
-pub fn command_requested(rec: &CommandRecord, queue_ttl_ms: Option<u64>) -> AuditEvent {
-    AuditEvent::new(kinds::COMMAND_REQUESTED)
-        .actor(rec.requested_by.as_str())
-        .agent(rec.agent_id.as_str())
-        .command(rec.command_id.as_str())
-        .details(json!({
-            "verb": rec.verb,
-            "args": rec.args,
-            "timeout_ms": rec.timeout_ms,
-            "queue_ttl_ms": queue_ttl_ms,
-            "job_id": rec.job_id,
-        }))
-}
-
-/// `command_dispatched`: the frame was queued on the agent's session.
-pub fn command_dispatched(rec: &CommandRecord) -> AuditEvent {
-    AuditEvent::new(kinds::COMMAND_DISPATCHED)
-        .actor(rec.requested_by.as_str())
-        .agent(rec.agent_id.as_str())
-        .command(rec.command_id.as_str())
-        .details(json!({"verb": rec.verb}))
-}
-
-/// `command_result` with the result's digest and signature details already assembled.
-pub fn command_result(rec: &CommandRecord, mut details: Value) -> AuditEvent {
-    details["verb"] = Value::String(rec.verb.clone());
-    AuditEvent::new(kinds::COMMAND_RESULT)
-        .actor(rec.requested_by.as_str())
-        .agent(rec.agent_id.as_str())
-        .command(rec.command_id.as_str())
-        .details(details)
-}
-
-/// `late_result`: a result for a command that was already final; the record was not changed.
-pub fn late_result(rec: &CommandRecord, mut details: Value) -> AuditEvent {
-    details["verb"] = Value::String(rec.verb.clone());
-    details["recorded_status"] = Value::String(rec.status.as_str().to_owned());
-    AuditEvent::new(extra_kinds::LATE_RESULT)
-        .actor(rec.requested_by.as_str())
-        .agent(rec.agent_id.as_str())
-        .command(rec.command_id.as_str())
-        .details(details)
-}
-
-/// `command_cancelled`: `actor` asked to cancel `rec` (in the state it was in then).
-pub fn command_cancelled(actor: &str, rec: &CommandRecord) -> AuditEvent {
-    AuditEvent::new(extra_kinds::COMMAND_CANCELLED)
-        .actor(actor)
-        .agent(rec.agent_id.as_str())
-        .command(rec.command_id.as_str())
-        .details(json!({
-            "verb": rec.verb,
-            "status_before": rec.status.as_str(),
-            "requested_by": rec.requested_by,
-        }))
-}
-
-/// `command_expired`: the backend gave up on `rec` (`code` says why).
-pub fn command_expired(rec: &CommandRecord, code: &str) -> AuditEvent {
-    AuditEvent::new(extra_kinds::COMMAND_EXPIRED)
-        .actor(rec.requested_by.as_str())
-        .agent(rec.agent_id.as_str())
-        .command(rec.command_id.as_str())
-        .details(json!({"verb": rec.verb, "reason": code}))
-}
-
-/// `forbidden`: `actor` was refused; `agent`/`command` name the target when there is one.
-pub fn forbidden(
-    actor: &str,
-    reason: &str,
-    agent: Option<&str>,
-    command: Option<&str>,
-    verb: Option<&str>,
-) -> AuditEvent {
-    let mut e = AuditEvent::new(kinds::FORBIDDEN)
-        .actor(actor)
-        .details(json!({"reason": reason, "verb": verb}));
-    if let Some(a) = agent {
-        e = e.agent(a);
-    }
-    if let Some(c) = command {
-        e = e.command(c);
-    }
-    e
-}
-
-/// `rate_limited`: `limit` names the limiter (`operator_commands`, `agent_commands`).
-pub fn rate_limited(
-    actor: &str,
-    limit: &str,
-    agent: Option<&str>,
-    verb: Option<&str>,
-) -> AuditEvent {
-    let mut e = AuditEvent::new(kinds::RATE_LIMITED)
-        .actor(actor)
-        .details(json!({"limit": limit, "verb": verb}));
-    if let Some(a) = agent {
-        e = e.agent(a);
-    }
-    e
-}
-
-/// `token_used`: the first use of a token by this process.
-pub fn token_used(name: &str) -> AuditEvent {
-    AuditEvent::new(kinds::TOKEN_USED).actor(name)
-}
-
-/// `history_pruned`: the background pruner deleted `count` finished commands.
-pub fn history_pruned(count: usize, reason: &str) -> AuditEvent {
-    AuditEvent::new(extra_kinds::HISTORY_PRUNED)
-        .actor("backend")
-        .details(json!({"deleted": count, "reason": reason}))
-}
-
-/// `labels_set`: `actor` set `agent`'s authoritative labels (replacing `previous`).
-pub fn labels_set(
-    actor: &str,
-    agent: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-    previous: Option<&std::collections::BTreeMap<String, String>>,
-) -> AuditEvent {
-    AuditEvent::new(extra_kinds::LABELS_SET)
-        .actor(actor)
-        .agent(agent)
-        .details(json!({"labels": labels, "previous": previous}))
+/// `audit_tail_missing`: records `checkpoint` vouches for are gone; the log now ends at
+/// `log_last_seq`, and `problem` says how that was found.
+pub fn audit_tail_missing(checkpoint: &Checkpoint, log_last_seq: u64, problem: &str) -> AuditEvent {
+    AuditEvent::new(kinds::AUDIT_TAIL_MISSING).details(json!({
+        "checkpoint_seq": checkpoint.seq,
+        "checkpoint_hash": checkpoint.hash,
+        "checkpoint_ts": checkpoint.ts,
+        "log_last_seq": log_last_seq,
+        "problem": problem,
+    }))
 }
 
 /// The verb an audit record is about, when it names one (`details.verb`).

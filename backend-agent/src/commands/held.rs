@@ -7,8 +7,9 @@ use agentmesh_protocol::CommandFrame;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{finish, lock, CommandService, Held, SubmitError, MAX_QUEUED_PER_AGENT};
+use super::{finish, CommandService, Held, SubmitError, MAX_QUEUED_PER_AGENT};
 use crate::store::{CommandRecord, CommandState};
+use crate::sync::lock;
 
 impl CommandService {
     pub(super) async fn hold(

@@ -31,7 +31,7 @@ mod sweep;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmesh_protocol::{ArgError, CommandFrame};
@@ -46,6 +46,7 @@ use crate::config::{LimitsConfig, StoreConfig};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{CommandRecord, CommandState, ErrorInfo, Store, StoreError};
+use crate::sync::lock;
 
 /// Verb timeout used when neither the verb nor the request gives one.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -369,8 +370,4 @@ pub(crate) fn finish(rec: &mut CommandRecord, status: CommandState, code: &str, 
         message: message.to_owned(),
     });
     rec.finished_at = Some(clock::now_rfc3339());
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

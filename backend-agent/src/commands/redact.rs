@@ -30,7 +30,7 @@ fn hash_with_salt(salt: &[u8], value: &Value) -> String {
     let argv = agentmesh_protocol::verbs::arg_to_argv(value);
     let salted = agentmesh_audit::salted_hash(salt, &argv);
     let hash = salted.strip_prefix("sha256:").unwrap_or(&salted);
-    format!("sha256:{}:{hash}", hex(salt))
+    format!("sha256:{}:{hash}", crate::hex::encode(salt))
 }
 
 /// Whether `recorded` (`"sha256:<salt>:<hash>"`) is the hash of `candidate`.
@@ -41,24 +41,10 @@ pub fn verify_secret(recorded: &str, candidate: &Value) -> bool {
     else {
         return false;
     };
-    match unhex(salt_hex) {
+    match crate::hex::decode(salt_hex) {
         Some(salt) => hash_with_salt(&salt, candidate) == recorded,
         None => false,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

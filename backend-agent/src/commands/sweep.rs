@@ -7,8 +7,6 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -156,7 +154,5 @@ pub(super) fn spawn_pruner(service: Weak<CommandService>, mut shutdown: watch::R
 /// Unix ms of a stored RFC 3339 time; an unreadable one counts as long ago, so a damaged
 /// record is expired rather than kept forever.
 fn unix_ms(rfc3339: &str) -> i64 {
-    OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
-        .unwrap_or(0)
+    clock::unix_ms_from_rfc3339(rfc3339).unwrap_or(0)
 }

@@ -1,4 +1,4 @@
-//! `backend.toml`: parsing, defaults, environment overrides and validation (DESIGN.md §8).
+//! `backend.toml`: parsing, defaults, environment overrides and validation (README, "Configuration").
 //!
 //! Unknown keys are refused; every error names the file and the key. Relative paths are
 //! resolved against the config file's directory.

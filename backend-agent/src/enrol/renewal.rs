@@ -10,11 +10,10 @@
 use mesh_certs::Validity;
 use tracing::{info, warn};
 
-use super::{EnrolError, Enrolment, SignedIdentity, RENEWAL_REFUSED};
-use crate::audit::kinds;
+use super::{EnrolError, Enrolment, SignedIdentity};
+use crate::audit::events;
 use crate::clock;
 use crate::store::{renewal_refusal, RenewalRecord, RenewalStart};
-use agentmesh_audit::AuditEvent;
 
 fn refused(start: RenewalStart) -> EnrolError {
     let (code, wait_ms) = match start {
@@ -79,7 +78,7 @@ impl Enrolment {
             );
         }
         info!(agent.id = %agent_id, old.pin = %current_pin, new.pin = %issued.pin, "certificate renewed");
-        self.enrolled(agent_id, agent_id, &issued.pin, "renewal");
+        self.audit.record(events::renewed(agent_id, &issued.pin));
         Ok(SignedIdentity {
             agent_id: agent_id.to_owned(),
             certificate: issued.cert_pem,
@@ -112,20 +111,8 @@ impl Enrolment {
         }
     }
 
-    /// The record of a refused renewal (the caller aggregates floods).
-    pub fn renewal_refused_event(&self, agent_id: &str, code: &str, message: &str) -> AuditEvent {
-        AuditEvent::new(RENEWAL_REFUSED)
-            .actor(agent_id)
-            .agent(agent_id)
-            .details(serde_json::json!({"code": code, "reason": message}))
-    }
-
     fn retired(&self, agent_id: &str, pin: &str, reason: &str) {
-        self.audit.record(
-            AuditEvent::new(kinds::REVOKED)
-                .actor(agent_id)
-                .agent(agent_id)
-                .details(serde_json::json!({"pin": pin, "reason": reason})),
-        );
+        self.audit
+            .record(events::pin_retired(agent_id, pin, reason));
     }
 }

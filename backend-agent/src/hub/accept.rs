@@ -47,11 +47,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
             // One log line per power of two, so a flood does not become a log flood.
             if n.is_power_of_two() {
                 warn!(peer.addr = %peer, reason = "ip_rate_limited", dropped_total = n, "hub connection refused before TLS");
-                ctx.audit.record(
-                    agentmesh_audit::AuditEvent::new(crate::audit::kinds::RATE_LIMITED).details(
-                        serde_json::json!({"limit": "hub_connects_per_ip", "peer": peer.ip().to_string(), "dropped_total": n}),
-                    ),
-                );
+                ctx.audit
+                    .record(crate::audit::events::hub_connects_rate_limited(
+                        peer.ip(),
+                        n,
+                    ));
             }
             continue;
         }

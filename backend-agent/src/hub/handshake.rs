@@ -18,9 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::identity::{self, PeerIdentity, Rejection, FORWARDED_CERT_HEADER};
 use super::{session, HubContext, TaskGuard};
-use crate::audit::kinds;
+use crate::audit::events;
 use crate::registry::IdentityRejection;
-use agentmesh_audit::AuditEvent;
 
 /// The WebSocket over TLS over TCP that a session runs on.
 pub type HubSocket = WebSocketStream<TlsStream<TcpStream>>;
@@ -136,14 +135,7 @@ pub(super) fn refused(
     let first = ctx
         .failures
         .failure(&source, &format!("hub: {}", r.reason), || {
-            let mut event = AuditEvent::new(kinds::AGENT_REJECTED).details(serde_json::json!({
-                "reason": r.reason, "detail": r.detail,
-                "pin": identity.map(|i| i.pin.clone()), "peer": peer.to_string(),
-            }));
-            if let Some(id) = identity {
-                event = event.agent(id.cn.as_str());
-            }
-            event
+            events::agent_rejected(peer, r, identity)
         });
     // Logged at the rate it is audited: the first refusal of a source per window.
     if !first {

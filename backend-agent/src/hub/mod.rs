@@ -30,7 +30,7 @@
 mod accept;
 mod close;
 mod handshake;
-mod identity;
+pub(crate) mod identity;
 mod session;
 pub mod tls;
 
@@ -69,11 +69,6 @@ pub trait SessionEvents: Send + Sync + 'static {
     /// A session ended.
     fn disconnected(&self, _agent_id: &str, _session_id: &str) {}
 }
-
-/// Events sink that only relies on the hub's own logging.
-#[derive(Debug, Default)]
-pub struct NoEvents;
-impl SessionEvents for NoEvents {}
 
 /// Everything a hub connection task needs.
 pub struct HubContext {

@@ -25,10 +25,9 @@ use tracing::{debug, info, warn};
 pub(super) use super::close::close_ws;
 use super::identity::{PeerIdentity, Rejection};
 use super::HubContext;
-use crate::audit::kinds;
+use crate::audit::events;
 use crate::clock;
 use crate::registry::{IdentityRejection, LiveSession, SessionShared};
-use agentmesh_audit::AuditEvent;
 
 /// Bad frames tolerated in one session before it is closed with 4002.
 const MAX_BAD_FRAMES: u32 = 100;
@@ -178,17 +177,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         );
         ctx.events
             .connected(hello, &self.session_id, &self.identity.pin);
-        ctx.audit.record(
-            AuditEvent::new(kinds::AGENT_CONNECTED)
-                .agent(self.agent_id.as_str())
-                .details(serde_json::json!({
-                    "session_id": self.session_id,
-                    "pin": self.identity.pin,
-                    "remote_addr": peer.to_string(),
-                    "via_proxy": self.identity.via_proxy,
-                    "version": hello.version,
-                })),
-        );
+        ctx.audit.record(events::agent_connected(
+            &self.agent_id,
+            &self.session_id,
+            &self.identity,
+            peer,
+            &hello.version,
+        ));
     }
 
     /// The session loop: one `select!`, one handler per event.
@@ -379,11 +374,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let ctx = &self.ctx;
         ctx.registry.detach(&self.agent_id, &self.session_id);
         ctx.events.disconnected(&self.agent_id, &self.session_id);
-        ctx.audit.record(
-            AuditEvent::new(kinds::AGENT_DISCONNECTED)
-                .agent(self.agent_id.as_str())
-                .details(serde_json::json!({"session_id": self.session_id, "reason": end})),
-        );
+        ctx.audit.record(events::agent_disconnected(
+            &self.agent_id,
+            &self.session_id,
+            end,
+        ));
         info!(session.id = %self.session_id, reason = end, "agent disconnected");
     }
 }

@@ -70,7 +70,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<K, Entry>> {
         // Every critical section below leaves the map consistent, so poisoning is harmless.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.map)
     }
 
     /// Takes one unit from `key`'s bucket.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::AgentRecord;
 use crate::clock;
 
-/// One agent as the API shows it (DESIGN.md §5).
+/// One agent as the API shows it (README, "Operator API").
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentView {
     /// Agent id (certificate CN).

@@ -10,7 +10,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use super::{Store, StoreError};
@@ -204,7 +203,7 @@ pub trait EnrolmentStore: Send + Sync + 'static {
 
 /// Parses an RFC 3339 time; `what` names it in the error.
 pub(super) fn parse_time(what: &str, s: &str) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::parse(s, &Rfc3339)
+    crate::clock::parse_rfc3339(s)
         .map_err(|e| StoreError::Corrupt(format!("{what}: bad RFC 3339 time {s:?}: {e}")))
 }
 

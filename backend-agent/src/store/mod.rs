@@ -8,7 +8,7 @@
 //! call on tokio's blocking pool so a slow disk never stalls the runtime.
 //!
 //! Records are stored and returned as-is: [`CommandRecord`] serialises to exactly the flat
-//! command record of the HTTP API (DESIGN §5), and its `args` must already be redacted by the
+//! command record of the HTTP API (README, "Operator API"), and its `args` must already be redacted by the
 //! caller (secret params hashed). Data read back is never trusted: an unknown status or bad
 //! JSON in a row is a [`StoreError::Corrupt`], not a panic.
 //!
@@ -184,11 +184,6 @@ impl Store {
     /// An empty in-memory store (tests, `dev` experiments).
     pub fn memory() -> Self {
         Store::new(MemoryStore::new())
-    }
-
-    /// The underlying blocking implementation.
-    pub fn blocking(&self) -> &Arc<dyn Backend> {
-        &self.inner
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>

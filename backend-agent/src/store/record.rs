@@ -1,4 +1,4 @@
-//! The records the store keeps, exactly as the HTTP API returns them (DESIGN §5).
+//! The records the store keeps, exactly as the HTTP API returns them (README, "Operator API").
 
 use std::fmt;
 use std::str::FromStr;
@@ -98,7 +98,7 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// One command and its result: the flat record of DESIGN §5.
+/// One command and its result: the flat record the API returns (README, "Operator API").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRecord {
     /// Unique id (UUIDv7, so ids sort by creation time).

@@ -1,4 +1,4 @@
-//! `gateway.toml`: the agent's configuration (DESIGN.md §8).
+//! `gateway.toml`: the agent's configuration (README, "Configuration").
 //!
 //! Loading parses the file into a TOML table, applies `AGENTMESH_<SECTION>_<KEY>` environment
 //! overrides (module `env`), deserialises into [`GatewayConfig`] (`deny_unknown_fields`
@@ -281,11 +281,12 @@ impl GatewayConfig {
         resolve(&mut self.outbound.ca);
         resolve(&mut self.outbound.cert);
         resolve(&mut self.outbound.key);
-        let audit = self
-            .audit
-            .path
-            .get_or_insert_with(|| self.agent.state_dir.join(DEFAULT_AUDIT_FILE));
-        resolve(audit);
+        // The default is built from the already resolved `state_dir`: resolving it again
+        // would put a relative config's log under `<dir>/<dir>/<state_dir>`.
+        match &mut self.audit.path {
+            Some(path) => resolve(path),
+            None => self.audit.path = Some(self.agent.state_dir.join(DEFAULT_AUDIT_FILE)),
+        }
     }
 
     /// The file name for messages (`gateway.toml` when built in code).

@@ -67,6 +67,15 @@ fn default_audit_path_follows_a_relative_state_dir() {
 }
 
 #[test]
+fn default_audit_path_of_a_relative_config_is_resolved_once() {
+    let text = minimal().replace("[agent]\n", "[agent]\nstate_dir = \"state\"\n");
+    let c =
+        GatewayConfig::from_str_with_env(&text, Path::new("dev/gateway.toml"), Vec::new()).unwrap();
+    assert_eq!(c.agent.state_dir, Path::new("dev/state"));
+    assert_eq!(c.audit_path(), Path::new("dev/state/gateway-audit.log"));
+}
+
+#[test]
 fn env_overrides_win_and_are_validated() {
     let c = parse(&minimal(), &[("AGENTMESH_AGENT_ID", "edge-02")]).unwrap();
     assert_eq!(c.agent.id, "edge-02");

@@ -15,12 +15,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::super::identity::PeerIdentity;
-use super::super::{HubContext, NoEvents, TaskCounter};
+use super::super::{HubContext, SessionEvents, TaskCounter};
 use crate::audit::Audit;
 use crate::audit_flood::FailureAudit;
 use crate::config::{AuditConfig, HubConfig, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+
+/// An events sink that does nothing: these tests watch the registry and the wire.
+struct NoEvents;
+impl SessionEvents for NoEvents {}
 
 const AGENT: &str = "edge-01";
 const PIN: &str = "sha256//test-pin";

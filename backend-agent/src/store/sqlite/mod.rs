@@ -110,7 +110,7 @@ impl SqliteStore {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock rolled back its transaction on unwind.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.conn)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Durable command records: the agent's at-most-once memory (DESIGN.md §4).
+//! Durable command records: the agent's at-most-once memory (`docs/protocol.md`, "Execution semantics").
 //!
 //! One JSON file per command id in `state_dir/results/`, each write atomic and durable (temp
 //! file, fsync, rename, fsync of the directory):
