@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
-use crate::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use crate::{agent, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 
 /// Verbs the command tests configure on every agent.
 pub const VERBS: &str = r#"
@@ -77,11 +77,8 @@ pub async fn fleet(ids: &[(&str, &str)]) -> Fleet {
         std::fs::write(&cfg, text).unwrap();
         agents.push(TestAgent::start(cfg));
     }
-    for (id, _) in ids {
-        eventually(&format!("{id} connected"), PATIENCE, || async {
-            hub.is_connected(id)
-        })
-        .await;
+    for ((id, _), agent) in ids.iter().zip(agents.iter()) {
+        agent.wait_connected(&hub, id).await;
     }
     Fleet { pki, hub, agents }
 }
