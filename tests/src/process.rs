@@ -119,7 +119,7 @@ pub struct BackendProcess {
     pub child: ChildGuard,
     /// Its config file.
     pub config_path: PathBuf,
-    /// Where its stderr (the log) goes; kept with the test's evidence.
+    /// Where its stdout and stderr (the log) go; kept with the test's evidence.
     pub log_path: PathBuf,
     /// Operator API address it reported.
     pub http: SocketAddr,
@@ -156,7 +156,8 @@ impl BackendProcess {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The log goes to stdout (tracing's default), errors to stderr: keep both.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
