@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentmesh_protocol::{AgentFrame, CommandFrame, CommandStatus, HubFrame};
 use gateway_agent::{run_with_state, AgentState, StateSnapshot};
-use support::{kinds, welcome, Event, Pki, FakeHub};
+use support::{kinds, welcome, Event, FakeHub, Pki};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -18,6 +18,14 @@ timeout_secs = 30
 params.secs = { type = "string", pattern = "[0-9]+(\\.[0-9]+)?", required = true }
 
 [[verbs]]
+name = "group"
+description = "a shell with two sleeps, one in the background: a process group"
+program = "/bin/sh"
+args = ["-c", "sleep {secs} & sleep {secs}; wait"]
+timeout_secs = 30
+params.secs = { type = "string", pattern = "[0-9]+(\\.[0-9]+)?", required = true }
+
+[[verbs]]
 name = "fail"
 description = "always fails"
 program = "/bin/false"

@@ -59,16 +59,19 @@ fn processes_with_arg(arg: &str) -> usize {
 async fn a_timeout_kills_the_process_group() {
     let f = fleet(&[("edge-01", "panel")]).await;
     let secs = "31.4159"; // unique, so we can look for it in /proc
+                          // A shell with a background sleep and a foreground one: killing only the shell (or only
+                          // the foreground child) would leave a sleep behind.
     let r = run(
         &f.hub,
         "edge-01",
-        json!({"verb": "sleep", "args": {"secs": secs}, "timeout_ms": 1000, "wait": true}),
+        json!({"verb": "group", "args": {"secs": secs}, "timeout_ms": 1000}),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let rec = r.json();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["command_id"].as_str().unwrap().to_owned();
+    let rec = wait_final(&f.hub, &id).await;
     assert_eq!(rec["status"], "timeout", "{rec}");
-    eventually("no sleep left behind", PATIENCE, || async {
+    eventually("no sleep of the group left behind", PATIENCE, || async {
         processes_with_arg(secs) == 0
     })
     .await;
