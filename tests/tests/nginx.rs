@@ -31,25 +31,31 @@ fn nginx_binary() -> Option<PathBuf> {
 struct Nginx(Child);
 
 impl Nginx {
-    fn signal_group(&self, signal: &str) {
-        let _ = Command::new("kill")
+    /// Signals the whole group; false if `kill` could not be run or refused.
+    fn signal_group(&self, signal: &str) -> bool {
+        Command::new("kill")
             .args([signal, "--", &format!("-{}", self.0.id())])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        self.signal_group("-QUIT");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                break;
+        if self.signal_group("-QUIT") {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        // Whatever is left of the group (a stuck master or an orphaned worker).
-        self.signal_group("-KILL");
+        // Whatever is left of the group (a stuck master or an orphaned worker); without a
+        // usable `kill`, at least the master, so the wait below cannot hang.
+        if !self.signal_group("-KILL") {
+            let _ = self.0.kill();
+        }
         let _ = self.0.wait();
     }
 }
