@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};
 use agentmesh_e2e::{
     agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
@@ -323,13 +321,14 @@ async fn agent_refuses_a_hub_whose_pin_is_not_pinned() {
 }
 
 #[tokio::test]
-async fn agent_comes_back_after_the_backend_is_killed_and_restarted() {
+async fn agent_comes_back_after_the_backend_is_aborted_and_restarted() {
+    // An in-process abort (not a crash: see crash.rs for kill -9 of the real binary).
     init_logging();
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let mut hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
     let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
-    hub.kill();
+    hub.abort();
     eventually("agent notices", PATIENCE, || async {
         !agent.state.is_connected()
     })
@@ -353,15 +352,22 @@ async fn idle_tcp_connections_do_not_stall_the_hub_or_the_api() {
     for _ in 0..300 {
         idle.push(tokio::net::TcpStream::connect(hub.hub).await.unwrap());
     }
-    // The API answers, and a real agent still gets in, while 300 peers sit silent.
+    // The API answers, and a real agent still gets in, while 300 peers sit silent. (A stall
+    // would hold them until the hub's 10 s handshake timeout drops the silent peers; the
+    // harness's own deadline names the request if it never answers.)
     for _ in 0..5 {
-        let health =
-            tokio::time::timeout(Duration::from_secs(5), http::get(hub.http, "/health", None))
-                .await
-                .expect("/health answered");
+        let health = http::get(hub.http, "/health", None).await;
         assert_eq!(health.status, 200);
     }
     let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
+    // All of that happened while the silent peers were still held (none timed out yet): the
+    // ordering, not a stopwatch, shows nothing waited for them.
+    assert_eq!(
+        hub.backend()
+            .metrics
+            .hub_rejected_count("handshake_timeout"),
+        0
+    );
     drop(idle);
     agent.stop().await;
     hub.stop().await;
