@@ -137,6 +137,8 @@ async fn a_connection_flood_from_one_address_is_cut_before_tls() {
         }
     }
     assert!(closed >= 50, "closed {closed}");
+    // Closed before stopping, or stop would wait out the handshake timeout of the admitted few.
+    drop(held);
     hub.stop().await;
 }
 

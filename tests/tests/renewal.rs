@@ -40,9 +40,8 @@ async fn an_expiring_certificate_is_renewed_over_the_session_and_the_agent_stays
         &[&hub.server_pin],
         "",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[agent]\n", "[agent]\nrenew_before_days = 15\n");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = agentmesh_e2e::backend::merge_toml(&text, "[agent]\nrenew_before_days = 15\n");
     std::fs::write(&cfg, text).unwrap();
     let agent = TestAgent::start(cfg);
 
