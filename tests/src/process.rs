@@ -10,31 +10,36 @@ use std::time::{Duration, Instant};
 
 use crate::PATIENCE;
 
-/// The workspace's binaries, built once per test process if `cargo test -p agentmesh-e2e`
-/// did not build them (`cargo test --workspace` does).
+/// The workspace's binaries, brought up to date once per test process: `cargo test -p
+/// agentmesh-e2e` does not build other packages' binaries, and a stale one would test old
+/// code. Under `cargo test --workspace` they are already fresh and this is a quick no-op.
 fn built_binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    // <target>/<profile>/deps/<test> -> <target>/<profile>/<name>
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join(name);
     BUILT.get_or_init(|| {
-        if dir.join("backend-agent").exists() && dir.join("gateway-agent").exists() {
-            return;
-        }
+        let target = dir.parent().unwrap();
         let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args([
                 "build",
+                "--locked",
                 "-p",
                 "backend-agent",
                 "-p",
                 "gateway-agent",
                 "--bins",
             ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
+            .arg("--target-dir")
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().unwrap();
         assert!(status.success(), "building the binaries failed");
     });
     assert!(bin.exists(), "{} missing", bin.display());
