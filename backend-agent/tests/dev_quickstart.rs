@@ -92,9 +92,27 @@ impl Drop for Dev {
     }
 }
 
+/// The test's directory, kept (and named) when the test fails, for the post-mortem.
+struct Evidence(tempfile::TempDir);
+
+impl Evidence {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Evidence {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("test failed: evidence kept in {}", self.0.path().display());
+        }
+    }
+}
+
 #[test]
 fn dev_starts_a_backend_and_a_connected_agent_and_stops_on_sigint() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = Evidence(tempfile::tempdir().unwrap());
     let mut attempt = 0;
     let (mut dev, http, listed, dir) = loop {
         attempt += 1;
