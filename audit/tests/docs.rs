@@ -3,7 +3,8 @@
 //! reject tampered ones), and its hashing shortcut gives the same hashes.
 //!
 //! The Python parts are skipped, with a note, where `python3` (or the `cryptography` package for
-//! the signature snippet) is not installed.
+//! the signature snippet) is not installed, except when `AGENTMESH_REQUIRE_EXTERNAL=1` (set by
+//! `.ci/run`): then a missing tool fails the test instead of passing it silently.
 
 mod common;
 
@@ -33,11 +34,25 @@ fn snippet(lang: &str, n: usize) -> String {
     doc[start..start + len].to_owned()
 }
 
+/// Whether CI demands the external tools (then a skip is a failure).
+fn require_external() -> bool {
+    std::env::var("AGENTMESH_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
+}
+
+/// Skips with a note, or panics when CI demands the tool.
+fn skip(why: &str) {
+    assert!(
+        !require_external(),
+        "AGENTMESH_REQUIRE_EXTERNAL=1 but {why}"
+    );
+    eprintln!("skipping: {why}");
+}
+
 fn python(args: &[&str]) -> Option<std::process::Output> {
     match Command::new("python3").args(args).output() {
         Ok(out) => Some(out),
         Err(e) => {
-            eprintln!("skipping: python3 not runnable: {e}");
+            skip(&format!("python3 not runnable: {e}"));
             None
         }
     }
@@ -148,7 +163,7 @@ fn python_signature_check_agrees() {
         return;
     };
     if !probe.status.success() {
-        eprintln!("skipping: the python cryptography package is not installed");
+        skip("the python cryptography package is not installed");
         return;
     }
     let script = dir.path().join("sig.py");

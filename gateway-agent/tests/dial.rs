@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentmesh_protocol::{AgentFrame, CommandFrame, CommandStatus, HubFrame};
 use gateway_agent::{run_with_state, AgentState, StateSnapshot};
-use support::{kinds, welcome, Event, Pki, TestHub};
+use support::{kinds, welcome, Event, FakeHub, Pki};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ async fn wait_for(state: &AgentState, what: &str, pred: impl FnMut(&StateSnapsho
 #[tokio::test]
 async fn wrong_pin_never_sends_hello_and_is_recorded() {
     let pki = Pki::new("edge-01");
-    let mut hub = TestHub::start(&pki.server).await;
+    let mut hub = FakeHub::start(&pki.server).await;
     let wrong = "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
     let config = pki.config(hub.addr.port(), &[wrong], "");
     let state = AgentState::new();
@@ -66,7 +66,7 @@ async fn wrong_pin_never_sends_hello_and_is_recorded() {
 #[tokio::test]
 async fn right_pin_sends_hello_and_serves_the_session() {
     let pki = Pki::new("edge-01");
-    let mut hub = TestHub::start(&pki.server).await;
+    let mut hub = FakeHub::start(&pki.server).await;
     let other = "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
     let config = pki.config(hub.addr.port(), &[other, &pki.server.pin], "");
     let state = AgentState::new();
@@ -214,7 +214,7 @@ async fn right_pin_sends_hello_and_serves_the_session() {
 #[tokio::test]
 async fn hub_close_during_handshake_is_retried() {
     let pki = Pki::new("edge-01");
-    let mut hub = TestHub::start(&pki.server).await;
+    let mut hub = FakeHub::start(&pki.server).await;
     let config = pki.config(hub.addr.port(), &[&pki.server.pin], "");
     let state = AgentState::new();
     let (stop, stopped) = oneshot::channel::<()>();

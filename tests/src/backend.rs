@@ -21,7 +21,8 @@ pub struct HubOptions {
     /// The `[limits]` table (tests about other things turn the per-address limit off, since
     /// every test peer comes from 127.0.0.1).
     pub limits: String,
-    /// Extra TOML appended to the config.
+    /// Extra TOML merged into the config: tables merge key by key (so `[hub]\nx = 1` lands in
+    /// `[hub]`), arrays of tables such as `[[tokens]]` are appended, other values replace.
     pub extra: String,
 }
 
@@ -149,8 +150,23 @@ role = "viewer"
                 "\n[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"
             ));
         }
-        t.push_str(&self.options.extra);
-        t
+        merge_toml(&t, &self.options.extra)
+    }
+
+    /// Merges `patch` (TOML) into the config file on disk, for [`Self::restart_from_file`].
+    pub fn patch_config(&self, patch: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, merge_toml(&text, patch)).unwrap();
+    }
+
+    /// The directory holding this backend's config, store and audit log.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The audit log's path.
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     async fn launch(&mut self, pki: &Pki) {
@@ -170,16 +186,52 @@ role = "viewer"
         self.backend.as_ref().expect("backend is running")
     }
 
-    /// Kills the backend without draining (like a crash).
-    pub fn kill(&mut self) {
+    /// Aborts the in-process backend without draining. This is NOT a crash: the aborted tasks
+    /// and the old audit writer may outlive it and keep writing to the files a restarted
+    /// instance opens. Crash claims belong to [`crate::process::BackendProcess::kill_9`].
+    pub fn abort(&mut self) {
         if let Some(b) = self.backend.take() {
             b.abort();
         }
     }
 
-    /// Starts the backend again on the same ports.
+    /// Old name of [`Self::abort`] (not a crash; see there), kept for existing tests.
+    pub fn kill(&mut self) {
+        self.abort();
+    }
+
+    /// Writes a config for a real `backend-agent` process (listening on `:0`, which it
+    /// reports) without starting anything in-process; returns the config path.
+    pub fn write_process_config(
+        pki: &Pki,
+        agents: &[(&str, &str)],
+        options: HubOptions,
+    ) -> PathBuf {
+        let dir = tempfile::Builder::new()
+            .prefix("backend-")
+            .tempdir_in(pki.path())
+            .unwrap()
+            .keep();
+        let hub = TestHub {
+            backend: None,
+            config_path: dir.join("backend.toml"),
+            http: "127.0.0.1:0".parse().unwrap(),
+            hub: "127.0.0.1:0".parse().unwrap(),
+            server_pin: pki.server.pin.clone(),
+            enrolled: agents
+                .iter()
+                .map(|(a, p)| (a.to_string(), p.to_string()))
+                .collect(),
+            options,
+            dir,
+        };
+        std::fs::write(&hub.config_path, hub.config_toml(pki)).unwrap();
+        hub.config_path.clone()
+    }
+
+    /// Starts the backend again on the same ports (after an [`Self::abort`], not a crash).
     pub async fn restart(&mut self, pki: &Pki) {
-        self.kill();
+        self.abort();
         // The aborted tasks release the listeners asynchronously; retry the bind briefly.
         for _ in 0..100 {
             let config =
@@ -218,6 +270,34 @@ role = "viewer"
     pub async fn stop(mut self) {
         if let Some(b) = self.backend.take() {
             b.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// `base` with `patch` merged in (see [`HubOptions::extra`]); panics on invalid TOML.
+pub fn merge_toml(base: &str, patch: &str) -> String {
+    let mut doc: toml::Table = base
+        .parse()
+        .unwrap_or_else(|e| panic!("config is not TOML: {e}\n{base}"));
+    let patch: toml::Table = patch
+        .parse()
+        .unwrap_or_else(|e| panic!("patch is not TOML: {e}\n{patch}"));
+    merge_tables(&mut doc, patch);
+    toml::to_string(&doc).unwrap()
+}
+
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
+            (Some(toml::Value::Array(a)), toml::Value::Array(b))
+                if b.iter().all(toml::Value::is_table) =>
+            {
+                a.extend(b)
+            }
+            (_, v) => {
+                into.insert(k, v);
+            }
         }
     }
 }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
-use crate::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use crate::backend::{HubOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
+use crate::{agent, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 
 /// Verbs the command tests configure on every agent.
 pub const VERBS: &str = r#"
@@ -14,6 +14,14 @@ name = "sleep"
 description = "sleeps"
 program = "/bin/sleep"
 args = ["{secs}"]
+timeout_secs = 30
+params.secs = { type = "string", pattern = "[0-9]+(\\.[0-9]+)?", required = true }
+
+[[verbs]]
+name = "group"
+description = "a shell with two sleeps, one in the background: a process group"
+program = "/bin/sh"
+args = ["-c", "sleep {secs} & sleep {secs}; wait"]
 timeout_secs = 30
 params.secs = { type = "string", pattern = "[0-9]+(\\.[0-9]+)?", required = true }
 
@@ -56,6 +64,11 @@ pub struct Fleet {
 
 /// Starts a backend and one agent per (id, role label), all connected.
 pub async fn fleet(ids: &[(&str, &str)]) -> Fleet {
+    fleet_with(ids, HubOptions::default()).await
+}
+
+/// [`fleet`] with backend options (extra tokens, limits).
+pub async fn fleet_with(ids: &[(&str, &str)], options: HubOptions) -> Fleet {
     init_logging();
     let pki = Pki::new();
     let issued: Vec<_> = ids
@@ -66,22 +79,22 @@ pub async fn fleet(ids: &[(&str, &str)]) -> Fleet {
         .iter()
         .map(|(id, (c, _))| (id.as_str(), c.pin.as_str()))
         .collect();
-    let hub = TestHub::start(&pki, &enrol).await;
+    let hub = TestHub::start_with(&pki, &enrol, options).await;
     let mut agents = Vec::new();
     for ((id, role), (_, (_, dir))) in ids.iter().zip(issued.iter()) {
         let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], VERBS);
         // Per-agent role label.
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("role = \"panel\"", &format!("role = \"{role}\""));
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(
+            text.contains("role = \"panel\""),
+            "agent config template changed"
+        );
+        let text = text.replace("role = \"panel\"", &format!("role = \"{role}\""));
         std::fs::write(&cfg, text).unwrap();
         agents.push(TestAgent::start(cfg));
     }
-    for (id, _) in ids {
-        eventually(&format!("{id} connected"), PATIENCE, || async {
-            hub.is_connected(id)
-        })
-        .await;
+    for ((id, _), agent) in ids.iter().zip(agents.iter()) {
+        agent.wait_connected(&hub, id).await;
     }
     Fleet { pki, hub, agents }
 }

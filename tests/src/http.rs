@@ -1,6 +1,10 @@
 //! A tiny HTTP/1.1 client (one request per connection) for API tests.
+//!
+//! Every connect and every exchange has a deadline that names the method and path, so a hung
+//! endpoint fails its test with a message instead of hanging the suite.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,6 +37,20 @@ impl Response {
     }
 }
 
+/// Longest a TCP connect may take before the test fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one request/response may take (longer than any `wait: true` a test asks for).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to `addr`, panicking with `what` after [`CONNECT_TIMEOUT`].
+pub async fn connect(addr: SocketAddr, what: &str) -> TcpStream {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => panic!("{what}: connect to {addr}: {e}"),
+        Err(_) => panic!("{what}: connect to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+    }
+}
+
 /// Sends one request and reads the whole response.
 pub async fn request(
     addr: SocketAddr,
@@ -41,13 +59,28 @@ pub async fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Response {
-    let stream = TcpStream::connect(addr).await.unwrap();
+    let stream = connect(addr, &format!("{method} {path}")).await;
     exchange(stream, addr, method, path, token, body).await
+}
+
+/// Like [`request`], but a refused (or timed-out) connect is `None` instead of a panic.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<Response> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    Some(exchange(stream, addr, method, path, token, body).await)
 }
 
 /// One request/response over any stream.
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -68,11 +101,45 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(b) = body {
         req.push_str(b);
     }
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    // A TLS peer may close without close_notify; what was read so far is the response.
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    exchange_raw(stream, &format!("{method} {path}"), req.as_bytes()).await
+}
+
+/// Sends `raw` (a whole request, headers and body, as the test wrote it) and parses the
+/// response; `what` names the request in the timeout message.
+pub async fn exchange_raw<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    what: &str,
+    raw: &[u8],
+) -> Response {
+    let io = async {
+        // A server may answer (e.g. 413) and close before the whole body is written; the
+        // answer is still what the test wants, so a failed write is not fatal by itself.
+        let wrote = stream.write_all(raw).await;
+        let mut out = Vec::new();
+        // A TLS peer may close without close_notify; what was read so far is the response.
+        let _ = stream.read_to_end(&mut out).await;
+        (wrote, out)
+    };
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, io).await {
+        // Nothing came back: status 0, with the write error as the body for the message.
+        Ok((Err(e), out)) if out.is_empty() => Response {
+            status: 0,
+            headers: String::new(),
+            body: format!("{what}: sending the request failed: {e}"),
+        },
+        Ok((_, out)) => parse(&out),
+        Err(_) => panic!("{what}: no complete response within {EXCHANGE_TIMEOUT:?}"),
+    }
+}
+
+/// Sends a hand-written request (e.g. without `Content-Type`) over a new connection.
+pub async fn request_raw(addr: SocketAddr, what: &str, raw: &[u8]) -> Response {
+    let stream = connect(addr, what).await;
+    exchange_raw(stream, what, raw).await
+}
+
+fn parse(raw: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -114,12 +181,14 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response 
 
 /// `GET` that reports a refused connection as `None` instead of panicking.
 pub async fn try_get(addr: SocketAddr, path: &str) -> Option<Response> {
-    TcpStream::connect(addr).await.ok()?;
-    Some(get(addr, path, None).await)
+    try_request(addr, "GET", path, None, None).await
 }
 
 /// `GET` over TLS (for the nginx front door), trusting `ca_pem`.
 pub async fn get_tls(addr: SocketAddr, ca_pem: &str, path: &str, token: Option<&str>) -> Response {
-    let stream = crate::raw::tls(addr, ca_pem, None).await.unwrap();
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, crate::raw::tls(addr, ca_pem, None))
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: TLS connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("GET {path}: TLS connect to {addr}: {e}"));
     exchange(stream, addr, "GET", path, token, None).await
 }

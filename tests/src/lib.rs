@@ -8,7 +8,8 @@
 //! - [`fleet`]: a backend with connected agents and command API helpers.
 //! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
-//! - [`http`]: a tiny HTTP/1.1 client.
+//! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
+//! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod fleet;
 pub mod http;
 pub mod pki;
+pub mod process;
 pub mod raw;
 
 use std::future::Future;

@@ -55,6 +55,20 @@ impl Pki {
     }
 }
 
+impl Drop for Pki {
+    /// A failing test keeps its directory (configs, audit.log, backend.db, process logs,
+    /// nginx-error.log) for the post-mortem and says where it is.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "test failed: evidence kept in {}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
 impl Default for Pki {
     fn default() -> Self {
         Self::new()

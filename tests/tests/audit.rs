@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use agentmesh_e2e::backend::{ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::process::{self, backend_binary, BackendProcess};
 use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 use serde_json::{json, Value};
 
@@ -34,8 +36,9 @@ async fn the_audit_trail_records_and_verifies_and_detects_tampering() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let command_id = r.json()["command_id"].as_str().unwrap().to_owned();
-    let _ = http::get(hub.http, "/api/v1/agents", Some("amt_wrong")).await;
-    let _ = http::request(
+    let r = http::get(hub.http, "/api/v1/agents", Some("amt_wrong")).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = http::request(
         hub.http,
         "POST",
         "/api/v1/agents/edge-01/commands",
@@ -43,6 +46,7 @@ async fn the_audit_trail_records_and_verifies_and_detects_tampering() {
         Some(&body),
     )
     .await;
+    assert_eq!(r.status, 403, "{}", r.body);
 
     let list = http::get(
         hub.http,
@@ -141,17 +145,32 @@ fn audit_path_of(pki: &Pki) -> PathBuf {
     dir.join("audit.log")
 }
 
-/// The `backend-agent` binary next to this test binary (built by `cargo test --workspace`).
-fn backend_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("backend-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p backend-agent` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
+/// Most pages the audit listing is read in; a server that never returns an empty page (or
+/// never advances `since`) fails the test instead of looping forever.
+const MAX_PAGES: usize = 1000;
+
+/// Every `command_requested` command id in the audit log, read page by page.
+async fn requested_ids(http_addr: std::net::SocketAddr) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    let mut since: Option<u64> = None;
+    for _ in 0..MAX_PAGES {
+        let q = match since {
+            Some(s) => format!("/api/v1/audit?kind=command_requested&limit=1000&since={s}"),
+            None => "/api/v1/audit?kind=command_requested&limit=1000".to_owned(),
+        };
+        let page = http::get(http_addr, &q, Some(ADMIN_TOKEN)).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let recs = page.json()["records"].as_array().unwrap().clone();
+        let Some(last) = recs.last().and_then(|r| r["seq"].as_u64()) else {
+            return ids;
+        };
+        assert!(since.is_none_or(|s| last > s), "paging did not advance");
+        for r in &recs {
+            ids.insert(r["command_id"].as_str().unwrap().to_owned());
+        }
+        since = Some(last);
+    }
+    panic!("the audit listing did not end within {MAX_PAGES} pages");
 }
 
 #[tokio::test]
@@ -159,36 +178,25 @@ async fn a_kill_9_during_a_command_stream_leaves_a_verifiable_log_with_every_ans
     init_logging();
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
-    // Start the hub in-process once to write a config, then run the real binary from it.
-    let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let config_path = hub.config_path.clone();
-    let (http_addr, hub_addr, server_pin) = (hub.http, hub.hub, hub.server_pin.clone());
-    hub.stop().await;
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
-        "[limits]\n",
-        "[limits]\noperator_commands_per_sec = 0\nagent_commands_per_sec = 0\n",
-    );
-    std::fs::write(&config_path, text).unwrap();
-    let mut child = Command::new(backend_binary())
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    eventually("backend process up", PATIENCE, || async {
-        http::try_get(http_addr, "/health").await.is_some()
-    })
-    .await;
+    let options = HubOptions {
+        limits: "[limits]\nhub_connects_per_ip_per_sec = 0\noperator_commands_per_sec = 0\nagent_commands_per_sec = 0\n".into(),
+        ..HubOptions::default()
+    };
+    // The real binary on :0 (it reports its ports), killed on drop if the test fails.
+    let config_path = TestHub::write_process_config(&pki, &[("edge-01", &edge.pin)], options);
+    let mut backend = BackendProcess::start(&config_path).await;
+    let http_addr = backend.http;
     let cfg = agent::write_config(
         pki.path(),
         "edge-01",
         &edge_dir,
-        hub_addr,
-        &[&server_pin],
+        backend.hub,
+        &[&pki.server.pin],
         "",
     );
     let agent = TestAgent::start(cfg);
     eventually("agent connected", PATIENCE, || async {
+        agent.assert_running();
         let r = http::get(http_addr, "/api/v1/agents/edge-01", Some(VIEWER_TOKEN)).await;
         r.status == 200 && r.json()["connected"] == true
     })
@@ -201,16 +209,9 @@ async fn a_kill_9_during_a_command_stream_leaves_a_verifiable_log_with_every_ans
         let answered = answered.clone();
         streams.push(tokio::spawn(async move {
             let body = json!({"verb": "ping"}).to_string();
-            loop {
-                let r = match tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    try_post(http_addr, "/api/v1/agents/edge-01/commands", &body),
-                )
-                .await
-                {
-                    Ok(Some(r)) => r,
-                    _ => break,
-                };
+            // Ends when the backend is gone (refused connect or no answer).
+            while let Some(r) = try_post(http_addr, "/api/v1/agents/edge-01/commands", &body).await
+            {
                 if r.status != 202 {
                     break;
                 }
@@ -226,53 +227,22 @@ async fn a_kill_9_during_a_command_stream_leaves_a_verifiable_log_with_every_ans
         answered.lock().unwrap().len() >= 50
     })
     .await;
-    Command::new("kill")
-        .arg("-9")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let _ = child.wait();
+    backend.kill_9().await;
     for s in streams {
-        let _ = s.await;
+        s.await.unwrap();
     }
     agent.stop().await;
     let answered = answered.lock().unwrap().clone();
+    // The log left by the crash verifies (a torn last line is the only allowed damage, and
+    // the CLI reports it as such rather than as tampering)...
+    let log = backend.audit_path();
 
-    // Restart: the log is repaired if the kill tore a line, then verifies.
-    let mut child = Command::new(backend_binary())
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    eventually("backend back", PATIENCE, || async {
-        http::try_get(http_addr, "/health").await.is_some()
-    })
-    .await;
-    let log = config_path.parent().unwrap().join("audit.log");
-    let requested: std::collections::HashSet<String> = {
-        let mut ids = std::collections::HashSet::new();
-        let mut since: Option<u64> = None;
-        loop {
-            let q = match since {
-                Some(s) => format!("/api/v1/audit?kind=command_requested&limit=1000&since={s}"),
-                None => "/api/v1/audit?kind=command_requested&limit=1000".to_owned(),
-            };
-            let page = http::get(http_addr, &q, Some(ADMIN_TOKEN)).await.json();
-            let recs = page["records"].as_array().unwrap().clone();
-            if recs.is_empty() {
-                break;
-            }
-            for r in &recs {
-                ids.insert(r["command_id"].as_str().unwrap().to_owned());
-            }
-            since = recs.last().and_then(|r| r["seq"].as_u64());
-        }
-        ids
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    verify(&log).expect("the log verifies after kill -9 and restart");
+    // ...and after a restart (which repairs a torn tail) it verifies with the CLI too.
+    backend.restart().await;
+    process::audit_verify(&log).expect("the log verifies after kill -9 and restart");
+    let requested = requested_ids(backend.http).await;
+    drop(backend);
+    verify(&log).expect("the chain verifies");
     let missing: Vec<&String> = answered
         .iter()
         .filter(|id| !requested.contains(*id))
@@ -286,7 +256,6 @@ async fn a_kill_9_during_a_command_stream_leaves_a_verifiable_log_with_every_ans
 }
 
 async fn try_post(addr: std::net::SocketAddr, path: &str, body: &str) -> Option<http::Response> {
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    let r = http::request(addr, "POST", path, Some(OPERATOR_TOKEN), Some(body)).await;
+    let r = http::try_request(addr, "POST", path, Some(OPERATOR_TOKEN), Some(body)).await?;
     (r.status != 0).then_some(r)
 }

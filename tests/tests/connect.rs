@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};
 use agentmesh_e2e::{
     agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
@@ -323,13 +321,14 @@ async fn agent_refuses_a_hub_whose_pin_is_not_pinned() {
 }
 
 #[tokio::test]
-async fn agent_comes_back_after_the_backend_is_killed_and_restarted() {
+async fn agent_comes_back_after_the_backend_is_aborted_and_restarted() {
+    // An in-process abort (not a crash: see crash.rs for kill -9 of the real binary).
     init_logging();
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let mut hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
     let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
-    hub.kill();
+    hub.abort();
     eventually("agent notices", PATIENCE, || async {
         !agent.state.is_connected()
     })
@@ -357,71 +356,25 @@ async fn idle_tcp_connections_do_not_stall_the_hub_or_the_api() {
     for _ in 0..300 {
         idle.push(tokio::net::TcpStream::connect(hub.hub).await.unwrap());
     }
-    // The API answers, and a real agent still gets in, while 300 peers sit silent.
+    // The API answers, and a real agent still gets in, while 300 peers sit silent. (A stall
+    // would hold them until the hub's 10 s handshake timeout drops the silent peers; the
+    // harness's own deadline names the request if it never answers.)
     for _ in 0..5 {
-        let health =
-            tokio::time::timeout(Duration::from_secs(5), http::get(hub.http, "/health", None))
-                .await
-                .expect("/health answered");
+        let health = http::get(hub.http, "/health", None).await;
         assert_eq!(health.status, 200);
     }
     let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
+    // All of that happened while the silent peers were still held (none timed out yet): the
+    // ordering, not a stopwatch, shows nothing waited for them.
+    assert_eq!(
+        hub.backend()
+            .metrics
+            .hub_rejected_count("handshake_timeout"),
+        0
+    );
     drop(idle);
     agent.stop().await;
     hub.stop().await;
 }
 
-fn escaped(pem: &str) -> String {
-    pem.replace('\n', "%0A")
-        .replace(' ', "%20")
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
-}
-
-#[tokio::test]
-async fn a_forwarded_certificate_header_from_a_non_proxy_is_ignored() {
-    let pki = Pki::new();
-    let (edge, _) = pki.agent("edge-01");
-    let (victim, _) = pki.agent("edge-02");
-    let hub = TestHub::start(&pki, &[("edge-01", &edge.pin), ("edge-02", &victim.pin)]).await;
-    // edge-01 claims to be forwarding edge-02's certificate: the header must not count.
-    let forged = vec![("x-agentmesh-client-cert", escaped(&victim.cert_pem))];
-    let mut client = raw::connect_with_headers(hub.hub, pki.ca.cert_pem(), &edge, &forged)
-        .await
-        .unwrap();
-    client.send_json(&raw::hello("edge-02", 1)).await;
-    let (code, reason) = client.close_code(PATIENCE).await.expect("closed");
-    assert_eq!(code, 4001, "{reason}");
-    assert!(!hub.is_connected("edge-02"));
-    hub.stop().await;
-}
-
-#[tokio::test]
-async fn a_trusted_proxy_must_forward_a_certificate() {
-    let pki = Pki::new();
-    let (proxy, _) = pki.agent("front-door");
-    let options = HubOptions {
-        extra: String::new(),
-        ..HubOptions::default()
-    };
-    let mut hub = TestHub::start_with(&pki, &[], options).await;
-    let text = std::fs::read_to_string(&hub.config_path).unwrap().replace(
-        "handshake_timeout_secs",
-        &format!(
-            "trusted_proxy_pins = [\"{}\"]\nhandshake_timeout_secs",
-            proxy.pin
-        ),
-    );
-    std::fs::write(&hub.config_path, text).unwrap();
-    hub.restart_from_file().await;
-    let _ = raw::connect(hub.hub, pki.ca.cert_pem(), &proxy).await;
-    eventually("proxy without header refused", PATIENCE, || async {
-        hub.backend()
-            .metrics
-            .hub_rejected_count("proxy_without_client_cert")
-            == 1
-    })
-    .await;
-    hub.stop().await;
-}
+// The forwarded-certificate tests live in proxy.rs.

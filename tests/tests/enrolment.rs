@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use agentmesh_e2e::backend::{ADMIN_TOKEN, OPERATOR_TOKEN};
 use agentmesh_e2e::{
     agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
@@ -99,10 +97,28 @@ async fn a_join_token_enrols_once_and_expires() {
     let reused = redeem(&hub, &token, "edge-07").await.unwrap_err();
     assert_eq!(reused.status, 401, "{}", reused.body);
 
-    let short = join_token(&hub, "edge-09", 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = post(
+        &hub,
+        Some(ADMIN_TOKEN),
+        "/api/v1/enrollments",
+        json!({"agent_id": "edge-09", "ttl_secs": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let short = r.json()["token"].as_str().unwrap().to_owned();
+    let expires_at = time::OffsetDateTime::parse(
+        r.json()["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    // Wait for the token's own expiry time to pass (same clock as the hub's), not a guess.
+    eventually("the join token's expiry passed", PATIENCE, || async {
+        time::OffsetDateTime::now_utc() > expires_at + time::Duration::milliseconds(10)
+    })
+    .await;
     let expired = redeem(&hub, &short, "edge-09").await.unwrap_err();
     assert_eq!(expired.status, 401);
+    assert!(expired.body.contains("expired"), "{}", expired.body);
     hub.stop().await;
 }
 
@@ -149,7 +165,14 @@ async fn gateway_enroll_command_end_to_end() {
         api: "http://192.0.2.1:8080".into(),
         ..opts
     };
-    assert!(gateway_agent::enroll::enroll(&remote).await.is_err());
+    // Refused as a usage error before any network I/O (192.0.2.1 is TEST-NET, unroutable:
+    // a connect attempt would show up as a Connect error, not this one).
+    match gateway_agent::enroll::enroll(&remote).await {
+        Err(gateway_agent::enroll::EnrollError::Usage(msg)) => {
+            assert!(msg.contains("loopback"), "{msg}")
+        }
+        other => panic!("expected a usage error, got {other:?}"),
+    }
     agent.stop().await;
     hub.stop().await;
 }
@@ -160,7 +183,8 @@ async fn revocation_disconnects_at_once_and_the_agent_stays_out_across_restarts(
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     let mut hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
-    let agent = TestAgent::connect(&pki, &hub, "edge-01", &edge_dir).await;
+    // A live session, driven by hand so the close code it gets is observable.
+    let (mut session, _) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
     let r = http::request(
         hub.http,
         "DELETE",
@@ -170,7 +194,6 @@ async fn revocation_disconnects_at_once_and_the_agent_stays_out_across_restarts(
     )
     .await;
     assert_eq!(r.status, 403, "only admins revoke");
-    let started = std::time::Instant::now();
     let r = http::request(
         hub.http,
         "DELETE",
@@ -181,21 +204,29 @@ async fn revocation_disconnects_at_once_and_the_agent_stays_out_across_restarts(
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["disconnected"], true);
-    eventually("disconnected", Duration::from_secs(5), || async {
+    // The live session is closed with 4004 mid-session (not left to time out).
+    let (code, reason) = session.close_code(PATIENCE).await.expect("closed");
+    assert_eq!(code, 4004, "{reason}");
+    eventually("the registry shows it disconnected", PATIENCE, || async {
         !hub.is_connected("edge-01")
     })
     .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
-    // The agent keeps trying and keeps being refused, also after a restart (the static
+    // A real agent keeps trying and keeps being refused, also after a restart (the static
     // [[agents]] entry does not bring it back).
+    let cfg = agent::write_config(
+        pki.path(),
+        "edge-01",
+        &edge_dir,
+        hub.hub,
+        &[&hub.server_pin],
+        "",
+    );
+    let agent = TestAgent::start(cfg);
     eventually("refused as revoked", PATIENCE, || async {
         hub.backend().metrics.hub_rejected_count("revoked") >= 1
     })
     .await;
+    assert!(!hub.is_connected("edge-01"));
     hub.restart(&pki).await;
     let (code, _) = connects(&hub, &pki, "edge-01", &edge).await.unwrap_err();
     assert_eq!(code, 4004);

@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use agentmesh_e2e::backend::{ADMIN_TOKEN, OPERATOR_TOKEN};
 use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 use mesh_certs::Validity;
@@ -42,9 +40,8 @@ async fn an_expiring_certificate_is_renewed_over_the_session_and_the_agent_stays
         &[&hub.server_pin],
         "",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[agent]\n", "[agent]\nrenew_before_days = 15\n");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = agentmesh_e2e::backend::merge_toml(&text, "[agent]\nrenew_before_days = 15\n");
     std::fs::write(&cfg, text).unwrap();
     let agent = TestAgent::start(cfg);
 
@@ -116,8 +113,18 @@ async fn an_expiring_certificate_is_renewed_over_the_session_and_the_agent_stays
         "the hub audited the renewal: {records:?}"
     );
 
-    // No renewal loop: the fresh certificate is not due, the session stays up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No renewal loop: the fresh certificate is not due, the session stays up. A further
+    // round trip through the agent (instead of a sleep) shows the session still serving.
+    let body = json!({"verb": "ping", "wait": true}).to_string();
+    let r = http::request(
+        hub.http,
+        "POST",
+        "/api/v1/agents/edge-01/commands",
+        Some(OPERATOR_TOKEN),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let state = agent.state.snapshot();
     assert!(
         state.connected && state.renewals == 1 && state.connects == 2,

@@ -19,6 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Old name of [`FakeHub`], still used by renew.rs.
+pub type TestHub = FakeHub;
+
 /// Per-test certificates on disk.
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -176,20 +179,22 @@ pub fn welcome(session_id: &str) -> HubFrame {
     })
 }
 
-pub struct TestHub {
+/// A fake hub (TLS without client auth, frames driven by the test) — not the real backend,
+/// which the e2e harness's `TestHub` runs; named apart so the two are not confused.
+pub struct FakeHub {
     pub addr: SocketAddr,
     pub conns: mpsc::Receiver<Conn>,
     task: JoinHandle<()>,
 }
 
-impl Drop for TestHub {
+impl Drop for FakeHub {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl TestHub {
-    pub async fn start(server: &Issued) -> TestHub {
+impl FakeHub {
+    pub async fn start(server: &Issued) -> FakeHub {
         let certs = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -263,6 +268,6 @@ impl TestHub {
                 });
             }
         });
-        TestHub { addr, conns, task }
+        FakeHub { addr, conns, task }
     }
 }
