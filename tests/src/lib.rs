@@ -9,6 +9,8 @@
 //! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client.
+//! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
+//!   loopback address.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -16,6 +18,7 @@ pub mod agent;
 pub mod backend;
 pub mod fleet;
 pub mod http;
+pub mod nginx;
 pub mod pki;
 pub mod raw;
 

@@ -43,6 +43,7 @@ fn render_conf(dir: &Path, listen: SocketAddr, hub: SocketAddr, api: SocketAddr)
     let d = dir.display();
     let server = template
         .replace("listen 443 ssl;", &format!("listen {listen} ssl;"))
+        .replace("listen [::]:443 ssl;", "")
         .replace("server 127.0.0.1:8080;", &format!("server {api};"))
         .replace("https://127.0.0.1:8081", &format!("https://{hub}"))
         .replace("/etc/agentmesh/tls/front/", &format!("{d}/front/"))
