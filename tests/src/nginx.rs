@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use mesh_certs::{Issued, Validity};
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::Pki;
+use crate::backend::HubOptions;
+use crate::{Pki, TestHub};
 
 /// The nginx binary, or `None` (with the reason printed) when it is not installed. With
 /// `AGENTMESH_REQUIRE_EXTERNAL=1` (CI) a missing nginx panics instead.
@@ -49,6 +50,17 @@ pub fn front_door_certs(pki: &Pki) -> (Issued, Issued) {
 /// Renders the shipped config for this test's ports and files; panics if a line it must
 /// rewrite is missing, so a changed template fails loudly instead of binding port 443.
 pub fn render(dir: &Path, listen: SocketAddr, hub: SocketAddr, api: SocketAddr) -> PathBuf {
+    render_edited(dir, listen, hub, api, &|s| s)
+}
+
+/// Like [`render`], with `edit` applied to the rendered server block (to break it on purpose).
+pub fn render_edited(
+    dir: &Path,
+    listen: SocketAddr,
+    hub: SocketAddr,
+    api: SocketAddr,
+    edit: &dyn Fn(String) -> String,
+) -> PathBuf {
     let template = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/agentmesh.conf"),
     )
@@ -67,6 +79,7 @@ pub fn render(dir: &Path, listen: SocketAddr, hub: SocketAddr, api: SocketAddr) 
         assert!(server.contains(from), "nginx/agentmesh.conf lost {from:?}");
         server = server.replace(from, &to);
     }
+    let server = edit(server);
     let conf = format!(
         "user root;\nworker_processes 1;\nworker_rlimit_nofile 8192;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n{server}\n}}\n"
     );
@@ -88,13 +101,24 @@ impl Nginx {
     /// Starts nginx for `hub`/`api` with the config rendered under `dir` and waits until it
     /// accepts connections. A port taken between choosing and binding is retried.
     pub async fn start(binary: &Path, dir: &Path, hub: SocketAddr, api: SocketAddr) -> Nginx {
+        Self::start_edited(binary, dir, hub, api, &|s| s).await
+    }
+
+    /// Like [`Nginx::start`] with [`render_edited`]'s `edit`.
+    pub async fn start_edited(
+        binary: &Path,
+        dir: &Path,
+        hub: SocketAddr,
+        api: SocketAddr,
+        edit: &dyn Fn(String) -> String,
+    ) -> Nginx {
         use std::os::unix::process::CommandExt;
         for _ in 0..5 {
             let listen = StdListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap();
-            let conf = render(dir, listen, hub, api);
+            let conf = render_edited(dir, listen, hub, api, edit);
             let out = Command::new(binary)
                 .arg("-t")
                 .arg("-c")
@@ -143,15 +167,21 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-QUIT", "--", &group]).status();
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-QUIT");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        signal("-KILL");
         let _ = self.child.wait();
     }
 }
@@ -195,4 +225,29 @@ pub fn client_ip(n: usize) -> IpAddr {
         ((n / 250) % 250) as u8,
         (n % 250 + 1) as u8,
     ])
+}
+
+/// A backend set up for the shipped nginx config: nginx's pin (`proxy`) trusted for
+/// forwarded certificates, and 127.0.0.1 (where nginx connects from) as the hub's and the
+/// API's trusted proxy address. `options.limits` empty = the default `[limits]`.
+pub async fn hub_behind_nginx(
+    pki: &Pki,
+    enrolled: &[(&str, &str)],
+    proxy: &Issued,
+    options: HubOptions,
+) -> TestHub {
+    let mut hub = TestHub::start_with(pki, enrolled, options).await;
+    let text = std::fs::read_to_string(&hub.config_path)
+        .unwrap()
+        .replace(
+            "handshake_timeout_secs",
+            &format!(
+                "trusted_proxy_pins = [\"{}\"]\ntrusted_proxies = [\"127.0.0.1/32\"]\nhandshake_timeout_secs",
+                proxy.pin
+            ),
+        )
+        .replace("[http]\n", "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+    std::fs::write(&hub.config_path, text).unwrap();
+    hub.restart_from_file().await;
+    hub
 }

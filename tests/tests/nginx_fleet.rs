@@ -19,27 +19,13 @@ const FLEET: usize = 300;
 /// Generous: a slow, shared 2-core machine. Nothing here asserts how fast.
 const FLEET_PATIENCE: Duration = Duration::from_secs(300);
 
-/// Default `[limits]`, nginx's pin trusted for forwarded certificates, and 127.0.0.1 (where
-/// nginx connects from) as the hub's and the API's trusted proxy address.
+/// Default `[limits]` behind nginx.
 async fn hub_behind_nginx(pki: &Pki, enrolled: &[(&str, &str)], proxy: &Issued) -> TestHub {
     let options = HubOptions {
         limits: String::new(),
         ..HubOptions::default()
     };
-    let mut hub = TestHub::start_with(pki, enrolled, options).await;
-    let text = std::fs::read_to_string(&hub.config_path)
-        .unwrap()
-        .replace(
-            "handshake_timeout_secs",
-            &format!(
-                "trusted_proxy_pins = [\"{}\"]\ntrusted_proxies = [\"127.0.0.1/32\"]\nhandshake_timeout_secs",
-                proxy.pin
-            ),
-        )
-        .replace("[http]\n", "[http]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
-    std::fs::write(&hub.config_path, text).unwrap();
-    hub.restart_from_file().await;
-    hub
+    nginx::hub_behind_nginx(pki, enrolled, proxy, options).await
 }
 
 /// Waits until every id is connected; returns when each was first seen, from `start`.
@@ -130,6 +116,10 @@ async fn a_fleet_connects_through_nginx_comes_back_after_a_restart_and_noisy_age
         let cfg = agent::write_config(pki.path(), id, dir, via, &[&front.pin], "");
         agents.push(TestAgent::start(cfg));
     }
+    eprintln!(
+        "{FLEET} agents started in {:.2}s",
+        start.elapsed().as_secs_f64()
+    );
     let times = all_connected(&hub, &ids, start).await;
     summary("first connect through nginx", &times);
     let metrics = &hub.backend().metrics;
@@ -207,8 +197,14 @@ async fn a_fleet_connects_through_nginx_comes_back_after_a_restart_and_noisy_age
     // A backend restart: every agent comes back through nginx.
     let start = Instant::now();
     hub.restart(&pki).await;
+    let up = start.elapsed();
     let times = all_connected(&hub, &ids, start).await;
-    summary("back after a backend restart", &times);
+    summary("back after a backend restart (from the kill)", &times);
+    let since_up: Vec<Duration> = times.iter().map(|t| t.saturating_sub(up)).collect();
+    summary(
+        "back after a backend restart (from the new backend up)",
+        &since_up,
+    );
     eprintln!(
         "after restart: handshake refusals paced={} ip={} identity={}",
         hub.backend().metrics.hub_rejected_count("admission_paced"),
