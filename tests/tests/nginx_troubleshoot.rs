@@ -234,3 +234,27 @@ async fn a_proxy_timeout_shorter_than_the_heartbeat_makes_agents_reconnect() {
     .await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn plain_http_to_the_front_door_tls_port_is_400() {
+    let Some(s) = setup(HubOptions::default(), true, &|conf, _| conf).await else {
+        return;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(s.nginx.listen)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /ws/agent HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("The plain HTTP request was sent to HTTPS port"),
+        "{answer}"
+    );
+    s.nginx_logged("client sent plain HTTP request to HTTPS port")
+        .await;
+    s.stop().await;
+}
