@@ -180,6 +180,11 @@ async fn a_fleet_connects_through_nginx_comes_back_after_a_restart_and_noisy_age
     }
     eprintln!("noisy agents: {admitted} admitted, {nginx_refused} refused by nginx (429), {hub_refused} closed by the hub (1013)");
     assert!(nginx_refused > 0, "nginx limits one address");
+    let log = front_door.errors();
+    assert!(
+        log.contains("limiting requests, excess:") && log.contains("by zone \"agentmesh_ws_req\""),
+        "nginx logs its refusals"
+    );
     assert!(
         hub.backend()
             .metrics
