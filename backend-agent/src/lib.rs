@@ -16,7 +16,8 @@
 //! - [`checkpoint`]: signed checkpoints of the audit tail in the store.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`authz`]: the one authorisation policy (who may do what to which agent or command).
-//! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
+//! - [`limits`]: rate limits (operator, agent, hub source address and identity, admission).
+//! - [`client_addr`]: the real client behind a trusted proxy (`X-Real-IP`, CIDRs).
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
@@ -33,6 +34,7 @@ pub mod audit_flood;
 pub mod auth;
 pub mod authz;
 pub mod checkpoint;
+pub mod client_addr;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -255,6 +257,7 @@ impl Backend {
             enrolment: enrolment.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
+            trusted_proxies: Arc::new(config.http.trusted_proxies.clone()),
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;

@@ -1,5 +1,7 @@
 //! Rate limits (token buckets via `governor`): per operator token, per target agent, per
-//! source address for hub connection attempts and for join-token redemptions, and a global
+//! source address for hub connection attempts and for join-token redemptions, per agent
+//! identity for hub connections (after TLS, so behind a proxy one noisy agent is throttled
+//! alone), and a global
 //! hub admission rate that paces a reconnect storm after a restart instead of letting it
 //! stampede the TLS stack.
 //!
@@ -29,6 +31,7 @@ pub struct RateLimits {
     operator: Option<KeyedLimiter<String>>,
     agent: Option<KeyedLimiter<String>>,
     hub_ip: Option<KeyedLimiter<IpAddr>>,
+    hub_identity: Option<KeyedLimiter<String>>,
     enrol: Option<KeyedLimiter<IpAddr>>,
     hub_admission: Option<DefaultDirectRateLimiter>,
     clock: DefaultClock,
@@ -79,6 +82,10 @@ impl RateLimits {
                 c.hub_connects_per_ip_per_sec,
                 c.hub_connects_per_ip_burst,
             )),
+            hub_identity: keyed(quota(
+                c.hub_connects_per_agent_per_sec,
+                c.hub_connects_per_agent_burst,
+            )),
             enrol: keyed(quota(c.enrol_attempts_per_sec, c.enrol_burst)),
             hub_admission: quota(c.hub_handshakes_per_sec, c.hub_handshake_burst)
                 .map(RateLimiter::direct),
@@ -99,6 +106,11 @@ impl RateLimits {
     /// One hub connection attempt from `ip` (IPv6 keyed by /64).
     pub fn check_hub_ip(&self, ip: IpAddr) -> Result<(), Duration> {
         check(&self.hub_ip, &source_key(ip))
+    }
+
+    /// One hub connection by agent identity `cn`, counted once its certificate is known.
+    pub fn check_hub_identity(&self, cn: &str) -> Result<(), Duration> {
+        check(&self.hub_identity, &cn.to_owned())
     }
 
     /// One join-token redemption from `ip` (IPv6 keyed by /64). Its own limiter, so an
@@ -123,7 +135,10 @@ impl RateLimits {
 
     /// Forgets idle keys (call periodically).
     pub fn prune(&self) {
-        for l in [&self.operator, &self.agent].into_iter().flatten() {
+        for l in [&self.operator, &self.agent, &self.hub_identity]
+            .into_iter()
+            .flatten()
+        {
             l.prune();
         }
         for l in [&self.hub_ip, &self.enrol].into_iter().flatten() {
@@ -194,6 +209,25 @@ mod tests {
             l.check_enrol(other).is_ok(),
             "the next /64 has its own bucket"
         );
+    }
+
+    #[test]
+    fn one_noisy_identity_does_not_spend_another_identitys_connects() {
+        let l = RateLimits::new(&LimitsConfig {
+            hub_connects_per_agent_per_sec: 1,
+            hub_connects_per_agent_burst: 3,
+            ..LimitsConfig::default()
+        });
+        let passed = (0..50)
+            .filter(|_| l.check_hub_identity("noisy").is_ok())
+            .count();
+        assert!((3..=4).contains(&passed), "{passed}");
+        assert!(l.check_hub_identity("quiet").is_ok());
+        let off = RateLimits::new(&LimitsConfig {
+            hub_connects_per_agent_per_sec: 0,
+            ..LimitsConfig::default()
+        });
+        assert!((0..100).all(|_| off.check_hub_identity("noisy").is_ok()));
     }
 
     #[test]

@@ -69,40 +69,10 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// `text` with `from` replaced by `to`, failing if `from` is not there (a changed template
-/// must fail the test rather than leave a production path or port in the rendered config).
-fn must_replace(text: &str, from: &str, to: &str) -> String {
-    assert!(
-        text.contains(from),
-        "nginx/agentmesh.conf no longer contains {from:?}: update render_conf"
-    );
-    text.replace(from, to)
-}
-
-/// Renders the repository's `nginx/agentmesh.conf` for this test's ports and files.
+/// Renders the repository's `nginx/agentmesh.conf` for this test's ports and files (one
+/// renderer for every nginx test: it fails loudly if the template lost a line it rewrites).
 fn render_conf(dir: &Path, listen: SocketAddr, hub: SocketAddr, api: SocketAddr) -> PathBuf {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/agentmesh.conf"),
-    )
-    .unwrap();
-    let d = dir.display();
-    let mut server = template;
-    for (from, to) in [
-        ("listen 443 ssl;", format!("listen {listen} ssl;")),
-        ("server 127.0.0.1:8080;", format!("server {api};")),
-        ("https://127.0.0.1:8081", format!("https://{hub}")),
-        ("/etc/agentmesh/tls/front/", format!("{d}/front/")),
-        ("/etc/agentmesh/tls/nginx/", format!("{d}/nginx/")),
-        ("/etc/agentmesh/tls/ca.pem", format!("{d}/ca/ca.pem")),
-    ] {
-        server = must_replace(&server, from, &to);
-    }
-    let conf = format!(
-        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n{server}\n}}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    path
+    agentmesh_e2e::nginx::render(dir, listen, hub, api)
 }
 
 /// Starts nginx on a fresh port, retrying with another port if it exits (the port was taken

@@ -42,7 +42,13 @@ impl FromRequestParts<AppState> for Caller {
             let peer = parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0);
+                .map(|c| c.0)
+                .map(|p| {
+                    // Behind a trusted proxy, failures are summed per real client.
+                    let ip =
+                        crate::client_addr::resolve(p.ip(), &parts.headers, &state.trusted_proxies);
+                    std::net::SocketAddr::new(ip, p.port())
+                });
             let source = crate::audit_flood::source_name(peer.map(|p| p.ip()));
             let first = state.failures.failure(&source, reason, || {
                 events::bearer_auth_failed(reason, parts.uri.path(), peer)

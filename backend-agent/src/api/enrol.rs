@@ -1,9 +1,8 @@
 //! Enrolment routes: admin enrolment and join tokens, join-token redemption, revocation.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -126,11 +125,13 @@ pub struct EnrollBody {
 /// `POST /api/v1/enroll` (no bearer token): redeem a join token with a CSR.
 pub async fn redeem(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: crate::client_addr::ClientAddr,
     JsonBody(body): JsonBody<EnrollBody>,
 ) -> Result<Response, ApiError> {
     // Guessing join tokens is throttled per source address (IPv6 by /64), on a limiter of
-    // its own so an enrolment flood never touches the operators' budget.
+    // its own so an enrolment flood never touches the operators' budget. Behind a proxy in
+    // `[http] trusted_proxies` the source is the client it forwards, not the proxy.
+    let peer = client.socket();
     let source = crate::audit_flood::source_name(Some(peer.ip()));
     if let Err(wait) = state.limits.check_enrol(peer.ip()) {
         state.failures.failure(&source, "enrol: rate limited", || {

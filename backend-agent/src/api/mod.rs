@@ -51,6 +51,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::Audit>,
     /// Unauthenticated failures, aggregated per source.
     pub failures: Arc<crate::audit_flood::FailureAudit>,
+    /// `[http] trusted_proxies`: peers whose forwarded client address is honoured.
+    pub trusted_proxies: Arc<Vec<crate::client_addr::Cidr>>,
 }
 
 /// The API router.

@@ -85,6 +85,10 @@ pub struct HttpConfig {
     /// Largest request body accepted (413 beyond).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Addresses/CIDRs of reverse proxies whose `X-Real-IP` / `X-Forwarded-For` name the
+    /// client that limits and audit records key on (empty = trust no header).
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
 }
 
 /// `[hub]`.
@@ -118,6 +122,10 @@ pub struct HubConfig {
     /// Pins of reverse proxies (nginx) trusted to forward agent certificates.
     #[serde(default)]
     pub trusted_proxy_pins: Vec<String>,
+    /// Addresses/CIDRs the pinned proxies connect from: exempt from the pre-TLS per-address
+    /// limit (charged after TLS unless the peer presents a pinned proxy certificate).
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
     /// Connections still in TLS/upgrade/hello at once; beyond it new ones are dropped.
     #[serde(default = "default_max_pending_handshakes")]
     pub max_pending_handshakes: usize,
@@ -184,6 +192,13 @@ pub struct LimitsConfig {
     /// Burst of connection attempts per source address.
     #[serde(default = "default_hub_connects_per_ip_burst")]
     pub hub_connects_per_ip_burst: u32,
+    /// Hub connections one agent identity (certificate CN) may open per second, counted
+    /// after TLS (0 = no limit): one noisy agent is throttled alone, also behind a proxy.
+    #[serde(default = "default_hub_connects_per_agent")]
+    pub hub_connects_per_agent_per_sec: u32,
+    /// Burst of connections per agent identity.
+    #[serde(default = "default_hub_connects_per_agent_burst")]
+    pub hub_connects_per_agent_burst: u32,
     /// Global rate of TLS handshakes the hub starts (0 = no limit); excess waits its turn.
     #[serde(default = "default_hub_handshakes_per_sec")]
     pub hub_handshakes_per_sec: u32,
@@ -335,6 +350,12 @@ fn default_hub_connects_per_ip() -> u32 {
     5
 }
 fn default_hub_connects_per_ip_burst() -> u32 {
+    10
+}
+fn default_hub_connects_per_agent() -> u32 {
+    1
+}
+fn default_hub_connects_per_agent_burst() -> u32 {
     10
 }
 fn default_hub_handshakes_per_sec() -> u32 {
@@ -490,6 +511,12 @@ impl BackendConfig {
         }
         for (i, pin) in self.hub.trusted_proxy_pins.iter().enumerate() {
             check_pin(pin).map_err(|m| invalid(format!("hub.trusted_proxy_pins[{i}]"), m))?;
+        }
+        if !self.hub.trusted_proxies.is_empty() && self.hub.trusted_proxy_pins.is_empty() {
+            return Err(invalid(
+                "hub.trusted_proxies".into(),
+                "set hub.trusted_proxy_pins too: a hub proxy is trusted by its pinned certificate, its address only defers the per-address limit until that is checked".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, agent) in self.agents.iter().enumerate() {

@@ -82,3 +82,28 @@ fn history_and_queue_limits_have_defaults_and_agents_may_carry_labels() {
         .to_string();
     assert!(err.contains("store.prune_interval_secs"), "{err}");
 }
+
+#[test]
+fn trusted_proxies_parse_as_cidrs_also_from_the_environment() {
+    let pin = format!("sha256//{}", "A".repeat(43) + "=");
+    let text = format!(
+        "[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[hub]\ntrusted_proxy_pins = [\"{pin}\"]\ntrusted_proxies = [\"127.0.0.1\"]\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.http.trusted_proxies.len(), 2);
+    assert!(c.http.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+    assert_eq!(c.hub.trusted_proxies[0].to_string(), "127.0.0.1/32");
+    let env = [(
+        "AGENTMESH_HTTP_TRUSTED_PROXIES".to_owned(),
+        "[\"192.0.2.0/24\"]".to_owned(),
+    )];
+    let c = BackendConfig::from_toml("", "backend.toml", Path::new("/"), env.into_iter()).unwrap();
+    assert_eq!(c.http.trusted_proxies[0].to_string(), "192.0.2.0/24");
+    let err = parse("[http]\ntrusted_proxies = [\"10.0.0.0/40\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trusted_proxies") && err.contains("/40"),
+        "{err}"
+    );
+}

@@ -37,7 +37,7 @@ pub(super) async fn connection(
         Admission::Now => None,
         Admission::RetryAfter(secs) => Some(secs),
     };
-    let (mut ws, identity) =
+    let (mut ws, identity, forwarded_client) =
         match tokio::time::timeout(limit, tls_and_upgrade(&ctx, tcp, overloaded)).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(rejection)) => return refused(&ctx, peer, &rejection, None),
@@ -50,6 +50,14 @@ pub(super) async fn connection(
             }
         };
     tracing::Span::current().record("agent.id", identity.cn.as_str());
+    // From here on the real client (behind a pinned proxy: the forwarded address) is used.
+    let (peer, limited) = super::accept::after_tls(&ctx, peer, forwarded_client, &identity);
+    tracing::Span::current().record("client.addr", tracing::field::display(peer.ip()));
+    if let Err(r) = limited {
+        refused(&ctx, peer, &r, Some(&identity));
+        let code = super::accept::TRY_AGAIN_LATER;
+        return session::close_ws(&mut ws, code, &r.detail).await;
+    }
 
     if let Err(why) = ctx.registry.check_identity(&identity.cn, &identity.pin) {
         let r = Rejection::new(
@@ -182,7 +190,7 @@ async fn tls_and_upgrade(
     ctx: &HubContext,
     tcp: TcpStream,
     overloaded: Option<u64>,
-) -> Result<(HubSocket, PeerIdentity), Rejection> {
+) -> Result<(HubSocket, PeerIdentity, Option<std::net::IpAddr>), Rejection> {
     let tls = ctx
         .acceptor
         .accept(tcp)
@@ -197,6 +205,7 @@ async fn tls_and_upgrade(
         .ok_or_else(|| Rejection::new("no_cert", "no client certificate"))?;
 
     let mut forwarded: Option<String> = None;
+    let mut forwarded_client = None;
     let mut bad_path: Option<String> = None;
     #[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -222,6 +231,7 @@ async fn tls_and_upgrade(
             .get(FORWARDED_CERT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        forwarded_client = crate::client_addr::forwarded(req.headers());
         Ok(resp)
     };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(ctx.ws_config()))
@@ -245,7 +255,7 @@ async fn tls_and_upgrade(
     if let Some(proxy) = &identity.via_proxy {
         info!(proxy.pin = %proxy, "certificate forwarded by trusted proxy");
     }
-    Ok((ws, identity))
+    Ok((ws, identity, forwarded_client))
 }
 
 async fn wait_hello(ws: &mut HubSocket, ctx: &HubContext) -> Result<HelloFrame, (u16, Rejection)> {
