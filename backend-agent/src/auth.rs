@@ -67,15 +67,60 @@ struct TokenEntry {
     principal: Principal,
 }
 
-/// The configured tokens, held only as SHA-256 digests.
+/// The configured tokens, held only as SHA-256 digests. A reload swaps the whole set at once
+/// ([`TokenStore::replace`]); a request sees either the old set or the new one.
 pub struct TokenStore {
-    entries: Vec<TokenEntry>,
+    entries: std::sync::RwLock<std::sync::Arc<Vec<TokenEntry>>>,
 }
 
 impl TokenStore {
     /// Builds the store from `[[tokens]]` (already validated as 64 hex digits).
     pub fn new(tokens: &[TokenConfig]) -> Self {
-        let entries = tokens
+        TokenStore {
+            entries: std::sync::RwLock::new(std::sync::Arc::new(entries_of(tokens))),
+        }
+    }
+
+    /// Replaces every token with `tokens` (config reload).
+    pub fn replace(&self, tokens: &[TokenConfig]) {
+        let fresh = std::sync::Arc::new(entries_of(tokens));
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn current(&self) -> std::sync::Arc<Vec<TokenEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Finds the principal for a presented token. Every entry is compared in constant time,
+    /// so the answer's timing says nothing about which digest bytes matched.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let entries = self.current();
+        let mut found = None;
+        for entry in entries.iter() {
+            if constant_time_eq(&entry.digest, &digest) && found.is_none() {
+                found = Some(&entry.principal);
+            }
+        }
+        found.cloned()
+    }
+}
+
+fn entries_of(tokens: &[TokenConfig]) -> Vec<TokenEntry> {
+    tokens
             .iter()
             .filter_map(|t| {
                 Some(TokenEntry {
@@ -88,22 +133,7 @@ impl TokenStore {
                     },
                 })
             })
-            .collect();
-        TokenStore { entries }
-    }
-
-    /// Finds the principal for a presented token. Every entry is compared in constant time,
-    /// so the answer's timing says nothing about which digest bytes matched.
-    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for entry in &self.entries {
-            if constant_time_eq(&entry.digest, &digest) && found.is_none() {
-                found = Some(&entry.principal);
-            }
-        }
-        found
-    }
+            .collect()
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -156,12 +186,11 @@ mod tests {
             verbs: vec!["*".into()],
             labels: BTreeMap::new(),
         }]);
-        assert_eq!(
-            store.authenticate(&token).map(|p| p.name.as_str()),
-            Some("ops")
-        );
+        assert_eq!(store.authenticate(&token).map(|p| p.name), Some("ops".into()));
         assert!(store.authenticate("amt_wrong").is_none());
         assert!(store.authenticate(&token_sha256_hex(&token)).is_none());
+        store.replace(&[]);
+        assert!(store.authenticate(&token).is_none(), "a reload removes it");
     }
 
     #[test]

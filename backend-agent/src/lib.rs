@@ -22,6 +22,7 @@
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
 //! - [`dev`]: the `backend-agent dev` quick start.
+//! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
 //! - [`hex`], [`sync`]: lower-case hex; poison-tolerant locking.
@@ -45,6 +46,7 @@ pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod store;
 pub mod sync;
 
@@ -147,13 +149,36 @@ pub struct Backend {
     hub_task: JoinHandle<()>,
     http_task: JoinHandle<std::io::Result<()>>,
     checkpoints: checkpoint::Checkpoints,
+    reloader: Arc<reload::Reloader>,
+    live: Arc<hub::LiveSettings>,
+}
+
+/// Where a reload reads the config and how it applies the log filter.
+#[derive(Default)]
+pub struct ReloadSource {
+    /// The config file (none: reloads are refused).
+    pub path: Option<std::path::PathBuf>,
+    /// Applies `[log] level`.
+    pub log: Option<reload::LogHook>,
 }
 
 impl Backend {
     /// Starts the hub and the API on already-bound listeners.
     pub async fn start(listeners: Listeners, config: BackendConfig) -> Result<Self, RunError> {
-        let (server_tls, client_verifier) =
-            hub::tls::server_config(&config.hub.cert, &config.hub.key, &config.hub.client_ca)?;
+        Self::start_reloadable(listeners, config, ReloadSource::default()).await
+    }
+
+    /// Like [`Backend::start`], reloadable from `source` ([`Backend::reload`]).
+    pub async fn start_reloadable(
+        listeners: Listeners,
+        config: BackendConfig,
+        source: ReloadSource,
+    ) -> Result<Self, RunError> {
+        let (server_tls, client_verifier, server_cert) = hub::tls::reloadable_server_config(
+            &config.hub.cert,
+            &config.hub.key,
+            &config.hub.client_ca,
+        )?;
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -165,7 +190,8 @@ impl Backend {
         let audit = Arc::new(audit);
         let failures = Arc::new(audit_flood::FailureAudit::new(audit.clone()));
         failures.clone().spawn_flusher(stop_rx.clone());
-        let limits = Arc::new(limits::RateLimits::new(&config.limits));
+        let limits = Arc::new(reload::Swap::new(limits::RateLimits::new(&config.limits)));
+        let live = Arc::new(hub::LiveSettings::new(&config.hub, &config.limits));
         spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
@@ -233,6 +259,7 @@ impl Backend {
             limits: limits.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
+            live: live.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         // `/ready` reports a hub whose accept loop ended (shutdown, or a task that died).
@@ -242,16 +269,29 @@ impl Backend {
             hub::serve(listeners.hub, hub_ctx).await;
         });
 
+        let tokens = Arc::new(auth::TokenStore::new(&config.tokens));
+        let reloader = Arc::new(reload::Reloader {
+            path: source.path,
+            tokens: tokens.clone(),
+            limits: limits.clone(),
+            live: live.clone(),
+            cert: server_cert,
+            enrolment: enrolment.clone(),
+            labels: labels.clone(),
+            audit: audit.clone(),
+            log: source.log,
+            current: tokio::sync::Mutex::new(config.clone()),
+        });
         let state = api::AppState {
             registry: registry.clone(),
-            tokens: Arc::new(auth::TokenStore::new(&config.tokens)),
+            tokens: tokens.clone(),
             metrics: metrics.clone(),
             hub_listening: hub_listening.clone(),
             started: Instant::now(),
             commands: commands.clone(),
             authz,
-            labels,
-            limits,
+            labels: labels.clone(),
+            limits: limits.clone(),
             enrolment: enrolment.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
@@ -282,13 +322,33 @@ impl Backend {
             hub_task,
             http_task,
             checkpoints,
+            reloader,
+            live,
         })
+    }
+
+    /// Reloads the config file (SIGHUP); on any error the running config stays.
+    pub async fn reload(&self) -> Result<reload::ReloadReport, reload::ReloadError> {
+        self.reloader.reload_from_file().await
+    }
+
+    /// The reloader, for a signal handler that outlives borrows of the backend.
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
     }
 
     /// Stops accepting, drains sessions (`drain` + close 1001) and waits, bounded by
     /// [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
+        let draining = self.registry.connected_count();
+        self.live.drain.begin(draining);
+        info!(
+            sessions = draining,
+            window_ms = self.live.drain.window_ms(),
+            "draining: reconnect slots spread over the window"
+        );
+        hub::drain::await_in_flight(&self.commands, &self.registry, self.live.drain_grace()).await;
         let _ = self.stop.send(true);
         let _ = self.hub_task.await;
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())
@@ -329,13 +389,13 @@ impl Backend {
 }
 
 /// Forgets idle rate-limit keys every minute until shutdown.
-fn spawn_prune(limits: Arc<limits::RateLimits>, mut stop: watch::Receiver<bool>) {
+fn spawn_prune(limits: Arc<reload::SharedLimits>, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = hub::stopped(&mut stop) => break,
-                _ = every.tick() => limits.prune(),
+                _ = every.tick() => limits.load().prune(),
             }
         }
     });
@@ -347,9 +407,38 @@ pub async fn run(
     config: BackendConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let backend = Backend::start(listeners, config).await?;
+    run_reloadable(
+        listeners,
+        config,
+        ReloadSource::default(),
+        tokio::sync::mpsc::channel(1).1,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], reloading the config from `source` each time `reloads` yields (SIGHUP).
+pub async fn run_reloadable(
+    listeners: Listeners,
+    config: BackendConfig,
+    source: ReloadSource,
+    mut reloads: tokio::sync::mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let backend = Backend::start_reloadable(listeners, config, source).await?;
     gateway_agent::notify::ready();
-    shutdown.await;
+    let reloader = backend.reloader();
+    let serve_reloads = async move {
+        while reloads.recv().await.is_some() {
+            // Refusals are logged and audited inside; the daemon runs on either way.
+            let _ = reloader.reload_from_file().await;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = serve_reloads => {}
+    }
     gateway_agent::notify::stopping();
     backend.shutdown().await
 }

@@ -28,6 +28,7 @@
 //!   delivered (pending results after `welcome`, resend window).
 //! - [`state`]: [`AgentState`], the observable connection state.
 //! - [`health`]: the optional local `/health` and `/ready` endpoint.
+//! - [`reload`]: SIGHUP: verbs, limits, labels and certificates without a restart.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -41,6 +42,7 @@ pub mod enroll_cli;
 pub mod exec;
 pub mod health;
 pub mod notify;
+pub mod reload;
 pub mod renew;
 pub mod session;
 pub mod signing;
@@ -50,6 +52,6 @@ pub mod tls;
 pub use config::{
     check_config, config_warnings, ConfigError, GatewayConfig, ParamConfig, VerbConfig,
 };
-pub use dialer::{run, run_with_state, RunError};
+pub use dialer::{run, run_reloadable, run_with_state, RunError};
 pub use exec::{Executor, Results, Submitted};
 pub use state::{AgentState, StateSnapshot};

@@ -132,7 +132,7 @@ pub async fn redeem(
     // Guessing join tokens is throttled per source address (IPv6 by /64), on a limiter of
     // its own so an enrolment flood never touches the operators' budget.
     let source = crate::audit_flood::source_name(Some(peer.ip()));
-    if let Err(wait) = state.limits.check_enrol(peer.ip()) {
+    if let Err(wait) = state.limits.load().check_enrol(peer.ip()) {
         state.failures.failure(&source, "enrol: rate limited", || {
             events::enrol_rate_limited(peer)
         });
