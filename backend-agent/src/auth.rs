@@ -121,19 +121,19 @@ impl TokenStore {
 
 fn entries_of(tokens: &[TokenConfig]) -> Vec<TokenEntry> {
     tokens
-            .iter()
-            .filter_map(|t| {
-                Some(TokenEntry {
-                    digest: decode_hex32(&t.sha256)?,
-                    principal: Principal {
-                        name: t.name.clone(),
-                        role: t.role,
-                        verbs: t.verbs.clone(),
-                        labels: t.labels.clone(),
-                    },
-                })
+        .iter()
+        .filter_map(|t| {
+            Some(TokenEntry {
+                digest: decode_hex32(&t.sha256)?,
+                principal: Principal {
+                    name: t.name.clone(),
+                    role: t.role,
+                    verbs: t.verbs.clone(),
+                    labels: t.labels.clone(),
+                },
             })
-            .collect()
+        })
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -186,7 +186,10 @@ mod tests {
             verbs: vec!["*".into()],
             labels: BTreeMap::new(),
         }]);
-        assert_eq!(store.authenticate(&token).map(|p| p.name), Some("ops".into()));
+        assert_eq!(
+            store.authenticate(&token).map(|p| p.name),
+            Some("ops".into())
+        );
         assert!(store.authenticate("amt_wrong").is_none());
         assert!(store.authenticate(&token_sha256_hex(&token)).is_none());
         store.replace(&[]);

@@ -82,7 +82,10 @@ pub fn advertisement_differs(config: &GatewayConfig, hello: &HelloFrame) -> bool
 
 /// Completes once the config in force advertises something other than `hello` (never, if
 /// no reload ever comes).
-pub async fn readvertise_needed(config: &mut watch::Receiver<Arc<GatewayConfig>>, hello: &HelloFrame) {
+pub async fn readvertise_needed(
+    config: &mut watch::Receiver<Arc<GatewayConfig>>,
+    hello: &HelloFrame,
+) {
     loop {
         if advertisement_differs(&config.borrow_and_update(), hello) {
             return;
@@ -117,7 +120,10 @@ pub async fn serve(
             continue;
         }
         for key in &needs_restart {
-            warn!(key, "config changed but needs a restart; keeping the running value");
+            warn!(
+                key,
+                "config changed but needs a restart; keeping the running value"
+            );
         }
         info!(
             verbs = new.verbs.len(),
@@ -151,7 +157,10 @@ mod tests {
         new.agent.id = "other".into();
         assert_eq!(keep_restart_only(&old, &mut new), ["agent.id"]);
         assert_eq!(new.agent.id, "edge-01");
-        assert_eq!(advertisement(&old), advertisement(&config(dir.path(), "c.toml", "")));
+        assert_eq!(
+            advertisement(&old),
+            advertisement(&config(dir.path(), "c.toml", ""))
+        );
         assert_ne!(advertisement(&old), advertisement(&new));
     }
 }

@@ -464,7 +464,9 @@ impl BackendConfig {
             key,
             message,
         };
-        self.log.validate().map_err(|m| invalid("log.level".into(), m))?;
+        self.log
+            .validate()
+            .map_err(|m| invalid("log.level".into(), m))?;
         if self.hub.heartbeat_secs == 0 {
             return Err(invalid("hub.heartbeat_secs".into(), "must be > 0".into()));
         }

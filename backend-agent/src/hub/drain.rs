@@ -48,7 +48,10 @@ pub async fn await_in_flight(commands: &CommandService, registry: &Registry, gra
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            warn!(commands = waiting, "drain: grace over with commands still in flight");
+            warn!(
+                commands = waiting,
+                "drain: grace over with commands still in flight"
+            );
             return;
         }
         info!(commands = waiting, "drain: waiting for commands in flight");
@@ -84,8 +87,10 @@ impl DrainPlan {
 
     /// Starts handing out slots for `sessions` live sessions (call once, at shutdown).
     pub fn begin(&self, sessions: usize) {
-        self.sessions
-            .store(u64::try_from(sessions).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sessions.store(
+            u64::try_from(sessions).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.next.store(0, Ordering::Relaxed);
     }
 
@@ -127,7 +132,10 @@ mod tests {
         let slots: Vec<u64> = (0..400).map(|_| plan.next_slot()).collect();
         assert_eq!(slots[0], 1000);
         assert_eq!(*slots.iter().max().unwrap_or(&0), 1000 + 1995);
-        assert!(slots.windows(2).all(|w| w[1] - w[0] == 5), "one slot per 5 ms");
+        assert!(
+            slots.windows(2).all(|w| w[1] - w[0] == 5),
+            "one slot per 5 ms"
+        );
     }
 
     #[test]

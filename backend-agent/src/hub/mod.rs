@@ -116,7 +116,10 @@ impl LiveSettings {
     pub fn new(hub: &HubConfig, limits: &crate::config::LimitsConfig) -> Self {
         LiveSettings {
             trusted_proxy_pins: crate::reload::Swap::new(hub.trusted_proxy_pins.clone()),
-            drain: drain::DrainPlan::new(hub.drain_reconnect_after_ms, limits.hub_handshakes_per_sec),
+            drain: drain::DrainPlan::new(
+                hub.drain_reconnect_after_ms,
+                limits.hub_handshakes_per_sec,
+            ),
             drain_grace_secs: hub.drain_grace_secs.into(),
         }
     }
@@ -128,7 +131,8 @@ impl LiveSettings {
 
     /// Applies a reloaded config.
     pub fn reload(&self, hub: &HubConfig, limits: &crate::config::LimitsConfig) {
-        self.trusted_proxy_pins.store(hub.trusted_proxy_pins.clone());
+        self.trusted_proxy_pins
+            .store(hub.trusted_proxy_pins.clone());
         self.drain
             .configure(hub.drain_reconnect_after_ms, limits.hub_handshakes_per_sec);
         self.drain_grace_secs

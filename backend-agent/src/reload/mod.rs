@@ -115,7 +115,10 @@ impl Reloader {
         match self.swap(&mut current, loaded).await {
             Ok(report) => {
                 for key in &report.needs_restart {
-                    warn!(key, "config changed but needs a restart; keeping the running value");
+                    warn!(
+                        key,
+                        "config changed but needs a restart; keeping the running value"
+                    );
                 }
                 info!(changed = ?report.changed, needs_restart = ?report.needs_restart, "config reloaded");
                 self.audit.record(events::config_reloaded(

@@ -64,9 +64,8 @@ use crate::signing::Signer;
 use admit::{interrupted, Admission};
 use limits::Limits;
 use process::CancelReason;
-use store::{LoadReport, Store};
 use reconfigure::VerbTable;
-
+use store::{LoadReport, Store};
 
 pub use settings::ExecSettings;
 

@@ -20,11 +20,7 @@ impl Executor {
         commands_per_minute: u32,
     ) -> Result<(), ExecError> {
         let table = verb::table(verbs).map_err(ExecError::Verb)?;
-        *self
-            .inner
-            .verbs
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *self.inner.verbs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         lock(&self.inner.limits).reconfigure(max_concurrency, commands_per_minute);
         Ok(())
     }

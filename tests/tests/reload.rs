@@ -1,0 +1,303 @@
+//! SIGHUP reloads on real processes: a real `backend-agent` child (and a real `gateway-agent`
+//! child for the agent side), real TLS, the config file edited between signals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod audit_proc;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use agentmesh_e2e::backend::VIEWER_TOKEN;
+use agentmesh_e2e::{agent, eventually, http, raw, PATIENCE};
+use audit_proc::{backend_binary, Setup};
+use serde_json::Value;
+
+const NEW_TOKEN: &str = "amt_reloaded_viewer_token";
+
+fn hup(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A real backend process of `setup`, its pid, and its log file.
+struct Backend {
+    child: Child,
+}
+
+impl Backend {
+    async fn start(setup: &Setup) -> Backend {
+        let log = std::fs::File::create(setup.config.with_extension("log")).unwrap();
+        let child = Command::new(backend_binary())
+            .arg("--config")
+            .arg(&setup.config)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let http = setup.http;
+        eventually("backend process up", PATIENCE, || async move {
+            http::try_get(http, "/health").await.is_some()
+        })
+        .await;
+        Backend { child }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn agent_view(setup: &Setup) -> Value {
+    let r = http::get(setup.http, "/api/v1/agents/edge-01", Some(VIEWER_TOKEN)).await;
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+/// Waits until the audit log holds `count` records of `kind`.
+async fn audited(setup: &Setup, kind: &str, count: usize) {
+    let path = setup.default_audit_log();
+    let needle = format!("\"kind\":\"{kind}\"");
+    eventually(&format!("{count} × {kind} audited"), PATIENCE, || {
+        let path = path.clone();
+        let needle = needle.clone();
+        async move {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            text.matches(&needle).count() >= count
+        }
+    })
+    .await;
+}
+
+fn append(config: &Path, text: &str) {
+    let mut body = std::fs::read_to_string(config).unwrap();
+    body.push_str(text);
+    std::fs::write(config, body).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_a_token_and_keeps_every_session() {
+    let setup = Setup::new(|t| t).await;
+    let mut backend = Backend::start(&setup).await;
+    let _agent = setup.connect_agent().await;
+    let before = agent_view(&setup).await;
+    assert_eq!(
+        http::get(setup.http, "/api/v1/agents", Some(NEW_TOKEN))
+            .await
+            .status,
+        401
+    );
+
+    append(
+        &setup.config,
+        &format!(
+            "\n[[tokens]]\nname = \"reloaded\"\nsha256 = \"{}\"\nrole = \"viewer\"\n",
+            backend_agent::auth::token_sha256_hex(NEW_TOKEN)
+        ),
+    );
+    hup(backend.child.id());
+    let http_addr = setup.http;
+    eventually("the new token works", PATIENCE, || async move {
+        http::get(http_addr, "/api/v1/agents", Some(NEW_TOKEN))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    audited(&setup, "config_reloaded", 1).await;
+
+    let after = agent_view(&setup).await;
+    assert_eq!(after["connected"], true);
+    assert_eq!(after["session_id"], before["session_id"], "same session");
+    assert_eq!(after["connected_since"], before["connected_since"]);
+    assert!(backend.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
+    let setup = Setup::new(|t| t).await;
+    let mut backend = Backend::start(&setup).await;
+    let _agent = setup.connect_agent().await;
+    let before = agent_view(&setup).await;
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+
+    for (n, broken) in [
+        format!("{good}\n[hub\n"),
+        good.replace("[limits]\n", "[limits]\nno_such_key = 1\n"),
+        good.replace("/server/cert.pem", "/server/missing.pem"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(&setup.config, broken).unwrap();
+        hup(backend.child.id());
+        audited(&setup, "config_reload_failed", n + 1).await;
+        assert!(backend.alive(), "a refused reload never stops the daemon");
+    }
+
+    let after = agent_view(&setup).await;
+    assert_eq!(after["session_id"], before["session_id"], "same session");
+    assert_eq!(after["connected"], true);
+    assert_eq!(setup.command().await.status, 200, "still serving commands");
+
+    // And a good file afterwards still reloads.
+    std::fs::write(&setup.config, &good).unwrap();
+    hup(backend.child.id());
+    audited(&setup, "config_reloaded", 1).await;
+    assert!(backend.alive());
+}
+
+/// The hub's certificate as a new TLS client sees it.
+async fn served_pin(setup: &Setup) -> String {
+    let (probe, _) = setup.pki.agent("probe");
+    let tls = raw::tls(setup.hub, setup.pki.ca.cert_pem(), Some(&probe))
+        .await
+        .unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    mesh_certs::pin_from_cert_der(leaf.as_ref()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_hub_certificate_serves_new_handshakes_while_the_old_session_stays() {
+    let setup = Setup::new(|t| t).await;
+    let mut backend = Backend::start(&setup).await;
+    let _agent = setup.connect_agent().await;
+    let before = agent_view(&setup).await;
+    assert_eq!(served_pin(&setup).await, setup.server_pin);
+
+    let fresh = setup
+        .pki
+        .ca
+        .issue_server(
+            "localhost",
+            &["127.0.0.1".to_owned()],
+            mesh_certs::Validity::days(2),
+        )
+        .unwrap();
+    fresh.save(&setup.pki.path().join("server2")).unwrap();
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("/server/cert.pem", "/server2/cert.pem")
+        .replace("/server/key.pem", "/server2/key.pem");
+    std::fs::write(&setup.config, text).unwrap();
+    hup(backend.child.id());
+    audited(&setup, "config_reloaded", 1).await;
+
+    assert_eq!(served_pin(&setup).await, fresh.pin, "new handshakes");
+    assert_ne!(fresh.pin, setup.server_pin);
+    let after = agent_view(&setup).await;
+    assert_eq!(after["connected"], true);
+    assert_eq!(
+        after["session_id"], before["session_id"],
+        "the old session stays"
+    );
+    assert!(backend.alive());
+}
+
+/// The `gateway-agent` binary next to `backend-agent`.
+fn gateway_binary() -> PathBuf {
+    let bin = backend_binary().with_file_name("gateway-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p gateway-agent`",
+        bin.display()
+    );
+    bin
+}
+
+const UPTIME_VERB: &str = r#"
+[[verbs]]
+name = "uptime"
+description = "added by a reload"
+program = "/bin/echo"
+args = ["up"]
+timeout_secs = 5
+"#;
+
+fn verbs_of(view: &Value) -> Vec<String> {
+    view["verbs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sighup_advertises_a_new_verb_and_refuses_a_broken_file() {
+    let setup = Setup::new(|t| t).await;
+    let _backend = Backend::start(&setup).await;
+    let write = |extra: &str| {
+        agent::write_config(
+            setup.pki.path(),
+            "edge-01",
+            &setup.edge_dir,
+            setup.hub,
+            &[&setup.server_pin],
+            extra,
+        )
+    };
+    let config = write("");
+    let log_path = config.with_extension("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(gateway_binary())
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let http_addr = setup.http;
+    eventually("agent connected", PATIENCE, || async move {
+        let r = http::get(http_addr, "/api/v1/agents/edge-01", Some(VIEWER_TOKEN)).await;
+        r.status == 200 && r.json()["connected"] == true
+    })
+    .await;
+    assert!(!verbs_of(&agent_view(&setup).await).contains(&"uptime".to_owned()));
+
+    write(UPTIME_VERB);
+    hup(child.id());
+    let setup_ref = &setup;
+    eventually("the new verb is listed", PATIENCE, || async move {
+        let view = agent_view(setup_ref).await;
+        view["connected"] == true && verbs_of(&view).contains(&"uptime".to_owned())
+    })
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "agent alive");
+    let session = agent_view(&setup).await["session_id"].clone();
+
+    std::fs::write(&config, "[agent\nbroken").unwrap();
+    hup(child.id());
+    eventually("the refusal is logged", PATIENCE, || {
+        let log_path = log_path.clone();
+        async move {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("config reload refused")
+        }
+    })
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "agent alive");
+    let view = agent_view(&setup).await;
+    assert_eq!(view["connected"], true);
+    assert_eq!(
+        view["session_id"], session,
+        "a refused reload keeps the session"
+    );
+    assert!(verbs_of(&view).contains(&"uptime".to_owned()));
+    let _ = child.kill();
+    let _ = child.wait();
+}
