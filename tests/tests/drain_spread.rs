@@ -46,7 +46,7 @@ async fn reconnect_slots_are_spread_uniformly_over_n_divided_by_the_admission_ra
     let ca = pki.ca.cert_pem();
     let mut clients = Vec::new();
     for (id, cert) in &issued {
-        let (client, _welcome) = raw::session(hub.hub, &ca, cert, id).await;
+        let (client, _welcome) = raw::session(hub.hub, ca, cert, id).await;
         clients.push(client);
     }
     agentmesh_e2e::eventually("all sessions listed", PATIENCE, || async {

@@ -70,20 +70,20 @@ pub fn server_config(
     Ok((config, verifier))
 }
 
+/// The server config, the client verifier, and the handle that swaps the certificate.
+pub type ReloadableServer = (
+    Arc<ServerConfig>,
+    Arc<dyn ClientCertVerifier>,
+    Arc<SwappableCert>,
+);
+
 /// Like [`server_config`], with the server certificate behind a [`SwappableCert`] a config
 /// reload replaces: new handshakes present the new certificate, live sessions are untouched.
 pub fn reloadable_server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
-) -> Result<
-    (
-        Arc<ServerConfig>,
-        Arc<dyn ClientCertVerifier>,
-        Arc<SwappableCert>,
-    ),
-    TlsSetupError,
-> {
+) -> Result<ReloadableServer, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = load_roots(client_ca)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
