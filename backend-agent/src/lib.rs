@@ -22,7 +22,8 @@
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
 //! - [`dev`]: the `backend-agent dev` quick start.
-//! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept.
+//! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
+//!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
 //! - [`hex`], [`sync`]: lower-case hex; poison-tolerant locking.
@@ -50,7 +51,10 @@ pub mod reload;
 pub mod store;
 pub mod sync;
 
-use std::future::Future;
+mod daemon;
+pub use daemon::{run, run_reloadable, shutdown_signal};
+pub use reload::ReloadSource;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -153,15 +157,6 @@ pub struct Backend {
     live: Arc<hub::LiveSettings>,
 }
 
-/// Where a reload reads the config and how it applies the log filter.
-#[derive(Default)]
-pub struct ReloadSource {
-    /// The config file (none: reloads are refused).
-    pub path: Option<std::path::PathBuf>,
-    /// Applies `[log] level`.
-    pub log: Option<reload::LogHook>,
-}
-
 impl Backend {
     /// Starts the hub and the API on already-bound listeners.
     pub async fn start(listeners: Listeners, config: BackendConfig) -> Result<Self, RunError> {
@@ -192,7 +187,7 @@ impl Backend {
         failures.clone().spawn_flusher(stop_rx.clone());
         let limits = Arc::new(reload::Swap::new(limits::RateLimits::new(&config.limits)));
         let live = Arc::new(hub::LiveSettings::new(&config.hub, &config.limits));
-        spawn_prune(limits.clone(), stop_rx.clone());
+        daemon::spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
         checkpoint::check_tail(&store, &audit).await;
@@ -385,82 +380,5 @@ impl Backend {
         for session in self.registry.live_sessions() {
             session.request_close(agentmesh_protocol::close::GOING_AWAY, "backend stopped");
         }
-    }
-}
-
-/// Forgets idle rate-limit keys every minute until shutdown.
-fn spawn_prune(limits: Arc<reload::SharedLimits>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = hub::stopped(&mut stop) => break,
-                _ = every.tick() => limits.load().prune(),
-            }
-        }
-    });
-}
-
-/// Runs the backend until `shutdown` completes, then drains.
-pub async fn run(
-    listeners: Listeners,
-    config: BackendConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    run_reloadable(
-        listeners,
-        config,
-        ReloadSource::default(),
-        tokio::sync::mpsc::channel(1).1,
-        shutdown,
-    )
-    .await
-}
-
-/// [`run`], reloading the config from `source` each time `reloads` yields (SIGHUP).
-pub async fn run_reloadable(
-    listeners: Listeners,
-    config: BackendConfig,
-    source: ReloadSource,
-    mut reloads: tokio::sync::mpsc::Receiver<()>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    let backend = Backend::start_reloadable(listeners, config, source).await?;
-    gateway_agent::notify::ready();
-    let reloader = backend.reloader();
-    let serve_reloads = async move {
-        while reloads.recv().await.is_some() {
-            // Refusals are logged and audited inside; the daemon runs on either way.
-            let _ = reloader.reload_from_file().await;
-        }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = serve_reloads => {}
-    }
-    gateway_agent::notify::stopping();
-    backend.shutdown().await
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!("SIGINT received"),
-        _ = term => info!("SIGTERM received"),
     }
 }

@@ -283,22 +283,20 @@ impl CommandService {
 
     /// Charges one request to `caller`'s operator bucket; audited when refused.
     fn charge_operator(&self, caller: &Principal, verb: Option<&str>) -> Result<(), SubmitError> {
-        self.limits
-            .load()
-            .check_operator(&caller.name)
-            .map_err(|wait| {
-                tracing::warn!(token = %caller.name, "operator rate limit hit");
-                self.audit.record(crate::audit::events::rate_limited(
-                    &caller.name,
-                    "operator_commands",
-                    None,
-                    verb,
-                ));
-                SubmitError::OperatorRateLimited {
-                    token: caller.name.clone(),
-                    wait,
-                }
-            })
+        let limits = self.limits.load();
+        limits.check_operator(&caller.name).map_err(|wait| {
+            tracing::warn!(token = %caller.name, "operator rate limit hit");
+            self.audit.record(crate::audit::events::rate_limited(
+                &caller.name,
+                "operator_commands",
+                None,
+                verb,
+            ));
+            SubmitError::OperatorRateLimited {
+                token: caller.name.clone(),
+                wait,
+            }
+        })
     }
 
     /// Marks commands a previous process left `pending` (held in its memory) as expired.

@@ -129,7 +129,8 @@ pub struct HubConfig {
     /// Frames queued for one agent; a full queue refuses new commands.
     #[serde(default = "default_send_queue")]
     pub send_queue: usize,
-    /// `drain.reconnect_after_ms` sent to agents on graceful shutdown.
+    /// The first reconnect slot handed out in `drain` on graceful shutdown; later sessions
+    /// get later slots (see `hub::drain`).
     #[serde(default = "default_drain_reconnect_after_ms")]
     pub drain_reconnect_after_ms: u64,
     /// On shutdown, how long commands in flight on connected agents may take to report
@@ -305,7 +306,7 @@ fn default_send_queue() -> usize {
     256
 }
 fn default_drain_reconnect_after_ms() -> u64 {
-    5000
+    1000
 }
 fn default_drain_grace_secs() -> u64 {
     5

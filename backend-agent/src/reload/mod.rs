@@ -64,6 +64,15 @@ pub struct ReloadReport {
     pub needs_restart: Vec<&'static str>,
 }
 
+/// Where a reload reads the config and how it applies the log filter.
+#[derive(Default)]
+pub struct ReloadSource {
+    /// The config file (none: reloads are refused).
+    pub path: Option<std::path::PathBuf>,
+    /// Applies `[log] level`.
+    pub log: Option<LogHook>,
+}
+
 /// Everything a reload swaps, and the config currently in force.
 pub struct Reloader {
     /// The file reloads read.
