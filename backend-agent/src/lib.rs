@@ -327,6 +327,11 @@ impl Backend {
         self.reloader.reload_from_file().await
     }
 
+    /// Settings a reload changes under live sessions, the drain plan and the draining flag.
+    pub fn live(&self) -> Arc<hub::LiveSettings> {
+        self.live.clone()
+    }
+
     /// The reloader, for a signal handler that outlives borrows of the backend.
     pub fn reloader(&self) -> Arc<reload::Reloader> {
         self.reloader.clone()
@@ -336,6 +341,7 @@ impl Backend {
     /// [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
+        self.live.begin_draining();
         let draining = self.registry.connected_count();
         self.live.drain.begin(draining);
         info!(

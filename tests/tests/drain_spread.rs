@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use agentmesh_e2e::backend::HubOptions;
-use agentmesh_e2e::{init_logging, raw, Pki, TestHub, PATIENCE};
+use agentmesh_e2e::{fleet, init_logging, raw, Pki, TestHub, PATIENCE};
 
 const AGENTS: usize = 40;
 const RATE: u64 = 20;
@@ -83,4 +83,79 @@ async fn reconnect_slots_are_spread_uniformly_over_n_divided_by_the_admission_ra
         let n = slots.iter().filter(|s| (lo..hi).contains(*s)).count();
         assert_eq!(n, AGENTS / 4, "quarter {quarter}: {slots:?}");
     }
+}
+
+/// A verb that runs until `go` exists.
+fn hold_verb(go: &std::path::Path) -> String {
+    format!(
+        r#"
+[[verbs]]
+name = "hold"
+description = "runs until the test lets it finish"
+program = "/bin/sh"
+args = ["-c", "while [ ! -e {} ]; do sleep 0.05; done"]
+timeout_secs = 120
+"#,
+        go.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_in_flight_report_before_sessions_are_drained() {
+    init_logging();
+    let pki = Pki::new();
+    let (edge, edge_dir) = pki.agent("edge-01");
+    let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
+    let text = std::fs::read_to_string(&hub.config_path)
+        .unwrap()
+        .replace("[hub]\n", "[hub]\ndrain_grace_secs = 300\n");
+    std::fs::write(&hub.config_path, text).unwrap();
+    let mut hub = hub;
+    hub.restart_from_file().await;
+    let go = pki.path().join("go");
+    let cfg = agentmesh_e2e::agent::write_config(
+        pki.path(),
+        "edge-01",
+        &edge_dir,
+        hub.hub,
+        &[&hub.server_pin],
+        &hold_verb(&go),
+    );
+    let _agent = agentmesh_e2e::TestAgent::start(cfg);
+    agentmesh_e2e::eventually("edge-01 connected", PATIENCE, || async {
+        hub.is_connected("edge-01")
+    })
+    .await;
+
+    let r = fleet::run(
+        &hub,
+        "edge-01",
+        serde_json::json!({"verb": "hold", "args": {}}),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 202, "{}", r.status);
+    let id = r.json()["command_id"].as_str().unwrap().to_owned();
+    fleet::poll(&hub, &id, |v| {
+        v["status"] == "running" || v["status"] == "dispatched"
+    })
+    .await;
+
+    let live = hub.backend().live();
+    let registry = hub.backend().registry.clone();
+    let store = hub.backend().commands.clone();
+    let stopping = tokio::spawn(hub.stop());
+    agentmesh_e2e::eventually("shutdown began", PATIENCE, || async { live.draining() }).await;
+    assert!(
+        registry.session("edge-01").is_some(),
+        "the session stays while its command is in flight"
+    );
+
+    std::fs::write(&go, b"").unwrap();
+    stopping.await.unwrap();
+    let record = store.store().get_command(&id).await.unwrap().unwrap();
+    assert_eq!(
+        record.status,
+        backend_agent::store::CommandState::Ok,
+        "the result landed before the backend stopped"
+    );
 }

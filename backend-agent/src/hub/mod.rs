@@ -109,6 +109,8 @@ pub struct LiveSettings {
     pub drain: drain::DrainPlan,
     /// `[hub] drain_grace_secs`.
     drain_grace_secs: std::sync::atomic::AtomicU64,
+    /// Set when shutdown begins (before the grace for commands in flight).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl LiveSettings {
@@ -121,7 +123,18 @@ impl LiveSettings {
                 limits.hub_handshakes_per_sec,
             ),
             drain_grace_secs: hub.drain_grace_secs.into(),
+            draining: false.into(),
         }
+    }
+
+    /// Whether shutdown has begun (for `/ready` and tests).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// How long in-flight commands may take at shutdown before sessions are drained.
