@@ -301,3 +301,80 @@ async fn agent_sighup_advertises_a_new_verb_and_refuses_a_broken_file() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_agents_labels_limits_and_log_level() {
+    let setup = Setup::new(|t| t).await;
+    let mut backend = Backend::start(&setup).await;
+    let _agent = setup.connect_agent().await;
+    let before = agent_view(&setup).await;
+    let log_path = setup.config.with_extension("log");
+    assert!(!std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("DEBUG"));
+
+    let (edge2, edge2_dir) = setup.pki.agent("edge-02");
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        "operator_commands_per_sec = 0\n",
+        "operator_commands_per_sec = 1\noperator_burst = 1\n",
+    );
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{text}\n[[agents]]\nid = \"edge-02\"\npins = [\"{}\"]\nlabels = {{ tier = \"gold\" }}\n\
+             \n[log]\nlevel = \"debug\"\n",
+            edge2.pin
+        ),
+    )
+    .unwrap();
+    hup(backend.child.id());
+    audited(&setup, "config_reloaded", 1).await;
+
+    // [[agents]]: the new agent is enrolled, with its authoritative labels.
+    let cfg = agent::write_config(
+        setup.pki.path(),
+        "edge-02",
+        &edge2_dir,
+        setup.hub,
+        &[&setup.server_pin],
+        "",
+    );
+    let _edge2 = agentmesh_e2e::TestAgent::start(cfg);
+    let http_addr = setup.http;
+    eventually("edge-02 connected", PATIENCE, || async move {
+        let r = http::get(http_addr, "/api/v1/agents/edge-02", Some(VIEWER_TOKEN)).await;
+        r.status == 200 && r.json()["connected"] == true
+    })
+    .await;
+    let view = http::get(setup.http, "/api/v1/agents/edge-02", Some(VIEWER_TOKEN))
+        .await
+        .json();
+    assert_eq!(view["authoritative_labels"]["tier"], "gold", "{view}");
+
+    // [limits]: the operator bucket is 1 now, so a burst is refused.
+    let mut refused = false;
+    for _ in 0..20 {
+        let status = setup.command().await.status;
+        assert!(status == 200 || status == 429, "{status}");
+        if status == 429 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the reloaded operator limit applies");
+
+    // [log] level: debug records appear without a restart.
+    eventually("debug logging", PATIENCE, || {
+        let log_path = log_path.clone();
+        async move {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("DEBUG")
+        }
+    })
+    .await;
+
+    let after = agent_view(&setup).await;
+    assert_eq!(after["session_id"], before["session_id"], "same session");
+    assert!(backend.alive());
+}
