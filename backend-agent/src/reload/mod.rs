@@ -50,6 +50,9 @@ pub enum ReloadError {
     /// The log filter was refused.
     #[error("log.level: {0}")]
     Log(String),
+    /// The backend was started without a config file.
+    #[error("started without a config file; nothing to reload")]
+    NoFile,
     /// Applying `[[agents]]` failed half way (store error); the rest was applied.
     #[error("agents: {0}")]
     Agents(String),
@@ -101,7 +104,7 @@ impl Reloader {
     /// Reloads from [`Reloader::path`] (a backend started without a file cannot reload).
     pub async fn reload_from_file(&self) -> Result<ReloadReport, ReloadError> {
         let Some(path) = &self.path else {
-            let e = ReloadError::Agents("no config file to reload".into());
+            let e = ReloadError::NoFile;
             warn!(error = %e, "config reload refused");
             return Err(e);
         };
