@@ -235,7 +235,7 @@ fn verbs_of(view: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_sighup_advertises_a_new_verb_and_refuses_a_broken_file() {
+async fn agent_sighup_readvertises_verbs_applies_limits_and_refuses_a_broken_file() {
     let setup = Setup::new(|t| t).await;
     let _backend = Backend::start(&setup).await;
     let write = |extra: &str| {
@@ -278,6 +278,35 @@ async fn agent_sighup_advertises_a_new_verb_and_refuses_a_broken_file() {
     .await;
     assert!(child.try_wait().unwrap().is_none(), "agent alive");
     let session = agent_view(&setup).await["session_id"].clone();
+
+    // Limits are not advertised: the session stays and the new limit applies.
+    write(&format!(
+        "{UPTIME_VERB}\n[limits]\ncommands_per_minute = 1\n"
+    ));
+    hup(child.id());
+    eventually("the second reload is applied", PATIENCE, || {
+        let log_path = log_path.clone();
+        async move {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .matches("config reloaded")
+                .count()
+                >= 2
+        }
+    })
+    .await;
+    assert_eq!(setup.command().await.status, 200);
+    let refused = setup.command().await;
+    assert!(
+        refused.body.contains("commands_per_minute") || refused.body.contains("rate_limited"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        agent_view(&setup).await["session_id"],
+        session,
+        "a reload that keeps the advertisement keeps the session"
+    );
 
     std::fs::write(&config, "[agent\nbroken").unwrap();
     hup(child.id());
