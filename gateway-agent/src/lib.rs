@@ -6,7 +6,8 @@
 //! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (README, "Identity and pins").
 //!
 //! Entry points: [`GatewayConfig::load`] then [`run`] (or [`run_with_state`] to observe the
-//! connection through [`AgentState`]). `main.rs` only parses arguments and wires signals.
+//! connection through [`AgentState`], or [`run_reloadable`] to apply config reloads).
+//! `main.rs` only parses arguments and wires signals (SIGHUP loads and checks the file).
 //!
 //! # Layout
 //! - [`config`]: `gateway.toml` ([`GatewayConfig`]), environment overrides, validation,

@@ -11,6 +11,7 @@
 //!  │                   │     certificate renewal when due
 //!  │                   │ drain: wait reconnect_after_ms + jitter
 //!  │                   │ renewed: reconnect at once with the new certificate
+//!  │                   │ reload changed the advertisement: close 1000, reconnect at once
 //!  │                   │ lasted ≥ healthy_after_secs: backoff reset
 //!  └──── sleep ◄───────┘ (reload TLS material and signing key, finish an interrupted renewal)
 //!  shutdown at any point: running commands get SHUTDOWN_GRACE to finish (then are killed),
