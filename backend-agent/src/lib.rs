@@ -337,11 +337,14 @@ impl Backend {
         self.reloader.clone()
     }
 
-    /// Stops accepting, drains sessions (`drain` + close 1001) and waits, bounded by
-    /// [`SHUTDOWN_GRACE`].
+    /// Gives commands in flight `[hub] drain_grace_secs` to report, then stops accepting,
+    /// drains sessions (`drain` with a reconnect slot each + close 1001, see [`hub::drain`])
+    /// and waits, bounded by [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
         self.live.begin_draining();
+        hub::drain::await_in_flight(&self.commands, &self.registry, self.live.drain_grace()).await;
+        // Counted after the grace: sessions that attached meanwhile get a slot of their own.
         let draining = self.registry.connected_count();
         self.live.drain.begin(draining);
         info!(
@@ -349,7 +352,6 @@ impl Backend {
             window_ms = self.live.drain.window_ms(),
             "draining: reconnect slots spread over the window"
         );
-        hub::drain::await_in_flight(&self.commands, &self.registry, self.live.drain_grace()).await;
         let _ = self.stop.send(true);
         let _ = self.hub_task.await;
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())

@@ -32,6 +32,7 @@ pub async fn await_in_flight(commands: &CommandService, registry: &Registry, gra
         return;
     }
     let deadline = tokio::time::Instant::now() + grace;
+    let mut announced = false;
     loop {
         let waiting = match commands.store().unfinished_commands().await {
             Ok(list) => list
@@ -54,7 +55,14 @@ pub async fn await_in_flight(commands: &CommandService, registry: &Registry, gra
             );
             return;
         }
-        info!(commands = waiting, "drain: waiting for commands in flight");
+        if !announced {
+            announced = true;
+            info!(
+                commands = waiting,
+                grace_secs = grace.as_secs(),
+                "drain: waiting for commands in flight"
+            );
+        }
         tokio::time::sleep(IN_FLIGHT_POLL).await;
     }
 }
