@@ -4,87 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit_proc;
+mod reload_proc;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use agentmesh_e2e::backend::VIEWER_TOKEN;
-use agentmesh_e2e::{agent, eventually, http, raw, PATIENCE};
-use audit_proc::{backend_binary, Setup};
+use agentmesh_e2e::{agent, eventually, http, PATIENCE};
+use audit_proc::Setup;
+use reload_proc::{
+    agent_view, append, audited, gateway_binary, hup, served_pin, verbs_of, Backend, UPTIME_VERB,
+};
 use serde_json::Value;
 
 const NEW_TOKEN: &str = "amt_reloaded_viewer_token";
-
-fn hup(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// A real backend process of `setup`, its pid, and its log file.
-struct Backend {
-    child: Child,
-}
-
-impl Backend {
-    async fn start(setup: &Setup) -> Backend {
-        let log = std::fs::File::create(setup.config.with_extension("log")).unwrap();
-        let child = Command::new(backend_binary())
-            .arg("--config")
-            .arg(&setup.config)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let http = setup.http;
-        eventually("backend process up", PATIENCE, || async move {
-            http::try_get(http, "/health").await.is_some()
-        })
-        .await;
-        Backend { child }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn agent_view(setup: &Setup) -> Value {
-    let r = http::get(setup.http, "/api/v1/agents/edge-01", Some(VIEWER_TOKEN)).await;
-    assert_eq!(r.status, 200);
-    r.json()
-}
-
-/// Waits until the audit log holds `count` records of `kind`.
-async fn audited(setup: &Setup, kind: &str, count: usize) {
-    let path = setup.default_audit_log();
-    let needle = format!("\"kind\":\"{kind}\"");
-    eventually(&format!("{count} × {kind} audited"), PATIENCE, || {
-        let path = path.clone();
-        let needle = needle.clone();
-        async move {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            text.matches(&needle).count() >= count
-        }
-    })
-    .await;
-}
-
-fn append(config: &Path, text: &str) {
-    let mut body = std::fs::read_to_string(config).unwrap();
-    body.push_str(text);
-    std::fs::write(config, body).unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_a_token_and_keeps_every_session() {
@@ -99,6 +31,11 @@ async fn sighup_adds_a_token_and_keeps_every_session() {
         401
     );
 
+    // A token added, and a store setting that needs a restart.
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("[store]\n", "[store]\nretention_days = 7\n");
+    std::fs::write(&setup.config, text).unwrap();
     append(
         &setup.config,
         &format!(
@@ -116,6 +53,22 @@ async fn sighup_adds_a_token_and_keeps_every_session() {
     })
     .await;
     audited(&setup, "config_reloaded", 1).await;
+    let record: Value = std::fs::read_to_string(setup.default_audit_log())
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["kind"] == "config_reloaded")
+        .unwrap();
+    assert_eq!(
+        record["details"]["changed"],
+        serde_json::json!(["tokens"]),
+        "{record}"
+    );
+    assert_eq!(
+        record["details"]["needs_restart"],
+        serde_json::json!(["store"]),
+        "{record}"
+    );
 
     let after = agent_view(&setup).await;
     assert_eq!(after["connected"], true);
@@ -158,16 +111,6 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     assert!(backend.alive());
 }
 
-/// The hub's certificate as a new TLS client sees it.
-async fn served_pin(setup: &Setup) -> String {
-    let (probe, _) = setup.pki.agent("probe");
-    let tls = raw::tls(setup.hub, setup.pki.ca.cert_pem(), Some(&probe))
-        .await
-        .unwrap();
-    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    mesh_certs::pin_from_cert_der(leaf.as_ref()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swapped_hub_certificate_serves_new_handshakes_while_the_old_session_stays() {
     let setup = Setup::new(|t| t).await;
@@ -203,35 +146,6 @@ async fn a_swapped_hub_certificate_serves_new_handshakes_while_the_old_session_s
         "the old session stays"
     );
     assert!(backend.alive());
-}
-
-/// The `gateway-agent` binary next to `backend-agent`.
-fn gateway_binary() -> PathBuf {
-    let bin = backend_binary().with_file_name("gateway-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build -p gateway-agent`",
-        bin.display()
-    );
-    bin
-}
-
-const UPTIME_VERB: &str = r#"
-[[verbs]]
-name = "uptime"
-description = "added by a reload"
-program = "/bin/echo"
-args = ["up"]
-timeout_secs = 5
-"#;
-
-fn verbs_of(view: &Value) -> Vec<String> {
-    view["verbs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
