@@ -351,7 +351,10 @@ impl Dialer {
         };
         let Some(end) = end else {
             info!("advertisement changed: re-sending hello on a new session");
-            session::close(&mut ws, agentmesh_protocol::close::NORMAL, "re-advertising").await;
+            let normal = agentmesh_protocol::close::NORMAL;
+            session::close(&mut ws, normal, "re-advertising").await;
+            self.audit
+                .disconnected(&welcome.session_id, Some(normal), "re-advertising");
             self.commands.session_ended();
             self.state.set_disconnected(None);
             return Some(Duration::ZERO);
