@@ -67,43 +67,73 @@ struct TokenEntry {
     principal: Principal,
 }
 
-/// The configured tokens, held only as SHA-256 digests.
+/// The configured tokens, held only as SHA-256 digests. A reload swaps the whole set at once
+/// ([`TokenStore::replace`]); a request sees either the old set or the new one.
 pub struct TokenStore {
-    entries: Vec<TokenEntry>,
+    entries: std::sync::RwLock<std::sync::Arc<Vec<TokenEntry>>>,
 }
 
 impl TokenStore {
     /// Builds the store from `[[tokens]]` (already validated as 64 hex digits).
     pub fn new(tokens: &[TokenConfig]) -> Self {
-        let entries = tokens
-            .iter()
-            .filter_map(|t| {
-                Some(TokenEntry {
-                    digest: decode_hex32(&t.sha256)?,
-                    principal: Principal {
-                        name: t.name.clone(),
-                        role: t.role,
-                        verbs: t.verbs.clone(),
-                        labels: t.labels.clone(),
-                    },
-                })
-            })
-            .collect();
-        TokenStore { entries }
+        TokenStore {
+            entries: std::sync::RwLock::new(std::sync::Arc::new(entries_of(tokens))),
+        }
+    }
+
+    /// Replaces every token with `tokens` (config reload).
+    pub fn replace(&self, tokens: &[TokenConfig]) {
+        let fresh = std::sync::Arc::new(entries_of(tokens));
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    }
+
+    /// How many tokens are configured.
+    pub fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn current(&self) -> std::sync::Arc<Vec<TokenEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Finds the principal for a presented token. Every entry is compared in constant time,
     /// so the answer's timing says nothing about which digest bytes matched.
-    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let entries = self.current();
         let mut found = None;
-        for entry in &self.entries {
+        for entry in entries.iter() {
             if constant_time_eq(&entry.digest, &digest) && found.is_none() {
                 found = Some(&entry.principal);
             }
         }
-        found
+        found.cloned()
     }
+}
+
+fn entries_of(tokens: &[TokenConfig]) -> Vec<TokenEntry> {
+    tokens
+        .iter()
+        .filter_map(|t| {
+            Some(TokenEntry {
+                digest: decode_hex32(&t.sha256)?,
+                principal: Principal {
+                    name: t.name.clone(),
+                    role: t.role,
+                    verbs: t.verbs.clone(),
+                    labels: t.labels.clone(),
+                },
+            })
+        })
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -157,11 +187,13 @@ mod tests {
             labels: BTreeMap::new(),
         }]);
         assert_eq!(
-            store.authenticate(&token).map(|p| p.name.as_str()),
-            Some("ops")
+            store.authenticate(&token).map(|p| p.name),
+            Some("ops".into())
         );
         assert!(store.authenticate("amt_wrong").is_none());
         assert!(store.authenticate(&token_sha256_hex(&token)).is_none());
+        store.replace(&[]);
+        assert!(store.authenticate(&token).is_none(), "a reload removes it");
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub struct Enrolment {
     ca: Option<Ca>,
     cert_days: i64,
     max_token_secs: u64,
-    hub_pins: Vec<String>,
+    /// The hub certificate's pins; a reload that swaps the certificate replaces them.
+    hub_pins: crate::reload::Swap<Vec<String>>,
     /// Least time between two renewals of one agent (0 = no limit), from
     /// `[limits] renewals_per_agent_per_hour`.
     min_renewal_interval_ms: i64,
@@ -116,20 +117,7 @@ impl Enrolment {
             (Some(cert), Some(key)) => Some(load_ca(cert, key)?),
             _ => None,
         };
-        for agent in static_agents {
-            for pin in &agent.pins {
-                match store
-                    .upsert_pin(&agent.id, pin, PinState::Active, "config")
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(StoreError::Conflict(_)) => {
-                        warn!(agent.id = %agent.id, pin = %pin, "static [[agents]] pin was revoked; it stays revoked")
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
+        upsert_static(&store, static_agents).await?;
         for rec in store.all_pins().await? {
             match rec.state {
                 PinState::Active => registry.enrol(&rec.agent_id, &rec.pin),
@@ -146,13 +134,33 @@ impl Enrolment {
             ca,
             cert_days: ca_config.agent_cert_days,
             max_token_secs: ca_config.max_join_token_secs,
-            hub_pins,
+            hub_pins: crate::reload::Swap::new(hub_pins),
             min_renewal_interval_ms: match renewals_per_agent_per_hour {
                 0 => 0,
                 n => 3_600_000 / i64::from(n),
             },
             audit,
         })
+    }
+
+    /// Applies `[[agents]]` from a reloaded config: pins new to the file are enrolled (a
+    /// revoked pin stays revoked). Pins that left the file stay enrolled, as after a restart
+    /// (the store holds them): retire or revoke them through the API. Returns the pins
+    /// enrolled now.
+    pub async fn reload_static(&self, agents: &[AgentEnrolment]) -> Result<usize, EnrolError> {
+        let mut added = 0;
+        for (id, pin) in upsert_static(&self.store, agents).await? {
+            if !self.registry.active_pins(&id).contains(&pin) {
+                self.registry.enrol(&id, &pin);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// The hub's pins handed to enrolling agents, after a certificate swap.
+    pub fn set_hub_pins(&self, pins: Vec<String>) {
+        self.hub_pins.store(pins);
     }
 
     /// Admin: enrols `pin` for `agent_id` directly. This — and nothing else — clears an
@@ -283,7 +291,7 @@ impl Enrolment {
             certificate: issued.cert_pem,
             ca: issued.ca_pem,
             pin: issued.pin,
-            hub_pins: self.hub_pins.clone(),
+            hub_pins: self.hub_pins.load().to_vec(),
         })
     }
 
@@ -307,6 +315,30 @@ impl Enrolment {
 
 fn load_ca(cert: &std::path::Path, key: &std::path::Path) -> Result<Ca, EnrolError> {
     Ca::load_files(cert, key).map_err(|e| EnrolError::Invalid(format!("[ca]: {e:#}")))
+}
+
+/// Writes the static `[[agents]]` pins to the store (a revoked one stays revoked) and returns
+/// those that are active.
+async fn upsert_static(
+    store: &Store,
+    agents: &[AgentEnrolment],
+) -> Result<Vec<(String, String)>, EnrolError> {
+    let mut active = Vec::new();
+    for agent in agents {
+        for pin in &agent.pins {
+            match store
+                .upsert_pin(&agent.id, pin, PinState::Active, "config")
+                .await
+            {
+                Ok(()) => active.push((agent.id.clone(), pin.clone())),
+                Err(StoreError::Conflict(_)) => {
+                    warn!(agent.id = %agent.id, pin = %pin, "static [[agents]] pin was revoked; it stays revoked")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(active)
 }
 
 /// Offline revocation (`backend-agent revoke --id`): marks every pin revoked in the store.

@@ -50,7 +50,8 @@ pub struct AgentLabels {
     store: Store,
     audit: Arc<Audit>,
     authz: Arc<Authz>,
-    from_config: HashSet<String>,
+    /// Agents labelled by `[[agents]] labels`; replaced whole by a config reload.
+    from_config: std::sync::Mutex<HashSet<String>>,
 }
 
 impl AgentLabels {
@@ -80,8 +81,33 @@ impl AgentLabels {
             store,
             audit,
             authz,
-            from_config,
+            from_config: std::sync::Mutex::new(from_config),
         })
+    }
+
+    /// Applies `[[agents]] labels` from a reloaded config: labelled agents get the file's
+    /// labels; an agent whose labels left the file falls back to its stored labels (API),
+    /// else to none, exactly as after a restart. Returns how many agents changed hands.
+    pub async fn reload_config(&self, agents: &[AgentEnrolment]) -> Result<usize, StoreError> {
+        let stored: std::collections::HashMap<String, BTreeMap<String, String>> =
+            self.store.agent_labels().await?.into_iter().collect();
+        let mut fresh = HashSet::new();
+        for agent in agents {
+            if let Some(labels) = &agent.labels {
+                self.registry.set_enrolled_labels(&agent.id, labels.clone());
+                fresh.insert(agent.id.clone());
+            }
+        }
+        // The set is swapped whole: the lock is held for no await.
+        let old = std::mem::replace(&mut *crate::sync::lock(&self.from_config), fresh.clone());
+        let dropped: Vec<&String> = old.difference(&fresh).collect();
+        for id in &dropped {
+            match stored.get(*id) {
+                Some(labels) => self.registry.set_enrolled_labels(id, labels.clone()),
+                None => self.registry.clear_enrolled_labels(id),
+            }
+        }
+        Ok(dropped.len() + fresh.difference(&old).count())
     }
 
     /// Sets `agent_id`'s authoritative labels (admin only), durably audited as `labels_set`
@@ -111,7 +137,7 @@ impl AgentLabels {
         labels: &BTreeMap<String, String>,
     ) -> Result<(), LabelsError> {
         validate(labels)?;
-        if self.from_config.contains(agent_id) {
+        if crate::sync::lock(&self.from_config).contains(agent_id) {
             return Err(LabelsError::FromConfig(agent_id.to_owned()));
         }
         Ok(())

@@ -23,6 +23,8 @@
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
 //! - [`dev`]: the `backend-agent dev` quick start.
+//! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
+//!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
 //! - [`hex`], [`sync`]: lower-case hex; poison-tolerant locking.
@@ -47,10 +49,14 @@ pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod store;
 pub mod sync;
 
-use std::future::Future;
+mod daemon;
+pub use daemon::{run, run_reloadable, shutdown_signal};
+pub use reload::ReloadSource;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -149,13 +155,27 @@ pub struct Backend {
     hub_task: JoinHandle<()>,
     http_task: JoinHandle<std::io::Result<()>>,
     checkpoints: checkpoint::Checkpoints,
+    reloader: Arc<reload::Reloader>,
+    live: Arc<hub::LiveSettings>,
 }
 
 impl Backend {
     /// Starts the hub and the API on already-bound listeners.
     pub async fn start(listeners: Listeners, config: BackendConfig) -> Result<Self, RunError> {
-        let (server_tls, client_verifier) =
-            hub::tls::server_config(&config.hub.cert, &config.hub.key, &config.hub.client_ca)?;
+        Self::start_reloadable(listeners, config, ReloadSource::default()).await
+    }
+
+    /// Like [`Backend::start`], reloadable from `source` ([`Backend::reload`]).
+    pub async fn start_reloadable(
+        listeners: Listeners,
+        config: BackendConfig,
+        source: ReloadSource,
+    ) -> Result<Self, RunError> {
+        let (server_tls, client_verifier, server_cert) = hub::tls::reloadable_server_config(
+            &config.hub.cert,
+            &config.hub.key,
+            &config.hub.client_ca,
+        )?;
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -167,8 +187,9 @@ impl Backend {
         let audit = Arc::new(audit);
         let failures = Arc::new(audit_flood::FailureAudit::new(audit.clone()));
         failures.clone().spawn_flusher(stop_rx.clone());
-        let limits = Arc::new(limits::RateLimits::new(&config.limits));
-        spawn_prune(limits.clone(), stop_rx.clone());
+        let limits = Arc::new(reload::Swap::new(limits::RateLimits::new(&config.limits)));
+        let live = Arc::new(hub::LiveSettings::new(&config.hub, &config.limits));
+        daemon::spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open_sqlite(config.store.path.clone()).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
         checkpoint::check_tail(&store, &audit).await;
@@ -235,6 +256,7 @@ impl Backend {
             limits: limits.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
+            live: live.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         // `/ready` reports a hub whose accept loop ended (shutdown, or a task that died).
@@ -244,16 +266,29 @@ impl Backend {
             hub::serve(listeners.hub, hub_ctx).await;
         });
 
+        let tokens = Arc::new(auth::TokenStore::new(&config.tokens));
+        let reloader = Arc::new(reload::Reloader {
+            path: source.path,
+            tokens: tokens.clone(),
+            limits: limits.clone(),
+            live: live.clone(),
+            cert: server_cert,
+            enrolment: enrolment.clone(),
+            labels: labels.clone(),
+            audit: audit.clone(),
+            log: source.log,
+            current: tokio::sync::Mutex::new(config.clone()),
+        });
         let state = api::AppState {
             registry: registry.clone(),
-            tokens: Arc::new(auth::TokenStore::new(&config.tokens)),
+            tokens: tokens.clone(),
             metrics: metrics.clone(),
             hub_listening: hub_listening.clone(),
             started: Instant::now(),
             commands: commands.clone(),
             authz,
-            labels,
-            limits,
+            labels: labels.clone(),
+            limits: limits.clone(),
             enrolment: enrolment.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
@@ -285,13 +320,41 @@ impl Backend {
             hub_task,
             http_task,
             checkpoints,
+            reloader,
+            live,
         })
     }
 
-    /// Stops accepting, drains sessions (`drain` + close 1001) and waits, bounded by
-    /// [`SHUTDOWN_GRACE`].
+    /// Reloads the config file (SIGHUP); on any error the running config stays.
+    pub async fn reload(&self) -> Result<reload::ReloadReport, reload::ReloadError> {
+        self.reloader.reload_from_file().await
+    }
+
+    /// Settings a reload changes under live sessions, the drain plan and the draining flag.
+    pub fn live(&self) -> Arc<hub::LiveSettings> {
+        self.live.clone()
+    }
+
+    /// The reloader, for a signal handler that outlives borrows of the backend.
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
+    }
+
+    /// Gives commands in flight `[hub] drain_grace_secs` to report, then stops accepting,
+    /// drains sessions (`drain` with a reconnect slot each + close 1001, see [`hub::drain`])
+    /// and waits, bounded by [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
+        self.live.begin_draining();
+        hub::drain::await_in_flight(&self.commands, &self.registry, self.live.drain_grace()).await;
+        // Counted after the grace: sessions that attached meanwhile get a slot of their own.
+        let draining = self.registry.connected_count();
+        self.live.drain.begin(draining);
+        info!(
+            sessions = draining,
+            window_ms = self.live.drain.window_ms(),
+            "draining: reconnect slots spread over the window"
+        );
         let _ = self.stop.send(true);
         let _ = self.hub_task.await;
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())
@@ -328,53 +391,5 @@ impl Backend {
         for session in self.registry.live_sessions() {
             session.request_close(agentmesh_protocol::close::GOING_AWAY, "backend stopped");
         }
-    }
-}
-
-/// Forgets idle rate-limit keys every minute until shutdown.
-fn spawn_prune(limits: Arc<limits::RateLimits>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = hub::stopped(&mut stop) => break,
-                _ = every.tick() => limits.prune(),
-            }
-        }
-    });
-}
-
-/// Runs the backend until `shutdown` completes, then drains.
-pub async fn run(
-    listeners: Listeners,
-    config: BackendConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    let backend = Backend::start(listeners, config).await?;
-    gateway_agent::notify::ready();
-    shutdown.await;
-    gateway_agent::notify::stopping();
-    backend.shutdown().await
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!("SIGINT received"),
-        _ = term => info!("SIGTERM received"),
     }
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use backend_agent::auth::{new_token, token_config_snippet, Role};
 use backend_agent::config::BackendConfig;
-use backend_agent::{dev, Listeners};
+use backend_agent::reload::LogHook;
+use backend_agent::{dev, Listeners, ReloadSource};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// agentmesh control plane: operator API and agent hub.
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.log_format);
+    let log_hook = init_tracing(cli.log_format);
     match cli.command {
         Some(Command::Token {
             action: TokenAction::New { name, role },
@@ -157,12 +158,24 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // RUST_LOG wins at start; `[log] level` otherwise, and on every reload.
+            if let (Some(level), Err(_)) = (&config.log.level, std::env::var("RUST_LOG")) {
+                if let Err(e) = log_hook(level) {
+                    eprintln!("backend-agent: log.level: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+            let source = ReloadSource {
+                path: cli.config.clone(),
+                log: Some(log_hook),
+            };
             runtime_main(async move {
                 let shutdown = shutdown_signal_now();
+                let reloads = hangups();
                 let listeners = Listeners::bind(&config)
                     .await
                     .map_err(|e| (1, e.to_string()))?;
-                backend_agent::run(listeners, config, shutdown)
+                backend_agent::run_reloadable(listeners, config, source, reloads, shutdown)
                     .await
                     .map_err(|e| (1, e.to_string()))
             })
@@ -228,13 +241,45 @@ fn shutdown_signal_now() -> impl std::future::Future<Output = ()> {
     futures_util::future::Either::Right(backend_agent::shutdown_signal())
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
+/// A channel that yields once per SIGHUP (bursts coalesce), the handler installed now so
+/// a SIGHUP right after start reloads instead of killing the process.
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received: reloading the config");
+                        // Full: a reload is already pending and will read the newest file.
+                        let _ = tx.try_send(());
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot install the SIGHUP handler"),
+        }
     }
+    rx
+}
+
+/// Installs the subscriber and returns the hook a reload uses to change the filter.
+fn init_tracing(format: LogFormat) -> LogHook {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let json = (format == LogFormat::Json).then(|| tracing_subscriber::fmt::layer().json());
+    let text = (format == LogFormat::Text).then(tracing_subscriber::fmt::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(text)
+        .init();
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

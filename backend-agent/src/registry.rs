@@ -212,6 +212,14 @@ impl Registry {
             .enrolled_labels = Some(labels);
     }
 
+    /// Forgets the authoritative labels of `id` (its `[[agents]] labels` left the config);
+    /// its `hello` labels apply again.
+    pub fn clear_enrolled_labels(&self, id: &str) {
+        if let Some(record) = self.lock().get_mut(id) {
+            record.enrolled_labels = None;
+        }
+    }
+
     /// The enrolment labels of `id`, if an admin set any.
     pub fn enrolled_labels(&self, id: &str) -> Option<BTreeMap<String, String>> {
         self.lock().get(id).and_then(|r| r.enrolled_labels.clone())

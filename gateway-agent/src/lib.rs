@@ -6,7 +6,8 @@
 //! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (README, "Identity and pins").
 //!
 //! Entry points: [`GatewayConfig::load`] then [`run`] (or [`run_with_state`] to observe the
-//! connection through [`AgentState`]). `main.rs` only parses arguments and wires signals.
+//! connection through [`AgentState`], or [`run_reloadable`] to apply config reloads).
+//! `main.rs` only parses arguments and wires signals (SIGHUP loads and checks the file).
 //!
 //! # Layout
 //! - [`config`]: `gateway.toml` ([`GatewayConfig`]), environment overrides, validation,
@@ -28,6 +29,7 @@
 //!   delivered (pending results after `welcome`, resend window).
 //! - [`state`]: [`AgentState`], the observable connection state.
 //! - [`health`]: the optional local `/health` and `/ready` endpoint.
+//! - [`reload`]: SIGHUP: verbs, limits, labels and certificates without a restart.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -41,6 +43,7 @@ pub mod enroll_cli;
 pub mod exec;
 pub mod health;
 pub mod notify;
+pub mod reload;
 pub mod renew;
 pub mod session;
 pub mod signing;
@@ -50,6 +53,6 @@ pub mod tls;
 pub use config::{
     check_config, config_warnings, ConfigError, GatewayConfig, ParamConfig, VerbConfig,
 };
-pub use dialer::{run, run_with_state, RunError};
+pub use dialer::{run, run_reloadable, run_with_state, RunError};
 pub use exec::{Executor, Results, Submitted};
 pub use state::{AgentState, StateSnapshot};

@@ -225,7 +225,13 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async { gateway_agent::run(config, shutdown_signal()).await }) {
+    let reload_path = path.to_path_buf();
+    match runtime.block_on(async move {
+        let shutdown = shutdown_signal();
+        let reloads = reloads_on_sighup(reload_path);
+        gateway_agent::run_reloadable(config, gateway_agent::AgentState::new(), shutdown, reloads)
+            .await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway-agent: {e}");
@@ -261,6 +267,36 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         tracing::info!("shutdown signal received");
     }
+}
+
+/// Loads and validates the config file on each SIGHUP and hands a good one to the agent; a
+/// bad one is logged and the running config kept. The handler is installed now, so a
+/// SIGHUP never takes the default action (exit). Must be called inside the runtime.
+fn reloads_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<GatewayConfig> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: reloading the config");
+                    match GatewayConfig::load(&path) {
+                        Ok(config) => {
+                            if tx.send(config).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "config reload refused; keeping the running config"
+                        ),
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot install the SIGHUP handler"),
+    }
+    rx
 }
 
 fn init_tracing(format: LogFormat) {

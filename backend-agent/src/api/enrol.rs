@@ -133,7 +133,7 @@ pub async fn redeem(
     // `[http] trusted_proxies` the source is the client it forwards, not the proxy.
     let peer = client.socket();
     let source = crate::audit_flood::source_name(Some(peer.ip()));
-    if let Err(wait) = state.limits.check_enrol(peer.ip()) {
+    if let Err(wait) = state.limits.load().check_enrol(peer.ip()) {
         state.failures.failure(&source, "enrol: rate limited", || {
             events::enrol_rate_limited(peer)
         });

@@ -44,7 +44,7 @@ pub struct AppState {
     /// Authoritative agent labels.
     pub labels: Arc<crate::labels::AgentLabels>,
     /// Rate limits.
-    pub limits: Arc<crate::limits::RateLimits>,
+    pub limits: Arc<crate::reload::SharedLimits>,
     /// Enrolment, renewal, revocation.
     pub enrolment: Arc<crate::enrol::Enrolment>,
     /// Audit trail.

@@ -40,6 +40,27 @@ pub mod extra_kinds {
     pub const RENEWAL_REFUSED: &str = "renewal_refused";
     /// The per-source aggregate of unauthenticated failures (see [`crate::audit_flood`]).
     pub const UNAUTHENTICATED_FAILURES: &str = "unauthenticated_failures";
+    /// A config reload (SIGHUP) took effect.
+    pub const CONFIG_RELOADED: &str = "config_reloaded";
+    /// A config reload was refused; the previous config stays.
+    pub const CONFIG_RELOAD_FAILED: &str = "config_reload_failed";
+}
+
+/// `config_reloaded`: what changed, and what changed in the file but waits for a restart.
+pub fn config_reloaded(file: &str, changed: &[&str], needs_restart: &[&str]) -> AuditEvent {
+    AuditEvent::new(extra_kinds::CONFIG_RELOADED).details(json!({
+        "file": file,
+        "changed": changed,
+        "needs_restart": needs_restart,
+    }))
+}
+
+/// `config_reload_failed`: the new config was refused with `error`; the old one is kept.
+pub fn config_reload_failed(file: &str, error: &str) -> AuditEvent {
+    AuditEvent::new(extra_kinds::CONFIG_RELOAD_FAILED).details(json!({
+        "file": file,
+        "error": error,
+    }))
 }
 
 /// `audit_tail_missing`: records `checkpoint` vouches for are gone; the log now ends at

@@ -197,7 +197,7 @@ pub struct CommandService {
     registry: Arc<Registry>,
     store: Store,
     metrics: Arc<Metrics>,
-    limits: Arc<crate::limits::RateLimits>,
+    limits: Arc<crate::reload::SharedLimits>,
     audit: Arc<crate::audit::Audit>,
     authz: Arc<Authz>,
     settings: Settings,
@@ -217,7 +217,7 @@ impl CommandService {
         registry: Arc<Registry>,
         store: Store,
         metrics: Arc<Metrics>,
-        limits: Arc<crate::limits::RateLimits>,
+        limits: Arc<crate::reload::SharedLimits>,
         audit: Arc<crate::audit::Audit>,
         authz: Arc<Authz>,
         settings: Settings,
@@ -283,7 +283,8 @@ impl CommandService {
 
     /// Charges one request to `caller`'s operator bucket; audited when refused.
     fn charge_operator(&self, caller: &Principal, verb: Option<&str>) -> Result<(), SubmitError> {
-        self.limits.check_operator(&caller.name).map_err(|wait| {
+        let limits = self.limits.load();
+        limits.check_operator(&caller.name).map_err(|wait| {
             tracing::warn!(token = %caller.name, "operator rate limit hit");
             self.audit.record(crate::audit::events::rate_limited(
                 &caller.name,

@@ -72,7 +72,7 @@ impl CommandService {
         if target.session.is_none() && req.queue_ttl_ms.is_none() {
             return Err(SubmitError::Offline(req.agent_id));
         }
-        if let Err(wait) = self.limits.check_agent(&req.agent_id) {
+        if let Err(wait) = self.limits.load().check_agent(&req.agent_id) {
             self.audit.record(events::rate_limited(
                 requested_by,
                 "agent_commands",

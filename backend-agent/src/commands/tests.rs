@@ -32,7 +32,9 @@ fn fixture(settings: Settings) -> Fixture {
         Arc::new(Registry::default()),
         Store::memory(),
         Arc::new(Metrics::default()),
-        Arc::new(crate::limits::RateLimits::new(&LimitsConfig::default())),
+        Arc::new(crate::reload::Swap::new(crate::limits::RateLimits::new(
+            &LimitsConfig::default(),
+        ))),
         audit.clone(),
         Arc::new(Authz::new(audit.clone())),
         settings,

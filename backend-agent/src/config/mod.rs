@@ -12,7 +12,9 @@ use serde::Deserialize;
 use crate::auth::Role;
 
 mod env;
+mod log;
 pub use env::{apply_env_overrides, ENV_PREFIX};
+pub use log::LogConfig;
 
 /// A config that could not be loaded; the message names file and key.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,7 @@ pub enum ConfigError {
 }
 
 /// The whole backend configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Operator HTTP API.
@@ -73,10 +75,13 @@ pub struct BackendConfig {
     /// API bearer tokens (by SHA-256).
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Logging (`[log] level`, reloadable).
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// `[http]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Listen address of the operator API.
@@ -92,7 +97,7 @@ pub struct HttpConfig {
 }
 
 /// `[hub]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
     /// Listen address of the hub.
@@ -132,13 +137,18 @@ pub struct HubConfig {
     /// Frames queued for one agent; a full queue refuses new commands.
     #[serde(default = "default_send_queue")]
     pub send_queue: usize,
-    /// `drain.reconnect_after_ms` sent to agents on graceful shutdown.
+    /// The first reconnect slot handed out in `drain` on graceful shutdown; later sessions
+    /// get later slots (see `hub::drain`).
     #[serde(default = "default_drain_reconnect_after_ms")]
     pub drain_reconnect_after_ms: u64,
+    /// On shutdown, how long commands in flight on connected agents may take to report
+    /// before sessions are drained (0 = drain at once).
+    #[serde(default = "default_drain_grace_secs")]
+    pub drain_grace_secs: u64,
 }
 
 /// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite file of the embedded store.
@@ -156,7 +166,7 @@ pub struct StoreConfig {
 }
 
 /// `[audit]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Audit log (JSON Lines, hash chain).
@@ -171,7 +181,7 @@ pub struct AuditConfig {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Sustained commands per second per operator token.
@@ -223,7 +233,7 @@ pub struct LimitsConfig {
 }
 
 /// `[ca]`: the mesh CA key, needed only for join-token enrolment and renewal.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// CA certificate (PEM); absent = enrolment by CSR and renewal are off.
@@ -241,7 +251,7 @@ pub struct CaConfig {
 }
 
 /// `[[agents]]`: a statically enrolled agent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEnrolment {
     /// Agent id (certificate CN).
@@ -255,7 +265,7 @@ pub struct AgentEnrolment {
 }
 
 /// `[[tokens]]`: an API bearer token, stored by hash.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Name recorded as `requested_by` and in the audit log.
@@ -311,7 +321,10 @@ fn default_send_queue() -> usize {
     256
 }
 fn default_drain_reconnect_after_ms() -> u64 {
-    5000
+    1000
+}
+fn default_drain_grace_secs() -> u64 {
+    5
 }
 fn default_store_path() -> PathBuf {
     "/var/lib/agentmesh/backend.db".into()
@@ -473,6 +486,9 @@ impl BackendConfig {
             key,
             message,
         };
+        self.log
+            .validate()
+            .map_err(|m| invalid("log.level".into(), m))?;
         if self.hub.heartbeat_secs == 0 {
             return Err(invalid("hub.heartbeat_secs".into(), "must be > 0".into()));
         }

@@ -84,7 +84,7 @@ impl Enrolment {
             certificate: issued.cert_pem,
             ca: issued.ca_pem,
             pin: issued.pin,
-            hub_pins: self.hub_pins.clone(),
+            hub_pins: self.hub_pins.load().to_vec(),
         })
     }
 

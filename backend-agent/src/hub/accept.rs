@@ -58,7 +58,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
         // Counted before TLS, so a flood from one address costs one accept and one lookup.
         // A configured proxy address is counted after TLS instead (see `after_tls`).
         let deferred = is_trusted(&ctx.config.trusted_proxies, peer.ip());
-        if !deferred && ctx.limits.check_hub_ip(peer.ip()).is_err() {
+        if !deferred && ctx.limits.load().check_hub_ip(peer.ip()).is_err() {
             ctx.metrics.hub_rejected("ip_rate_limited");
             let n = ip_drops.fetch_add(1, Ordering::Relaxed) + 1;
             // One log line per power of two, so a flood does not become a log flood.
@@ -123,7 +123,7 @@ fn charge(
     identity: &PeerIdentity,
 ) -> Result<(), Rejection> {
     if address {
-        if let Err(wait) = ctx.limits.check_hub_ip(client) {
+        if let Err(wait) = ctx.limits.load().check_hub_ip(client) {
             return Err(Rejection::new(
                 "ip_rate_limited",
                 format!(
@@ -139,7 +139,7 @@ fn charge(
     if ctx.registry.check_identity(cn, &identity.pin).is_err() {
         return Ok(());
     }
-    if let Err(wait) = ctx.limits.check_hub_identity(cn) {
+    if let Err(wait) = ctx.limits.load().check_hub_identity(cn) {
         return Err(Rejection::new(
             "identity_rate_limited",
             format!(

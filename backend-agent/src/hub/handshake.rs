@@ -171,7 +171,7 @@ const MAX_ADMISSION_WAIT: Duration = Duration::from_secs(2);
 async fn admit(ctx: &HubContext) -> Admission {
     let mut waited = Duration::ZERO;
     loop {
-        let wait = ctx.limits.hub_admission();
+        let wait = ctx.limits.load().hub_admission();
         if wait.is_zero() {
             ctx.metrics
                 .hub_admitted
@@ -249,7 +249,7 @@ async fn tls_and_upgrade(
     let identity = identity::resolve(
         &leaf,
         forwarded.as_deref(),
-        &ctx.config.trusted_proxy_pins,
+        &ctx.live.trusted_proxy_pins.load(),
         &ctx.client_verifier,
     )?;
     if let Some(proxy) = &identity.via_proxy {

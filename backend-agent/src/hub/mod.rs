@@ -29,6 +29,7 @@
 
 mod accept;
 mod close;
+pub mod drain;
 mod handshake;
 pub(crate) mod identity;
 mod session;
@@ -89,11 +90,67 @@ pub struct HubContext {
     /// Live connection tasks, so shutdown can wait for them.
     pub tasks: TaskCounter,
     /// Per-address and global admission limits.
-    pub limits: Arc<crate::limits::RateLimits>,
+    pub limits: Arc<crate::reload::SharedLimits>,
     /// Audit trail.
     pub audit: Arc<crate::audit::Audit>,
     /// Refused handshakes, aggregated per source.
     pub failures: Arc<crate::audit_flood::FailureAudit>,
+    /// Settings a config reload changes under live sessions, and the drain plan.
+    pub live: Arc<LiveSettings>,
+}
+
+/// The hub's settings that a config reload replaces while sessions stay up (the rest of
+/// [`HubConfig`] needs a restart), and the reconnect slots handed out at shutdown.
+#[derive(Debug)]
+pub struct LiveSettings {
+    /// `[hub] trusted_proxy_pins`.
+    pub trusted_proxy_pins: crate::reload::Swap<Vec<String>>,
+    /// Reconnect slots for `drain` frames.
+    pub drain: drain::DrainPlan,
+    /// `[hub] drain_grace_secs`.
+    drain_grace_secs: std::sync::atomic::AtomicU64,
+    /// Set when shutdown begins (before the grace for commands in flight).
+    draining: std::sync::atomic::AtomicBool,
+}
+
+impl LiveSettings {
+    /// The settings of `hub` and `limits` as loaded.
+    pub fn new(hub: &HubConfig, limits: &crate::config::LimitsConfig) -> Self {
+        LiveSettings {
+            trusted_proxy_pins: crate::reload::Swap::new(hub.trusted_proxy_pins.clone()),
+            drain: drain::DrainPlan::new(
+                hub.drain_reconnect_after_ms,
+                limits.hub_handshakes_per_sec,
+            ),
+            drain_grace_secs: hub.drain_grace_secs.into(),
+            draining: false.into(),
+        }
+    }
+
+    /// Whether shutdown has begun (for `/ready` and tests).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// How long in-flight commands may take at shutdown before sessions are drained.
+    pub fn drain_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_grace_secs.load(Ordering::Relaxed))
+    }
+
+    /// Applies a reloaded config.
+    pub fn reload(&self, hub: &HubConfig, limits: &crate::config::LimitsConfig) {
+        self.trusted_proxy_pins
+            .store(hub.trusted_proxy_pins.clone());
+        self.drain
+            .configure(hub.drain_reconnect_after_ms, limits.hub_handshakes_per_sec);
+        self.drain_grace_secs
+            .store(hub.drain_grace_secs, Ordering::Relaxed);
+    }
 }
 
 impl HubContext {

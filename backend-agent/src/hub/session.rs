@@ -338,7 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The hub is stopping: `drain`, then close 1001.
     async fn on_shutdown(&mut self) -> End {
         let drain = HubFrame::Drain {
-            reconnect_after_ms: self.ctx.config.drain_reconnect_after_ms,
+            reconnect_after_ms: self.ctx.live.drain.next_slot(),
         };
         if self.send(Message::text(drain.to_json())).await.is_ok() {
             close_ws(&mut self.ws, close::GOING_AWAY, "hub shutting down").await;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 
 /// Why the hub's TLS material could not be loaded.
@@ -65,23 +66,83 @@ pub fn server_config(
     key: &Path,
     client_ca: &Path,
 ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), TlsSetupError> {
+    let (config, verifier, _) = reloadable_server_config(cert, key, client_ca)?;
+    Ok((config, verifier))
+}
+
+/// The server config, the client verifier, and the handle that swaps the certificate.
+pub type ReloadableServer = (
+    Arc<ServerConfig>,
+    Arc<dyn ClientCertVerifier>,
+    Arc<SwappableCert>,
+);
+
+/// Like [`server_config`], with the server certificate behind a [`SwappableCert`] a config
+/// reload replaces: new handshakes present the new certificate, live sessions are untouched.
+pub fn reloadable_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<ReloadableServer, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = load_roots(client_ca)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    let resolver = Arc::new(SwappableCert::new(certified_key(cert, key)?));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| TlsSetupError::Rustls(format!("{}: {e}", cert.display())))?;
+        .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Session tickets would let a peer resume without presenting its certificate again to
     // this process's verifier; agents reconnect rarely, so full handshakes cost little.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok((Arc::new(config), verifier))
+    Ok((Arc::new(config), verifier, resolver))
+}
+
+/// Loads a certificate chain and its key and checks that they belong together.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider)
+        .map_err(|e| TlsSetupError::Rustls(format!("{}: {e}", cert.display())))?;
+    Ok(Arc::new(certified))
+}
+
+/// The hub's server certificate, replaceable while the acceptor keeps running.
+#[derive(Debug)]
+pub struct SwappableCert {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl SwappableCert {
+    /// Serves `key` until the next [`SwappableCert::replace`].
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        SwappableCert {
+            current: std::sync::RwLock::new(key),
+        }
+    }
+
+    /// Serves `key` to every handshake from now on.
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    /// The certificate served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
 }
 
 /// Maps a failed TLS accept to a stable reason code for logs and metrics.

@@ -11,6 +11,7 @@
 //!  │                   │     certificate renewal when due
 //!  │                   │ drain: wait reconnect_after_ms + jitter
 //!  │                   │ renewed: reconnect at once with the new certificate
+//!  │                   │ reload changed the advertisement: close 1000, reconnect at once
 //!  │                   │ lasted ≥ healthy_after_secs: backoff reset
 //!  └──── sleep ◄───────┘ (reload TLS material and signing key, finish an interrupted renewal)
 //!  shutdown at any point: running commands get SHUTDOWN_GRACE to finish (then are killed),
@@ -103,13 +104,23 @@ pub async fn run_with_state(
     state: Arc<AgentState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_reloadable(config, state, shutdown, tokio::sync::mpsc::channel(1).1).await
+}
+
+/// [`run_with_state`], applying each config `reloads` yields (SIGHUP; see [`crate::reload`]).
+pub async fn run_reloadable(
+    config: GatewayConfig,
+    state: Arc<AgentState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: tokio::sync::mpsc::Receiver<GatewayConfig>,
+) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let trigger = tokio::spawn(async move {
         shutdown.await;
         notify::stopping();
         let _ = stop_tx.send(true);
     });
-    let result = run_until(config, state, stop_rx).await;
+    let result = run_until(config, state, stop_rx, reloads).await;
     trigger.abort();
     result
 }
@@ -118,6 +129,7 @@ async fn run_until(
     config: GatewayConfig,
     state: Arc<AgentState>,
     stop: watch::Receiver<bool>,
+    reloads: tokio::sync::mpsc::Receiver<GatewayConfig>,
 ) -> Result<(), RunError> {
     let url = parse_backend_url(&config.outbound.backend_url).map_err(RunError::Url)?;
     finish_interrupted_renewal(&config);
@@ -143,6 +155,8 @@ async fn run_until(
     .await
     .map_err(|e| RunError::Exec(ExecError::Verb(format!("agent setup panicked: {e}"))))??;
     let commands = Commands::new(executor.clone(), results);
+    let (published, config_rx) = watch::channel(Arc::new(config.clone()));
+    let reloader = tokio::spawn(crate::reload::serve(reloads, executor.clone(), published));
     let health = match config.agent.health_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -172,9 +186,11 @@ async fn run_until(
         audit: audit.clone(),
         renewal,
     };
-    let dialer = Dialer::new(config, url, state, parts);
+    let mut dialer = Dialer::new(config, url, state, parts);
+    dialer.config_rx = config_rx;
     notify::ready();
     dialer.run(stop).instrument(span.clone()).await;
+    reloader.abort();
     // Disconnected at shutdown (or already drained by the session): results end up stored.
     executor.shutdown(SHUTDOWN_GRACE).instrument(span).await;
     audit.flush().await;
@@ -218,11 +234,14 @@ struct Dialer {
     renewal: Renewal,
     backoff: Backoff,
     rng: StdRng,
+    /// The config in force, replaced by reloads (see [`crate::reload`]).
+    config_rx: watch::Receiver<Arc<GatewayConfig>>,
 }
 
 impl Dialer {
     fn new(config: GatewayConfig, url: BackendUrl, state: Arc<AgentState>, parts: Parts) -> Self {
         let verbs = config.advertised_verbs();
+        let config_rx = watch::channel(Arc::new(config.clone())).1;
         let out = &config.outbound;
         let backoff = Backoff::new(
             Duration::from_millis(out.reconnect_min_ms),
@@ -240,6 +259,7 @@ impl Dialer {
             state,
             config,
             rng: StdRng::from_os_rng(),
+            config_rx,
         }
     }
 
@@ -248,6 +268,11 @@ impl Dialer {
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if self.config_rx.has_changed().unwrap_or(false) {
+                let fresh = self.config_rx.borrow_and_update().clone();
+                self.config = (*fresh).clone();
+                self.verbs = self.config.advertised_verbs();
             }
             if !first {
                 self.reload_tls();
@@ -308,7 +333,7 @@ impl Dialer {
         );
         let started = Instant::now();
         let span = info_span!("session", session_id = %welcome.session_id);
-        let end = session::serve(
+        let serving = session::serve(
             &mut ws,
             &welcome,
             limit,
@@ -316,8 +341,24 @@ impl Dialer {
             &mut self.renewal,
             stop,
         )
-        .instrument(span)
-        .await;
+        .instrument(span);
+        // A reload that changes what `hello` said ends the session cleanly; the loop comes
+        // straight back with a fresh `hello` (commands keep running meanwhile).
+        let mut config_rx = self.config_rx.clone();
+        let end = tokio::select! {
+            end = serving => Some(end),
+            _ = crate::reload::readvertise_needed(&mut config_rx, &hello) => None,
+        };
+        let Some(end) = end else {
+            info!("advertisement changed: re-sending hello on a new session");
+            let normal = agentmesh_protocol::close::NORMAL;
+            session::close(&mut ws, normal, "re-advertising").await;
+            self.audit
+                .disconnected(&welcome.session_id, Some(normal), "re-advertising");
+            self.commands.session_ended();
+            self.state.set_disconnected(None);
+            return Some(Duration::ZERO);
+        };
         self.commands.session_ended();
         if started.elapsed() >= Duration::from_secs(self.config.outbound.healthy_after_secs) {
             self.backoff.reset();

@@ -20,7 +20,8 @@ impl Executor {
     pub(super) fn admit(&self, command: CommandFrame) -> Admission {
         let inner = &self.inner;
         let id = command.command_id.clone();
-        let spec = inner.verbs.get(&command.verb).map(|v| &v.spec);
+        let verbs = self.verbs();
+        let spec = verbs.get(&command.verb).map(|v| &v.spec);
         let reject = |code: &str, message: String| self.refuse(&command, spec, code, message);
         let duplicate = |what: &str| {
             if let Some(audit) = &inner.audit {
@@ -60,7 +61,7 @@ impl Executor {
                 "the agent is shutting down and accepts no new commands".to_owned(),
             );
         }
-        let Some(verb) = inner.verbs.get(&command.verb).cloned() else {
+        let Some(verb) = verbs.get(&command.verb).cloned() else {
             return reject(
                 "unknown_verb",
                 format!("this agent does not offer verb {:?}", command.verb),

@@ -43,6 +43,12 @@ impl Limits {
         }))
     }
 
+    /// New limits from a config reload; commands running now keep their permits.
+    pub fn reconfigure(&mut self, max_concurrency: u32, per_minute: u32) {
+        self.max_concurrency = max_concurrency.max(1);
+        self.per_minute = per_minute.max(1);
+    }
+
     /// Admits one command at `now`, or says which limit refuses it.
     pub fn try_admit(&mut self, now: Instant) -> Result<(), LimitError> {
         while self

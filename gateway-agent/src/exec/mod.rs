@@ -41,6 +41,7 @@ pub mod capture;
 pub mod limits;
 pub mod outcome;
 pub mod process;
+mod reconfigure;
 mod settings;
 pub mod store;
 pub mod task;
@@ -63,8 +64,8 @@ use crate::signing::Signer;
 use admit::{interrupted, Admission};
 use limits::Limits;
 use process::CancelReason;
+use reconfigure::VerbTable;
 use store::{LoadReport, Store};
-use verb::Verb;
 
 pub use settings::ExecSettings;
 
@@ -131,7 +132,8 @@ pub struct Executor {
 struct Inner {
     agent_id: String,
     state_dir: PathBuf,
-    verbs: HashMap<String, Arc<Verb>>,
+    /// Replaced whole by a config reload ([`Executor::reconfigure`]).
+    verbs: std::sync::RwLock<Arc<VerbTable>>,
     store: Arc<Store>,
     limits: Arc<Mutex<Limits>>,
     /// One entry per command task; the task removes its own entry when it ends.
@@ -181,7 +183,7 @@ impl Executor {
         let inner = Inner {
             agent_id: settings.agent_id,
             state_dir: settings.state_dir,
-            verbs,
+            verbs: std::sync::RwLock::new(Arc::new(verbs)),
             store: Arc::new(store),
             limits: Limits::new(settings.max_concurrency, settings.commands_per_minute),
             running: Mutex::new(HashMap::new()),

@@ -64,7 +64,13 @@ fn fixture() -> Fixture {
         events: Arc::new(NoEvents),
         shutdown,
         tasks: TaskCounter::default(),
-        limits: Arc::new(crate::limits::RateLimits::new(&LimitsConfig::default())),
+        limits: Arc::new(crate::reload::Swap::new(crate::limits::RateLimits::new(
+            &LimitsConfig::default(),
+        ))),
+        live: Arc::new(crate::hub::LiveSettings::new(
+            &HubConfig::default(),
+            &LimitsConfig::default(),
+        )),
         failures: Arc::new(FailureAudit::new(audit.clone())),
         audit,
     };
