@@ -174,7 +174,7 @@ impl FromRequestParts<crate::api::AppState> for ClientAddr {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-        let ip = resolve(peer.ip(), &parts.headers, &state.trusted_proxies);
+        let ip = resolve(peer.ip(), &parts.headers, &state.trusted_proxies.load());
         Ok(ClientAddr { ip, peer })
     }
 }

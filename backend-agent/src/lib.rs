@@ -267,7 +267,9 @@ impl Backend {
         });
 
         let tokens = Arc::new(auth::TokenStore::new(&config.tokens));
+        let http_trusted_proxies = Arc::new(reload::Swap::new(config.http.trusted_proxies.clone()));
         let reloader = Arc::new(reload::Reloader {
+            http_trusted_proxies: http_trusted_proxies.clone(),
             path: source.path,
             tokens: tokens.clone(),
             limits: limits.clone(),
@@ -292,7 +294,7 @@ impl Backend {
             enrolment: enrolment.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
-            trusted_proxies: Arc::new(config.http.trusted_proxies.clone()),
+            trusted_proxies: http_trusted_proxies,
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;

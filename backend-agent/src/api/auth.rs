@@ -45,8 +45,11 @@ impl FromRequestParts<AppState> for Caller {
                 .map(|c| c.0)
                 .map(|p| {
                     // Behind a trusted proxy, failures are summed per real client.
-                    let ip =
-                        crate::client_addr::resolve(p.ip(), &parts.headers, &state.trusted_proxies);
+                    let ip = crate::client_addr::resolve(
+                        p.ip(),
+                        &parts.headers,
+                        &state.trusted_proxies.load(),
+                    );
                     std::net::SocketAddr::new(ip, p.port())
                 });
             let source = crate::audit_flood::source_name(peer.map(|p| p.ip()));

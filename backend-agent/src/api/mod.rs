@@ -52,7 +52,7 @@ pub struct AppState {
     /// Unauthenticated failures, aggregated per source.
     pub failures: Arc<crate::audit_flood::FailureAudit>,
     /// `[http] trusted_proxies`: peers whose forwarded client address is honoured.
-    pub trusted_proxies: Arc<Vec<crate::client_addr::Cidr>>,
+    pub trusted_proxies: Arc<crate::reload::Swap<Vec<crate::client_addr::Cidr>>>,
 }
 
 /// The API router.

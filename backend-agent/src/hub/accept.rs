@@ -57,7 +57,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
             .fetch_add(1, Ordering::Relaxed);
         // Counted before TLS, so a flood from one address costs one accept and one lookup.
         // A configured proxy address is counted after TLS instead (see `after_tls`).
-        let deferred = is_trusted(&ctx.config.trusted_proxies, peer.ip());
+        let deferred = is_trusted(&ctx.live.trusted_proxies.load(), peer.ip());
         if !deferred && ctx.limits.load().check_hub_ip(peer.ip()).is_err() {
             ctx.metrics.hub_rejected("ip_rate_limited");
             let n = ip_drops.fetch_add(1, Ordering::Relaxed) + 1;
@@ -109,7 +109,7 @@ pub(super) fn after_tls(
         // From a proxy address without a proxy certificate: the charge deferred before TLS.
         None => (
             peer.ip(),
-            is_trusted(&ctx.config.trusted_proxies, peer.ip()),
+            is_trusted(&ctx.live.trusted_proxies.load(), peer.ip()),
         ),
     };
     let client = SocketAddr::new(client, peer.port());

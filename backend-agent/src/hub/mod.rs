@@ -105,6 +105,8 @@ pub struct HubContext {
 pub struct LiveSettings {
     /// `[hub] trusted_proxy_pins`.
     pub trusted_proxy_pins: crate::reload::Swap<Vec<String>>,
+    /// `[hub] trusted_proxies`: addresses charged after TLS instead of before it.
+    pub trusted_proxies: crate::reload::Swap<Vec<crate::client_addr::Cidr>>,
     /// Reconnect slots for `drain` frames.
     pub drain: drain::DrainPlan,
     /// `[hub] drain_grace_secs`.
@@ -118,6 +120,7 @@ impl LiveSettings {
     pub fn new(hub: &HubConfig, limits: &crate::config::LimitsConfig) -> Self {
         LiveSettings {
             trusted_proxy_pins: crate::reload::Swap::new(hub.trusted_proxy_pins.clone()),
+            trusted_proxies: crate::reload::Swap::new(hub.trusted_proxies.clone()),
             drain: drain::DrainPlan::new(
                 hub.drain_reconnect_after_ms,
                 limits.hub_handshakes_per_sec,
@@ -146,6 +149,7 @@ impl LiveSettings {
     pub fn reload(&self, hub: &HubConfig, limits: &crate::config::LimitsConfig) {
         self.trusted_proxy_pins
             .store(hub.trusted_proxy_pins.clone());
+        self.trusted_proxies.store(hub.trusted_proxies.clone());
         self.drain
             .configure(hub.drain_reconnect_after_ms, limits.hub_handshakes_per_sec);
         self.drain_grace_secs

@@ -7,7 +7,7 @@
 //! ```text
 //!  SIGHUP ─► load + validate file ─► load hub cert/key, parse [log] level ─┬─ error ─► keep old
 //!                                                                        ▼
-//!   swap: tokens, [limits], [[agents]] (+ labels), trusted_proxy_pins, drain, log, hub cert
+//!   swap: tokens, [limits], [[agents]] (+ labels), trusted_proxy_pins, [hub]/[http] trusted_proxies, drain, log, hub cert
 //!   keep: listen addresses, store, audit, [ca], other [hub] keys ("needs restart")
 //! ```
 //!
@@ -84,8 +84,10 @@ pub struct Reloader {
     pub tokens: Arc<TokenStore>,
     /// Rate limiters.
     pub limits: Arc<SharedLimits>,
-    /// Trusted proxy pins and drain slots.
+    /// Trusted proxy pins and addresses, and drain slots.
     pub live: Arc<LiveSettings>,
+    /// `[http] trusted_proxies` (whose forwarded client address the API honours).
+    pub http_trusted_proxies: Arc<Swap<Vec<crate::client_addr::Cidr>>>,
     /// The hub's server certificate.
     pub cert: Arc<SwappableCert>,
     /// Static enrolments.
@@ -190,6 +192,14 @@ impl Reloader {
         }
         if new.hub.trusted_proxy_pins != current.hub.trusted_proxy_pins {
             changed.push("hub.trusted_proxy_pins");
+        }
+        if new.hub.trusted_proxies != current.hub.trusted_proxies {
+            changed.push("hub.trusted_proxies");
+        }
+        if new.http.trusted_proxies != current.http.trusted_proxies {
+            self.http_trusted_proxies
+                .store(new.http.trusted_proxies.clone());
+            changed.push("http.trusted_proxies");
         }
         if new.hub.drain_reconnect_after_ms != current.hub.drain_reconnect_after_ms
             || new.hub.drain_grace_secs != current.hub.drain_grace_secs
