@@ -221,6 +221,7 @@ impl Backend {
             results: Arc::new(tokio::sync::Semaphore::new(events::MAX_RESULTS_IN_FLIGHT)),
             tasks: tasks.clone(),
         });
+        let hub_key = Arc::new(hub::proof::HubKey::load(&config.hub.cert, &config.hub.key)?);
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
             registry: registry.clone(),
@@ -233,6 +234,7 @@ impl Backend {
             limits: limits.clone(),
             audit: audit.clone(),
             failures: failures.clone(),
+            hub_key,
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         // `/ready` reports a hub whose accept loop ended (shutdown, or a task that died).

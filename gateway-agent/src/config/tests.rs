@@ -196,3 +196,19 @@ fn at_most_the_hubs_pattern_budget_is_accepted() {
         "{err}"
     );
 }
+
+#[test]
+fn front_door_pins_default_to_none_and_come_from_file_or_env() {
+    assert!(parse(&minimal(), &[])
+        .unwrap()
+        .outbound
+        .front_door_pins
+        .is_empty());
+    let text = minimal().replace(
+        "server_pins",
+        &format!("front_door_pins = [\"{PIN}\"]\nserver_pins"),
+    );
+    assert_eq!(parse(&text, &[]).unwrap().outbound.front_door_pins, [PIN]);
+    let c = parse(&minimal(), &[("AGENTMESH_OUTBOUND_FRONT_DOOR_PINS", PIN)]).unwrap();
+    assert_eq!(c.outbound.front_door_pins, [PIN]);
+}

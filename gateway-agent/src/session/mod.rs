@@ -1,5 +1,5 @@
-//! One session over an established WebSocket: `hello` → `welcome`, then frames until the
-//! connection ends.
+//! One session over an established WebSocket: `hello` → `welcome` (signature checked,
+//! `challenge` answered: module [`proof`]), then frames until the connection ends.
 //!
 //! Generic over the byte stream, so tests can run it over any transport. The session never
 //! panics on hub input: a frame it cannot decode is answered with an `error` frame, a message
@@ -10,10 +10,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG, PROTOCOL_ERROR};
+use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG, PROTOCOL_ERROR, UNAUTHORISED};
 use agentmesh_protocol::{
-    decode_hub_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, ResultFrame, WelcomeFrame,
-    PROTOCOL_VERSION,
+    decode_hub_frame, AgentFrame, ChallengeResponseFrame, ErrorBody, HelloFrame, HubFrame,
+    ResultFrame, WelcomeFrame, PROTOCOL_VERSION,
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,9 +26,12 @@ use tracing::{debug, error, info, warn};
 use crate::commands::Commands;
 use crate::exec::SHUTDOWN_GRACE;
 use crate::renew::{RenewError, Renewal};
+use crate::tls::Route;
 
+pub mod proof;
 mod wire;
 
+pub use proof::{ProofError, ProofKey};
 pub use wire::{close, describe};
 use wire::{close_parts, finish_close, send};
 
@@ -60,6 +63,12 @@ pub enum HandshakeError {
     /// The WebSocket failed.
     #[error("websocket: {0}")]
     WebSocket(#[from] tungstenite::Error),
+    /// The hub did not prove it holds a pinned key.
+    #[error("refusing the hub: {0}")]
+    Proof(#[from] ProofError),
+    /// The hub's challenge could not be signed.
+    #[error("{0}")]
+    Challenge(String),
 }
 
 /// How a session ended.
@@ -85,12 +94,25 @@ pub enum SessionEnd {
     },
 }
 
-/// Sends `hello` and waits up to `wait` for `welcome`.
+/// What [`handshake`] holds the hub to, and the key it answers a `challenge` with.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeProof<'a> {
+    /// `outbound.server_pins`: the key that signs `welcome` must have one of these pins.
+    pub server_pins: &'a [String],
+    /// Where TLS ended; through a front door an unsigned `welcome` is refused.
+    pub route: Route,
+    /// The client certificate's key.
+    pub key: &'a ProofKey,
+}
+
+/// Sends `hello` and waits up to `wait` for `welcome` (checked against `hello.nonce`, see
+/// [`proof`]) and, when the hub announces one, answers its `challenge`.
 pub async fn handshake<S>(
     ws: &mut WebSocketStream<S>,
     hello: &HelloFrame,
     limit: usize,
     wait: Duration,
+    proof: &HandshakeProof<'_>,
 ) -> Result<WelcomeFrame, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -98,6 +120,60 @@ where
     ws.send(Message::text(AgentFrame::Hello(hello.clone()).to_json()))
         .await?;
     let deadline = Instant::now() + wait;
+    let welcome = match next_frame(ws, limit, deadline, wait).await? {
+        HubFrame::Welcome(welcome) if welcome.protocol != PROTOCOL_VERSION => {
+            let protocol = welcome.protocol;
+            close(ws, PROTOCOL_ERROR, "unsupported protocol version").await;
+            return Err(HandshakeError::Protocol(protocol));
+        }
+        HubFrame::Welcome(welcome) => welcome,
+        other => {
+            close(ws, PROTOCOL_ERROR, "expected welcome").await;
+            return Err(HandshakeError::Unexpected(other.kind()));
+        }
+    };
+    if let Some(nonce) = &hello.nonce {
+        let checked = proof::check_welcome(
+            &welcome,
+            nonce,
+            &hello.agent_id,
+            proof.server_pins,
+            proof.route,
+        );
+        if let Err(e) = checked {
+            close(ws, UNAUTHORISED, "hub not proven").await;
+            return Err(HandshakeError::Proof(e));
+        }
+    }
+    if welcome.challenge_follows {
+        let nonce = match next_frame(ws, limit, deadline, wait).await? {
+            HubFrame::Challenge(c) => c.nonce,
+            other => {
+                close(ws, PROTOCOL_ERROR, "expected challenge").await;
+                return Err(HandshakeError::Unexpected(other.kind()));
+            }
+        };
+        let signature = proof
+            .key
+            .sign_challenge(&nonce, &hello.agent_id, &welcome.session_id)
+            .map_err(HandshakeError::Challenge)?;
+        let answer = AgentFrame::ChallengeResponse(ChallengeResponseFrame { signature });
+        send(ws, &answer).await?;
+    }
+    Ok(welcome)
+}
+
+/// The next hub frame before `deadline`; `error` frames are logged and undecodable ones
+/// answered, both skipped.
+async fn next_frame<S>(
+    ws: &mut WebSocketStream<S>,
+    limit: usize,
+    deadline: Instant,
+    wait: Duration,
+) -> Result<HubFrame, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let message = match timeout_at(deadline, ws.next()).await {
             Err(_) => return Err(HandshakeError::Timeout(wait)),
@@ -113,19 +189,10 @@ where
             _ => continue,
         };
         match decode_hub_frame(text.as_bytes(), limit) {
-            Ok(HubFrame::Welcome(welcome)) if welcome.protocol != PROTOCOL_VERSION => {
-                let protocol = welcome.protocol;
-                close(ws, PROTOCOL_ERROR, "unsupported protocol version").await;
-                return Err(HandshakeError::Protocol(protocol));
-            }
-            Ok(HubFrame::Welcome(welcome)) => return Ok(welcome),
             Ok(HubFrame::Error(e)) => {
                 warn!(code = %e.code, message = %e.message, "hub reported an error")
             }
-            Ok(other) => {
-                close(ws, PROTOCOL_ERROR, "expected welcome").await;
-                return Err(HandshakeError::Unexpected(other.kind()));
-            }
+            Ok(frame) => return Ok(frame),
             Err(e) => {
                 warn!(error = %e, "undecodable frame from the hub before welcome");
                 send(
@@ -266,6 +333,10 @@ where
             }
             Ok(HubFrame::Welcome(_)) => {
                 debug!("ignoring a repeated welcome");
+                Ok(())
+            }
+            Ok(HubFrame::Challenge(_)) => {
+                debug!("ignoring a challenge outside the handshake");
                 Ok(())
             }
             Ok(HubFrame::Renewed {
