@@ -115,11 +115,12 @@ async fn a_proxy_replaying_a_certificate_it_cannot_sign_for_gets_no_session_and_
     })
     .await;
     assert!(!hub.is_connected("edge-01"));
-    let audit = std::fs::read_to_string(hub.config_path.with_file_name("audit.log")).unwrap();
-    assert!(
-        audit.contains("agent_rejected") && audit.contains("challenge_failed"),
-        "the refusal is audited"
-    );
+    let audit_path = hub.config_path.with_file_name("audit.log");
+    eventually("the refusal audited", PATIENCE, || async {
+        let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        audit.contains("agent_rejected") && audit.contains("challenge_failed")
+    })
+    .await;
     hub.stop().await;
 }
 

@@ -12,7 +12,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use agentmesh_protocol::proof::{self, NONCE_BYTES};
-use agentmesh_protocol::{decode_agent_frame, AgentFrame, ChallengeFrame, HubFrame};
+use agentmesh_protocol::{
+    decode_agent_frame, AgentFrame, ChallengeFrame, HubFrame, WelcomeFrame, PROTOCOL_VERSION,
+};
 use futures_util::{SinkExt, StreamExt};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
@@ -22,9 +24,11 @@ use ring::signature::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tracing::warn;
 
 use super::identity::Rejection;
 use super::tls::TlsSetupError;
+use super::HubContext;
 
 /// The hub's signing key (the `[hub] key` of its TLS certificate), replaceable at reload.
 pub struct HubKey {
@@ -117,6 +121,34 @@ fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsSetupError> {
         key: pair,
         spki_b64: proof::encode(&spki),
         pin: mesh_certs::pin_from_spki_der(&spki),
+    })
+}
+
+/// The `welcome` of a session, signed over the agent's `nonce` when it sent one.
+pub(super) fn welcome(
+    ctx: &HubContext,
+    nonce: Option<&str>,
+    who: (&str, &str),
+    challenge_follows: bool,
+) -> HubFrame {
+    let (agent_id, session_id) = who;
+    let signed = nonce.and_then(|n| {
+        let signed = ctx.hub_key.sign_welcome(n, agent_id, session_id);
+        if signed.is_none() {
+            warn!("cannot sign welcome; the agent will refuse this hub");
+        }
+        signed
+    });
+    let (signature, hub_key) = signed.unzip();
+    HubFrame::Welcome(WelcomeFrame {
+        protocol: PROTOCOL_VERSION,
+        session_id: session_id.to_owned(),
+        server_time: crate::clock::now_rfc3339(),
+        heartbeat_secs: ctx.config.heartbeat_secs,
+        max_message_bytes: ctx.config.max_message_bytes as u64,
+        signature,
+        hub_key,
+        challenge_follows,
     })
 }
 
@@ -217,4 +249,44 @@ where
 
 fn failed(detail: String) -> Rejection {
     Rejection::new("challenge_failed", detail)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_key_must_be_its_certificates_and_signs_verifiable_welcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = mesh_certs::Ca::generate("proof test CA").unwrap();
+        let a = ca
+            .issue_server("hub", &[], mesh_certs::Validity::days(1))
+            .unwrap();
+        let b = ca
+            .issue_server("hub", &[], mesh_certs::Validity::days(1))
+            .unwrap();
+        a.save(&dir.path().join("a")).unwrap();
+        b.save(&dir.path().join("b")).unwrap();
+        let (cert_a, key_a) = (dir.path().join("a/cert.pem"), dir.path().join("a/key.pem"));
+        let key_b = dir.path().join("b/key.pem");
+        let err = HubKey::load(&cert_a, &key_b).unwrap_err().to_string();
+        assert!(err.contains("is not the key of"), "{err}");
+
+        let hub = HubKey::load(&cert_a, &key_a).unwrap();
+        assert_eq!(hub.pin(), a.pin);
+        let nonce = proof::encode_nonce(&[1; NONCE_BYTES]);
+        let (sig, spki_b64) = hub.sign_welcome(&nonce, "edge-01", "s-1").unwrap();
+        let spki = proof::decode(&spki_b64).unwrap();
+        assert_eq!(mesh_certs::pin_from_spki_der(&spki), a.pin);
+        let point = mesh_certs::ec_p256_point_from_spki(&spki).unwrap();
+        let message = proof::welcome_message(&nonce, "edge-01", "s-1");
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &point)
+            .verify(&message, &proof::decode(&sig).unwrap())
+            .unwrap();
+
+        // A reload with a mismatched pair keeps the old key.
+        assert!(hub.reload(&cert_a, &key_b).is_err());
+        assert_eq!(hub.pin(), a.pin);
+    }
 }

@@ -11,10 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_protocol::{
-    close, decode_agent_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, WelcomeFrame,
-    PROTOCOL_VERSION,
-};
+use agentmesh_protocol::{close, decode_agent_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -26,7 +23,6 @@ pub(super) use super::close::close_ws;
 use super::identity::{PeerIdentity, Rejection};
 use super::HubContext;
 use crate::audit::events;
-use crate::clock;
 use crate::registry::{IdentityRejection, LiveSession, SessionShared};
 
 /// Bad frames tolerated in one session before it is closed with 4002.
@@ -171,27 +167,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Sends `welcome`, signed over the agent's nonce when it sent one.
     async fn welcome(&mut self, nonce: Option<&str>, challenge_follows: bool) -> Result<(), End> {
-        let signed = nonce.and_then(|n| {
-            let signed = self
-                .ctx
-                .hub_key
-                .sign_welcome(n, &self.agent_id, &self.session_id);
-            if signed.is_none() {
-                warn!("cannot sign welcome; the agent will refuse this hub");
-            }
-            signed
-        });
-        let (signature, hub_key) = signed.unzip();
-        let welcome = HubFrame::Welcome(WelcomeFrame {
-            protocol: PROTOCOL_VERSION,
-            session_id: self.session_id.clone(),
-            server_time: clock::now_rfc3339(),
-            heartbeat_secs: self.ctx.config.heartbeat_secs,
-            max_message_bytes: self.ctx.config.max_message_bytes as u64,
-            signature,
-            hub_key,
+        let welcome = super::proof::welcome(
+            &self.ctx,
+            nonce,
+            (&self.agent_id, &self.session_id),
             challenge_follows,
-        });
+        );
         self.send(Message::text(welcome.to_json())).await
     }
 

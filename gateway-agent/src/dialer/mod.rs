@@ -302,7 +302,13 @@ impl Dialer {
             Ok(welcome) => welcome,
             Err(e) => return Some(self.after_handshake_error(e)),
         };
-        let hub_pin = connect::hub_pin(&ws);
+        // The key that signed `welcome` is the hub's (verified); else the TLS peer's (direct).
+        let hub_pin = welcome
+            .hub_key
+            .as_deref()
+            .and_then(agentmesh_protocol::proof::decode)
+            .map(|spki| mesh_certs::pin_from_spki_der(&spki))
+            .or_else(|| connect::hub_pin(&ws));
         self.state.set_connected(&welcome.session_id);
         self.audit.connected(
             &welcome.session_id,

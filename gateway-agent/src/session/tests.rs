@@ -1,7 +1,11 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::tls::Route;
+use agentmesh_protocol::close::PROTOCOL_ERROR;
 use agentmesh_protocol::CommandStatus;
+use agentmesh_protocol::{HelloFrame, PROTOCOL_VERSION};
+use futures_util::SinkExt as _;
 use tokio::io::DuplexStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
