@@ -69,7 +69,10 @@ fn a_good_signature_by_a_pinned_key_passes_on_either_route() {
     let h = hub();
     let w = signed_by(&h, &h, "s-1");
     for route in [Route::Direct, Route::FrontDoor] {
-        assert_eq!(check(&w, &[h.pin.clone()], route), Ok(Some(h.pin.clone())));
+        assert_eq!(
+            check(&w, std::slice::from_ref(&h.pin), route),
+            Ok(Some(h.pin.clone()))
+        );
     }
 }
 
@@ -79,7 +82,7 @@ fn a_signature_by_another_key_is_refused() {
     // Claims the pinned key, signed by another one (a proxy without the hub's key).
     let w = signed_by(&other, &real, "s-1");
     assert!(matches!(
-        check(&w, &[real.pin.clone()], Route::FrontDoor),
+        check(&w, std::slice::from_ref(&real.pin), Route::FrontDoor),
         Err(ProofError::BadSignature(_))
     ));
 }
@@ -88,7 +91,7 @@ fn a_signature_by_another_key_is_refused() {
 fn a_key_not_in_server_pins_is_refused_naming_both_pins() {
     let (h, pinned) = (hub(), hub());
     let w = signed_by(&h, &h, "s-1");
-    let err = check(&w, &[pinned.pin.clone()], Route::Direct).unwrap_err();
+    let err = check(&w, std::slice::from_ref(&pinned.pin), Route::Direct).unwrap_err();
     assert_eq!(
         err,
         ProofError::KeyNotPinned {
