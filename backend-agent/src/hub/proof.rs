@@ -289,4 +289,31 @@ mod tests {
         assert!(hub.reload(&cert_a, &key_b).is_err());
         assert_eq!(hub.pin(), a.pin);
     }
+
+    /// The agent key of `protocol/tests/golden/agent_challenge_response.json` (a test vector:
+    /// its private key was discarded after signing).
+    const GOLDEN_AGENT_SPKI: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAECLQ40A3+XPb+sLXclw58753xLZoci6H4xwyembN8zkSi2WKy9fU6NCm8vE0eOqx1vSGXpALoibcMJzzZs+2gMA==";
+
+    #[test]
+    fn the_golden_challenge_response_is_a_real_test_vector() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/golden");
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+        };
+        let (challenge, response) = (
+            read("hub_challenge.json"),
+            read("agent_challenge_response.json"),
+        );
+        let session = read("hub_welcome_signed.json")["session_id"].clone();
+        let spki = proof::decode(GOLDEN_AGENT_SPKI).unwrap();
+        let nonce = challenge["nonce"].as_str().unwrap();
+        let signature = response["signature"].as_str().unwrap();
+        let session = session.as_str().unwrap();
+        assert!(verify_challenge(
+            &spki, nonce, "edge-01", session, signature
+        ));
+        assert!(!verify_challenge(
+            &spki, nonce, "edge-02", session, signature
+        ));
+    }
 }

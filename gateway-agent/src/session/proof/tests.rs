@@ -171,3 +171,33 @@ fn challenge_answers_verify_with_the_certificate_key_only() {
     assert!(fresh_nonce().is_some_and(|n| proof::is_valid_nonce(&n)));
     assert_ne!(fresh_nonce(), fresh_nonce());
 }
+
+fn golden(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../protocol/tests/golden")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_golden_signed_welcome_is_a_real_test_vector() {
+    let limit = agentmesh_protocol::DEFAULT_MAX_MESSAGE_BYTES;
+    let agentmesh_protocol::AgentFrame::Hello(hello) =
+        agentmesh_protocol::decode_agent_frame(golden("agent_hello_nonce.json").as_bytes(), limit)
+            .unwrap()
+    else {
+        panic!("not a hello")
+    };
+    let agentmesh_protocol::HubFrame::Welcome(welcome) =
+        agentmesh_protocol::decode_hub_frame(golden("hub_welcome_signed.json").as_bytes(), limit)
+            .unwrap()
+    else {
+        panic!("not a welcome")
+    };
+    let spki = proof::decode(welcome.hub_key.as_deref().unwrap()).unwrap();
+    let pin = mesh_certs::pin_from_spki_der(&spki);
+    let nonce = hello.nonce.as_deref().unwrap();
+    let pins = [pin.clone()];
+    let checked = check_welcome(&welcome, nonce, &hello.agent_id, &pins, Route::FrontDoor);
+    assert_eq!(checked, Ok(Some(pin)));
+}
