@@ -87,7 +87,10 @@ impl SessionEvents for BackendEvents {
                 warn!(agent.id = %agent_id, code = %e.code, message = %e.message, "agent reported an error");
                 Box::pin(async {})
             }
-            AgentFrame::Output(_) | AgentFrame::Hello(_) => Box::pin(async {}),
+            // A challenge_response outside the handshake answers nothing: ignored.
+            AgentFrame::Output(_) | AgentFrame::Hello(_) | AgentFrame::ChallengeResponse(_) => {
+                Box::pin(async {})
+            }
         }
     }
 }

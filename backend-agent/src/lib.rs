@@ -244,6 +244,7 @@ impl Backend {
             results: Arc::new(tokio::sync::Semaphore::new(events::MAX_RESULTS_IN_FLIGHT)),
             tasks: tasks.clone(),
         });
+        let hub_key = Arc::new(hub::proof::HubKey::load(&config.hub.cert, &config.hub.key)?);
         let hub_ctx = Arc::new(HubContext {
             config: config.hub.clone(),
             registry: registry.clone(),
@@ -257,6 +258,7 @@ impl Backend {
             audit: audit.clone(),
             failures: failures.clone(),
             live: live.clone(),
+            hub_key: hub_key.clone(),
         });
         let hub_listening = Arc::new(AtomicBool::new(true));
         // `/ready` reports a hub whose accept loop ended (shutdown, or a task that died).
@@ -275,6 +277,7 @@ impl Backend {
             limits: limits.clone(),
             live: live.clone(),
             cert: server_cert,
+            hub_key: hub_key.clone(),
             enrolment: enrolment.clone(),
             labels: labels.clone(),
             audit: audit.clone(),

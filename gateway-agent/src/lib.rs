@@ -3,7 +3,10 @@
 //!
 //! The agent never listens for the hub; it connects out (through NAT and firewalls) and keeps
 //! reconnecting with jittered exponential backoff. The hub is trusted only if its chain verifies
-//! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (README, "Identity and pins").
+//! to the mesh CA **and** its SPKI pin is in `outbound.server_pins` (README, "Identity and pins"),
+//! or — through a TLS-terminating front door checked against `outbound.front_door_pins` or the
+//! CA — if it signs `welcome` over the agent's fresh nonce with a key in `server_pins`
+//! (`docs/protocol.md`, "Proof of possession").
 //!
 //! Entry points: [`GatewayConfig::load`] then [`run`] (or [`run_with_state`] to observe the
 //! connection through [`AgentState`], or [`run_reloadable`] to apply config reloads).

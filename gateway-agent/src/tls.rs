@@ -1,10 +1,14 @@
 //! TLS towards the hub: the mesh CA as the only root, the agent's client certificate, and a
-//! verifier that also requires the hub's SPKI pin to be in `outbound.server_pins`.
+//! verifier that holds the TLS peer to `outbound.server_pins` — or, for a TLS-terminating front
+//! door such as nginx, to `outbound.front_door_pins` (or the CA when those are unset).
 //!
-//! The chain is checked first (CA, validity, host name) by rustls' own `WebPkiServerVerifier`;
-//! only a hub that passes that is then held to the pin list. A pin mismatch fails the handshake
-//! and is recorded in a [`PinObserver`] so the dialer can log both the presented and the expected
-//! pins loudly: it is a hard failure, never a fallback.
+//! A peer whose pin is in `server_pins` is the hub itself: its chain is checked first (CA,
+//! validity, host name) by rustls' own `WebPkiServerVerifier`, then the pin. Any other peer is
+//! a front door ([`Route::FrontDoor`]): it must match `front_door_pins` when they are set, else
+//! chain to the CA; the hub behind it must then sign `welcome` with a key in `server_pins`
+//! (`crate::session::proof`). A refused peer fails the handshake and is recorded in a
+//! [`PinObserver`] so the dialer can log both the presented and the expected pins loudly: it is
+//! a hard failure, never a fallback.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -82,6 +86,28 @@ pub struct HubTls {
     pub config: Arc<ClientConfig>,
     /// Pin mismatches seen by this config's verifier.
     pub pins: PinObserver,
+    /// The key of the client certificate, for answering a hub `challenge`.
+    pub proof_key: Arc<crate::session::ProofKey>,
+}
+
+/// How the TLS peer was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The peer's pin is in `server_pins`: TLS ends at the hub.
+    Direct,
+    /// The peer is a front door (its pin in `front_door_pins`, or chained to the CA): the hub
+    /// behind it must sign `welcome`.
+    FrontDoor,
+}
+
+impl Route {
+    /// The route of a connection whose TLS peer presented `pin`.
+    pub fn of(pin: Option<&str>, server_pins: &[String]) -> Route {
+        match pin {
+            Some(p) if server_pins.iter().any(|s| s == p) => Route::Direct,
+            _ => Route::FrontDoor,
+        }
+    }
 }
 
 /// Builds the client TLS config from `[outbound]`.
@@ -89,14 +115,22 @@ pub fn client_config(outbound: &OutboundConfig) -> Result<HubTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = root_store(&outbound.ca)?;
     let pins = PinObserver::default();
-    let verifier = PinningVerifier::new(
+    let mut verifier = PinningVerifier::new(
         roots,
         outbound.server_pins.clone(),
         provider.clone(),
         pins.clone(),
     )?;
+    verifier.front_door = Some(outbound.front_door_pins.clone());
     let certs = load_certs("client certificate", &outbound.cert)?;
     let key = load_key(&outbound.key)?;
+    let key_pem = read("private key", &outbound.key)?;
+    let proof_key = crate::session::ProofKey::from_pem(&String::from_utf8_lossy(&key_pem))
+        .map_err(|detail| TlsError::Pem {
+            what: "private key",
+            path: outbound.key.clone(),
+            detail,
+        })?;
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -105,6 +139,7 @@ pub fn client_config(outbound: &OutboundConfig) -> Result<HubTls, TlsError> {
     Ok(HubTls {
         config: Arc::new(config),
         pins,
+        proof_key: Arc::new(proof_key),
     })
 }
 
@@ -166,12 +201,16 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Chain verification by webpki, then the end-entity pin must be one of `pins`.
+/// Chain verification by webpki, then the end-entity pin must be one of `pins`; with a
+/// `front_door` (the hub dialer's), another peer is accepted as a front door.
 #[derive(Debug)]
 pub struct PinningVerifier {
     inner: Arc<WebPkiServerVerifier>,
     pins: Vec<String>,
     observer: PinObserver,
+    /// `None`: only `pins` are accepted (enrolment). `Some(pins)`: a peer not in `pins` is a
+    /// front door that must match these, or chain to the CA when empty.
+    pub front_door: Option<Vec<String>>,
 }
 
 impl PinningVerifier {
@@ -189,6 +228,7 @@ impl PinningVerifier {
             inner,
             pins,
             observer,
+            front_door: None,
         })
     }
 }
@@ -202,25 +242,47 @@ impl ServerCertVerifier for PinningVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
         let pin = mesh_certs::pin_from_cert_der(end_entity.as_ref())
             .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if self.pins.contains(&pin) {
-            return Ok(verified);
-        }
-        let message = format!(
-            "hub pin {pin} is not in server_pins [{}]",
-            self.pins.join(", ")
-        );
+        let chain = || {
+            self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )
+        };
+        let front_door: &[String] = match &self.front_door {
+            // The hub itself, or a front door that chains to the CA: the chain decides.
+            _ if self.pins.contains(&pin) => return chain(),
+            Some(front) if front.is_empty() => return chain(),
+            // A pinned front door (its key is trusted as such; it need not chain to `ca`).
+            Some(front) if front.contains(&pin) => return Ok(ServerCertVerified::assertion()),
+            Some(front) => front,
+            None => {
+                // Refused either way: still report a broken chain as such (webpki's error).
+                chain()?;
+                &[]
+            }
+        };
+        let mut expected = self.pins.clone();
+        expected.extend(front_door.iter().cloned());
+        let message = if front_door.is_empty() {
+            format!(
+                "hub pin {pin} is not in server_pins [{}]",
+                self.pins.join(", ")
+            )
+        } else {
+            format!(
+                "hub pin {pin} is not in server_pins [{}] nor front_door_pins [{}]",
+                self.pins.join(", "),
+                front_door.join(", ")
+            )
+        };
         self.observer.record(PinMismatch {
             presented: pin,
-            expected: self.pins.clone(),
+            expected,
         });
         Err(Error::General(message))
     }
@@ -250,83 +312,4 @@ impl ServerCertVerifier for PinningVerifier {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use mesh_certs::{Ca, Validity};
-
-    struct Fixture {
-        verifier: PinningVerifier,
-        observer: PinObserver,
-        server_der: CertificateDer<'static>,
-        server_pin: String,
-    }
-
-    fn fixture(pins: impl FnOnce(&str) -> Vec<String>) -> Fixture {
-        let ca = Ca::generate("test mesh CA").unwrap();
-        let server = ca.issue_server("hub.test", &[], Validity::days(1)).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(server.ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let observer = PinObserver::default();
-        let verifier = PinningVerifier::new(
-            roots,
-            pins(&server.pin),
-            Arc::new(rustls::crypto::ring::default_provider()),
-            observer.clone(),
-        )
-        .unwrap();
-        Fixture {
-            verifier,
-            observer,
-            server_der: CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap(),
-            server_pin: server.pin,
-        }
-    }
-
-    fn verify(f: &Fixture, name: &str) -> Result<ServerCertVerified, Error> {
-        f.verifier.verify_server_cert(
-            &f.server_der,
-            &[],
-            &ServerName::try_from(name.to_owned()).unwrap(),
-            &[],
-            UnixTime::now(),
-        )
-    }
-
-    const OTHER_PIN: &str = "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
-
-    #[test]
-    fn matching_pin_passes() {
-        let f = fixture(|pin| vec![OTHER_PIN.to_owned(), pin.to_owned()]);
-        verify(&f, "hub.test").unwrap();
-        assert_eq!(f.observer.take(), None);
-    }
-
-    #[test]
-    fn other_pin_fails_naming_both_pins() {
-        let f = fixture(|_| vec![OTHER_PIN.to_owned()]);
-        let err = verify(&f, "hub.test").unwrap_err().to_string();
-        assert!(err.contains(&f.server_pin), "{err}");
-        assert!(err.contains(OTHER_PIN), "{err}");
-        assert_eq!(
-            f.observer.take(),
-            Some(PinMismatch {
-                presented: f.server_pin.clone(),
-                expected: vec![OTHER_PIN.to_owned()],
-            })
-        );
-    }
-
-    #[test]
-    fn chain_is_checked_before_the_pin() {
-        // Right pin, wrong host name: webpki refuses first and no pin mismatch is recorded.
-        let f = fixture(|pin| vec![pin.to_owned()]);
-        let err = verify(&f, "evil.test").unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidCertificate(_)),
-            "unexpected error: {err}"
-        );
-        assert_eq!(f.observer.take(), None);
-    }
-}
+mod tests;

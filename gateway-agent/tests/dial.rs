@@ -30,7 +30,10 @@ async fn wrong_pin_never_sends_hello_and_is_recorded() {
     let pki = Pki::new("edge-01");
     let mut hub = FakeHub::start(&pki.server).await;
     let wrong = "sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
-    let config = pki.config(hub.addr.port(), &[wrong], "");
+    let mut config = pki.config(hub.addr.port(), &[wrong], "");
+    // Without front_door_pins a peer chaining to the CA would be taken for a front door (and
+    // then have to show the hub's signature); with them, an unpinned peer fails at TLS.
+    config.outbound.front_door_pins = vec![wrong.to_owned()];
     let state = AgentState::new();
     let (stop, stopped) = oneshot::channel::<()>();
     let agent = tokio::spawn(run_with_state(config, state.clone(), async move {

@@ -54,8 +54,23 @@ impl DecodeError {
     }
 }
 
-const AGENT_TYPES: &[&str] = &["hello", "result", "output", "error", "renew"];
-const HUB_TYPES: &[&str] = &["welcome", "command", "cancel", "drain", "error", "renewed"];
+const AGENT_TYPES: &[&str] = &[
+    "hello",
+    "result",
+    "output",
+    "error",
+    "renew",
+    "challenge_response",
+];
+const HUB_TYPES: &[&str] = &[
+    "welcome",
+    "command",
+    "cancel",
+    "drain",
+    "error",
+    "renewed",
+    "challenge",
+];
 
 /// Decodes a frame sent by an agent.
 ///

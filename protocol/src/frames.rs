@@ -26,6 +26,8 @@ pub enum AgentFrame {
         /// PEM certificate signing request for a freshly generated key.
         csr: String,
     },
+    /// Answer to `challenge`: proof that the agent holds its certificate's key.
+    ChallengeResponse(ChallengeResponseFrame),
 }
 
 /// Frames the hub sends to an agent.
@@ -57,6 +59,9 @@ pub enum HubFrame {
         /// The new certificate's pin (now enrolled beside the old one).
         pin: String,
     },
+    /// Sent right after `welcome` on a session whose certificate a proxy forwarded: the agent
+    /// must sign it (see [`crate::proof`]) before any command is dispatched.
+    Challenge(ChallengeFrame),
 }
 
 /// `hello`: the agent's identity and capabilities.
@@ -87,6 +92,10 @@ pub struct HelloFrame {
     /// Ids of finished commands whose results the agent still holds for delivery.
     #[serde(default)]
     pub pending_results: Vec<String>,
+    /// Fresh random nonce (standard base64 of [`crate::proof::NONCE_BYTES`] bytes) the hub signs
+    /// in `welcome`; absent from agents that do not check the hub's signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 fn default_max_concurrency() -> u32 {
@@ -117,6 +126,31 @@ pub struct WelcomeFrame {
     pub heartbeat_secs: u64,
     /// Largest message either side may send.
     pub max_message_bytes: u64,
+    /// Base64 ECDSA P-256 signature by the hub's TLS key over
+    /// [`crate::proof::welcome_message`]; present when `hello` carried a nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Base64 DER SubjectPublicKeyInfo of the key that made `signature` (its pin must be one of
+    /// the agent's `server_pins`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_key: Option<String>,
+    /// True when a `challenge` frame follows: the agent must answer it before anything else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub challenge_follows: bool,
+}
+
+/// `challenge`: a nonce the agent signs with its certificate key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeFrame {
+    /// Fresh random nonce, standard base64 of [`crate::proof::NONCE_BYTES`] bytes.
+    pub nonce: String,
+}
+
+/// `challenge_response`: the agent's signature over [`crate::proof::challenge_message`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeResponseFrame {
+    /// Base64 ECDSA P-256 (SHA-256, ASN.1 DER) signature by the agent's certificate key.
+    pub signature: String,
 }
 
 /// `command`: run one verb.
@@ -242,6 +276,7 @@ impl AgentFrame {
             AgentFrame::Output(_) => "output",
             AgentFrame::Error(_) => "error",
             AgentFrame::Renew { .. } => "renew",
+            AgentFrame::ChallengeResponse(_) => "challenge_response",
         }
     }
 
@@ -261,6 +296,7 @@ impl HubFrame {
             HubFrame::Drain { .. } => "drain",
             HubFrame::Error(_) => "error",
             HubFrame::Renewed { .. } => "renewed",
+            HubFrame::Challenge(_) => "challenge",
         }
     }
 

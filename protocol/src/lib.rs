@@ -10,18 +10,20 @@
 //! - [`pattern`]: parameter patterns, compiled once within size limits.
 //! - [`decode`]: the size-limited, panic-free decoder.
 //! - [`close`]: WebSocket close codes used by the hub.
+//! - [`proof`]: the byte strings the hub signs in `welcome` and the agent signs for `challenge`.
 #![forbid(unsafe_code)]
 
 pub mod close;
 pub mod decode;
 pub mod frames;
 pub mod pattern;
+pub mod proof;
 pub mod verbs;
 
 pub use decode::{decode_agent_frame, decode_hub_frame, DecodeError, DEFAULT_MAX_MESSAGE_BYTES};
 pub use frames::{
-    AgentFrame, CommandFrame, CommandStatus, ErrorBody, HelloFrame, HubFrame, OutputFrame,
-    ResultFrame, WelcomeFrame,
+    AgentFrame, ChallengeFrame, ChallengeResponseFrame, CommandFrame, CommandStatus, ErrorBody,
+    HelloFrame, HubFrame, OutputFrame, ResultFrame, WelcomeFrame,
 };
 pub use verbs::{ArgError, ParamKind, ParamSpec, Pattern, VerbSpec};
 

@@ -44,8 +44,9 @@ fn golden_examples_round_trip() {
         assert_golden_round_trip(&name);
         seen += 1;
     }
-    // Every frame type, plus a hello whose string parameter sets `allow_leading_dash`.
-    assert_eq!(seen, 13, "every frame type has a golden example");
+    // Every frame type, plus a hello whose string parameter sets `allow_leading_dash`, a hello
+    // with a nonce and a signed welcome.
+    assert_eq!(seen, 17, "every frame type has a golden example");
 }
 
 #[test]
@@ -139,6 +140,62 @@ fn a_hello_compiles_a_bounded_number_of_patterns() {
 }
 
 #[test]
+fn golden_proof_frames_decode_to_typed_fields() {
+    use agentmesh_protocol::{proof, ChallengeFrame, ChallengeResponseFrame};
+    let AgentFrame::Hello(hello) =
+        decode_agent_frame(golden("agent_hello_nonce.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    assert!(proof::is_valid_nonce(hello.nonce.as_deref().unwrap()));
+    let HubFrame::Welcome(welcome) =
+        decode_hub_frame(golden("hub_welcome_signed.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a welcome")
+    };
+    assert!(welcome.challenge_follows);
+    assert_eq!(
+        proof::decode(welcome.hub_key.as_deref().unwrap())
+            .unwrap()
+            .len(),
+        91
+    );
+    assert!(proof::decode(welcome.signature.as_deref().unwrap()).is_some());
+    let HubFrame::Challenge(ChallengeFrame { nonce }) =
+        decode_hub_frame(golden("hub_challenge.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a challenge")
+    };
+    assert!(proof::is_valid_nonce(&nonce));
+    let AgentFrame::ChallengeResponse(ChallengeResponseFrame { signature }) =
+        decode_agent_frame(golden("agent_challenge_response.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a challenge_response")
+    };
+    assert!(proof::decode(&signature).is_some());
+}
+
+#[test]
+fn frames_of_the_design_contract_stay_unchanged_on_the_wire() {
+    // An old hello (no nonce) and an unsigned welcome encode without the new fields.
+    let AgentFrame::Hello(hello) =
+        decode_agent_frame(golden("agent_hello.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    assert_eq!(hello.nonce, None);
+    let HubFrame::Welcome(welcome) =
+        decode_hub_frame(golden("hub_welcome.json").as_bytes(), LIMIT).unwrap()
+    else {
+        panic!("not a welcome")
+    };
+    let text = HubFrame::Welcome(welcome).to_json();
+    for field in ["signature", "hub_key", "challenge_follows"] {
+        assert!(!text.contains(field), "{text}");
+    }
+}
+
+#[test]
 fn golden_result_status() {
     let frame = decode_agent_frame(golden("agent_result_rejected.json").as_bytes(), LIMIT).unwrap();
     let AgentFrame::Result(result) = frame else {
@@ -216,7 +273,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_json_like_text_never_panics(s in r#"\{"type":"(hello|result|output|error|command|cancel|drain|welcome|x)"(,"[a-z_]{1,12}":("[^"]{0,8}"|-?[0-9]{1,20}|true|null|\[\]|\{\}))*\}"#) {
+    fn arbitrary_json_like_text_never_panics(s in r#"\{"type":"(hello|result|output|error|command|cancel|drain|welcome|challenge|challenge_response|x)"(,"[a-z_]{1,12}":("[^"]{0,8}"|-?[0-9]{1,20}|true|null|\[\]|\{\}))*\}"#) {
         let _ = decode_agent_frame(s.as_bytes(), LIMIT);
         let _ = decode_hub_frame(s.as_bytes(), LIMIT);
     }

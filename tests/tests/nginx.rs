@@ -154,8 +154,16 @@ async fn agent_connects_through_nginx_and_the_hub_checks_the_forwarded_certifica
     let hub = TestHub::start_with(&pki, &[("edge-01", &edge.pin)], options).await;
     let (_nginx, listen) = start_nginx(&nginx, &pki, &hub).await;
 
-    // The agent dials nginx and pins nginx's public certificate.
-    let cfg = agent::write_config(pki.path(), "edge-01", &edge_dir, listen, &[&front.pin], "");
+    // The agent dials nginx (its certificate checked against the CA) and pins the hub's key,
+    // which signs `welcome` behind nginx.
+    let cfg = agent::write_config(
+        pki.path(),
+        "edge-01",
+        &edge_dir,
+        listen,
+        &[&hub.server_pin],
+        "",
+    );
     let agent = TestAgent::start(cfg);
     eventually("edge-01 connected through nginx", PATIENCE, || async {
         hub.is_connected("edge-01")

@@ -103,6 +103,16 @@ pub(super) async fn connection(
         refused(&ctx, peer, &r, Some(&identity));
         return session::close_ws(&mut ws, close::PROTOCOL_ERROR, &r.detail).await;
     }
+    if let Some(nonce) = hello.nonce.as_deref() {
+        if !agentmesh_protocol::proof::is_valid_nonce(nonce) {
+            let r = Rejection::new(
+                "bad_nonce",
+                "hello.nonce must be standard base64 of 32 random bytes",
+            );
+            refused(&ctx, peer, &r, Some(&identity));
+            return session::close_ws(&mut ws, close::PROTOCOL_ERROR, &r.detail).await;
+        }
+    }
     if hello.agent_id != identity.cn {
         let r = Rejection::new(
             "id_mismatch",

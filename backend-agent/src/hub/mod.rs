@@ -12,9 +12,13 @@
 //!  wait for `hello` (hello_timeout_secs) ──none──► close 4002
 //!  agent_id == CN? ──no──► 4001     protocol == 1? ──no──► 4002
 //!      │
+//!  certificate forwarded by a trusted proxy? ──yes──► `welcome` (signed), `challenge`:
+//!      │        a `challenge_response` signed by the forwarded key within hello_timeout_secs,
+//!      │        else close 4001 (never attached, never dispatched to)
 //!  attach under the registry lock: identity checked again ──revoked──► 4004 (never listed)
 //!      │                                                   └─retired/unknown──► 4001
-//!  (an older session of the same id is closed 4003), send `welcome`
+//!  (an older session of the same id is closed 4003), send `welcome` (signed over
+//!  `hello.nonce` when there is one) unless already sent
 //!      │
 //!  session loop: frames in ⇄ bounded queue out; ping every heartbeat_secs;
 //!  silent for 3 intervals ──► drop;  a write stuck for 10 s ──► drop (peer not reading);
@@ -32,6 +36,7 @@ mod close;
 pub mod drain;
 mod handshake;
 pub(crate) mod identity;
+pub mod proof;
 mod session;
 pub mod tls;
 
@@ -97,6 +102,8 @@ pub struct HubContext {
     pub failures: Arc<crate::audit_flood::FailureAudit>,
     /// Settings a config reload changes under live sessions, and the drain plan.
     pub live: Arc<LiveSettings>,
+    /// The hub's TLS key, signing `welcome` (reloaded with the certificate).
+    pub hub_key: Arc<proof::HubKey>,
 }
 
 /// The hub's settings that a config reload replaces while sessions stay up (the rest of

@@ -11,10 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_protocol::{
-    close, decode_agent_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, WelcomeFrame,
-    PROTOCOL_VERSION,
-};
+use agentmesh_protocol::{close, decode_agent_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -26,7 +23,6 @@ pub(super) use super::close::close_ws;
 use super::identity::{PeerIdentity, Rejection};
 use super::HubContext;
 use crate::audit::events;
-use crate::clock;
 use crate::registry::{IdentityRejection, LiveSession, SessionShared};
 
 /// Bad frames tolerated in one session before it is closed with 4002.
@@ -74,8 +70,23 @@ pub(super) async fn run<S>(
         bad_frames: 0,
         last_heard: tokio::time::Instant::now(),
     };
-    // Attached before `welcome`: the identity is checked again under the registry lock, so
-    // a revocation between the handshake and `hello` is final.
+    let nonce = hello.nonce.as_deref();
+    // A forwarded certificate must be proven held before the session is attached: an
+    // unproven one never supersedes the real agent and is never dispatched to.
+    let proxied = session.identity.via_proxy.is_some();
+    if proxied {
+        if let Err(end) = session.welcome(nonce, true).await {
+            debug!(reason = end, "welcome could not be sent");
+            return;
+        }
+        if let Err(r) = session.prove().await {
+            super::handshake::refused(&session.ctx, peer, &r, Some(&session.identity));
+            return close_ws(&mut session.ws, close::UNAUTHORISED, &r.detail).await;
+        }
+        debug!("forwarded certificate proven held");
+    }
+    // Attached before `welcome` (direct sessions): the identity is checked again under the
+    // registry lock, so a revocation between the handshake and `hello` is final.
     let attached = session.ctx.registry.attach(
         hello.clone(),
         &session.identity.pin,
@@ -95,14 +106,16 @@ pub(super) async fn run<S>(
         info!(old.session_id = %old.session_id, "superseding older session");
         old.request_close(close::SUPERSEDED, "superseded by a newer session");
     }
-    if let Err(end) = session.welcome().await {
-        // Never announced as connected, so only the registry needs to forget it.
-        debug!(reason = end, "welcome could not be sent");
-        session
-            .ctx
-            .registry
-            .detach(&session.agent_id, &session.session_id);
-        return;
+    if !proxied {
+        if let Err(end) = session.welcome(nonce, false).await {
+            // Never announced as connected, so only the registry needs to forget it.
+            debug!(reason = end, "welcome could not be sent");
+            session
+                .ctx
+                .registry
+                .detach(&session.agent_id, &session.session_id);
+            return;
+        }
     }
     session.started(&hello, peer);
     let end = session.serve(rx, close_rx).await;
@@ -152,15 +165,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         close_ws(&mut self.ws, code, reason).await;
     }
 
-    async fn welcome(&mut self) -> Result<(), End> {
-        let welcome = HubFrame::Welcome(WelcomeFrame {
-            protocol: PROTOCOL_VERSION,
-            session_id: self.session_id.clone(),
-            server_time: clock::now_rfc3339(),
-            heartbeat_secs: self.ctx.config.heartbeat_secs,
-            max_message_bytes: self.ctx.config.max_message_bytes as u64,
-        });
+    /// Sends `welcome`, signed over the agent's nonce when it sent one.
+    async fn welcome(&mut self, nonce: Option<&str>, challenge_follows: bool) -> Result<(), End> {
+        let welcome = super::proof::welcome(
+            &self.ctx,
+            nonce,
+            (&self.agent_id, &self.session_id),
+            challenge_follows,
+        );
         self.send(Message::text(welcome.to_json())).await
+    }
+
+    /// The `challenge` of a forwarded certificate, answered within `hello_timeout_secs`.
+    async fn prove(&mut self) -> Result<(), Rejection> {
+        let limit = Duration::from_secs(self.ctx.config.hello_timeout_secs);
+        super::proof::challenge(
+            &mut self.ws,
+            (&self.agent_id, &self.session_id),
+            &self.identity.spki,
+            self.ctx.config.max_message_bytes,
+            limit,
+        )
+        .await
     }
 
     fn started(&self, hello: &HelloFrame, peer: SocketAddr) {

@@ -90,6 +90,8 @@ pub struct Reloader {
     pub http_trusted_proxies: Arc<Swap<Vec<crate::client_addr::Cidr>>>,
     /// The hub's server certificate.
     pub cert: Arc<SwappableCert>,
+    /// The hub's key as it signs `welcome` (swapped with the certificate).
+    pub hub_key: Arc<crate::hub::proof::HubKey>,
     /// Static enrolments.
     pub enrolment: Arc<Enrolment>,
     /// Authoritative labels.
@@ -160,6 +162,11 @@ impl Reloader {
         let needs_restart = keep_restart_only(current, &mut new);
         // Everything that can fail is checked before anything is swapped.
         let key = certified_key(&new.hub.cert, &new.hub.key)?;
+        let cert_changed = key.cert != self.cert.current().cert;
+        if cert_changed {
+            // Also refuses a key that cannot sign `welcome` (not P-256), keeping the old one.
+            crate::hub::proof::HubKey::load(&new.hub.cert, &new.hub.key)?;
+        }
         let level = match (&new.log.level, &self.log) {
             (Some(level), Some(_)) if new.log != current.log => Some(level.clone()),
             _ => None,
@@ -171,7 +178,8 @@ impl Reloader {
         if level.is_some() {
             changed.push("log.level");
         }
-        if key.cert != self.cert.current().cert {
+        if cert_changed {
+            self.hub_key.reload(&new.hub.cert, &new.hub.key)?;
             let pins = key
                 .cert
                 .first()

@@ -10,10 +10,21 @@ use super::{GatewayConfig, ParamType};
 use crate::tls;
 
 /// Advice that does not make the config invalid: string parameters without a `pattern` (any
-/// value up to `max_len` reaches the program) and those that set `allow_leading_dash`.
+/// value up to `max_len` reaches the program), those that set `allow_leading_dash`, and a front
+/// door's pin listed as a hub pin too.
 pub fn config_warnings(config: &GatewayConfig) -> Vec<String> {
     let file = config.file_name();
     let mut warnings = Vec::new();
+    let out = &config.outbound;
+    for (i, pin) in out.server_pins.iter().enumerate() {
+        if out.front_door_pins.contains(pin) {
+            warnings.push(format!(
+                "{file}: outbound.server_pins[{i}]: {pin} is also in front_door_pins: TLS to it \
+                 counts as reaching the hub directly, so an unsigned welcome is accepted through \
+                 it; list a front door's pin only in front_door_pins"
+            ));
+        }
+    }
     for (i, verb) in config.verbs.iter().enumerate() {
         for (name, param) in &verb.params {
             if param.kind != ParamType::String {

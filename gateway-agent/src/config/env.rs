@@ -41,6 +41,7 @@ const KEYS: &[(&str, &[(&str, Kind)])] = &[
             ("cert", Kind::Str),
             ("key", Kind::Str),
             ("server_pins", Kind::List),
+            ("front_door_pins", Kind::List),
             ("reconnect_min_ms", Kind::Toml),
             ("reconnect_max_ms", Kind::Toml),
             ("healthy_after_secs", Kind::Toml),

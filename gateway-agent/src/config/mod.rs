@@ -119,9 +119,15 @@ pub struct OutboundConfig {
     pub cert: PathBuf,
     /// The agent's private key (PEM, PKCS#8).
     pub key: PathBuf,
-    /// Accepted hub SPKI pins; at least one (several during rotation).
+    /// Accepted hub SPKI pins; at least one (several during rotation). Through a
+    /// TLS-terminating front door they are the hub's, checked on its `welcome` signature.
     #[serde(default)]
     pub server_pins: Vec<String>,
+    /// Pins of a TLS-terminating front door (nginx's own certificate). When set, a TLS peer
+    /// whose pin is not in `server_pins` must match one of these; when empty it must chain to
+    /// `ca` for the host name. Either way the hub must then prove itself by signing `welcome`.
+    #[serde(default)]
+    pub front_door_pins: Vec<String>,
     /// Smallest reconnect delay.
     #[serde(default = "default_reconnect_min_ms")]
     pub reconnect_min_ms: u64,

@@ -196,3 +196,38 @@ fn at_most_the_hubs_pattern_budget_is_accepted() {
         "{err}"
     );
 }
+
+#[test]
+fn front_door_pins_default_to_none_and_come_from_file_or_env() {
+    assert!(parse(&minimal(), &[])
+        .unwrap()
+        .outbound
+        .front_door_pins
+        .is_empty());
+    let text = minimal().replace(
+        "server_pins",
+        &format!("front_door_pins = [\"{PIN}\"]\nserver_pins"),
+    );
+    assert_eq!(parse(&text, &[]).unwrap().outbound.front_door_pins, [PIN]);
+    let c = parse(&minimal(), &[("AGENTMESH_OUTBOUND_FRONT_DOOR_PINS", PIN)]).unwrap();
+    assert_eq!(c.outbound.front_door_pins, [PIN]);
+}
+
+#[test]
+fn a_pin_in_both_lists_is_warned_about() {
+    let text = minimal().replace(
+        "server_pins",
+        &format!("front_door_pins = [\"{PIN}\"]\nserver_pins"),
+    );
+    let c = parse(&text, &[]).unwrap();
+    let warnings = config_warnings(&c);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("outbound.server_pins[0]") && w.contains("front_door_pins")),
+        "{warnings:?}"
+    );
+    assert!(config_warnings(&parse(&minimal(), &[]).unwrap())
+        .iter()
+        .all(|w| !w.contains("front_door_pins")));
+}

@@ -109,6 +109,16 @@ fn validate_outbound(config: &GatewayConfig) -> Result<(), Problem> {
             ));
         }
     }
+    for (i, pin) in out.front_door_pins.iter().enumerate() {
+        if !mesh_certs::is_valid_pin(pin) {
+            return Err(problem(
+                format!("outbound.front_door_pins[{i}]"),
+                format!(
+                    "{pin:?} is not a pin; expected \"sha256//\" followed by 44 base64 characters"
+                ),
+            ));
+        }
+    }
     if out.reconnect_min_ms == 0 {
         return Err(problem("outbound.reconnect_min_ms", "must be at least 1"));
     }

@@ -4,7 +4,9 @@
 //!  ┌──────────────► connect (TCP → TLS + pin → WebSocket upgrade)
 //!  │                   │ error: log (pin mismatch: loudly, audited), backoff (≥ Retry-After)
 //!  │                   ▼
-//!  │                hello ──► welcome (10 s)       hub close 4004: wait the max backoff
+//!  │                hello (nonce) ──► welcome (10 s) hub close 4004: wait the max backoff
+//!  │                   │ welcome signed by a key in server_pins (mandatory through a front
+//!  │                   │ door), else refused loudly; `challenge` answered if announced
 //!  │                   │                            4001/4004: audited
 //!  │                   ▼
 //!  │                session: command/cancel/drain/error frames, 3×heartbeat silence limit,
@@ -48,10 +50,10 @@ use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
 use crate::connect::{self, connect};
 use crate::exec::{ExecError, ExecSettings, Executor, SHUTDOWN_GRACE};
 use crate::renew::{self, RenewSettings, Renewal};
-use crate::session::{self, shutdown_signalled};
+use crate::session::{self, shutdown_signalled, HandshakeProof};
 use crate::signing::Signer;
 use crate::state::AgentState;
-use crate::tls::{self, HubTls, TlsError};
+use crate::tls::{self, HubTls, Route, TlsError};
 use crate::{health, notify};
 
 /// Time the hub has to answer `hello` with `welcome`.
@@ -307,8 +309,15 @@ impl Dialer {
             Err(e) => return Some(self.after_connect_error(e)),
         };
         let hello = self.hello();
+        let server_pins = &self.config.outbound.server_pins;
+        let route = Route::of(connect::hub_pin(&ws).as_deref(), server_pins);
+        let proof = HandshakeProof {
+            server_pins,
+            route,
+            key: &self.tls.proof_key,
+        };
         let handshake = tokio::select! {
-            r = session::handshake(&mut ws, &hello, limit, WELCOME_TIMEOUT) => r,
+            r = session::handshake(&mut ws, &hello, limit, WELCOME_TIMEOUT, &proof) => r,
             _ = shutdown_signalled(stop) => {
                 session::close(&mut ws, GOING_AWAY, "agent shutting down").await;
                 return None;
@@ -318,7 +327,13 @@ impl Dialer {
             Ok(welcome) => welcome,
             Err(e) => return Some(self.after_handshake_error(e)),
         };
-        let hub_pin = connect::hub_pin(&ws);
+        // The key that signed `welcome` is the hub's (verified); else the TLS peer's (direct).
+        let hub_pin = welcome
+            .hub_key
+            .as_deref()
+            .and_then(agentmesh_protocol::proof::decode)
+            .map(|spki| mesh_certs::pin_from_spki_der(&spki))
+            .or_else(|| connect::hub_pin(&ws));
         self.state.set_connected(&welcome.session_id);
         self.audit.connected(
             &welcome.session_id,
@@ -327,6 +342,8 @@ impl Dialer {
         );
         info!(
             session_id = %welcome.session_id,
+            route = ?route,
+            hub_signed = welcome.signature.is_some(),
             heartbeat_secs = welcome.heartbeat_secs,
             verbs = self.verbs.len(),
             "connected to hub"
@@ -380,6 +397,8 @@ impl Dialer {
             verbs: self.verbs.clone(),
             max_concurrency: self.config.limits.max_concurrency,
             pending_results: self.commands.pending_results(),
+            // Fresh per connection: a recorded welcome cannot be replayed to this one.
+            nonce: session::proof::fresh_nonce(),
         }
     }
 

@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 use super::Dialer;
 use crate::backoff::Backoff;
 use crate::connect::ConnectError;
-use crate::session::{self, HandshakeError, SessionEnd, NORMAL_CLOSURE};
+use crate::session::{self, HandshakeError, ProofError, SessionEnd, NORMAL_CLOSURE};
 
 impl Dialer {
     pub(super) fn after_connect_error(&mut self, e: ConnectError) -> Duration {
@@ -39,6 +39,9 @@ impl Dialer {
     }
 
     pub(super) fn after_handshake_error(&mut self, e: HandshakeError) -> Duration {
+        if let HandshakeError::Proof(p) = &e {
+            self.after_proof_error(p);
+        }
         let code = match &e {
             HandshakeError::Closed { code, reason } => {
                 if matches!(*code, Some(REVOKED | UNAUTHORISED)) {
@@ -57,10 +60,37 @@ impl Dialer {
             _ if matches!(e, HandshakeError::Protocol(_)) => {
                 error!(error = %e, "protocol mismatch")
             }
+            _ if matches!(e, HandshakeError::Proof(_)) => {}
             _ => warn!(error = %e, "session handshake failed"),
         }
         self.state.set_disconnected(Some(e.to_string()));
         self.delay_after_close(code)
+    }
+
+    /// A hub that did not prove it holds a pinned key: as loud as a TLS pin mismatch.
+    fn after_proof_error(&mut self, e: &ProofError) {
+        match e {
+            ProofError::KeyNotPinned {
+                presented,
+                expected,
+            } => {
+                self.state.record_pin_mismatch(presented);
+                self.audit.hub_pin_mismatch(presented, expected);
+                error!(
+                    presented_pin = %presented,
+                    expected_pins = %expected.join(", "),
+                    "refusing the hub: it signed welcome with a key whose pin is not in \
+                     outbound.server_pins (server_pins must hold the hub's pin, not a front \
+                     door's); fix server_pins or the hub certificate"
+                );
+            }
+            _ => error!(
+                error = %e,
+                "refusing the hub: it did not prove it holds a key in outbound.server_pins \
+                 (a front door in the middle without the hub behind it, or a hub too old to \
+                 sign welcome behind a proxy)"
+            ),
+        }
     }
 
     pub(super) fn after_session(&mut self, session_id: &str, end: SessionEnd) -> Option<Duration> {

@@ -1,5 +1,5 @@
-//! One session over an established WebSocket: `hello` → `welcome`, then frames until the
-//! connection ends.
+//! One session over an established WebSocket: `hello` → `welcome` (signature checked,
+//! `challenge` answered: module [`proof`]), then frames until the connection ends.
 //!
 //! Generic over the byte stream, so tests can run it over any transport. The session never
 //! panics on hub input: a frame it cannot decode is answered with an `error` frame, a message
@@ -10,15 +10,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG, PROTOCOL_ERROR};
+use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG};
 use agentmesh_protocol::{
-    decode_hub_frame, AgentFrame, ErrorBody, HelloFrame, HubFrame, ResultFrame, WelcomeFrame,
-    PROTOCOL_VERSION,
+    decode_hub_frame, AgentFrame, ErrorBody, HubFrame, ResultFrame, WelcomeFrame,
 };
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, error, info, warn};
@@ -27,40 +26,18 @@ use crate::commands::Commands;
 use crate::exec::SHUTDOWN_GRACE;
 use crate::renew::{RenewError, Renewal};
 
+mod handshake;
+pub mod proof;
 mod wire;
 
+pub use handshake::{handshake, HandshakeError, HandshakeProof};
+
+pub use proof::{ProofError, ProofKey};
 pub use wire::{close, describe};
 use wire::{close_parts, finish_close, send};
 
 /// Close code of a normal closure (after a renewal).
 pub const NORMAL_CLOSURE: u16 = 1000;
-
-/// Why the `hello`/`welcome` exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    /// No `welcome` within the handshake timeout.
-    #[error("no welcome from the hub within {0:?}")]
-    Timeout(Duration),
-    /// The hub closed the connection instead of welcoming us.
-    #[error("hub closed the session ({}): {reason}", describe(*code))]
-    Closed {
-        /// The close code, if the hub sent one.
-        code: Option<u16>,
-        /// The close reason.
-        reason: String,
-    },
-    /// The hub speaks another protocol version.
-    #[error(
-        "hub speaks protocol {0}, this agent speaks {PROTOCOL_VERSION}; upgrade the older side"
-    )]
-    Protocol(u32),
-    /// The hub sent something other than `welcome` first.
-    #[error("hub sent {0} before welcome")]
-    Unexpected(&'static str),
-    /// The WebSocket failed.
-    #[error("websocket: {0}")]
-    WebSocket(#[from] tungstenite::Error),
-}
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,59 +60,6 @@ pub enum SessionEnd {
         /// The new certificate's pin.
         pin: String,
     },
-}
-
-/// Sends `hello` and waits up to `wait` for `welcome`.
-pub async fn handshake<S>(
-    ws: &mut WebSocketStream<S>,
-    hello: &HelloFrame,
-    limit: usize,
-    wait: Duration,
-) -> Result<WelcomeFrame, HandshakeError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    ws.send(Message::text(AgentFrame::Hello(hello.clone()).to_json()))
-        .await?;
-    let deadline = Instant::now() + wait;
-    loop {
-        let message = match timeout_at(deadline, ws.next()).await {
-            Err(_) => return Err(HandshakeError::Timeout(wait)),
-            Ok(None) => return Err(tungstenite::Error::ConnectionClosed.into()),
-            Ok(Some(message)) => message?,
-        };
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Close(frame) => {
-                let (code, reason) = close_parts(frame.as_ref());
-                return Err(HandshakeError::Closed { code, reason });
-            }
-            _ => continue,
-        };
-        match decode_hub_frame(text.as_bytes(), limit) {
-            Ok(HubFrame::Welcome(welcome)) if welcome.protocol != PROTOCOL_VERSION => {
-                let protocol = welcome.protocol;
-                close(ws, PROTOCOL_ERROR, "unsupported protocol version").await;
-                return Err(HandshakeError::Protocol(protocol));
-            }
-            Ok(HubFrame::Welcome(welcome)) => return Ok(welcome),
-            Ok(HubFrame::Error(e)) => {
-                warn!(code = %e.code, message = %e.message, "hub reported an error")
-            }
-            Ok(other) => {
-                close(ws, PROTOCOL_ERROR, "expected welcome").await;
-                return Err(HandshakeError::Unexpected(other.kind()));
-            }
-            Err(e) => {
-                warn!(error = %e, "undecodable frame from the hub before welcome");
-                send(
-                    ws,
-                    &AgentFrame::Error(ErrorBody::new(e.code(), e.to_string())),
-                )
-                .await?;
-            }
-        }
-    }
 }
 
 /// Serves an established session until it ends: first the results held from earlier (see
@@ -266,6 +190,10 @@ where
             }
             Ok(HubFrame::Welcome(_)) => {
                 debug!("ignoring a repeated welcome");
+                Ok(())
+            }
+            Ok(HubFrame::Challenge(_)) => {
+                debug!("ignoring a challenge outside the handshake");
                 Ok(())
             }
             Ok(HubFrame::Renewed {

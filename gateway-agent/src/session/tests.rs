@@ -1,7 +1,11 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::tls::Route;
+use agentmesh_protocol::close::PROTOCOL_ERROR;
 use agentmesh_protocol::CommandStatus;
+use agentmesh_protocol::{HelloFrame, PROTOCOL_VERSION};
+use futures_util::SinkExt as _;
 use tokio::io::DuplexStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -24,6 +28,9 @@ fn welcome(heartbeat_secs: u64) -> WelcomeFrame {
         server_time: String::new(),
         heartbeat_secs,
         max_message_bytes: LIMIT as u64,
+        signature: None,
+        hub_key: None,
+        challenge_follows: false,
     }
 }
 
@@ -176,11 +183,33 @@ async fn handshake_refuses_another_protocol_version() {
         verbs: Vec::new(),
         max_concurrency: 1,
         pending_results: Vec::new(),
+        nonce: None,
     };
-    let err = handshake(&mut agent, &hello, LIMIT, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let key = test_key();
+    let err = handshake(
+        &mut agent,
+        &hello,
+        LIMIT,
+        Duration::from_secs(5),
+        &direct(&key),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, HandshakeError::Protocol(2)), "{err}");
     assert!(err.to_string().contains("upgrade"), "{err}");
     assert_eq!(hub_side.await.unwrap(), Some(PROTOCOL_ERROR));
+}
+
+fn test_key() -> ProofKey {
+    let ca = mesh_certs::Ca::generate("session test CA").unwrap();
+    let issued = ca.issue_agent("a", mesh_certs::Validity::days(1)).unwrap();
+    ProofKey::from_pem(&issued.key_pem).unwrap()
+}
+
+fn direct(key: &ProofKey) -> HandshakeProof<'_> {
+    HandshakeProof {
+        server_pins: &[],
+        route: Route::Direct,
+        key,
+    }
 }

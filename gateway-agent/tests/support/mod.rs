@@ -176,6 +176,9 @@ pub fn welcome(session_id: &str) -> HubFrame {
         server_time: "2026-11-25T08:00:00Z".to_owned(),
         heartbeat_secs: 20,
         max_message_bytes: 1 << 20,
+        signature: None,
+        hub_key: None,
+        challenge_follows: false,
     })
 }
 

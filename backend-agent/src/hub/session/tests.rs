@@ -73,6 +73,13 @@ fn fixture() -> Fixture {
         )),
         failures: Arc::new(FailureAudit::new(audit.clone())),
         audit,
+        hub_key: Arc::new(
+            super::super::proof::HubKey::load(
+                &dir.path().join("server/cert.pem"),
+                &dir.path().join("server/key.pem"),
+            )
+            .unwrap(),
+        ),
     };
     Fixture {
         ctx: Arc::new(ctx),
@@ -230,4 +237,126 @@ async fn a_peer_silent_for_three_heartbeats_is_dropped() {
     );
     assert!(!f.ctx.registry.get(AGENT).unwrap().connected);
     drop(agent);
+}
+
+/// An agent key and its certificate's SubjectPublicKeyInfo.
+fn agent_key() -> (ring::signature::EcdsaKeyPair, Vec<u8>) {
+    let ca = mesh_certs::Ca::generate("proof test CA").unwrap();
+    let issued = ca
+        .issue_agent(AGENT, mesh_certs::Validity::days(1))
+        .unwrap();
+    let der = mesh_certs::certs_der_from_pem(&issued.cert_pem).unwrap();
+    let spki = mesh_certs::spki_der_from_cert_der(&der[0]).unwrap();
+    let pkcs8 = mesh_certs::p256_pkcs8_der_from_pem(&issued.key_pem).unwrap();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &pkcs8,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    (key, spki)
+}
+
+const NONCE: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+
+/// A session whose certificate (with `spki`) a trusted proxy forwarded, `hello` with a nonce.
+async fn start_forwarded(
+    ctx: &Arc<HubContext>,
+    spki: Vec<u8>,
+) -> (WebSocketStream<DuplexStream>, tokio::task::JoinHandle<()>) {
+    let (hub_io, agent_io) = tokio::io::duplex(64 * 1024);
+    let hub_ws = WebSocketStream::from_raw_socket(hub_io, Role::Server, None).await;
+    let agent_ws = WebSocketStream::from_raw_socket(agent_io, Role::Client, None).await;
+    let peer: SocketAddr = "192.0.2.8:4000".parse().unwrap();
+    let identity = PeerIdentity {
+        spki,
+        via_proxy: Some("sha256//proxy-pin".to_owned()),
+        ..identity()
+    };
+    let mut hello = hello();
+    hello.nonce = Some(NONCE.to_owned());
+    let task = tokio::spawn(super::run(ctx.clone(), hub_ws, identity, hello, peer));
+    (agent_ws, task)
+}
+
+/// Reads `welcome` and `challenge`; checks the hub's signature; returns (session id, nonce).
+async fn welcome_and_challenge(agent: &mut WebSocketStream<DuplexStream>) -> (String, String) {
+    use agentmesh_protocol::proof;
+    let welcome = next_text(agent).await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["challenge_follows"], true);
+    let session_id = welcome["session_id"].as_str().unwrap().to_owned();
+    let spki = proof::decode(welcome["hub_key"].as_str().unwrap()).unwrap();
+    let point = mesh_certs::ec_p256_point_from_spki(&spki).unwrap();
+    let sig = proof::decode(welcome["signature"].as_str().unwrap()).unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &point)
+        .verify(&proof::welcome_message(NONCE, AGENT, &session_id), &sig)
+        .expect("welcome signed by the hub key over this session");
+    let challenge = next_text(agent).await;
+    assert_eq!(challenge["type"], "challenge", "{challenge}");
+    let nonce = challenge["nonce"].as_str().unwrap().to_owned();
+    assert!(proof::is_valid_nonce(&nonce));
+    (session_id, nonce)
+}
+
+fn answer(key: &ring::signature::EcdsaKeyPair, nonce: &str, session_id: &str) -> Message {
+    let message = agentmesh_protocol::proof::challenge_message(nonce, AGENT, session_id);
+    let sig = key
+        .sign(&ring::rand::SystemRandom::new(), &message)
+        .unwrap();
+    let frame = serde_json::json!({
+        "type": "challenge_response",
+        "signature": agentmesh_protocol::proof::encode(sig.as_ref()),
+    });
+    Message::text(frame.to_string())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_certificate_proven_held_is_attached() {
+    let f = fixture();
+    let (key, spki) = agent_key();
+    let (mut agent, _task) = start_forwarded(&f.ctx, spki).await;
+    assert!(
+        f.ctx.registry.session(AGENT).is_none(),
+        "not before the proof"
+    );
+    let (session_id, nonce) = welcome_and_challenge(&mut agent).await;
+    agent.send(answer(&key, &nonce, &session_id)).await.unwrap();
+    let ctx = f.ctx.clone();
+    tokio::time::timeout(Duration::from_secs(5), async move {
+        while ctx.registry.session(AGENT).is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("attached after the proof");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_certificate_whose_key_is_not_held_is_closed_4001_unattached() {
+    let f = fixture();
+    let (_, spki) = agent_key();
+    let (other_key, _) = agent_key();
+    let (mut agent, task) = start_forwarded(&f.ctx, spki).await;
+    let (session_id, nonce) = welcome_and_challenge(&mut agent).await;
+    agent
+        .send(answer(&other_key, &nonce, &session_id))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut agent).await, close::UNAUTHORISED);
+    task.await.unwrap();
+    assert!(!f.ctx.registry.get(AGENT).unwrap().connected);
+    assert_eq!(f.ctx.metrics.hub_rejected_count("challenge_failed"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_challenge_times_out_with_4001() {
+    let f = fixture();
+    let (_, spki) = agent_key();
+    let (mut agent, task) = start_forwarded(&f.ctx, spki).await;
+    welcome_and_challenge(&mut agent).await;
+    assert_eq!(close_code(&mut agent).await, close::UNAUTHORISED);
+    task.await.unwrap();
+    assert!(!f.ctx.registry.get(AGENT).unwrap().connected);
+    assert_eq!(f.ctx.metrics.hub_rejected_count("challenge_timeout"), 1);
 }
