@@ -16,8 +16,10 @@
 //! - [`checkpoint`]: signed checkpoints of the audit tail in the store.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`authz`]: the one authorisation policy (who may do what to which agent or command).
+//! - [`backup`]: `backup` / `restore` of the store, audit log and config.
 //! - [`limits`]: rate limits (operator, agent, hub source address, hub admission).
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`notify`]: systemd watchdog and status.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
@@ -32,6 +34,7 @@ pub mod audit;
 pub mod audit_flood;
 pub mod auth;
 pub mod authz;
+pub mod backup;
 pub mod checkpoint;
 pub mod clock;
 pub mod commands;
@@ -44,6 +47,7 @@ pub mod hub;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod store;
 pub mod sync;
@@ -289,6 +293,7 @@ impl Backend {
     /// [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
+        self.metrics.set_draining();
         let _ = self.stop.send(true);
         let _ = self.hub_task.await;
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())
@@ -349,6 +354,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let backend = Backend::start(listeners, config).await?;
     gateway_agent::notify::ready();
+    let _watchdog = backend.spawn_watchdog();
     shutdown.await;
     gateway_agent::notify::stopping();
     backend.shutdown().await

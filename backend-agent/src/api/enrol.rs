@@ -133,6 +133,7 @@ pub async fn redeem(
     // its own so an enrolment flood never touches the operators' budget.
     let source = crate::audit_flood::source_name(Some(peer.ip()));
     if let Err(wait) = state.limits.check_enrol(peer.ip()) {
+        state.metrics.rate_limited("enrol");
         state.failures.failure(&source, "enrol: rate limited", || {
             events::enrol_rate_limited(peer)
         });

@@ -43,6 +43,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
         // Counted before TLS, so a flood from one address costs one accept and one lookup.
         if ctx.limits.check_hub_ip(peer.ip()).is_err() {
             ctx.metrics.hub_rejected("ip_rate_limited");
+            ctx.metrics.rate_limited("hub_ip");
             let n = ip_drops.fetch_add(1, Ordering::Relaxed) + 1;
             // One log line per power of two, so a flood does not become a log flood.
             if n.is_power_of_two() {

@@ -171,6 +171,7 @@ async fn admit(ctx: &HubContext) -> Admission {
             return Admission::Now;
         }
         if waited + wait > MAX_ADMISSION_WAIT {
+            ctx.metrics.rate_limited("hub_admission");
             return Admission::RetryAfter(crate::limits::retry_after_secs(wait).max(1));
         }
         tokio::time::sleep(wait).await;
@@ -244,6 +245,8 @@ async fn tls_and_upgrade(
     )?;
     if let Some(proxy) = &identity.via_proxy {
         info!(proxy.pin = %proxy, "certificate forwarded by trusted proxy");
+    } else {
+        ctx.metrics.agent_certificate(&identity.cn, &leaf);
     }
     Ok((ws, identity))
 }

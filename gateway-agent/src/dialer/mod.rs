@@ -172,9 +172,13 @@ async fn run_until(
         audit: audit.clone(),
         renewal,
     };
+    let watchdog = health::spawn_watchdog(state.clone(), url.url.clone(), stop.clone());
     let dialer = Dialer::new(config, url, state, parts);
     notify::ready();
     dialer.run(stop).instrument(span.clone()).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     // Disconnected at shutdown (or already drained by the session): results end up stored.
     executor.shutdown(SHUTDOWN_GRACE).instrument(span).await;
     audit.flush().await;
@@ -262,6 +266,7 @@ impl Dialer {
                 attempt = self.backoff.attempt(),
                 "reconnecting to the hub"
             );
+            self.state.set_next_attempt(delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown_signalled(&mut stop) => return,
