@@ -76,6 +76,8 @@ pub struct Scrape {
     pub outbound_queued: u64,
     /// The fullest session's outbound queue.
     pub outbound_queued_max: u64,
+    /// Commands held for offline agents (`queue_ttl_ms`).
+    pub held_commands: usize,
 }
 
 impl Metrics {
@@ -133,6 +135,14 @@ impl Metrics {
         let mut map = crate::sync::lock(&self.cert_not_after);
         if map.len() < MAX_CERT_SERIES || map.contains_key(id) {
             map.insert(id.to_owned(), not_after);
+        }
+    }
+
+    /// Like [`Metrics::agent_certificate`] for a PEM certificate (forwarded by a trusted
+    /// proxy); the first certificate in `pem` is the agent's.
+    pub fn agent_certificate_pem(&self, id: &str, pem: &str) {
+        if let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) {
+            self.agent_certificate(id, &block.contents);
         }
     }
 
@@ -260,10 +270,15 @@ impl Metrics {
                 "agent_outbound".to_owned(),
                 Value::Gauge(scrape.outbound_queued as f64),
             ),
+            (
+                "held_commands".to_owned(),
+                Value::Gauge(scrape.held_commands as f64),
+            ),
         ]);
         s.family(
             "agentmesh_queue_depth",
-            "Items waiting in a queue (audit writer; frames to agents, summed over sessions).",
+            "Items waiting in a queue (audit writer; frames to agents, summed over sessions; \
+             commands held for offline agents).",
             "queue",
             queues,
         );

@@ -72,6 +72,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         audit_writable: state.audit.is_healthy(),
         outbound_queued,
         outbound_queued_max,
+        held_commands: state.commands.held_count(),
     };
     (
         [(

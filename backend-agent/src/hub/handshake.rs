@@ -245,6 +245,10 @@ async fn tls_and_upgrade(
     )?;
     if let Some(proxy) = &identity.via_proxy {
         info!(proxy.pin = %proxy, "certificate forwarded by trusted proxy");
+        if let Some(header) = forwarded.as_deref() {
+            let pem = identity::percent_decode(header);
+            ctx.metrics.agent_certificate_pem(&identity.cn, &pem);
+        }
     } else {
         ctx.metrics.agent_certificate(&identity.cn, &leaf);
     }

@@ -52,3 +52,29 @@ fn draining_flag() {
     assert!(m.is_draining());
     assert!(m.render(0).contains("agentmesh_draining 1"));
 }
+
+#[test]
+fn certificate_expiry_per_agent_and_minimum() {
+    let ca = mesh_certs::Ca::generate("test CA").unwrap();
+    let soon = ca
+        .issue_agent("edge-01", mesh_certs::Validity::days(2))
+        .unwrap();
+    let later = ca
+        .issue_agent("edge-02", mesh_certs::Validity::days(30))
+        .unwrap();
+    let m = Metrics::default();
+    m.agent_certificate_pem("edge-01", &soon.cert_pem);
+    m.agent_certificate_pem("edge-02", &later.cert_pem);
+    m.agent_certificate("edge-03", b"not a certificate");
+    let out = m.render(0);
+    let value = |prefix: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(prefix)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let one = value("agentmesh_agent_cert_expiry_seconds{agent=\"edge-01\"}");
+    let two = value("agentmesh_agent_cert_expiry_seconds{agent=\"edge-02\"}");
+    assert!(one > 86_400.0 && one <= 2.0 * 86_400.0, "{one}");
+    assert!(two > 29.0 * 86_400.0, "{two}");
+    assert_eq!(value("agentmesh_agent_cert_expiry_min_seconds "), one);
+    assert!(!out.contains("edge-03"));
+}
