@@ -126,12 +126,22 @@ pub fn backup(
     config_path: &Path,
     out: &Path,
 ) -> Result<BackupReport, BackupError> {
+    backup_files(&config.store.path, &config.audit.path, config_path, out)
+}
+
+/// [`backup`] given the store, the audit log and the config file by path.
+pub fn backup_files(
+    store: &Path,
+    audit_log: &Path,
+    config_path: &Path,
+    out: &Path,
+) -> Result<BackupReport, BackupError> {
     copy::prepare_out(out)?;
     let mut files = Vec::new();
     let store_copy = out.join(STORE_FILE);
-    let (schema_version, checkpoint_seq) = copy::store(&config.store.path, &store_copy)?;
+    let (schema_version, checkpoint_seq) = copy::store(store, &store_copy)?;
     files.push(copy::entry(out, &store_copy)?);
-    files.extend(copy::audit(&config.audit.path, &out.join(AUDIT_DIR), out)?);
+    files.extend(copy::audit(audit_log, &out.join(AUDIT_DIR), out)?);
     let config_name = config_path.file_name().map_or_else(
         || "backend.toml".into(),
         |n| n.to_string_lossy().into_owned(),
@@ -145,9 +155,7 @@ pub fn backup(
         backend_version: env!("CARGO_PKG_VERSION").to_owned(),
         schema_version,
         checkpoint_seq,
-        audit_name: config
-            .audit
-            .path
+        audit_name: audit_log
             .file_name()
             .map_or_else(|| "audit.log".into(), |n| n.to_string_lossy().into_owned()),
         files,
