@@ -34,3 +34,30 @@ fn a_changed_file_fails_the_manifest_check() {
     let err = read_manifest(dir.path()).unwrap_err();
     assert!(err.to_string().contains("SHA-256"), "{err}");
 }
+
+#[test]
+fn a_backup_from_a_newer_schema_is_refused_before_anything_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup_dir = dir.path().join("backup");
+    std::fs::create_dir(&backup_dir).unwrap();
+    std::fs::write(backup_dir.join(STORE_FILE), b"db").unwrap();
+    let manifest = Manifest {
+        version: MANIFEST_VERSION,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        backend_version: "9.9.9".into(),
+        schema_version: crate::store::sqlite::SCHEMA_VERSION + 1,
+        checkpoint_seq: None,
+        audit_name: "audit.log".into(),
+        files: vec![copy::entry(&backup_dir, &backup_dir.join(STORE_FILE)).unwrap()],
+    };
+    std::fs::write(
+        backup_dir.join(MANIFEST_FILE),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let config = dir.path().join("etc/backend.toml");
+    let err = restore(&config, &backup_dir, true).unwrap_err().to_string();
+    assert!(err.contains("newer than this build supports"), "{err}");
+    assert!(err.contains("9.9.9"), "{err}");
+    assert!(!config.exists(), "nothing written");
+}
