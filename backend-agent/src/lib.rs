@@ -354,10 +354,14 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let backend = Backend::start(listeners, config).await?;
     gateway_agent::notify::ready();
-    let _watchdog = backend.spawn_watchdog();
+    let watchdog = backend.spawn_watchdog();
     shutdown.await;
     gateway_agent::notify::stopping();
-    backend.shutdown().await
+    let result = backend.shutdown().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    result
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -8,7 +8,9 @@ use tokio::task::JoinHandle;
 use crate::Backend;
 
 impl Backend {
-    /// Starts the watchdog/status task when run under systemd; it ends at shutdown.
+    /// Starts the watchdog/status task when run under systemd. It runs through the drain
+    /// (status `draining; ...`, no keep-alives once the hub has stopped); abort it after
+    /// [`Backend::shutdown`].
     pub fn spawn_watchdog(&self) -> Option<JoinHandle<()>> {
         let hub = self.hub_task.abort_handle();
         let http = self.http_task.abort_handle();
@@ -37,7 +39,7 @@ impl Backend {
                     status,
                 }
             },
-            self.stop.subscribe(),
+            None,
         )
     }
 }

@@ -115,7 +115,7 @@ pub fn spawn_watchdog(
             healthy: true,
             status: status_line(&state.snapshot(), &hub),
         },
-        stop,
+        Some(stop),
     )
 }
 

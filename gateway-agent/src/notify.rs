@@ -64,8 +64,11 @@ pub fn keepalive_period(usec: Option<&str>, pid: Option<&str>, me: u32) -> Optio
 }
 
 /// Starts the watchdog and status task when run under systemd (`$NOTIFY_SOCKET` set); `None`
-/// otherwise. It stops when `stop` turns true.
-pub fn spawn_watchdog<F>(probe: F, mut stop: watch::Receiver<bool>) -> Option<JoinHandle<()>>
+/// otherwise. It stops when `stop` turns true, or — without `stop` — when aborted.
+pub fn spawn_watchdog<F>(
+    probe: F,
+    mut stop: Option<watch::Receiver<bool>>,
+) -> Option<JoinHandle<()>>
 where
     F: Fn() -> Probe + Send + 'static,
 {
@@ -81,9 +84,14 @@ where
         let mut last_status = String::new();
         let mut last_healthy = true;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+            match stop.as_mut() {
+                Some(stop) => tokio::select! {
+                    _ = tick.tick() => {}
+                    r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+                },
+                None => {
+                    tick.tick().await;
+                }
             }
             let p = probe();
             if p.status != last_status {
