@@ -39,6 +39,7 @@
 //! - `query`: [`query`] with an [`AuditFilter`].
 //! - `sign`: result digests and signatures ([`result_digest`], [`ResultSignature`]) and
 //!   [`salted_hash`] for `secret` params.
+//! - `stats`: [`FSYNC_STATS`], the fsync latency histogram for metrics.
 //! - `files`: rotated file names ([`log_files`]), directory fsync, tail reading.
 //! - `error`: [`AuditError`].
 
@@ -52,6 +53,7 @@ mod record;
 mod repair;
 mod segment;
 mod sign;
+mod stats;
 mod thread;
 mod verify;
 mod writer;
@@ -71,5 +73,6 @@ pub use sign::{
     verify_result_signature, ResultSignature, ResultSigner, RESULT_SIGNATURE_CONTEXT,
     SECRET_SALT_BYTES,
 };
+pub use stats::{FsyncSnapshot, FsyncStats, FSYNC_BUCKETS_SECS, FSYNC_STATS};
 pub use verify::{run_verify_cli, verify_files, BreakReason, VerifyError, VerifySummary};
 pub use writer::{AuditLog, AuditOptions};

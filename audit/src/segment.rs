@@ -171,9 +171,11 @@ impl Segment {
                 std::io::Error::other("injected: fsync failed"),
             ));
         }
+        let started = std::time::Instant::now();
         self.file
             .sync_data()
             .map_err(|e| AuditError::io(format!("fsync {}", self.path.display()), e))?;
+        crate::stats::FSYNC_STATS.record(started.elapsed());
         fsyncs.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
         self.synced = (self.last_seq, self.last_hash.clone());

@@ -111,6 +111,11 @@ impl Audit {
         self.log.fsync_count()
     }
 
+    /// Records appended by this process so far (metrics).
+    pub fn appended_count(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
     /// The log file.
     pub fn path(&self) -> &std::path::Path {
         self.log.path()

@@ -50,6 +50,7 @@ pub async fn run_reloadable(
 ) -> Result<(), RunError> {
     let backend = Backend::start_reloadable(listeners, config, source).await?;
     gateway_agent::notify::ready();
+    let watchdog = backend.spawn_watchdog();
     let reloader = backend.reloader();
     let serve_reloads = async move {
         while reloads.recv().await.is_some() {
@@ -63,7 +64,11 @@ pub async fn run_reloadable(
         _ = serve_reloads => {}
     }
     gateway_agent::notify::stopping();
-    backend.shutdown().await
+    let result = backend.shutdown().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    result
 }
 
 /// Completes on SIGINT or SIGTERM.

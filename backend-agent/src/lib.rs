@@ -16,9 +16,11 @@
 //! - [`checkpoint`]: signed checkpoints of the audit tail in the store.
 //! - [`auth`]: token roles, hashed lookup, token minting.
 //! - [`authz`]: the one authorisation policy (who may do what to which agent or command).
+//! - [`backup`]: `backup` / `restore` of the store, audit log and config.
 //! - [`limits`]: rate limits (operator, agent, hub source address and identity, admission).
 //! - [`client_addr`]: the real client behind a trusted proxy (`X-Real-IP`, CIDRs).
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`notify`]: systemd watchdog and status.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
@@ -35,6 +37,7 @@ pub mod audit;
 pub mod audit_flood;
 pub mod auth;
 pub mod authz;
+pub mod backup;
 pub mod checkpoint;
 pub mod client_addr;
 pub mod clock;
@@ -48,6 +51,7 @@ pub mod hub;
 pub mod labels;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod reload;
 pub mod store;
@@ -298,6 +302,7 @@ impl Backend {
             audit: audit.clone(),
             failures: failures.clone(),
             trusted_proxies: http_trusted_proxies,
+            live: live.clone(),
         };
         let app = api::router(state, config.http.max_body_bytes);
         let mut http_stop = stop_rx;

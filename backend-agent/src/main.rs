@@ -45,6 +45,24 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Copy the store (SQLite online backup), the audit log and the config into a new
+    /// directory; safe while the backend runs.
+    Backup {
+        /// Directory to create (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup back on a stopped node (the paths come from `--config`, which is written
+    /// from the backup if absent). Refuses while the node runs, and when its files exist
+    /// unless `--force`.
+    Restore {
+        /// Backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing store and audit log.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +167,59 @@ fn main() -> ExitCode {
                 println!("revoked {n} pin(s) of {id}; restart the backend if it is running");
                 Ok(())
             })
+        }
+        Some(Command::Backup { out }) => {
+            let Some(path) = cli.config.clone() else {
+                eprintln!("backend-agent: backup needs --config FILE");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let config = match load_config(Some(&path)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match backend_agent::backup::backup(&config, &path, &out) {
+                Ok(report) => {
+                    let m = &report.manifest;
+                    println!(
+                        "backup in {}: schema {}, {} files, audit checkpoint {:?}",
+                        report.dir.display(),
+                        m.schema_version,
+                        m.files.len(),
+                        m.checkpoint_seq
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("backend-agent: backup failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Restore { from, force }) => {
+            let Some(path) = cli.config.clone() else {
+                eprintln!("backend-agent: restore needs --config FILE");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            match backend_agent::backup::restore(&path, &from, force) {
+                Ok(r) => {
+                    println!(
+                        "restored store {} (schema {}) and {} audit file(s){}; start the backend",
+                        r.store.display(),
+                        r.schema_version,
+                        r.audit_files.len(),
+                        if r.config_written {
+                            ", config written from the backup"
+                        } else {
+                            ""
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("backend-agent: restore refused: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(Command::Dev(opts)) => {
             runtime_main(async move { dev::run(opts).await.map_err(|e| (1, format!("{e:#}"))) })

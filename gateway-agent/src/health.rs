@@ -1,6 +1,7 @@
 //! The local health endpoint (`agent.health_listen`): `GET /health` answers 200 while the
 //! process lives (`connected` says whether the hub session is up), `GET /ready` answers 200
-//! only while connected, 503 otherwise.
+//! only while connected, 503 otherwise, `GET /metrics` serves [`crate::metrics`]. The same
+//! state feeds systemd's `STATUS=` line ([`status_line`], [`spawn_watchdog`]).
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::session::shutdown_signalled;
-use crate::state::AgentState;
+use crate::state::{AgentState, StateSnapshot};
 
 #[derive(Clone)]
 struct Health {
@@ -27,6 +28,7 @@ pub fn router(state: Arc<AgentState>, agent_id: String) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(Health {
             state,
             agent_id: agent_id.into(),
@@ -56,6 +58,65 @@ async fn health(State(h): State<Health>) -> Json<serde_json::Value> {
         "pin_mismatches": s.pin_mismatches,
         "last_error": s.last_error,
     }))
+}
+
+async fn metrics(State(h): State<Health>) -> Response {
+    let body = crate::metrics::global().render(&h.state.snapshot());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The `STATUS=` line for `systemctl status`: connected to the hub, waiting to reconnect
+/// (and why), or refusing the hub for its pin.
+pub fn status_line(s: &StateSnapshot, hub: &str) -> String {
+    if s.connected {
+        let session = s.session_id.as_deref().unwrap_or("?");
+        return format!("connected to {hub} (session {session})");
+    }
+    let wait = s.next_attempt.map(|at| {
+        at.saturating_duration_since(std::time::Instant::now())
+            .as_secs()
+    });
+    let mut line = match (wait, &s.last_presented_pin, &s.last_error) {
+        (_, Some(pin), Some(e)) if e.contains("pin") => {
+            format!("pin mismatch: {hub} presented {pin}, not in outbound.server_pins")
+        }
+        (Some(_), _, _) | (_, _, Some(_)) => format!("disconnected from {hub}"),
+        (None, _, None) => format!("connecting to {hub}"),
+    };
+    if let Some(secs) = wait {
+        line.push_str(&format!("; reconnecting in {secs} s"));
+    }
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!(
+            " (last error: {})",
+            e.chars().take(160).collect::<String>()
+        ));
+    }
+    line
+}
+
+/// Starts systemd's watchdog/status task (when run under systemd): `STATUS=` follows
+/// [`status_line`]; the keep-alive is sent while the runtime answers and the agent has not
+/// stopped.
+pub fn spawn_watchdog(
+    state: Arc<AgentState>,
+    hub: String,
+    stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    crate::notify::spawn_watchdog(
+        move || crate::notify::Probe {
+            healthy: true,
+            status: status_line(&state.snapshot(), &hub),
+        },
+        Some(stop),
+    )
 }
 
 async fn ready(State(h): State<Health>) -> Response {
@@ -93,6 +154,30 @@ mod tests {
         (status, serde_json::from_str(body).unwrap())
     }
 
+    #[test]
+    fn status_line_says_why_it_is_not_connected() {
+        let hub = "wss://hub/ws/agent";
+        let mut s = StateSnapshot::default();
+        assert_eq!(status_line(&s, hub), "connecting to wss://hub/ws/agent");
+        s.last_error = Some("pin mismatch: hub pin not in server_pins".into());
+        s.last_presented_pin = Some("sha256//abc".into());
+        s.next_attempt = Some(std::time::Instant::now() + std::time::Duration::from_secs(30));
+        let line = status_line(&s, hub);
+        assert!(
+            line.starts_with("pin mismatch: wss://hub/ws/agent presented sha256//abc"),
+            "{line}"
+        );
+        assert!(line.contains("reconnecting in 2"), "{line}");
+        s.last_presented_pin = None;
+        s.last_error = Some("connection refused".into());
+        let line = status_line(&s, hub);
+        assert!(
+            line.starts_with("disconnected from wss://hub/ws/agent; reconnecting in"),
+            "{line}"
+        );
+        assert!(line.ends_with("(last error: connection refused)"), "{line}");
+    }
+
     #[tokio::test]
     async fn health_always_ok_ready_follows_the_connection() {
         let state = AgentState::new();
@@ -121,6 +206,8 @@ mod tests {
         );
         assert_eq!(body["session_id"], "s-1");
         assert_eq!(get(addr, "/ready").await.0, 200);
+        assert!(status_line(&state.snapshot(), "wss://hub:8081/ws/agent")
+            .starts_with("connected to wss://hub:8081/ws/agent (session s-1)"));
 
         stop_tx.send(true).unwrap();
         server.await.unwrap().unwrap();

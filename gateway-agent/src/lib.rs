@@ -24,14 +24,15 @@
 //! - [`audit`]: the agent's own audit log ([`AgentAudit`](audit::AgentAudit)).
 //! - [`enroll`]: `gateway-agent enroll`, joining the mesh with a one-time token;
 //!   [`enroll_cli`]: what the subcommand does around it.
-//! - [`notify`]: systemd readiness (`READY=1`, `STOPPING=1`).
+//! - [`notify`]: systemd readiness, `STATUS=` and the `WATCHDOG=1` keep-alive.
 //! - [`backoff`]: reconnect delays (exponential, jittered, reset after a healthy session).
 //! - [`exec`]: the [`Executor`](exec::Executor): verbs, process groups, limits and the durable
 //!   at-most-once result store in `state_dir/results`.
 //! - [`commands`]: what a session does with `command`/`cancel` frames and how results are
 //!   delivered (pending results after `welcome`, resend window).
 //! - [`state`]: [`AgentState`], the observable connection state.
-//! - [`health`]: the optional local `/health` and `/ready` endpoint.
+//! - [`health`]: the optional local `/health`, `/ready` and `/metrics` endpoint; `STATUS=`.
+//! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`reload`]: SIGHUP: verbs, limits, labels and certificates without a restart.
 #![forbid(unsafe_code)]
 
@@ -45,6 +46,7 @@ pub mod enroll;
 pub mod enroll_cli;
 pub mod exec;
 pub mod health;
+pub mod metrics;
 pub mod notify;
 pub mod reload;
 pub mod renew;

@@ -22,6 +22,8 @@ pub struct StateSnapshot {
     pub last_presented_pin: Option<String>,
     /// Certificates renewed (and installed) since start.
     pub renewals: u64,
+    /// When the next connection attempt is due, while waiting to reconnect.
+    pub next_attempt: Option<std::time::Instant>,
 }
 
 /// Shared, observable connection state; cheap to clone behind an [`Arc`].
@@ -73,6 +75,7 @@ impl AgentState {
             s.connected = true;
             s.session_id = Some(session_id.to_owned());
             s.last_error = None;
+            s.next_attempt = None;
             s.connects += 1;
         });
     }
@@ -84,6 +87,12 @@ impl AgentState {
                 s.last_error = error;
             }
         });
+    }
+
+    /// Records that the next attempt comes after `delay` (for `STATUS=` and `/health`).
+    pub(crate) fn set_next_attempt(&self, delay: std::time::Duration) {
+        self.tx
+            .send_modify(|s| s.next_attempt = Some(std::time::Instant::now() + delay));
     }
 
     pub(crate) fn record_renewal(&self) {

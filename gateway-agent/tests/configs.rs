@@ -28,7 +28,7 @@ fn example_config_parses() {
     assert_eq!(config.outbound.ca, crate_dir().join("examples/tls/ca.pem"));
     assert_eq!(
         config.audit_path(),
-        Path::new("/var/lib/agentmesh/gateway-audit.log")
+        Path::new("/var/lib/agentmesh-gateway/gateway-audit.log")
     );
     let names: Vec<_> = config
         .advertised_verbs()

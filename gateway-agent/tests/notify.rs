@@ -23,16 +23,22 @@ impl Drop for Guard {
     }
 }
 
-/// The next datagram, or a failure after a generous deadline (never a hang).
+/// The next datagram other than a `STATUS=` line (those come every few seconds), or a
+/// failure after a generous deadline (never a hang).
 fn next_message(socket: &UnixDatagram) -> String {
     socket
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut buf = [0u8; 256];
-    let n = socket
-        .recv(&mut buf)
-        .expect("no notification from the agent");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .expect("no notification from the agent");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !msg.starts_with("STATUS=") {
+            return msg;
+        }
+    }
 }
 
 #[test]

@@ -134,6 +134,7 @@ pub async fn redeem(
     let peer = client.socket();
     let source = crate::audit_flood::source_name(Some(peer.ip()));
     if let Err(wait) = state.limits.load().check_enrol(peer.ip()) {
+        state.metrics.rate_limited("enrol");
         state.failures.failure(&source, "enrol: rate limited", || {
             events::enrol_rate_limited(peer)
         });

@@ -53,6 +53,8 @@ pub struct AppState {
     pub failures: Arc<crate::audit_flood::FailureAudit>,
     /// `[http] trusted_proxies`: peers whose forwarded client address is honoured.
     pub trusted_proxies: Arc<crate::reload::Swap<Vec<crate::client_addr::Cidr>>>,
+    /// Live hub settings; its draining flag makes `/ready` answer 503.
+    pub live: Arc<crate::hub::LiveSettings>,
 }
 
 /// The API router.

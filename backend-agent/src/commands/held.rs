@@ -12,6 +12,11 @@ use crate::store::{CommandRecord, CommandState};
 use crate::sync::lock;
 
 impl CommandService {
+    /// Commands held for offline agents right now (for `/metrics`).
+    pub fn held_count(&self) -> usize {
+        lock(&self.held).values().map(|q| q.len()).sum()
+    }
+
     pub(super) async fn hold(
         &self,
         record: &mut CommandRecord,

@@ -285,6 +285,7 @@ impl CommandService {
     fn charge_operator(&self, caller: &Principal, verb: Option<&str>) -> Result<(), SubmitError> {
         let limits = self.limits.load();
         limits.check_operator(&caller.name).map_err(|wait| {
+            self.metrics.rate_limited("operator");
             tracing::warn!(token = %caller.name, "operator rate limit hit");
             self.audit.record(crate::audit::events::rate_limited(
                 &caller.name,
@@ -356,6 +357,12 @@ impl CommandService {
     }
 
     fn notify(&self, rec: &CommandRecord) {
+        if rec.status.is_final() {
+            let latency = clock::unix_ms_from_rfc3339(&rec.created_at)
+                .map(|t| Duration::from_millis(u64::try_from(clock::unix_ms() - t).unwrap_or(0)));
+            self.metrics
+                .command_finished(&rec.verb, rec.status.as_str(), latency);
+        }
         if let Some(list) = lock(&self.waiters).remove(&rec.command_id) {
             for tx in list {
                 let _ = tx.send(rec.clone());

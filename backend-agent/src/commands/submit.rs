@@ -73,6 +73,7 @@ impl CommandService {
             return Err(SubmitError::Offline(req.agent_id));
         }
         if let Err(wait) = self.limits.load().check_agent(&req.agent_id) {
+            self.metrics.rate_limited("agent");
             self.audit.record(events::rate_limited(
                 requested_by,
                 "agent_commands",

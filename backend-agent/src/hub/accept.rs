@@ -60,6 +60,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
         let deferred = is_trusted(&ctx.live.trusted_proxies.load(), peer.ip());
         if !deferred && ctx.limits.load().check_hub_ip(peer.ip()).is_err() {
             ctx.metrics.hub_rejected("ip_rate_limited");
+            ctx.metrics.rate_limited("hub_ip");
             let n = ip_drops.fetch_add(1, Ordering::Relaxed) + 1;
             // One log line per power of two, so a flood does not become a log flood.
             if n.is_power_of_two() {
@@ -124,6 +125,7 @@ fn charge(
 ) -> Result<(), Rejection> {
     if address {
         if let Err(wait) = ctx.limits.load().check_hub_ip(client) {
+            ctx.metrics.rate_limited("hub_ip");
             return Err(Rejection::new(
                 "ip_rate_limited",
                 format!(
@@ -140,6 +142,7 @@ fn charge(
         return Ok(());
     }
     if let Err(wait) = ctx.limits.load().check_hub_identity(cn) {
+        ctx.metrics.rate_limited("hub_identity");
         return Err(Rejection::new(
             "identity_rate_limited",
             format!(

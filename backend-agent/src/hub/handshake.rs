@@ -189,6 +189,7 @@ async fn admit(ctx: &HubContext) -> Admission {
             return Admission::Now;
         }
         if waited + wait > MAX_ADMISSION_WAIT {
+            ctx.metrics.rate_limited("hub_admission");
             return Admission::RetryAfter(crate::limits::retry_after_secs(wait).max(1));
         }
         tokio::time::sleep(wait).await;
@@ -264,6 +265,12 @@ async fn tls_and_upgrade(
     )?;
     if let Some(proxy) = &identity.via_proxy {
         info!(proxy.pin = %proxy, "certificate forwarded by trusted proxy");
+        if let Some(header) = forwarded.as_deref() {
+            let pem = identity::percent_decode(header);
+            ctx.metrics.agent_certificate_pem(&identity.cn, &pem);
+        }
+    } else {
+        ctx.metrics.agent_certificate(&identity.cn, &leaf);
     }
     Ok((ws, identity, forwarded_client))
 }

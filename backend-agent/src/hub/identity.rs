@@ -120,7 +120,7 @@ fn spki_of(der: &[u8]) -> Result<Vec<u8>, Rejection> {
 }
 
 /// Decodes `%XX` escapes (nginx escapes newlines, spaces and `+` in the PEM).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

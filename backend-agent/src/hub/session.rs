@@ -399,6 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn finish(self, end: End) {
         let ctx = &self.ctx;
         ctx.registry.detach(&self.agent_id, &self.session_id);
+        ctx.metrics.session_closed(end);
         ctx.events.disconnected(&self.agent_id, &self.session_id);
         ctx.audit.record(events::agent_disconnected(
             &self.agent_id,

@@ -188,11 +188,15 @@ async fn run_until(
         audit: audit.clone(),
         renewal,
     };
+    let watchdog = health::spawn_watchdog(state.clone(), url.url.clone(), stop.clone());
     let mut dialer = Dialer::new(config, url, state, parts);
     dialer.config_rx = config_rx;
     notify::ready();
     dialer.run(stop).instrument(span.clone()).await;
     reloader.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     // Disconnected at shutdown (or already drained by the session): results end up stored.
     executor.shutdown(SHUTDOWN_GRACE).instrument(span).await;
     audit.flush().await;
@@ -289,6 +293,7 @@ impl Dialer {
                 attempt = self.backoff.attempt(),
                 "reconnecting to the hub"
             );
+            self.state.set_next_attempt(delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown_signalled(&mut stop) => return,

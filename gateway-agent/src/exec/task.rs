@@ -125,6 +125,11 @@ pub(super) async fn execute(
         truncated = result.truncated,
         "command finished"
     );
+    crate::metrics::global().command_finished(
+        &meta.verb,
+        result.status.as_str(),
+        started.elapsed(),
+    );
     drop(guard);
     executor.deliver(result);
 }
