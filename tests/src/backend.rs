@@ -266,6 +266,19 @@ role = "viewer"
             .is_some_and(|a| a.connected)
     }
 
+    /// Waits until `id`'s current session is the one `welcome` announced (attached: for a
+    /// certificate forwarded by a proxy, only once the challenge is answered).
+    pub async fn attached(&self, id: &str, welcome: &serde_json::Value) {
+        let session_id = welcome["session_id"].as_str().map(str::to_owned);
+        crate::eventually(&format!("{id} attached"), crate::PATIENCE, || async {
+            self.backend
+                .as_ref()
+                .and_then(|b| b.registry.get(id))
+                .is_some_and(|a| a.connected && a.session_id == session_id)
+        })
+        .await;
+    }
+
     /// Gracefully stops the backend.
     pub async fn stop(mut self) {
         if let Some(b) = self.backend.take() {

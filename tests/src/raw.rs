@@ -22,6 +22,12 @@ pub struct RawClient {
     pub ws: WebSocketStream<TlsStream<TcpStream>>,
 }
 
+impl std::fmt::Debug for RawClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawClient").finish_non_exhaustive()
+    }
+}
+
 fn client_config(ca_pem: &str, identity: Option<&Issued>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -165,6 +171,36 @@ impl RawClient {
                 Err(e) => return Err((0, e.to_string())),
             }
         }
+    }
+
+    /// Plays the agent behind a TLS-terminating proxy: after a `welcome` with
+    /// `challenge_follows: true` (a certificate forwarded by a trusted proxy) reads the
+    /// `challenge` and answers `challenge_response` signed with `key_pem`, the forwarded
+    /// certificate's key (`docs/protocol.md`, "Proof of possession"). Does nothing after any
+    /// other `welcome`. The hub attaches the session once the answer verifies and says nothing
+    /// more; a refused answer is closed 4001.
+    pub async fn answer_challenge(
+        &mut self,
+        welcome: &Value,
+        agent_id: &str,
+        key_pem: &str,
+    ) -> Result<(), (u16, String)> {
+        if welcome["challenge_follows"] != true {
+            return Ok(());
+        }
+        let challenge = self.next_or_close(Duration::from_secs(20)).await?;
+        if challenge["type"] != "challenge" {
+            return Err((0, format!("expected a challenge, got {challenge}")));
+        }
+        let nonce = challenge["nonce"].as_str().unwrap_or_default();
+        let session_id = welcome["session_id"].as_str().unwrap_or_default();
+        let key = gateway_agent::session::ProofKey::from_pem(key_pem).map_err(|e| (0, e))?;
+        let signature = key
+            .sign_challenge(nonce, agent_id, session_id)
+            .map_err(|e| (0, e))?;
+        self.send_json(&json!({"type": "challenge_response", "signature": signature}))
+            .await;
+        Ok(())
     }
 
     /// Reads until the hub closes; returns the close code and reason.

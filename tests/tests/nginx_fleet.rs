@@ -67,6 +67,8 @@ enum Attempt {
     HubClosed(u16, String),
 }
 
+/// Says `hello` as `id` through nginx and answers the hub's challenge with `cert`'s key, as
+/// the agent behind nginx does.
 async fn attempt(front: std::net::SocketAddr, pki: &Pki, id: &str, cert: &Issued) -> Attempt {
     let mut c = match raw::connect(front, pki.ca.cert_pem(), cert).await {
         Ok(c) => c,
@@ -74,7 +76,10 @@ async fn attempt(front: std::net::SocketAddr, pki: &Pki, id: &str, cert: &Issued
     };
     c.send_json(&raw::hello(id, 1)).await;
     match c.next_or_close(Duration::from_secs(20)).await {
-        Ok(v) if v["type"] == "welcome" => Attempt::Welcome,
+        Ok(v) if v["type"] == "welcome" => match c.answer_challenge(&v, id, &cert.key_pem).await {
+            Ok(()) => Attempt::Welcome,
+            Err((code, reason)) => Attempt::HubClosed(code, reason),
+        },
         Ok(v) => panic!("unexpected frame {v}"),
         Err((code, reason)) => Attempt::HubClosed(code, reason),
     }
@@ -88,7 +93,7 @@ async fn a_fleet_connects_through_nginx_comes_back_after_a_restart_and_noisy_age
         return;
     };
     let pki = Pki::new();
-    let (proxy, front) = nginx::front_door_certs(&pki);
+    let (proxy, _front) = nginx::front_door_certs(&pki);
     let mut issued: Vec<(String, Issued, std::path::PathBuf)> = (0..FLEET)
         .map(|i| {
             let id = format!("host-{i:03}");
@@ -107,13 +112,14 @@ async fn a_fleet_connects_through_nginx_comes_back_after_a_restart_and_noisy_age
     let mut hub = hub_behind_nginx(&pki, &enrolled, &proxy).await;
     let front_door = Nginx::start(&nginx_bin, pki.path(), hub.hub, hub.http).await;
 
-    // Every agent reaches nginx from its own address and pins nginx's certificate.
+    // Every agent reaches nginx from its own address, checks nginx's certificate against the
+    // CA and pins the hub's key (which signs `welcome` behind nginx).
     let ids: Vec<String> = issued[..FLEET].iter().map(|(id, ..)| id.clone()).collect();
     let start = Instant::now();
     let mut agents = Vec::new();
     for (i, (id, _, dir)) in issued[..FLEET].iter().enumerate() {
         let via = relay(front_door.listen, vec![client_ip(i)]).await;
-        let cfg = agent::write_config(pki.path(), id, dir, via, &[&front.pin], "");
+        let cfg = agent::write_config(pki.path(), id, dir, via, &[&hub.server_pin], "");
         agents.push(TestAgent::start(cfg));
     }
     eprintln!(

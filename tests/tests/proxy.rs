@@ -27,15 +27,17 @@ async fn hub_behind(pki: &Pki, proxy: &Issued, agents: &[(&str, &str)]) -> TestH
     TestHub::start_with(pki, agents, options).await
 }
 
-/// The proxy connects with its own certificate, forwards `forwarded`, and says hello as
-/// `id`: Ok(welcome) or Err((close code, reason)) — code 0 when refused before a close frame.
+/// The proxy connects with its own certificate, forwards `forwarded`, says hello as `id` and
+/// answers the hub's challenge with `forwarded`'s key, as the agent behind a real proxy does:
+/// Ok((client, welcome)) or Err((close code, reason)) — code 0 when refused before a close
+/// frame.
 async fn via_proxy(
     hub: &TestHub,
     pki: &Pki,
     proxy: &Issued,
     forwarded: &Issued,
     id: &str,
-) -> Result<Value, (u16, String)> {
+) -> Result<(raw::RawClient, Value), (u16, String)> {
     let headers = [("x-agentmesh-client-cert", escaped(&forwarded.cert_pem))];
     let mut c = raw::connect_with_headers(hub.hub, pki.ca.cert_pem(), proxy, &headers)
         .await
@@ -43,7 +45,10 @@ async fn via_proxy(
     // A refused identity may be closed right after the upgrade, before the hello lands.
     let _ = c.send_text(&raw::hello(id, 1).to_string()).await;
     match c.next_or_close(PATIENCE).await? {
-        v if v["type"] == "welcome" => Ok(v),
+        v if v["type"] == "welcome" => {
+            c.answer_challenge(&v, id, &forwarded.key_pem).await?;
+            Ok((c, v))
+        }
         other => Err((0, other.to_string())),
     }
 }
@@ -56,11 +61,15 @@ async fn a_trusted_proxy_forwarding_an_enrolled_certificate_is_accepted() {
     let (proxy, _) = pki.agent("front-door");
     let (edge, _) = pki.agent("edge-01");
     let hub = hub_behind(&pki, &proxy, &[("edge-01", &edge.pin)]).await;
-    via_proxy(&hub, &pki, &proxy, &edge, "edge-01")
+    let (client, welcome) = via_proxy(&hub, &pki, &proxy, &edge, "edge-01")
         .await
         .expect("welcome");
+    // A forwarded certificate is proven held before the session is attached.
+    assert_eq!(welcome["challenge_follows"], true, "{welcome}");
+    hub.attached("edge-01", &welcome).await;
     let view = hub.backend().registry.get("edge-01").unwrap();
     assert_eq!(view.pin.as_deref(), Some(edge.pin.as_str()));
+    drop(client);
     hub.stop().await;
 }
 

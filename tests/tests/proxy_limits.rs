@@ -19,22 +19,23 @@ fn escaped(pem: &str) -> String {
 
 /// How one connection attempt ended.
 enum Outcome {
-    /// Admitted; the session lives as long as the client.
-    Welcome(Box<raw::RawClient>),
+    /// Admitted (with the `welcome` frame); the session lives as long as the client.
+    Welcome(Box<raw::RawClient>, serde_json::Value),
     Closed(u16, String),
 }
 
 impl std::fmt::Debug for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Welcome(_) => write!(f, "Welcome"),
+            Outcome::Welcome(..) => write!(f, "Welcome"),
             Outcome::Closed(code, reason) => write!(f, "Closed({code}, {reason:?})"),
         }
     }
 }
 
-/// Connects as the proxy, forwarding `agent`'s certificate and `client` as X-Real-IP, and
-/// says `hello` as the agent.
+/// Connects as the proxy, forwarding `agent`'s certificate and `client` as X-Real-IP, says
+/// `hello` as the agent and answers the hub's challenge with the agent's key (as the agent
+/// behind a real proxy does).
 async fn via_proxy(
     hub: &TestHub,
     pki: &Pki,
@@ -52,7 +53,12 @@ async fn via_proxy(
         .unwrap();
     c.send_json(&raw::hello(agent.0, 1)).await;
     match c.next_or_close(PATIENCE).await {
-        Ok(v) if v["type"] == "welcome" => Outcome::Welcome(Box::new(c)),
+        Ok(v) if v["type"] == "welcome" => {
+            match c.answer_challenge(&v, agent.0, &agent.1.key_pem).await {
+                Ok(()) => Outcome::Welcome(Box::new(c), v),
+                Err((code, reason)) => Outcome::Closed(code, reason),
+            }
+        }
         Ok(v) => panic!("unexpected frame {v}"),
         Err((code, reason)) => Outcome::Closed(code, reason),
     }
@@ -64,7 +70,7 @@ async fn direct(hub: &TestHub, pki: &Pki, agent: (&str, &Issued)) -> Outcome {
         .unwrap();
     c.send_json(&raw::hello(agent.0, 1)).await;
     match c.next_or_close(PATIENCE).await {
-        Ok(v) if v["type"] == "welcome" => Outcome::Welcome(Box::new(c)),
+        Ok(v) if v["type"] == "welcome" => Outcome::Welcome(Box::new(c), v),
         Ok(v) => panic!("unexpected frame {v}"),
         Err((code, reason)) => Outcome::Closed(code, reason),
     }
@@ -111,7 +117,12 @@ async fn a_pinned_proxy_is_limited_per_forwarded_client_and_per_identity_not_per
     for i in 0..10 {
         let client = format!("192.0.2.{}", i + 1);
         match via_proxy(&hub, &pki, &proxy, agent(i), &client).await {
-            Outcome::Welcome(c) => sessions.push(c),
+            Outcome::Welcome(c, welcome) => {
+                // Attached once the challenge is answered (the forwarded key is held).
+                assert_eq!(welcome["challenge_follows"], true, "{welcome}");
+                hub.attached(agent(i).0, &welcome).await;
+                sessions.push(c);
+            }
             other => panic!("agent {i} from {client}: {other:?}"),
         }
         let view = hub.backend().registry.get(agent(i).0).unwrap();
