@@ -5,90 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use agentmesh_e2e::backend::HubOptions;
+use agentmesh_e2e::nginx::{self, Nginx};
 use agentmesh_e2e::{agent, eventually, fleet, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 use mesh_certs::{Issued, Validity};
 use serde_json::json;
 
-fn nginx_binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var("AGENTMESH_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "nginx is required (AGENTMESH_REQUIRE_EXTERNAL=1) but not installed"
-        );
-        eprintln!("nginx not installed: skipping the nginx proof tests (.ci/run installs it)");
-    }
-    found
-}
-
-/// nginx in the foreground; stopped with SIGTERM (the master stops its workers) on drop.
-struct Nginx(Child);
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `text.replace(from, to)`, failing loudly when the template no longer has `from`.
+/// `text.replace(from, to)`, failing loudly when the text no longer has `from`.
 fn replace(text: &str, from: &str, to: &str) -> String {
-    assert!(
-        text.contains(from),
-        "nginx/agentmesh.conf no longer has {from:?}"
-    );
+    assert!(text.contains(from), "no longer has {from:?}");
     text.replace(from, to)
-}
-
-/// The repository's `nginx/agentmesh.conf` for this test's ports and files.
-fn render_conf(dir: &Path, listen: SocketAddr, hub: SocketAddr, api: SocketAddr) -> PathBuf {
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/agentmesh.conf"),
-    )
-    .unwrap();
-    // Only the IPv4 listener: a test cannot take port 443 on every address.
-    let template: String = template
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("listen [::]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let d = dir.display();
-    let mut server = replace(
-        &template,
-        "listen 443 ssl;",
-        &format!("listen {listen} ssl;"),
-    );
-    server = replace(&server, "server 127.0.0.1:8080;", &format!("server {api};"));
-    server = replace(&server, "https://127.0.0.1:8081", &format!("https://{hub}"));
-    server = replace(&server, "/etc/agentmesh/tls/front/", &format!("{d}/front/"));
-    server = replace(&server, "/etc/agentmesh/tls/nginx/", &format!("{d}/nginx/"));
-    server = replace(
-        &server,
-        "/etc/agentmesh/tls/ca.pem",
-        &format!("{d}/ca/ca.pem"),
-    );
-    let conf = format!(
-        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n{server}\n}}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    path
 }
 
 /// A hub behind real nginx: nginx's public certificate (`front`) and its mesh identity.
@@ -99,17 +28,8 @@ struct FrontDoor {
     _nginx: Nginx,
 }
 
-async fn front_door(nginx: &Path, pki: &Pki, agents: &[(&str, &str)]) -> FrontDoor {
-    let proxy = pki
-        .ca
-        .issue_agent("nginx-front-door", Validity::days(2))
-        .unwrap();
-    proxy.save(&pki.path().join("nginx")).unwrap();
-    let front = pki
-        .ca
-        .issue_server("localhost", &["127.0.0.1".to_owned()], Validity::days(2))
-        .unwrap();
-    front.save(&pki.path().join("front")).unwrap();
+async fn front_door(nginx_bin: &Path, pki: &Pki, agents: &[(&str, &str)]) -> FrontDoor {
+    let (proxy, front) = nginx::front_door_certs(pki);
     let mut hub = TestHub::start_with(pki, agents, HubOptions::default()).await;
     let text = std::fs::read_to_string(&hub.config_path).unwrap();
     let text = replace(
@@ -122,36 +42,12 @@ async fn front_door(nginx: &Path, pki: &Pki, agents: &[(&str, &str)]) -> FrontDo
     );
     std::fs::write(&hub.config_path, text).unwrap();
     hub.restart_from_file().await;
-
-    let listen = free_port();
-    let conf = render_conf(pki.path(), listen, hub.hub, hub.http);
-    let out = Command::new(nginx)
-        .arg("-t")
-        .arg("-c")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nginx -t: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let child = Command::new(nginx)
-        .args(["-g", "daemon off;", "-c"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let nginx = Nginx(child);
-    eventually("nginx listening", PATIENCE, || async {
-        tokio::net::TcpStream::connect(listen).await.is_ok()
-    })
-    .await;
+    // The shared renderer and process handling of every nginx test (tests/src/nginx.rs).
+    let nginx = Nginx::start(nginx_bin, pki.path(), hub.hub, hub.http).await;
     FrontDoor {
         hub,
         front,
-        listen,
+        listen: nginx.listen,
         _nginx: nginx,
     }
 }
@@ -182,7 +78,7 @@ fn agent_config(
 #[tokio::test]
 async fn an_agent_refuses_a_hub_whose_key_it_has_not_pinned_though_nginx_is_valid() {
     init_logging();
-    let Some(nginx) = nginx_binary() else { return };
+    let Some(nginx) = nginx::binary() else { return };
     let pki = Pki::new();
     let (a, a_dir) = pki.agent("edge-01");
     let (b, b_dir) = pki.agent("edge-02");
@@ -238,7 +134,7 @@ async fn an_agent_refuses_a_hub_whose_key_it_has_not_pinned_though_nginx_is_vali
 #[tokio::test]
 async fn agents_pinning_the_hub_work_end_to_end_through_nginx() {
     init_logging();
-    let Some(nginx) = nginx_binary() else { return };
+    let Some(nginx) = nginx::binary() else { return };
     let pki = Pki::new();
     let (a, a_dir) = pki.agent("edge-01");
     let (b, b_dir) = pki.agent("edge-02");
