@@ -1,8 +1,8 @@
 //! agentmesh control plane: the mTLS WebSocket hub that gateway agents dial into and the
 //! operator HTTP API.
 //!
-//! `main.rs` only parses arguments, loads the config and calls [`run`] (or the `dev`,
-//! `token` subcommands); everything else lives here so tests run the real thing in-process
+//! `main.rs` only parses arguments, loads the config and calls [`run`] (or the `token`,
+//! `audit`, `backup` subcommands); everything else lives here so tests run the real thing in-process
 //! on ephemeral ports.
 //!
 //! # Layout
@@ -24,7 +24,6 @@
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
-//! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
 //!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
@@ -43,7 +42,6 @@ pub mod client_addr;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod dev;
 pub mod enrol;
 pub mod events;
 pub mod hex;
@@ -58,7 +56,7 @@ pub mod store;
 pub mod sync;
 
 mod daemon;
-pub use daemon::{run, run_reloadable, shutdown_signal};
+pub use daemon::{run, run_reloadable};
 pub use reload::ReloadSource;
 
 use std::net::SocketAddr;
@@ -136,7 +134,7 @@ impl Listeners {
     }
 }
 
-/// A running backend: handles for tests and for the `dev` quick start.
+/// A running backend: handles for tests and for the `dev` quick start (crate `agentmesh-dev`).
 pub struct Backend {
     /// Agents and sessions.
     pub registry: Arc<Registry>,

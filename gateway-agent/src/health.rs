@@ -110,8 +110,8 @@ pub fn spawn_watchdog(
     hub: String,
     stop: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    crate::notify::spawn_watchdog(
-        move || crate::notify::Probe {
+    agentmesh_daemon::notify::spawn_watchdog(
+        move || agentmesh_daemon::notify::Probe {
             healthy: true,
             status: status_line(&state.snapshot(), &hub),
         },

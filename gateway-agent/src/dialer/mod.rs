@@ -49,12 +49,13 @@ use crate::commands::Commands;
 use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
 use crate::connect::{self, connect};
 use crate::exec::{ExecError, ExecSettings, Executor, SHUTDOWN_GRACE};
+use crate::health;
 use crate::renew::{self, RenewSettings, Renewal};
 use crate::session::{self, shutdown_signalled, HandshakeProof};
 use crate::signing::Signer;
 use crate::state::AgentState;
 use crate::tls::{self, HubTls, Route, TlsError};
-use crate::{health, notify};
+use agentmesh_daemon::notify;
 
 /// Time the hub has to answer `hello` with `welcome`.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
