@@ -9,7 +9,7 @@ use agentmesh_daemon::notify;
 use tokio::sync::watch;
 
 use crate::config::BackendConfig;
-use crate::{hub, reload, Backend, Listeners, ReloadSource, RunError};
+use crate::{reload, Backend, Listeners, ReloadSource, RunError};
 
 /// Forgets idle rate-limit keys every minute until shutdown.
 pub(crate) fn spawn_prune(limits: Arc<reload::SharedLimits>, mut stop: watch::Receiver<bool>) {
@@ -17,7 +17,7 @@ pub(crate) fn spawn_prune(limits: Arc<reload::SharedLimits>, mut stop: watch::Re
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
-                _ = hub::stopped(&mut stop) => break,
+                _ = agentmesh_daemon::stopped(&mut stop) => break,
                 _ = every.tick() => limits.load().prune(),
             }
         }

@@ -75,7 +75,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// How long shutdown waits for sessions to drain and requests to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the backend could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -309,7 +309,7 @@ impl Backend {
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            hub::stopped(&mut http_stop).await;
+            agentmesh_daemon::stopped(&mut http_stop).await;
         });
         let http_task = tokio::spawn(async move { http.await });
         info!(http = %http_addr, hub = %hub_addr, "backend started");
@@ -350,7 +350,7 @@ impl Backend {
 
     /// Gives commands in flight `[hub] drain_grace_secs` to report, then stops accepting,
     /// drains sessions (`drain` with a reconnect slot each + close 1001, see [`hub::drain`])
-    /// and waits, bounded by [`SHUTDOWN_GRACE`].
+    /// and waits, bounded by [`DRAIN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
         self.live.begin_draining();
@@ -365,7 +365,7 @@ impl Backend {
         );
         let _ = self.stop.send(true);
         let _ = self.hub_task.await;
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())
+        if tokio::time::timeout(DRAIN_GRACE, self.tasks.wait_idle())
             .await
             .is_err()
         {
@@ -376,7 +376,7 @@ impl Backend {
         }
         self.failures.flush();
         self.audit.flush().await;
-        let result = match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
+        let result = match tokio::time::timeout(DRAIN_GRACE, self.http_task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RunError::Http(e)),
             Ok(Err(join)) => Err(RunError::Http(std::io::Error::other(join))),

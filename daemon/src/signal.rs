@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Installs the SIGINT and SIGTERM handlers now; the future completes on either.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
@@ -66,4 +66,11 @@ pub fn hangups() -> mpsc::Receiver<()> {
     #[cfg(not(unix))]
     drop(tx);
     rx
+}
+
+/// Completes once the in-process stop flag is set (or its sender is gone): how the tasks of a
+/// daemon learn that the shutdown signal came.
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // Map the guard `wait_for` returns to `()`: it must not live across an await.
+    let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
 }
