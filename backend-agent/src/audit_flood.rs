@@ -171,7 +171,7 @@ impl FailureAudit {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = crate::hub::stopped(&mut stop) => break,
+                    _ = agentmesh_daemon::stopped(&mut stop) => break,
                     _ = every.tick() => { self.flush(); }
                 }
             }

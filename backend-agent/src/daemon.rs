@@ -1,15 +1,15 @@
-//! Running the backend as a daemon: until the shutdown signal, reloading on SIGHUP, pruning
-//! idle rate-limit keys.
+//! Running the backend as a daemon: until the shutdown future completes, reloading each time
+//! the reload channel yields (SIGHUP), pruning idle rate-limit keys.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_daemon::notify;
 use tokio::sync::watch;
-use tracing::info;
 
 use crate::config::BackendConfig;
-use crate::{hub, reload, Backend, Listeners, ReloadSource, RunError};
+use crate::{reload, Backend, Listeners, ReloadSource, RunError};
 
 /// Forgets idle rate-limit keys every minute until shutdown.
 pub(crate) fn spawn_prune(limits: Arc<reload::SharedLimits>, mut stop: watch::Receiver<bool>) {
@@ -17,7 +17,7 @@ pub(crate) fn spawn_prune(limits: Arc<reload::SharedLimits>, mut stop: watch::Re
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
-                _ = hub::stopped(&mut stop) => break,
+                _ = agentmesh_daemon::stopped(&mut stop) => break,
                 _ = every.tick() => limits.load().prune(),
             }
         }
@@ -49,7 +49,7 @@ pub async fn run_reloadable(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let backend = Backend::start_reloadable(listeners, config, source).await?;
-    gateway_agent::notify::ready();
+    notify::ready();
     let watchdog = backend.spawn_watchdog();
     let reloader = backend.reloader();
     let serve_reloads = async move {
@@ -63,32 +63,10 @@ pub async fn run_reloadable(
         _ = shutdown => {}
         _ = serve_reloads => {}
     }
-    gateway_agent::notify::stopping();
+    notify::stopping();
     let result = backend.shutdown().await;
     if let Some(w) = watchdog {
         w.abort();
     }
     result
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!("SIGINT received"),
-        _ = term => info!("SIGTERM received"),
-    }
 }

@@ -1,8 +1,8 @@
 //! agentmesh control plane: the mTLS WebSocket hub that gateway agents dial into and the
 //! operator HTTP API.
 //!
-//! `main.rs` only parses arguments, loads the config and calls [`run`] (or the `dev`,
-//! `token` subcommands); everything else lives here so tests run the real thing in-process
+//! `main.rs` only parses arguments, loads the config and calls [`run`] (or the `token`,
+//! `audit`, `backup` subcommands); everything else lives here so tests run the real thing in-process
 //! on ephemeral ports.
 //!
 //! # Layout
@@ -24,7 +24,6 @@
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
 //! - [`events`]: routes session events to commands and enrolment.
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
-//! - [`dev`]: the `backend-agent dev` quick start.
 //! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
 //!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
@@ -43,7 +42,6 @@ pub mod client_addr;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod dev;
 pub mod enrol;
 pub mod events;
 pub mod hex;
@@ -58,7 +56,7 @@ pub mod store;
 pub mod sync;
 
 mod daemon;
-pub use daemon::{run, run_reloadable, shutdown_signal};
+pub use daemon::{run, run_reloadable};
 pub use reload::ReloadSource;
 
 use std::net::SocketAddr;
@@ -77,7 +75,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// How long shutdown waits for sessions to drain and requests to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the backend could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +134,7 @@ impl Listeners {
     }
 }
 
-/// A running backend: handles for tests and for the `dev` quick start.
+/// A running backend: handles for tests and for the `dev` quick start (crate `agentmesh-dev`).
 pub struct Backend {
     /// Agents and sessions.
     pub registry: Arc<Registry>,
@@ -311,7 +309,7 @@ impl Backend {
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
-            hub::stopped(&mut http_stop).await;
+            agentmesh_daemon::stopped(&mut http_stop).await;
         });
         let http_task = tokio::spawn(async move { http.await });
         info!(http = %http_addr, hub = %hub_addr, "backend started");
@@ -352,7 +350,7 @@ impl Backend {
 
     /// Gives commands in flight `[hub] drain_grace_secs` to report, then stops accepting,
     /// drains sessions (`drain` with a reconnect slot each + close 1001, see [`hub::drain`])
-    /// and waits, bounded by [`SHUTDOWN_GRACE`].
+    /// and waits, bounded by [`DRAIN_GRACE`].
     pub async fn shutdown(self) -> Result<(), RunError> {
         info!("backend shutting down");
         self.live.begin_draining();
@@ -367,7 +365,7 @@ impl Backend {
         );
         let _ = self.stop.send(true);
         let _ = self.hub_task.await;
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait_idle())
+        if tokio::time::timeout(DRAIN_GRACE, self.tasks.wait_idle())
             .await
             .is_err()
         {
@@ -378,7 +376,7 @@ impl Backend {
         }
         self.failures.flush();
         self.audit.flush().await;
-        let result = match tokio::time::timeout(SHUTDOWN_GRACE, self.http_task).await {
+        let result = match tokio::time::timeout(DRAIN_GRACE, self.http_task).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RunError::Http(e)),
             Ok(Err(join)) => Err(RunError::Http(std::io::Error::other(join))),

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agentmesh_daemon::LogFormat;
 use backend_agent::auth::{new_token, token_config_snippet, Role};
 use backend_agent::config::BackendConfig;
-use backend_agent::reload::LogHook;
-use backend_agent::{dev, Listeners, ReloadSource};
+use backend_agent::{Listeners, ReloadSource};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// agentmesh control plane: operator API and agent hub.
@@ -25,9 +25,6 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Quick start: CA, certificates, configs and a token under ./dev-state, then a backend and
-    /// one local gateway agent.
-    Dev(dev::DevOptions),
     /// Revoke an agent offline (backend stopped): every pin refused from the next start on.
     /// With the backend running, use `DELETE /api/v1/agents/{id}` instead.
     Revoke {
@@ -97,12 +94,6 @@ enum RoleArg {
     Admin,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// Exit code for bad usage or configuration (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
@@ -118,7 +109,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let log_hook = init_tracing(cli.log_format);
+    let log_hook = agentmesh_daemon::init_tracing(cli.log_format);
     match cli.command {
         Some(Command::Token {
             action: TokenAction::New { name, role },
@@ -221,9 +212,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Dev(opts)) => {
-            runtime_main(async move { dev::run(opts).await.map_err(|e| (1, format!("{e:#}"))) })
-        }
         None => {
             let config = match load_config(cli.config.as_deref()) {
                 Ok(c) => c,
@@ -241,8 +229,8 @@ fn main() -> ExitCode {
                 log: Some(log_hook),
             };
             runtime_main(async move {
-                let shutdown = shutdown_signal_now();
-                let reloads = hangups();
+                let shutdown = agentmesh_daemon::shutdown_signal();
+                let reloads = agentmesh_daemon::hangups();
                 let listeners = Listeners::bind(&config)
                     .await
                     .map_err(|e| (1, e.to_string()))?;
@@ -256,7 +244,7 @@ fn main() -> ExitCode {
 
 fn load_config(path: Option<&std::path::Path>) -> Result<BackendConfig, ExitCode> {
     let Some(path) = path else {
-        eprintln!("backend-agent: --config FILE is required (or try `backend-agent dev`)");
+        eprintln!("backend-agent: --config FILE is required (or try `cargo run -p agentmesh-dev`)");
         return Err(ExitCode::from(EXIT_USAGE));
     };
     BackendConfig::load(path).map_err(|e| {
@@ -284,73 +272,4 @@ fn runtime_main(fut: impl std::future::Future<Output = Result<(), (u8, String)>>
             ExitCode::from(code)
         }
     }
-}
-
-/// [`backend_agent::shutdown_signal`], with the SIGTERM/SIGINT handlers installed now rather
-/// than when first polled: a SIGTERM that arrives once the API answers (a service manager
-/// stopping a backend that just started) then shuts down cleanly, with a final checkpoint,
-/// instead of killing the process.
-fn shutdown_signal_now() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                return futures_util::future::Either::Left(async move {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM received"),
-                        _ = int.recv() => tracing::info!("SIGINT received"),
-                    }
-                });
-            }
-            _ => tracing::warn!("cannot install signal handlers early"),
-        }
-    }
-    futures_util::future::Either::Right(backend_agent::shutdown_signal())
-}
-
-/// A channel that yields once per SIGHUP (bursts coalesce), the handler installed now so
-/// a SIGHUP right after start reloads instead of killing the process.
-fn hangups() -> tokio::sync::mpsc::Receiver<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP received: reloading the config");
-                        // Full: a reload is already pending and will read the newest file.
-                        let _ = tx.try_send(());
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot install the SIGHUP handler"),
-        }
-    }
-    rx
-}
-
-/// Installs the subscriber and returns the hook a reload uses to change the filter.
-fn init_tracing(format: LogFormat) -> LogHook {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let json = (format == LogFormat::Json).then(|| tracing_subscriber::fmt::layer().json());
-    let text = (format == LogFormat::Text).then(tracing_subscriber::fmt::layer);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(json)
-        .with(text)
-        .init();
-    Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
 }

@@ -1,8 +1,8 @@
 //! systemd notification for the backend: the watchdog is fed while the hub's accept loop
 //! and the HTTP server run, and `STATUS=` says how many agents are connected and whether the
-//! audit log can be written. Uses [`gateway_agent::notify`] (same crate, same rules).
+//! audit log can be written. Uses [`agentmesh_daemon::notify`] (the agent does too).
 
-use gateway_agent::notify::{spawn_watchdog, Probe};
+use agentmesh_daemon::notify::{spawn_watchdog, Probe};
 use tokio::task::JoinHandle;
 
 use crate::Backend;

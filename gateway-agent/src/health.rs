@@ -14,7 +14,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::session::shutdown_signalled;
 use crate::state::{AgentState, StateSnapshot};
 
 #[derive(Clone)]
@@ -42,7 +41,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown_signalled(&mut stop).await })
+        .with_graceful_shutdown(async move { agentmesh_daemon::stopped(&mut stop).await })
         .await
 }
 
@@ -110,8 +109,8 @@ pub fn spawn_watchdog(
     hub: String,
     stop: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    crate::notify::spawn_watchdog(
-        move || crate::notify::Probe {
+    agentmesh_daemon::notify::spawn_watchdog(
+        move || agentmesh_daemon::notify::Probe {
             healthy: true,
             status: status_line(&state.snapshot(), &hub),
         },

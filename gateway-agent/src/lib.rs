@@ -24,7 +24,6 @@
 //! - [`audit`]: the agent's own audit log ([`AgentAudit`](audit::AgentAudit)).
 //! - [`enroll`]: `gateway-agent enroll`, joining the mesh with a one-time token;
 //!   [`enroll_cli`]: what the subcommand does around it.
-//! - [`notify`]: systemd readiness, `STATUS=` and the `WATCHDOG=1` keep-alive.
 //! - [`backoff`]: reconnect delays (exponential, jittered, reset after a healthy session).
 //! - [`exec`]: the [`Executor`](exec::Executor): verbs, process groups, limits and the durable
 //!   at-most-once result store in `state_dir/results`.
@@ -47,7 +46,6 @@ pub mod enroll_cli;
 pub mod exec;
 pub mod health;
 pub mod metrics;
-pub mod notify;
 pub mod reload;
 pub mod renew;
 pub mod session;

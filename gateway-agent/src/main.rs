@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use agentmesh_daemon::LogFormat;
+use clap::{Args, Parser, Subcommand};
 use gateway_agent::enroll::{EnrollError, EnrollOptions};
 use gateway_agent::enroll_cli::{self, EnrollCommand};
 use gateway_agent::{check_config, config_warnings, GatewayConfig, RunError};
-use tracing_subscriber::EnvFilter;
 
 /// EX_USAGE: the configuration or the command line is wrong.
 const EXIT_USAGE: u8 = 64;
@@ -84,12 +84,6 @@ enum AuditCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -102,7 +96,8 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.log_format);
+    // The filter is fixed for the agent's lifetime: its config has no `[log]` to reload.
+    let _ = agentmesh_daemon::init_tracing(cli.log_format);
     match cli.command {
         None => run(&cli.config),
         Some(Command::CheckConfig) => check(&cli.config),
@@ -227,7 +222,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let reload_path = path.to_path_buf();
     match runtime.block_on(async move {
-        let shutdown = shutdown_signal();
+        let shutdown = agentmesh_daemon::shutdown_signal();
         let reloads = reloads_on_sighup(reload_path);
         gateway_agent::run_reloadable(config, gateway_agent::AgentState::new(), shutdown, reloads)
             .await
@@ -243,71 +238,26 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now and returns a future that resolves on either.
-/// Installing them before the agent starts (rather than on the future's first poll) means a
-/// SIGTERM sent right after `READY=1` is a clean shutdown, never the default action's kill.
-/// Must be called inside the runtime.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    async move {
-        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                // Without a handler the default action still stops the process.
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = wait(term.take()) => {}
-            _ = wait(int.take()) => {}
-        }
-        tracing::info!("shutdown signal received");
-    }
-}
-
 /// Loads and validates the config file on each SIGHUP and hands a good one to the agent; a
 /// bad one is logged and the running config kept. The handler is installed now, so a
 /// SIGHUP never takes the default action (exit). Must be called inside the runtime.
 fn reloads_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<GatewayConfig> {
-    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = agentmesh_daemon::hangups();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP received: reloading the config");
-                    match GatewayConfig::load(&path) {
-                        Ok(config) => {
-                            if tx.send(config).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::error!(
-                            error = %e,
-                            "config reload refused; keeping the running config"
-                        ),
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match GatewayConfig::load(&path) {
+                Ok(config) => {
+                    if tx.send(config).await.is_err() {
+                        return;
                     }
                 }
-            });
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "config reload refused; keeping the running config"
+                ),
+            }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot install the SIGHUP handler"),
-    }
+    });
     rx
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -28,10 +28,11 @@ async fn a_graceful_stop_drains_the_session_and_the_agent_comes_back() {
     assert_eq!(drain["type"], "drain", "{drain}");
     assert!(drain["reconnect_after_ms"].is_u64(), "{drain}");
     assert_eq!(close.map(|c| c.0), Some(1001), "closed as going away");
-    // The real agent reconnects to the new instance by itself.
+    // The real agent reconnects to the new instance by itself. The hub lists it as soon as it
+    // sends `welcome`, a moment before the agent has read it: wait for both sides.
     eventually("agent back on the restarted hub", PATIENCE, || async {
         agent.assert_running();
-        hub.is_connected("edge-01")
+        hub.is_connected("edge-01") && agent.state.snapshot().connects >= 2
     })
     .await;
     let state = agent.state.snapshot();

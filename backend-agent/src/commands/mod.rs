@@ -247,7 +247,7 @@ impl CommandService {
                 tokio::time::interval_at(Instant::now() + sweep::EXPIRY_SWEEP, sweep::EXPIRY_SWEEP);
             loop {
                 tokio::select! {
-                    _ = crate::hub::stopped(&mut shutdown) => break,
+                    _ = agentmesh_daemon::stopped(&mut shutdown) => break,
                     Some(agent) = connected_rx.recv() => {
                         let Some(s) = worker.upgrade() else { break };
                         s.flush_held(&agent).await;

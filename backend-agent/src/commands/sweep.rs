@@ -141,7 +141,7 @@ pub(super) fn spawn_pruner(service: Weak<CommandService>, mut shutdown: watch::R
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {
-                _ = crate::hub::stopped(&mut shutdown) => break,
+                _ = agentmesh_daemon::stopped(&mut shutdown) => break,
                 _ = every.tick() => {
                     let Some(s) = service.upgrade() else { break };
                     s.prune_history().await;

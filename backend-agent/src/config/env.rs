@@ -1,31 +1,25 @@
-//! `AGENTMESH_<SECTION>_<KEY>` environment overrides.
+//! The backend's `AGENTMESH_<SECTION>_<KEY>` environment overrides (mechanism in
+//! [`agentmesh_daemon::env`]): any key of the sections below, read as a TOML value when it
+//! parses as one (`8080`, `true`, `["a"]`), else as a string. Unknown keys are refused when the
+//! table is deserialised (`deny_unknown_fields`).
 
-/// Prefix of environment overrides: `AGENTMESH_HUB_LISTEN` sets `hub.listen`.
-pub const ENV_PREFIX: &str = "AGENTMESH_";
-const SECTIONS: &[&str] = &["http", "hub", "store", "audit", "limits", "ca"];
+use agentmesh_daemon::env::{Keys, Kind, OverrideError, Overrides};
 
-/// Applies `AGENTMESH_<SECTION>_<KEY>` overrides to scalar keys of the known sections.
-/// The value is read as a TOML value when it parses as one (`8080`, `true`, `["a"]`), else
-/// as a string.
-pub fn apply_env_overrides(table: &mut toml::Table, env: impl Iterator<Item = (String, String)>) {
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let rest = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
-            continue;
-        };
-        let key = &rest[section.len() + 1..];
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let toml::Value::Table(t) = entry {
-            t.insert(key.to_owned(), value);
-        }
-    }
+pub use agentmesh_daemon::env::ENV_PREFIX;
+
+const OVERRIDES: Overrides = Overrides(&[
+    ("http", Keys::Any(Kind::Toml)),
+    ("hub", Keys::Any(Kind::Toml)),
+    ("store", Keys::Any(Kind::Toml)),
+    ("audit", Keys::Any(Kind::Toml)),
+    ("limits", Keys::Any(Kind::Toml)),
+    ("ca", Keys::Any(Kind::Toml)),
+]);
+
+/// Applies `AGENTMESH_<SECTION>_<KEY>` overrides from `env` to `table`.
+pub fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(), OverrideError> {
+    OVERRIDES.apply(table, env).map(|_| ())
 }

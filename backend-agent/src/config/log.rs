@@ -17,9 +17,7 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), String> {
         match &self.level {
             None => Ok(()),
-            Some(level) => tracing_subscriber::EnvFilter::try_new(level)
-                .map(|_| ())
-                .map_err(|e| format!("{level:?} is not a log filter: {e}")),
+            Some(level) => agentmesh_daemon::log::check_filter(level),
         }
     }
 }

@@ -453,7 +453,8 @@ impl BackendConfig {
             message,
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        apply_env_overrides(&mut table, env);
+        apply_env_overrides(&mut table, env)
+            .map_err(|e| parse_err(format!("{}: {}", e.name, e.message)))?;
         let mut config = BackendConfig::deserialize(toml::Value::Table(table))
             .map_err(|e| parse_err(e.to_string()))?;
         config.resolve_paths(base);

@@ -36,7 +36,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HubContext>) {
     }
     loop {
         let accepted = tokio::select! {
-            _ = super::stopped(&mut shutdown) => break,
+            _ = agentmesh_daemon::stopped(&mut shutdown) => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {

@@ -231,12 +231,6 @@ impl Drop for ListeningGuard {
     }
 }
 
-/// Completes once the shutdown flag is set (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    // Map the guard `wait_for` returns to `()`: it must not live across an await.
-    let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -240,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 },
                 _ = ticker.tick() => self.on_tick(heartbeat).await,
-                _ = super::stopped(&mut shutdown) => Step::End(self.on_shutdown().await),
+                _ = agentmesh_daemon::stopped(&mut shutdown) => Step::End(self.on_shutdown().await),
             };
             if let Step::End(end) = step {
                 return end;

@@ -36,7 +36,7 @@ use crate::limits::RateLimits;
 pub type SharedLimits = Swap<RateLimits>;
 
 /// Applies a new log filter (`[log] level`); the binary installs it, tests leave it out.
-pub type LogHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub use agentmesh_daemon::LogHook;
 
 /// Why a reload was refused (the running config stays).
 #[derive(Debug, thiserror::Error)]

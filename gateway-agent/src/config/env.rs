@@ -1,41 +1,31 @@
-//! `AGENTMESH_<SECTION>_<KEY>` environment overrides, applied to the parsed TOML table before
-//! it is deserialised (so overridden values are validated exactly like file values).
+//! The agent's `AGENTMESH_<SECTION>_<KEY>` environment overrides (mechanism in
+//! [`agentmesh_daemon::env`]).
 //!
-//! Only scalar keys of the known sections can be overridden (plus `outbound.server_pins`, which
-//! takes a TOML array or a comma-separated list). A variable whose section is known but whose key
-//! is not is an error (a typo must not be silently ignored); other `AGENTMESH_*` variables, such
-//! as the backend's, are left alone.
+//! Only scalar keys of the known sections can be overridden (plus `outbound.server_pins` and
+//! `outbound.front_door_pins`, which take a TOML array or a comma-separated list). A variable
+//! whose section is known but whose key is not is an error (a typo must not be silently
+//! ignored); other `AGENTMESH_*` variables, such as the backend's, are left alone.
 
-use toml::{Table, Value};
+use agentmesh_daemon::env::{Keys, Kind, Overrides};
+use toml::Table;
 
-/// Prefix of every override variable.
-pub const ENV_PREFIX: &str = "AGENTMESH_";
+pub use agentmesh_daemon::env::ENV_PREFIX;
 
-#[derive(Clone, Copy)]
-enum Kind {
-    /// Taken verbatim as a string (ids, paths, URLs, addresses).
-    Str,
-    /// Parsed as a TOML value when it parses (numbers, booleans), else a string.
-    Toml,
-    /// A TOML array, or a comma/whitespace-separated list of strings.
-    List,
-}
-
-const KEYS: &[(&str, &[(&str, Kind)])] = &[
+const OVERRIDES: Overrides = Overrides(&[
     (
         "agent",
-        &[
+        Keys::Only(&[
             ("id", Kind::Str),
             ("site", Kind::Str),
             ("state_dir", Kind::Str),
             ("health_listen", Kind::Str),
             ("result_retention_secs", Kind::Toml),
             ("renew_before_days", Kind::Toml),
-        ],
+        ]),
     ),
     (
         "outbound",
-        &[
+        Keys::Only(&[
             ("backend_url", Kind::Str),
             ("ca", Kind::Str),
             ("cert", Kind::Str),
@@ -46,17 +36,17 @@ const KEYS: &[(&str, &[(&str, Kind)])] = &[
             ("reconnect_max_ms", Kind::Toml),
             ("healthy_after_secs", Kind::Toml),
             ("max_message_bytes", Kind::Toml),
-        ],
+        ]),
     ),
     (
         "limits",
-        &[
+        Keys::Only(&[
             ("max_concurrency", Kind::Toml),
             ("commands_per_minute", Kind::Toml),
-        ],
+        ]),
     ),
-    ("audit", &[("path", Kind::Str)]),
-];
+    ("audit", Keys::Only(&[("path", Kind::Str)])),
+]);
 
 /// Applies the overrides found in `env` to `table`.
 ///
@@ -66,76 +56,17 @@ pub(super) fn apply_overrides(
     table: &mut Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<(String, String)>, (String, String)> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
-    // Deterministic order regardless of how the environment was iterated.
-    vars.sort();
-    let mut applied = Vec::new();
-    for (name, raw) in vars {
-        let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
-        let Some((section, keys, key)) = KEYS.iter().find_map(|(section, keys)| {
-            rest.strip_prefix(section)
-                .and_then(|r| r.strip_prefix('_'))
-                .map(|key| (*section, *keys, key))
-        }) else {
-            continue;
-        };
-        let Some((key, kind)) = keys.iter().find(|(k, _)| *k == key) else {
-            let known: Vec<String> = keys
-                .iter()
-                .map(|(k, _)| format!("{ENV_PREFIX}{}_{}", section, k).to_ascii_uppercase())
-                .collect();
-            return Err((
-                name,
-                format!(
-                    "unknown override for [{section}]; known: {}",
-                    known.join(", ")
-                ),
-            ));
-        };
-        let entry = table
-            .entry(section.to_owned())
-            .or_insert_with(|| Value::Table(Table::new()));
-        let Value::Table(section_table) = entry else {
-            return Err((section.to_owned(), "must be a table".to_owned()));
-        };
-        section_table.insert((*key).to_owned(), parse_value(&raw, *kind));
-        applied.push((format!("{section}.{key}"), name));
+    match OVERRIDES.apply(table, env) {
+        Ok(applied) => Ok(applied.into_iter().map(|a| (a.key, a.var)).collect()),
+        Err(e) => Err((e.name, e.message)),
     }
-    Ok(applied)
-}
-
-fn parse_value(raw: &str, kind: Kind) -> Value {
-    match kind {
-        Kind::Str => Value::String(raw.to_owned()),
-        Kind::Toml => parse_toml(raw).unwrap_or_else(|| Value::String(raw.to_owned())),
-        Kind::List => match parse_toml(raw) {
-            Some(v @ Value::Array(_)) => v,
-            _ => Value::Array(
-                raw.split(|c: char| c == ',' || c.is_whitespace())
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Value::String(s.to_owned()))
-                    .collect(),
-            ),
-        },
-    }
-}
-
-/// Parses `raw` as a single TOML value.
-fn parse_toml(raw: &str) -> Option<Value> {
-    let mut table: Table = toml::from_str(&format!("v = {raw}")).ok()?;
-    if table.len() != 1 {
-        return None;
-    }
-    table.remove("v")
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use toml::Value;
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter()
@@ -177,16 +108,6 @@ mod tests {
             err.1.contains("AGENTMESH_OUTBOUND_BACKEND_URL"),
             "{}",
             err.1
-        );
-    }
-
-    #[test]
-    fn toml_values_fall_back_to_strings() {
-        assert_eq!(parse_value("12", Kind::Toml), Value::Integer(12));
-        assert_eq!(parse_value("abc", Kind::Toml), Value::String("abc".into()));
-        assert_eq!(
-            parse_value("1\nx = 2", Kind::Toml),
-            Value::String("1\nx = 2".into())
         );
     }
 }

@@ -16,7 +16,7 @@
 //!  │                   │ reload changed the advertisement: close 1000, reconnect at once
 //!  │                   │ lasted ≥ healthy_after_secs: backoff reset
 //!  └──── sleep ◄───────┘ (reload TLS material and signing key, finish an interrupted renewal)
-//!  shutdown at any point: running commands get SHUTDOWN_GRACE to finish (then are killed),
+//!  shutdown at any point: running commands get COMMAND_GRACE to finish (then are killed),
 //!  their results are delivered if connected (else stored), Close(1001), audit flushed, Ok
 //! ```
 //!
@@ -48,13 +48,14 @@ use crate::backoff::Backoff;
 use crate::commands::Commands;
 use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
 use crate::connect::{self, connect};
-use crate::exec::{ExecError, ExecSettings, Executor, SHUTDOWN_GRACE};
+use crate::exec::{ExecError, ExecSettings, Executor, COMMAND_GRACE};
+use crate::health;
 use crate::renew::{self, RenewSettings, Renewal};
-use crate::session::{self, shutdown_signalled, HandshakeProof};
+use crate::session::{self, HandshakeProof};
 use crate::signing::Signer;
 use crate::state::AgentState;
 use crate::tls::{self, HubTls, Route, TlsError};
-use crate::{health, notify};
+use agentmesh_daemon::notify;
 
 /// Time the hub has to answer `hello` with `welcome`.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -198,7 +199,7 @@ async fn run_until(
         w.abort();
     }
     // Disconnected at shutdown (or already drained by the session): results end up stored.
-    executor.shutdown(SHUTDOWN_GRACE).instrument(span).await;
+    executor.shutdown(COMMAND_GRACE).instrument(span).await;
     audit.flush().await;
     if let Some(mut handle) = health {
         if tokio::time::timeout(HEALTH_GRACE, &mut handle)
@@ -296,7 +297,7 @@ impl Dialer {
             self.state.set_next_attempt(delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown_signalled(&mut stop) => return,
+                _ = agentmesh_daemon::stopped(&mut stop) => return,
             }
         }
     }
@@ -307,7 +308,7 @@ impl Dialer {
         let limit = self.config.outbound.max_message_bytes;
         let connected = tokio::select! {
             r = connect(&self.url, &self.tls, limit) => r,
-            _ = shutdown_signalled(stop) => return None,
+            _ = agentmesh_daemon::stopped(stop) => return None,
         };
         let mut ws = match connected {
             Ok(ws) => ws,
@@ -323,7 +324,7 @@ impl Dialer {
         };
         let handshake = tokio::select! {
             r = session::handshake(&mut ws, &hello, limit, WELCOME_TIMEOUT, &proof) => r,
-            _ = shutdown_signalled(stop) => {
+            _ = agentmesh_daemon::stopped(stop) => {
                 session::close(&mut ws, GOING_AWAY, "agent shutting down").await;
                 return None;
             }

@@ -73,7 +73,7 @@ pub use settings::ExecSettings;
 pub const RESULT_QUEUE: usize = 256;
 
 /// How long shutdown lets running commands finish before cancelling them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const COMMAND_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, error, info, warn};
 
 use crate::commands::Commands;
-use crate::exec::SHUTDOWN_GRACE;
+use crate::exec::COMMAND_GRACE;
 use crate::renew::{RenewError, Renewal};
 
 mod handshake;
@@ -65,7 +65,7 @@ pub enum SessionEnd {
 /// Serves an established session until it ends: first the results held from earlier (see
 /// [`crate::commands`]), then hub frames and results as they come, and certificate renewal
 /// when it is due ([`crate::renew`]). On shutdown the session stays open while running
-/// commands finish (up to [`SHUTDOWN_GRACE`], then they are killed) so their results still
+/// commands finish (up to [`COMMAND_GRACE`], then they are killed) so their results still
 /// reach the hub; new commands are refused meanwhile.
 pub async fn serve<S>(
     ws: &mut WebSocketStream<S>,
@@ -105,9 +105,9 @@ where
     let mut draining: Option<Draining> = None;
     loop {
         let message = tokio::select! {
-            _ = shutdown_signalled(shutdown), if draining.is_none() => {
+            _ = agentmesh_daemon::stopped(shutdown), if draining.is_none() => {
                 let executor = commands.executor().clone();
-                draining = Some(Box::pin(async move { executor.shutdown(SHUTDOWN_GRACE).await }));
+                draining = Some(Box::pin(async move { executor.shutdown(COMMAND_GRACE).await }));
                 continue;
             }
             _ = until_drained(&mut draining) => {
@@ -272,11 +272,6 @@ where
         }
     }
     Ok(())
-}
-
-/// Resolves once the shutdown flag is set (or its sender is gone).
-pub async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

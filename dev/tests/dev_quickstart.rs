@@ -1,4 +1,4 @@
-//! `backend-agent dev` as a user runs it: a real process in a fresh directory, a connected
+//! `agentmesh-dev` as a user runs it: a real process in a fresh directory, a connected
 //! agent listed by the API, the printed token working, Ctrl-C stopping both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -50,14 +50,8 @@ struct Dev {
 
 impl Dev {
     fn start(dir: &Path, http: SocketAddr, hub: SocketAddr) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backend-agent"))
-            .args([
-                "dev",
-                "--http",
-                &http.to_string(),
-                "--hub",
-                &hub.to_string(),
-            ])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentmesh-dev"))
+            .args(["--http", &http.to_string(), "--hub", &hub.to_string()])
             .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

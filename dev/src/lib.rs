@@ -1,8 +1,12 @@
-//! `backend-agent dev`: the quick start.
+//! `agentmesh-dev`: the quick start.
 //!
 //! Makes (once) a CA, a server certificate for localhost, one agent certificate, configs and
 //! an admin token under `./dev-state`, then runs the backend and one gateway agent in this
 //! process and prints what to try. Ctrl-C stops both.
+//!
+//! A crate of its own because it is the one place that links both daemons: the control plane
+//! library (`backend-agent`) does not link the agent's executor.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,11 +15,11 @@ use anyhow::{Context, Result};
 use gateway_agent::config::GatewayConfig;
 use mesh_certs::{Ca, Issued, Validity};
 
-use crate::auth::{new_token, token_sha256_hex};
-use crate::config::BackendConfig;
-use crate::{Backend, Listeners};
+use backend_agent::auth::{new_token, token_sha256_hex};
+use backend_agent::config::BackendConfig;
+use backend_agent::{Backend, Listeners};
 
-/// Options of `backend-agent dev`.
+/// Options of `agentmesh-dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {
     /// Where certificates, configs, token and state live.
@@ -79,7 +83,7 @@ pub fn prepare(opts: &DevOptions) -> Result<DevState> {
 
     let backend_toml = dir.join("backend.toml");
     let backend = format!(
-        r#"# Written by `backend-agent dev`; rewritten on every run.
+        r#"# Written by `agentmesh-dev`; rewritten on every run.
 [http]
 listen = "{http}"
 
@@ -117,7 +121,7 @@ role = "admin"
 
     let gateway_toml = dir.join("gateway.toml");
     let gateway = format!(
-        r#"# Written by `backend-agent dev`; rewritten on every run.
+        r#"# Written by `agentmesh-dev`; rewritten on every run.
 [agent]
 id = "{DEV_AGENT_ID}"
 site = "dev"
@@ -181,13 +185,14 @@ fn load_configs(
     Ok((backend, gateway))
 }
 
-/// Runs the quick start until Ctrl-C.
+/// Runs the quick start until Ctrl-C (or SIGTERM).
 pub async fn run(opts: DevOptions) -> Result<()> {
+    let shutdown = agentmesh_daemon::shutdown_signal();
     let state = prepare(&opts)?;
     let (config, gateway) = load_configs(&state, std::env::vars())?;
     let listeners = Listeners::bind(&config)
         .await
-        .context("is another backend (or `backend-agent dev`) already running? pass --http/--hub to use other ports")?;
+        .context("is another backend (or `agentmesh-dev`) already running? pass --http/--hub to use other ports")?;
     let backend = Backend::start(listeners, config).await?;
 
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -196,7 +201,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     }));
 
     print_next_steps(&opts, &state);
-    crate::shutdown_signal().await;
+    shutdown.await;
     let _ = stop_agent.send(());
     if let Ok(Err(e)) = agent.await {
         tracing::warn!(error = %e, "gateway agent stopped with an error");

@@ -2,9 +2,9 @@
 //! `READY=1` / `STOPPING=1`, `STATUS=` lines, and `WATCHDOG=1` keep-alives. All no-ops when
 //! not started by systemd (no `$NOTIFY_SOCKET`).
 //!
-//! Public so the backend uses it too. Failures are logged, never fatal: the service works
-//! the same without systemd. `NOTIFY_SOCKET` is kept in the environment because `stopping`
-//! comes later; verb programs never see it (their environment is cleared).
+//! Failures are logged, never fatal: the service works the same without systemd.
+//! `NOTIFY_SOCKET` is kept in the environment because `stopping` comes later; the gateway's
+//! verb programs never see it (their environment is cleared).
 //!
 //! The watchdog is fed from a task that first asks a probe whether the daemon's main loops
 //! are healthy: a wedged runtime sends nothing, and an unhealthy probe stops the keep-alives,
