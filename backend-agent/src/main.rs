@@ -25,6 +25,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The quick start: runs the `agentmesh-dev` binary installed next to this one (the
+    /// control plane does not link the agent, so the quick start lives in its own crate).
+    #[command(disable_help_flag = true)]
+    Dev {
+        /// Passed on to `agentmesh-dev` (e.g. `--dir`, `--http`, `--hub`, `--help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Revoke an agent offline (backend stopped): every pin refused from the next start on.
     /// With the backend running, use `DELETE /api/v1/agents/{id}` instead.
     Revoke {
@@ -109,8 +117,12 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Command::Dev { args }) = &cli.command {
+        return run_dev(cli.log_format, args);
+    }
     let log_hook = agentmesh_daemon::init_tracing(cli.log_format);
     match cli.command {
+        Some(Command::Dev { .. }) => ExitCode::from(EXIT_USAGE),
         Some(Command::Token {
             action: TokenAction::New { name, role },
         }) => {
@@ -272,4 +284,27 @@ fn runtime_main(fut: impl std::future::Future<Output = Result<(), (u8, String)>>
             ExitCode::from(code)
         }
     }
+}
+
+/// `backend-agent dev`: hands over to `agentmesh-dev` from the same directory, so the
+/// contract's quick-start command keeps working where both binaries are built or installed.
+fn run_dev(log_format: LogFormat, args: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let dev = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("agentmesh-dev")));
+    let Some(dev) = dev.filter(|p| p.is_file()) else {
+        eprintln!(
+            "backend-agent dev runs the agentmesh-dev binary, which is not next to this one; \
+             run `cargo run --release -p agentmesh-dev` (or `cargo build --release --workspace`)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let mut command = std::process::Command::new(&dev);
+    if matches!(log_format, LogFormat::Json) {
+        command.args(["--log-format", "json"]);
+    }
+    let error = command.args(args).exec();
+    eprintln!("cannot run {}: {error}", dev.display());
+    ExitCode::from(EXIT_USAGE)
 }
