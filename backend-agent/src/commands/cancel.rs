@@ -7,7 +7,7 @@ use tracing::warn;
 use super::{finish, lock, CommandService, SubmitError};
 use crate::audit::events;
 use crate::auth::Principal;
-use crate::authz::{Action, AgentScope, Ids, Subject};
+use crate::authz::Action;
 use crate::store::{CommandRecord, CommandState, StoreError};
 
 impl CommandService {
@@ -23,19 +23,7 @@ impl CommandService {
         let Some(rec) = self.store.get_command(command_id).await? else {
             return Err(crate::authz::AuthzError::NotFound(not_found()).into());
         };
-        let labels = self.registry.scope_labels(&rec.agent_id);
-        let subject = Subject {
-            verb: Some(&rec.verb),
-            agent: labels
-                .as_ref()
-                .map_or(AgentScope::Unknown, AgentScope::Labels),
-        };
-        let ids = Ids {
-            agent: Some(&rec.agent_id),
-            command: Some(command_id),
-        };
-        self.authz
-            .check(caller, Action::Cancel, &subject, ids, not_found)?;
+        self.check_record(caller, Action::Cancel, &rec, not_found)?;
         self.charge_operator(caller, Some(&rec.verb))?;
         if rec.status.is_final() {
             return Ok(rec);

@@ -75,6 +75,30 @@ impl CommandService {
         self.registry.scope_labels(agent_id)
     }
 
+    /// May `caller` do `action` (read or cancel) to the stored command `rec`? One place for
+    /// both, so a cancel is never scoped differently from a read. Refusals are audited by
+    /// [`crate::authz::Authz::check`]; out of scope is `NotFound(not_found())`.
+    pub(super) fn check_record(
+        &self,
+        caller: &Principal,
+        action: Action,
+        rec: &CommandRecord,
+        not_found: impl FnOnce() -> String,
+    ) -> Result<(), AuthzError> {
+        let labels = self.agent_scope(&rec.agent_id);
+        let subject = Subject {
+            verb: Some(&rec.verb),
+            agent: labels
+                .as_ref()
+                .map_or(AgentScope::Unknown, AgentScope::Labels),
+        };
+        let ids = Ids {
+            agent: Some(&rec.agent_id),
+            command: Some(&rec.command_id),
+        };
+        self.authz.check(caller, action, &subject, ids, not_found)
+    }
+
     fn may_read(&self, caller: &Principal, verb: Option<&str>, agent: Option<&str>) -> bool {
         let labels = agent.map(|a| self.agent_scope(a));
         let scope = match &labels {
@@ -110,19 +134,7 @@ impl CommandService {
     ) -> Result<Value, ReadError> {
         let not_found = || format!("unknown command or job {id:?}");
         if let Some(rec) = self.store.get_command(id).await? {
-            let labels = self.agent_scope(&rec.agent_id);
-            let subject = Subject {
-                verb: Some(&rec.verb),
-                agent: labels
-                    .as_ref()
-                    .map_or(AgentScope::Unknown, AgentScope::Labels),
-            };
-            let ids = Ids {
-                agent: Some(&rec.agent_id),
-                command: Some(id),
-            };
-            self.authz
-                .check(caller, Action::Read, &subject, ids, not_found)?;
+            self.check_record(caller, Action::Read, &rec, not_found)?;
             return Ok(render(&rec, true));
         }
         let Some(job) = self.store.get_job(id).await? else {
