@@ -102,20 +102,12 @@ enum RoleArg {
     Admin,
 }
 
-/// Exit code for bad usage or configuration (EX_USAGE).
-const EXIT_USAGE: u8 = 64;
+use agentmesh_daemon::EXIT_USAGE;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match agentmesh_daemon::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     if let Some(Command::Dev { args }) = &cli.command {
         return run_dev(cli.log_format, args);

@@ -16,4 +16,20 @@ pub mod notify;
 pub mod signal;
 
 pub use log::{init_tracing, LogFormat, LogHook};
+
+/// Exit code for bad usage or configuration (EX_USAGE), the same for every binary.
+pub const EXIT_USAGE: u8 = 64;
+
+/// Parses the command line; `Err` is the exit code after clap printed its message: 64 for a
+/// usage error, success for `--help`/`--version`.
+pub fn parse_args<C: clap::Parser>() -> Result<C, std::process::ExitCode> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(EXIT_USAGE)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}
 pub use signal::{hangups, shutdown_signal, stopped};

@@ -18,20 +18,10 @@ struct Cli {
     options: agentmesh_dev::DevOptions,
 }
 
-/// Exit code for bad usage (EX_USAGE).
-const EXIT_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match agentmesh_daemon::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     // The quick start has no `[log]` reload: the hook is not needed.
     let _ = agentmesh_daemon::init_tracing(cli.log_format);

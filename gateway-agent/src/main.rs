@@ -10,8 +10,7 @@ use gateway_agent::enroll::{EnrollError, EnrollOptions};
 use gateway_agent::enroll_cli::{self, EnrollCommand};
 use gateway_agent::{check_config, config_warnings, GatewayConfig, RunError};
 
-/// EX_USAGE: the configuration or the command line is wrong.
-const EXIT_USAGE: u8 = 64;
+use agentmesh_daemon::EXIT_USAGE;
 
 #[derive(Parser)]
 #[command(name = "gateway-agent", version, about = "agentmesh gateway agent")]
@@ -85,16 +84,9 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match agentmesh_daemon::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS // --help, --version
-            };
-        }
+        Err(code) => return code,
     };
     // The filter is fixed for the agent's lifetime: its config has no `[log]` to reload.
     let _ = agentmesh_daemon::init_tracing(cli.log_format);
