@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};
 use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
-use mesh_certs::Validity;
 
 /// nginx on PATH, or in the sbin directories Debian and source builds use (not always on a
 /// user's PATH).
@@ -135,16 +134,7 @@ async fn agent_connects_through_nginx_and_the_hub_checks_the_forwarded_certifica
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
     // nginx's own mesh identity towards the hub, and the public certificate it serves.
-    let proxy = pki
-        .ca
-        .issue_agent("nginx-front-door", Validity::days(2))
-        .unwrap();
-    proxy.save(&pki.path().join("nginx")).unwrap();
-    let front = pki
-        .ca
-        .issue_server("localhost", &["127.0.0.1".to_owned()], Validity::days(2))
-        .unwrap();
-    front.save(&pki.path().join("front")).unwrap();
+    let (proxy, _front) = agentmesh_e2e::nginx::front_door_certs(&pki);
 
     // nginx's pin is trusted as a proxy.
     let options = HubOptions {
