@@ -28,6 +28,7 @@
 mod journal;
 mod load;
 mod record;
+mod retention;
 mod scan;
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use agentmesh_protocol::ResultFrame;
 use tracing::warn;
 
-use journal::{decode, encode, Journal, Op, Span, Syncer};
+use journal::{encode, Journal, Op, Span, Syncer};
 
 pub use journal::JOURNAL;
 
@@ -206,19 +207,6 @@ impl Store {
         load::open(dir, retention, max_entries, audit)
     }
 
-    /// What is known about `id`.
-    pub fn stage(&self, id: &str) -> Option<Stage> {
-        lock(&self.inner).entries.get(id).map(|e| e.stage)
-    }
-
-    /// Whether `id`'s result has been written to a session.
-    pub fn is_delivered(&self, id: &str) -> bool {
-        lock(&self.inner)
-            .entries
-            .get(id)
-            .is_some_and(|e| e.delivered_ms.is_some())
-    }
-
     /// Call when a command's durable audit record is queued; drop the guard once its
     /// `start` is written (or it will not run).
     pub fn admitting(self: &Arc<Self>) -> Admitting {
@@ -336,124 +324,6 @@ impl Store {
         lock(&self.inner).journal.flush_lazy()
     }
 
-    /// The stored result of `id`, read back from the journal. Blocking.
-    pub fn result(&self, id: &str) -> io::Result<Option<Outgoing>> {
-        let inner = lock(&self.inner);
-        let Some(span) = inner.entries.get(id).and_then(|e| e.finish) else {
-            return Ok(None);
-        };
-        let line = inner.journal.read(span)?;
-        drop(inner);
-        match decode(&line) {
-            Some(Op::Finish {
-                id: found,
-                pin,
-                limit,
-                result,
-                ..
-            }) if found == id => Ok(Some(Outgoing {
-                frame: result,
-                sealed: pin.zip(limit),
-            })),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the journal line of this result does not check out",
-            )),
-        }
-    }
-
-    /// Ids of stored results never written to a session, oldest first.
-    pub fn undelivered(&self) -> Vec<String> {
-        self.ids_by(|e| {
-            (e.stage == Stage::Finished && e.delivered_ms.is_none()).then(|| e.age_from())
-        })
-    }
-
-    /// Ids of results last written to a session at or after `since_ms`, oldest first.
-    pub fn delivered_since(&self, since_ms: u64) -> Vec<String> {
-        self.ids_by(|e| e.delivered_ms.filter(|t| *t >= since_ms))
-    }
-
-    fn ids_by(&self, key: impl Fn(&Entry) -> Option<u64>) -> Vec<String> {
-        let inner = lock(&self.inner);
-        let mut ids: Vec<(u64, &String)> = inner
-            .entries
-            .iter()
-            .filter_map(|(id, e)| key(e).map(|k| (k, id)))
-            .collect();
-        ids.sort();
-        ids.into_iter().map(|(_, id)| id.clone()).collect()
-    }
-
-    /// When a result was last written to a session.
-    pub fn last_delivery_ms(&self) -> Option<u64> {
-        lock(&self.inner)
-            .entries
-            .values()
-            .filter_map(|e| e.delivered_ms)
-            .max()
-    }
-
-    /// Records held.
-    pub fn len(&self) -> usize {
-        lock(&self.inner).entries.len()
-    }
-
-    /// Whether no record is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes in the journal file.
-    pub fn journal_bytes(&self) -> u64 {
-        lock(&self.inner).journal.len()
-    }
-
-    /// Applies retention as of `now_ms`; returns how many records were removed. Records still
-    /// `started` (running) are never removed.
-    pub fn prune_at(&self, now_ms: u64) -> usize {
-        let mut inner = lock(&self.inner);
-        inner.last_prune_ms = now_ms;
-        let mut finished: Vec<(u64, String, bool)> = inner
-            .entries
-            .iter()
-            .filter(|(_, e)| e.stage == Stage::Finished)
-            .map(|(id, e)| (e.age_from(), id.clone(), e.delivered_ms.is_some()))
-            .collect();
-        finished.sort();
-        let expired = finished
-            .iter()
-            .take_while(|(t, _, _)| now_ms.saturating_sub(*t) > self.retention_ms)
-            .count();
-        // Leave room for the record about to be added.
-        let over = inner.entries.len().saturating_sub(self.max_entries - 1);
-        let n = expired.max(over).min(finished.len());
-        finished.truncate(n);
-        for (_, id, _) in &finished {
-            inner.entries.remove(id);
-        }
-        let undelivered = finished.iter().filter(|(_, _, d)| !d).count();
-        if undelivered > 0 {
-            warn!(
-                count = undelivered,
-                "dropping command results that were never delivered (retention)"
-            );
-        }
-        finished.len()
-    }
-
-    fn prune_if_due(&self, now: u64) {
-        let due = {
-            let inner = lock(&self.inner);
-            inner.entries.len() >= self.max_entries
-                || now.saturating_sub(inner.last_prune_ms)
-                    >= u64::try_from(PRUNE_EVERY.as_millis()).unwrap_or(u64::MAX)
-        };
-        if due {
-            self.prune_at(now);
-        }
-    }
-
     /// Appends a `mark` when no command is between its audit record and its `start`.
     fn mark_if_quiet(&self, inner: &mut Inner) -> io::Result<()> {
         if inner.max_seq > inner.mark && self.admitting.load(Ordering::Acquire) == 0 {
@@ -470,22 +340,6 @@ impl Store {
     fn sync(&self, at: (u64, u64)) -> io::Result<()> {
         let current = lock(&self.inner).journal.position();
         lock(&self.syncer).sync_to(at, current)
-    }
-
-    /// Rewrites the journal without dropped records once it is mostly garbage.
-    fn compact_if_due(&self) {
-        let mut inner = lock(&self.inner);
-        let len = inner.journal.len();
-        if len < COMPACT_MIN_BYTES {
-            return;
-        }
-        let live: u64 = inner.entries.values().map(Entry::bytes).sum();
-        if len <= live.saturating_mul(2) {
-            return;
-        }
-        if let Err(e) = self.compact(&mut inner) {
-            warn!(error = %e, "cannot compact the command journal; trying again later");
-        }
     }
 }
 
