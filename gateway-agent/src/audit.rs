@@ -37,6 +37,14 @@ use tracing::{error, info, warn};
 /// An unchanged connection failure is recorded again only after this long.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(3600);
 
+/// Records queued for the writer at most. The queue's slots are allocated up front (the
+/// default 65,536 cost ~10 MB of resident memory per agent); an agent runs at most
+/// `limits.max_concurrency` commands at a time, each queueing two or three records, and the
+/// writer takes the whole queue at every commit. At the bound an append fails with
+/// `Overloaded`: a plain record is logged as lost, and a command whose `command_requested`
+/// cannot be queued is not run (`audit_failed`).
+pub const QUEUE: usize = 1024;
+
 /// A durable append on its way to disk; completes with the record's seq.
 pub type Durable = Pin<Box<dyn Future<Output = Result<u64, AuditError>> + Send>>;
 
@@ -65,7 +73,11 @@ impl AgentAudit {
     /// Opens (creating it if needed) the log at `path` and logs what opening found (a torn
     /// tail cut after a crash, or a broken chain left as evidence).
     pub fn open(path: &Path, agent_id: &str) -> Result<AgentAudit, AuditError> {
-        let (log, report) = AuditLog::open(path, AuditOptions::default())?;
+        let options = AuditOptions {
+            queue_capacity: QUEUE,
+            ..AuditOptions::default()
+        };
+        let (log, report) = AuditLog::open(path, options)?;
         log_report(path, &report);
         Ok(AgentAudit {
             inner: Arc::new(Inner {
