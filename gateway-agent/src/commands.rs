@@ -213,3 +213,56 @@ impl Commands {
 fn window_ms() -> u64 {
     u64::try_from(RESEND_WINDOW.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::exec::{outcome, ExecSettings};
+    use crate::signing::Signer;
+    use mesh_certs::{Ca, Validity};
+
+    #[tokio::test]
+    async fn a_result_is_signed_once_and_again_only_for_a_new_key_or_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate("test CA").unwrap();
+        ca.issue_agent("edge-01", Validity::days(1))
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let signer = Signer::from_files(&dir.path().join("key.pem"), &dir.path().join("cert.pem"));
+        let pin = signer.pin().unwrap();
+        let settings = ExecSettings {
+            signer: signer.clone(),
+            ..ExecSettings::for_tests("edge-01", dir.path().join("state"))
+        };
+        let (executor, results) = Executor::open_with(settings).unwrap();
+        let commands = Commands::new(executor, results);
+        // As produced: signed by the current key for the live limit — sent as it is.
+        let mut frame = outcome::ok_stdout("c-1", "hello".into());
+        signer.ensure_signed(&mut frame);
+        let mut out = Outgoing {
+            frame: frame.clone(),
+            sealed: Some((pin.clone(), 1000)),
+        };
+        commands.prepare(&mut out, 1000);
+        assert_eq!(out.frame, frame, "untouched: no second signature");
+        // The hub's limit changed: fitted and signed again for it.
+        frame.signature = Some("stale".into());
+        out = Outgoing {
+            frame: frame.clone(),
+            sealed: Some((pin.clone(), 1000)),
+        };
+        commands.prepare(&mut out, 2000);
+        assert_ne!(out.frame.signature.as_deref(), Some("stale"));
+        assert_eq!(out.sealed, Some((pin.clone(), 2000)));
+        // Stored unsigned (an interrupted command): signed when sent.
+        out = Outgoing {
+            frame: outcome::failed("c-2", "interrupted", "x"),
+            sealed: None,
+        };
+        commands.prepare(&mut out, 2000);
+        assert!(out.frame.signature.is_some());
+        assert_eq!(out.sealed, Some((pin, 2000)));
+    }
+}

@@ -149,6 +149,17 @@ impl Signer {
         signer
     }
 
+    /// A signer for the PEM files at `key` and `cert`, loaded now (tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn from_files(key: &Path, cert: &Path) -> Signer {
+        let signer = Signer {
+            paths: Some(Arc::new((key.to_owned(), cert.to_owned()))),
+            key: Arc::default(),
+        };
+        let _ = signer.reload();
+        signer
+    }
+
     /// Reads the key and certificate again; returns the pin of the loaded key. On failure the
     /// signer is emptied (an old key would sign results the hub cannot verify).
     pub fn reload(&self) -> Result<String, SigningError> {
