@@ -84,7 +84,7 @@ impl Commands {
     /// result comes later from [`Commands::next_result`], or never for an ignored duplicate).
     pub async fn handle_command(&mut self, command: CommandFrame) -> Option<Outgoing> {
         match self.executor.submit(command).await {
-            Submitted::Reply(result) => Some(result),
+            Submitted::Reply(result) => Some(*result),
             Submitted::Started | Submitted::AlreadyRunning => None,
         }
     }

@@ -99,7 +99,7 @@ pub enum ExecError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// Answer this at once (refusal, or the stored result of a repeated id).
-    Reply(Outgoing),
+    Reply(Box<Outgoing>),
     /// Running; the result will come through [`Results`].
     Started,
     /// The same id is running in this process: ignored, its result will come.
@@ -259,11 +259,11 @@ impl Executor {
                 let key = id.clone();
                 let stored = tokio::task::spawn_blocking(move || store.result(&key)).await;
                 match stored {
-                    Ok(Ok(Some(result))) => Submitted::Reply(result),
-                    Ok(Ok(None)) => Submitted::Reply(unsealed(interrupted(&id))),
+                    Ok(Ok(Some(result))) => reply(result),
+                    Ok(Ok(None)) => reply(unsealed(interrupted(&id))),
                     Ok(Err(e)) => {
                         error!(command.id = %id, error = %e, "cannot read a stored result");
-                        Submitted::Reply(unsealed(outcome::failed(
+                        reply(unsealed(outcome::failed(
                             &id,
                             "result_unavailable",
                             "this command already ran but its stored result cannot be read; \
@@ -272,7 +272,7 @@ impl Executor {
                     }
                     Err(e) => {
                         error!(command.id = %id, error = %e, "result reader failed");
-                        Submitted::Reply(unsealed(outcome::failed(
+                        reply(unsealed(outcome::failed(
                             &id,
                             "result_unavailable",
                             "this command already ran; it was not run again",
@@ -367,6 +367,11 @@ impl Executor {
         running.remove(id);
         self.inner.active.send_replace(running.len());
     }
+}
+
+/// An immediate answer.
+pub(crate) fn reply(result: Outgoing) -> Submitted {
+    Submitted::Reply(Box::new(result))
 }
 
 /// A result not signed for any key or limit yet (signed when it is sent).
