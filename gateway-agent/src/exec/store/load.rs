@@ -243,7 +243,20 @@ impl Store {
     /// does not know (its `start` was lost with the page cache), within retention.
     fn adopt_audited(&self, hint: &AuditHint, mark: u64, now: u64) -> io::Result<()> {
         let oldest = now.saturating_sub(self.retention_ms);
-        for admitted in scan::admitted_after(&hint.path, mark)? {
+        let admitted = match scan::admitted_after(&hint.path, mark) {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                // Only a power loss makes this matter; refusing to start would not help.
+                warn!(
+                    path = %hint.path.display(),
+                    error = %e,
+                    "cannot read the audit log back to find commands a power loss may have \
+                     hidden from the journal"
+                );
+                Vec::new()
+            }
+        };
+        for admitted in admitted {
             if admitted.ms < oldest || self.stage(&admitted.id).is_some() {
                 continue;
             }

@@ -44,17 +44,25 @@ pub(super) fn admitted_after(path: &Path, after: u64) -> io::Result<Vec<Admitted
     let needle = format!("\"kind\":\"{}\"", kinds::COMMAND_REQUESTED);
     let mut out = Vec::new();
     for file in files.iter().rev() {
-        let reader = io::BufReader::new(std::fs::File::open(file)?);
+        let mut reader = io::BufReader::new(std::fs::File::open(file)?);
         let mut first_seq = None;
-        for line in reader.lines() {
-            let line = line?;
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            if reader.read_until(b'\n', &mut bytes)? == 0 {
+                break;
+            }
+            // Garbage (a torn tail, tampering) is not a command; the audit log reports it.
+            let Ok(line) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
             if first_seq.is_none() {
-                first_seq = serde_json::from_str::<Line>(&line).ok().map(|l| l.seq);
+                first_seq = serde_json::from_str::<Line>(line).ok().map(|l| l.seq);
             }
             if !line.contains(&needle) {
                 continue;
             }
-            if let Some(admitted) = admitted(&line, after) {
+            if let Some(admitted) = admitted(line, after) {
                 out.push(admitted);
             }
         }

@@ -198,6 +198,13 @@ async fn a_command_the_audit_log_admitted_but_the_journal_lost_is_never_run_agai
         ("rejected", "rate_limited"),
     );
     audit.flush().await;
+    // Bytes that are not even text do not stop the agent from starting.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&audit_path)
+        .unwrap();
+    f.write_all(b"\xff\xfe{\"kind\":\"command_requested\"\n")
+        .unwrap();
     drop(store);
     let (store, report) = Store::open(dir.path(), DAY, MAX_ENTRIES, hint(&audit)).unwrap();
     assert_eq!(report.interrupted, ["lost"]);
