@@ -51,7 +51,7 @@ impl Executor {
                 // could not be stored). Never run it again.
                 warn!(command.id = %id, "repeated command id with no stored outcome");
                 duplicate("lost");
-                return Admission::Done(super::reply(super::unsealed(interrupted(&id))));
+                return Admission::Done(outcome::reply(outcome::unsealed(interrupted(&id))));
             }
             None => {}
         }
@@ -149,7 +149,7 @@ impl Executor {
                 None,
             );
         }
-        Admission::Done(super::reply(super::Outgoing {
+        Admission::Done(outcome::reply(super::Outgoing {
             frame: result,
             sealed: sealed_for,
         }))

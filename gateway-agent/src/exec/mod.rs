@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentmesh_protocol::{CommandFrame, ResultFrame};
+use agentmesh_protocol::CommandFrame;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
@@ -65,6 +65,7 @@ use crate::config::GatewayConfig;
 use crate::signing::Signer;
 use admit::{interrupted, Admission};
 use limits::Limits;
+use outcome::{reply, unsealed};
 use process::CancelReason;
 use reconfigure::VerbTable;
 use store::{AuditHint, LoadReport, Store};
@@ -366,19 +367,6 @@ impl Executor {
         let mut running = lock(&self.inner.running);
         running.remove(id);
         self.inner.active.send_replace(running.len());
-    }
-}
-
-/// An immediate answer.
-pub(crate) fn reply(result: Outgoing) -> Submitted {
-    Submitted::Reply(Box::new(result))
-}
-
-/// A result not signed for any key or limit yet (signed when it is sent).
-pub(crate) fn unsealed(frame: ResultFrame) -> Outgoing {
-    Outgoing {
-        frame,
-        sealed: None,
     }
 }
 
