@@ -5,7 +5,7 @@
 //! | kind | when | details |
 //! |---|---|---|
 //! | `command_requested` | a `command` frame arrived; **durable before the command runs** | `verb`, `args` (`secret` and undeclared params as salted hashes), `timeout_ms`, `issued_at`; `duplicate` for a repeated id; `rejected` for a refused one |
-//! | `command_result` | a result was signed (when produced, or again at delivery) | `status`, `exit_code`, `duration_ms`, `truncated`, `error`, `result_sha256`, and `signature`/`public_key`/`agent_pin` (checked by `audit verify`) or `unsigned` |
+//! | `command_result` | a result was signed (when produced; again at delivery only if the key or the hub's limit changed since) | `status`, `exit_code`, `duration_ms`, `truncated`, `error`, `result_sha256`, and `signature`/`public_key`/`agent_pin` (checked by `audit verify`) or `unsigned` |
 //! | `rate_limited` | a command refused by `[limits]` | `verb`, `limit` |
 //! | `agent_connected` / `agent_disconnected` | a session with the hub started / ended | `session_id`, `hub_pin`, `agent_pin` / `code`, `reason` |
 //! | `auth_failed` | the hub's pin is not in `server_pins`, or the hub refused us (4001) | `presented_pin`, `expected_pins` / `code`, `reason` |
@@ -37,14 +37,16 @@ use tracing::{error, info, warn};
 /// An unchanged connection failure is recorded again only after this long.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(3600);
 
-/// Records the agent's audit queue holds; beyond it an append is refused with `Overloaded`,
-/// exactly as at the library default, only sooner. An agent writes a few records per command
-/// and runs at most 1,024 at once; the default (65,536) is preallocated by the bounded
-/// channel and cost ~8 MiB of RSS per agent (found by `bench`, see `bench/README.md`).
-pub const QUEUE_CAPACITY: usize = 1024;
+/// Records queued for the writer at most. The queue's slots are allocated up front (the
+/// default 65,536 cost ~10 MB of resident memory per agent); an agent runs at most
+/// `limits.max_concurrency` commands at a time, each queueing two or three records, and the
+/// writer takes the whole queue at every commit. At the bound an append fails with
+/// `Overloaded`: a plain record is logged as lost, and a command whose `command_requested`
+/// cannot be queued is not run (`audit_failed`).
+pub const QUEUE: usize = 1024;
 
-/// A durable append on its way to disk.
-pub type Durable = Pin<Box<dyn Future<Output = Result<(), AuditError>> + Send>>;
+/// A durable append on its way to disk; completes with the record's seq.
+pub type Durable = Pin<Box<dyn Future<Output = Result<u64, AuditError>> + Send>>;
 
 /// The agent's audit log; cheap to clone.
 #[derive(Clone)]
@@ -72,7 +74,7 @@ impl AgentAudit {
     /// tail cut after a crash, or a broken chain left as evidence).
     pub fn open(path: &Path, agent_id: &str) -> Result<AgentAudit, AuditError> {
         let options = AuditOptions {
-            queue_capacity: QUEUE_CAPACITY,
+            queue_capacity: QUEUE,
             ..AuditOptions::default()
         };
         let (log, report) = AuditLog::open(path, options)?;
@@ -90,7 +92,17 @@ impl AgentAudit {
     pub fn requested_durable(&self, command: &CommandFrame, spec: &VerbSpec) -> Durable {
         let event = self.requested_event(command, Some(spec), None);
         let pending = self.inner.log.append_durable(event);
-        Box::pin(async move { pending.await.map(|_| ()) })
+        Box::pin(async move { pending.await.map(|record| record.seq) })
+    }
+
+    /// The log's current file.
+    pub fn path(&self) -> &Path {
+        self.inner.log.path()
+    }
+
+    /// Seq of the last record on disk.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.log.durable_tail().0
     }
 
     /// `command_requested` for a command that will not run: refused (`note` = the code) or a

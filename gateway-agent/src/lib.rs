@@ -26,7 +26,7 @@
 //!   [`enroll_cli`]: what the subcommand does around it.
 //! - [`backoff`]: reconnect delays (exponential, jittered, reset after a healthy session).
 //! - [`exec`]: the [`Executor`](exec::Executor): verbs, process groups, limits and the durable
-//!   at-most-once result store in `state_dir/results`.
+//!   at-most-once command journal in `state_dir/results/journal`.
 //! - [`commands`]: what a session does with `command`/`cancel` frames and how results are
 //!   delivered (pending results after `welcome`, resend window).
 //! - [`state`]: [`AgentState`], the observable connection state.
@@ -57,5 +57,5 @@ pub use config::{
     check_config, config_warnings, ConfigError, GatewayConfig, ParamConfig, VerbConfig,
 };
 pub use dialer::{run, run_reloadable, run_with_state, RunError};
-pub use exec::{Executor, Results, Submitted};
+pub use exec::{Executor, Outgoing, Results, Submitted};
 pub use state::{AgentState, StateSnapshot};

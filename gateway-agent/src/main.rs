@@ -12,6 +12,9 @@ use gateway_agent::{check_config, config_warnings, GatewayConfig, RunError};
 
 use agentmesh_daemon::EXIT_USAGE;
 
+/// Threads for blocking work (file I/O, fsyncs, user lookups); more wait their turn.
+const BLOCKING_THREADS: usize = 8;
+
 #[derive(Parser)]
 #[command(name = "gateway-agent", version, about = "agentmesh gateway agent")]
 struct Cli {
@@ -201,8 +204,11 @@ fn run(path: &std::path::Path) -> ExitCode {
     for w in config_warnings(&config) {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs everything: an agent holds one session and a few commands, and every
+    // worker thread (with its malloc arena) is resident memory on each host. Blocking work
+    // (journal fsyncs, user lookups) goes to a small pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {

@@ -2,11 +2,12 @@
 //! certificate key over [`agentmesh_audit::result_digest`] of the frame as sent (see
 //! `docs/audit.md`), so a result can later be proven to come from this agent's key.
 //!
-//! Results are signed when they are produced (and stored signed, so a result re-sent after a
-//! reconnect keeps its signature), then checked once more just before they are written to a
-//! session: a frame trimmed to the hub's message limit, never signed (an interrupted command,
-//! a signing failure) or signed with a key that has since been renewed is signed again with the
-//! current key. The hub checks a signature against the key of the session's certificate, so
+//! Results are signed once, when they are produced, and stored signed together with the pin
+//! of the key and the message limit they were fitted to, so a result re-sent after a reconnect
+//! goes out as stored. Just before a result is written to a session only that pin and limit are
+//! compared with the current ones (no second digest or verification): a frame fitted to
+//! another limit, never signed (an interrupted command, a signing failure) or signed with a key
+//! that has since been renewed is fitted and signed again with the current key. The hub checks a signature against the key of the session's certificate, so
 //! re-signing at delivery is what keeps results produced before a renewal verifiable after it.
 //!
 //! The [`Signer`] is a shared handle: the dialer reloads it together with the TLS material
@@ -146,6 +147,17 @@ impl Signer {
         if let Err(e) = signer.reload() {
             warn!(error = %e, "results will not be signed until the key can be loaded");
         }
+        signer
+    }
+
+    /// A signer for the PEM files at `key` and `cert`, loaded now (tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn from_files(key: &Path, cert: &Path) -> Signer {
+        let signer = Signer {
+            paths: Some(Arc::new((key.to_owned(), cert.to_owned()))),
+            key: Arc::default(),
+        };
+        let _ = signer.reload();
         signer
     }
 

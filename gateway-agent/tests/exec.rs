@@ -127,7 +127,7 @@ fn command(id: &str, verb: &str, args: Value) -> CommandFrame {
 async fn result_of(results: &mut Results, id: &str) -> ResultFrame {
     let wait = async {
         loop {
-            let r = results.recv().await.expect("results channel closed");
+            let r = results.recv().await.expect("results channel closed").frame;
             if r.command_id == id {
                 return r;
             }
@@ -142,7 +142,7 @@ async fn run(exec: &Executor, results: &mut Results, cmd: CommandFrame) -> Resul
     let id = cmd.command_id.clone();
     match exec.submit(cmd).await {
         Submitted::Started => result_of(results, &id).await,
-        Submitted::Reply(r) => r,
+        Submitted::Reply(r) => r.frame,
         Submitted::AlreadyRunning => panic!("{id} is already running"),
     }
 }
@@ -243,7 +243,7 @@ async fn a_repeated_command_id_executes_once() {
     assert_eq!(first.status, CommandStatus::Ok, "{first:?}");
     for _ in 0..3 {
         match exec.submit(cmd.clone()).await {
-            Submitted::Reply(again) => assert_eq!(again, first),
+            Submitted::Reply(again) => assert_eq!(again.frame, first),
             other => panic!("{other:?}"),
         }
     }
@@ -269,7 +269,7 @@ async fn a_restart_answers_from_the_store_and_keeps_pending_results() {
         let mut commands = Commands::new(exec.clone(), results);
         let cmd = command("c-durable", "mkunique", json!({"parent": parent}));
         assert_eq!(commands.handle_command(cmd).await, None);
-        let r = commands.next_result().await;
+        let r = commands.next_result().await.frame;
         assert_eq!(r.command_id, "c-durable");
         // Finished but never written to a session: pending.
         assert_eq!(commands.pending_results(), ["c-durable"]);
@@ -280,19 +280,23 @@ async fn a_restart_answers_from_the_store_and_keeps_pending_results() {
     let mut commands = Commands::new(exec.clone(), results);
     assert_eq!(commands.pending_results(), ["c-durable"]);
     let cmd = command("c-durable", "mkunique", json!({"parent": parent}));
-    assert_eq!(commands.handle_command(cmd).await, Some(first.clone()));
+    let again = commands.handle_command(cmd).await.map(|o| o.frame);
+    assert_eq!(again, Some(first.clone()));
     assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 1);
     // A new session starts with the pending result; once delivered it is no longer pending.
     let backlog = commands.backlog();
     assert_eq!(backlog.ids, ["c-durable"]);
-    assert_eq!(commands.stored("c-durable").await, Some(first));
-    commands.delivered("c-durable").await;
+    let stored = commands.stored("c-durable").await.map(|o| o.frame);
+    assert_eq!(stored, Some(first));
+    commands.delivered("c-durable");
     assert!(commands.pending_results().is_empty());
     // Delivered just now, then the session died: the next session sends it again.
     commands.session_ended();
     assert_eq!(commands.backlog().ids, ["c-durable"]);
-    // And a restart treats the last deliveries the same way.
+    // And a restart treats the last deliveries the same way (a clean stop writes the
+    // delivery marks kept in memory).
     drop(commands);
+    drop(exec);
     let (exec, results) = open(&state);
     let mut commands = Commands::new(exec, results);
     assert!(commands.pending_results().is_empty());
@@ -370,7 +374,7 @@ async fn refusals_are_immediate_and_name_the_reason() {
     ))
     .unwrap();
     let reply = |s: Submitted| match s {
-        Submitted::Reply(r) => r,
+        Submitted::Reply(r) => r.frame,
         other => panic!("{other:?}"),
     };
     let r = reply(exec.submit(command("r-1", "reboot", json!({}))).await);
@@ -441,7 +445,7 @@ async fn shutdown_cancels_what_outlives_the_grace_and_refuses_new_work() {
     assert_eq!(error_code(&r), "agent_shutdown");
     assert_eq!(processes_with_arg(secs), 0);
     match exec.submit(command("s-new", "ping", json!({}))).await {
-        Submitted::Reply(r) => assert_eq!(error_code(&r), "shutting_down"),
+        Submitted::Reply(r) => assert_eq!(error_code(&r.frame), "shutting_down"),
         other => panic!("{other:?}"),
     }
     // The stored result is still there for a repeated id.
@@ -449,7 +453,7 @@ async fn shutdown_cancels_what_outlives_the_grace_and_refuses_new_work() {
         .submit(command("s-long", "sleep", json!({"secs": secs})))
         .await
     {
-        Submitted::Reply(again) => assert_eq!(again, r),
+        Submitted::Reply(again) => assert_eq!(again.frame, r),
         other => panic!("{other:?}"),
     }
 }

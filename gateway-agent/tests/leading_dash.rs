@@ -65,12 +65,12 @@ fn command(id: &str, verb: &str, args: Value) -> CommandFrame {
 async fn run(exec: &Executor, results: &mut Results, cmd: CommandFrame) -> ResultFrame {
     let id = cmd.command_id.clone();
     match exec.submit(cmd).await {
-        Submitted::Reply(r) => r,
+        Submitted::Reply(r) => r.frame,
         Submitted::AlreadyRunning => panic!("{id} is already running"),
         Submitted::Started => {
             let wait = async {
                 loop {
-                    let r = results.recv().await.expect("results channel closed");
+                    let r = results.recv().await.expect("results channel closed").frame;
                     if r.command_id == id {
                         return r;
                     }

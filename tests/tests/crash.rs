@@ -37,11 +37,34 @@ async fn command(http_addr: std::net::SocketAddr, id: &str) -> Value {
     r.json()
 }
 
-/// The agent's durable record of command `id` (None until it exists).
+/// The agent's record of command `id` from its journal (`<checksum> <json>` lines:
+/// `start`, `finish`, `delivered`), as `started_ms`/`finished_ms`/`delivered_ms`/`result`;
+/// None until its `start` is there.
 fn agent_record(state_dir: &Path, id: &str) -> Option<Value> {
-    let text =
-        std::fs::read_to_string(state_dir.join("results").join(format!("{id}.json"))).ok()?;
-    serde_json::from_str(&text).ok()
+    let text = std::fs::read_to_string(state_dir.join("results").join("journal")).ok()?;
+    let mut record: Option<serde_json::Map<String, Value>> = None;
+    for line in text.lines() {
+        let Some(op) = line
+            .get(17..)
+            .and_then(|json| serde_json::from_str::<Value>(json).ok())
+        else {
+            continue;
+        };
+        if op["id"] != id {
+            continue;
+        }
+        let r = record.get_or_insert_with(Default::default);
+        match op["op"].as_str() {
+            Some("start") => r.insert("started_ms".into(), op["ms"].clone()),
+            Some("finish") => {
+                r.insert("result".into(), op["result"].clone());
+                r.insert("finished_ms".into(), op["ms"].clone())
+            }
+            Some("delivered") => r.insert("delivered_ms".into(), op["ms"].clone()),
+            _ => None,
+        };
+    }
+    record.map(Value::Object)
 }
 
 async fn connected(http_addr: std::net::SocketAddr) -> bool {

@@ -51,7 +51,7 @@ impl Executor {
                 // could not be stored). Never run it again.
                 warn!(command.id = %id, "repeated command id with no stored outcome");
                 duplicate("lost");
-                return Admission::Done(Submitted::Reply(interrupted(&id)));
+                return Admission::Done(outcome::reply(outcome::unsealed(interrupted(&id))));
             }
             None => {}
         }
@@ -74,10 +74,11 @@ impl Executor {
             Ok(p) => p,
             Err(e) => return reject("rate_limited", e.to_string()),
         };
-        let audited = inner
-            .audit
-            .as_ref()
-            .map(|a| a.requested_durable(&command, &verb.spec));
+        // Counted before the audit record gets its seq (see `store::Store::admitting`).
+        let audited = inner.audit.as_ref().map(|a| {
+            let admitting = inner.store.admitting();
+            (a.requested_durable(&command, &verb.spec), admitting)
+        });
         let (cancel_tx, cancel_rx) = watch::channel(None);
         let span = tracing::info_span!("command", command.id = %id, command.verb = %command.verb);
         let guard = task::RunningGuard::new(self.clone(), id.clone());
@@ -126,6 +127,10 @@ impl Executor {
         );
         let mut result = outcome::rejected(id, code, message);
         let sealed = self.inner.signer.ensure_signed(&mut result);
+        // A refusal is a few hundred bytes: it fits any limit the hub can set.
+        let sealed_for = sealed
+            .signature()
+            .map(|s| (s.agent_pin.clone(), self.hub_limit()));
         if let Some(audit) = &self.inner.audit {
             audit.requested(command, spec, ("rejected", code));
             if code == "rate_limited" {
@@ -144,7 +149,10 @@ impl Executor {
                 None,
             );
         }
-        Admission::Done(Submitted::Reply(result))
+        Admission::Done(outcome::reply(super::Outgoing {
+            frame: result,
+            sealed: sealed_for,
+        }))
     }
 }
 

@@ -8,11 +8,13 @@
 //!              ├─ shutting down                    → rejected shutting_down
 //!              ├─ unknown verb / bad args          → rejected unknown_verb / invalid_args
 //!              ├─ over max_concurrency or per-minute quota → rejected rate_limited
-//!              └─ task: audit command_requested (fsync) → record started (fsync)
-//!                       → run (built-in | process group) → fit to the hub's limit, sign,
-//!                       audit command_result → record finished (fsync) → results channel ─► live session
-//!                                                   (full or no session: stays pending
-//!                                                    in the store, sent after welcome)
+//!              └─ task: audit command_requested (fsync, group commit) → journal `start`
+//!                       (written; fsynced only without an audit log) → run (built-in |
+//!                       process group) → fit to the hub's limit, sign once, audit
+//!                       command_result → journal `finish` (fsync, group commit)
+//!                       → results channel ─► live session
+//!                                            (full or no session: stays pending
+//!                                             in the store, sent after welcome)
 //! ```
 //!
 //! Every arrival is audited (refusals and repeated ids too; see [`crate::audit`]); a command
@@ -31,7 +33,7 @@
 //! - [`capture`]: capped stdout/stderr capture.
 //! - [`builtin`]: `ping` and `sysinfo`.
 //! - [`limits`]: `max_concurrency` and `commands_per_minute`.
-//! - [`store`]: durable started/finished/delivered records.
+//! - [`store`]: the command journal: started/finished/delivered records.
 //! - [`outcome`]: result frames and error codes, fitting a result into a frame.
 //! - `settings`: [`ExecSettings`].
 
@@ -53,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentmesh_protocol::{CommandFrame, ResultFrame};
+use agentmesh_protocol::CommandFrame;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
@@ -63,9 +65,12 @@ use crate::config::GatewayConfig;
 use crate::signing::Signer;
 use admit::{interrupted, Admission};
 use limits::Limits;
+use outcome::{reply, unsealed};
 use process::CancelReason;
 use reconfigure::VerbTable;
-use store::{LoadReport, Store};
+use store::{AuditHint, LoadReport, Store};
+
+pub use store::Outgoing;
 
 pub use settings::ExecSettings;
 
@@ -78,7 +83,7 @@ pub const COMMAND_GRACE: Duration = Duration::from_secs(10);
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// The results directory is unusable.
+    /// The results directory (its journal) is unusable.
     #[error("agent.state_dir: cannot keep command results in {path}: {source}")]
     State {
         /// `state_dir/results`.
@@ -95,7 +100,7 @@ pub enum ExecError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// Answer this at once (refusal, or the stored result of a repeated id).
-    Reply(ResultFrame),
+    Reply(Box<Outgoing>),
     /// Running; the result will come through [`Results`].
     Started,
     /// The same id is running in this process: ignored, its result will come.
@@ -107,17 +112,17 @@ pub enum Submitted {
 /// whenever [`Executor::take_overflow`] says something was missed.
 #[derive(Debug)]
 pub struct Results {
-    rx: mpsc::Receiver<ResultFrame>,
+    rx: mpsc::Receiver<Outgoing>,
 }
 
 impl Results {
     /// The next finished result.
-    pub async fn recv(&mut self) -> Option<ResultFrame> {
+    pub async fn recv(&mut self) -> Option<Outgoing> {
         self.rx.recv().await
     }
 
     /// A finished result if one is waiting.
-    pub fn try_recv(&mut self) -> Option<ResultFrame> {
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
         self.rx.try_recv().ok()
     }
 }
@@ -138,7 +143,7 @@ struct Inner {
     limits: Arc<Mutex<Limits>>,
     /// One entry per command task; the task removes its own entry when it ends.
     running: Mutex<HashMap<String, Running>>,
-    results: mpsc::Sender<ResultFrame>,
+    results: mpsc::Sender<Outgoing>,
     overflowed: AtomicBool,
     accepting: AtomicBool,
     /// Number of running command tasks, for shutdown to wait on.
@@ -165,10 +170,15 @@ impl Executor {
     /// [`Executor::open`] from explicit settings.
     pub fn open_with(settings: ExecSettings) -> Result<(Executor, Results), ExecError> {
         let verbs = verb::table(&settings.verbs).map_err(ExecError::Verb)?;
+        let hint = settings.audit.as_ref().map(|a| AuditHint {
+            path: a.path().to_path_buf(),
+            durable_seq: a.durable_seq(),
+        });
         let (store, report) = Store::open(
             &settings.state_dir,
             settings.result_retention,
             settings.max_stored_results,
+            hint,
         )
         .map_err(|source| ExecError::State {
             path: settings
@@ -250,24 +260,24 @@ impl Executor {
                 let key = id.clone();
                 let stored = tokio::task::spawn_blocking(move || store.result(&key)).await;
                 match stored {
-                    Ok(Ok(Some(result))) => Submitted::Reply(result),
-                    Ok(Ok(None)) => Submitted::Reply(interrupted(&id)),
+                    Ok(Ok(Some(result))) => reply(result),
+                    Ok(Ok(None)) => reply(unsealed(interrupted(&id))),
                     Ok(Err(e)) => {
                         error!(command.id = %id, error = %e, "cannot read a stored result");
-                        Submitted::Reply(outcome::failed(
+                        reply(unsealed(outcome::failed(
                             &id,
                             "result_unavailable",
                             "this command already ran but its stored result cannot be read; \
                              it was not run again",
-                        ))
+                        )))
                     }
                     Err(e) => {
                         error!(command.id = %id, error = %e, "result reader failed");
-                        Submitted::Reply(outcome::failed(
+                        reply(unsealed(outcome::failed(
                             &id,
                             "result_unavailable",
                             "this command already ran; it was not run again",
-                        ))
+                        )))
                     }
                 }
             }
@@ -290,6 +300,7 @@ impl Executor {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.accepting.store(false, Ordering::Release);
         if self.wait_idle(grace).await {
+            self.flush_store().await;
             return;
         }
         let ids: Vec<String> = {
@@ -308,6 +319,7 @@ impl Executor {
             .wait_idle(process::KILL_GRACE + process::OUTPUT_GRACE + Duration::from_secs(5))
             .await
         {
+            self.flush_store().await;
             return;
         }
         let running = lock(&self.inner.running);
@@ -321,6 +333,16 @@ impl Executor {
         }
     }
 
+    /// Writes the delivery marks kept in memory.
+    async fn flush_store(&self) {
+        let store = self.inner.store.clone();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot write delivery marks to the command journal"),
+            Err(e) => warn!(error = %e, "journal flush failed"),
+        }
+    }
+
     async fn wait_idle(&self, limit: Duration) -> bool {
         let mut rx = self.inner.active.subscribe();
         let idle = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
@@ -330,12 +352,12 @@ impl Executor {
     }
 
     /// Hands a finished result to whichever session is live.
-    fn deliver(&self, result: ResultFrame) {
+    fn deliver(&self, result: Outgoing) {
         match self.inner.results.try_send(result) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(r)) => {
                 self.inner.overflowed.store(true, Ordering::Release);
-                debug!(command.id = %r.command_id, "result queue full; the result waits in the store");
+                debug!(command.id = %r.frame.command_id, "result queue full; the result waits in the store");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -351,6 +373,7 @@ impl Executor {
 fn log_load(report: &LoadReport) {
     info!(
         loaded = report.loaded,
+        migrated = report.migrated,
         skipped = report.skipped,
         pruned = report.pruned,
         "command result store opened"

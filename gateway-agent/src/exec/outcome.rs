@@ -182,6 +182,19 @@ fn signal_name(signal: i32) -> String {
     }
 }
 
+/// An immediate answer.
+pub(crate) fn reply(result: super::Outgoing) -> super::Submitted {
+    super::Submitted::Reply(Box::new(result))
+}
+
+/// A result not signed for any key or limit yet (signed when it is sent).
+pub(crate) fn unsealed(frame: ResultFrame) -> super::Outgoing {
+    super::Outgoing {
+        frame,
+        sealed: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

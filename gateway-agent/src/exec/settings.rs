@@ -47,4 +47,20 @@ impl ExecSettings {
             signer: Signer::disabled(),
         }
     }
+
+    /// Settings with no verbs, no audit log and no signer (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(agent_id: &str, state_dir: PathBuf) -> Self {
+        ExecSettings {
+            agent_id: agent_id.to_owned(),
+            state_dir,
+            verbs: Vec::new(),
+            max_concurrency: 4,
+            commands_per_minute: 120,
+            result_retention: Duration::from_secs(86_400),
+            max_stored_results: store::MAX_ENTRIES,
+            audit: None,
+            signer: Signer::disabled(),
+        }
+    }
 }

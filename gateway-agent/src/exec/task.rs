@@ -1,10 +1,11 @@
 //! One command, from its durable start record to its result.
 //!
-//! The `command_requested` audit record and the start record are both made durable (fsync)
-//! before anything runs: if either fails the command does not run. The result is fitted to the
-//! hub's message limit, signed and audited before it is stored.
-//! The result is recorded (fsync) before the task leaves the running map, so a repeated id
-//! always finds the command either running or stored. Logs carry the id, verb, requester,
+//! Before anything runs, the `command_requested` audit record is made durable (one fsync,
+//! group-committed with other commands) and the journal's `start` written (fsynced only when
+//! there is no audit log: then it is the at-most-once marker): if either fails the command does
+//! not run. The result is fitted to the hub's message limit, signed once and audited, then
+//! stored (one fsync) before the task leaves the running map, so a repeated id always finds
+//! the command either running or stored; the same signed frame is what gets sent. Logs carry the id, verb, requester,
 //! status and duration — never the arguments, which may be secret.
 
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use tracing::{error, info};
 use super::limits::Permit;
 use super::outcome;
 use super::process::{self, CancelReason, Invocation};
+use super::store::Admitting;
 use super::store::{self, Meta};
 use super::verb::{self, ProgramVerb, Verb, VerbKind};
-use super::Executor;
+use super::{Executor, Outgoing};
 use crate::audit::Durable;
 
 /// Removes the command from the executor's running map however the task ends (even aborted).
@@ -48,7 +50,7 @@ pub(super) async fn execute(
     executor: Executor,
     verb: Arc<Verb>,
     command: CommandFrame,
-    audited: Option<Durable>,
+    audited: Option<(Durable, Admitting)>,
     cancel: watch::Receiver<Option<CancelReason>>,
     permit: Permit,
     guard: RunningGuard,
@@ -59,18 +61,21 @@ pub(super) async fn execute(
         requested_by: command.requested_by.clone(),
     };
     let store = executor.inner.store.clone();
-    let audit_failed = match audited {
-        Some(durable) => durable.await.err(),
-        None => None,
+    let (audit_seq, admitting) = match audited {
+        Some((durable, admitting)) => (Some(durable.await), Some(admitting)),
+        None => (None, None),
     };
-    let recorded = match &audit_failed {
-        Some(e) => Err(std::io::Error::other(format!("audit log: {e}"))),
-        None => {
+    let audit_failed = audit_seq.as_ref().and_then(|r| r.as_ref().err());
+    let recorded = match (&audit_failed, audit_seq.as_ref()) {
+        (Some(e), _) => Err(std::io::Error::other(format!("audit log: {e}"))),
+        (None, seq) => {
+            let seq = seq.and_then(|r| r.as_ref().ok()).copied();
             let (store, meta) = (store.clone(), meta.clone());
-            blocking(move || store.record_started(&meta)).await
+            blocking(move || store.record_started(&meta, seq)).await
         }
     };
-    let started_ms = store::now_ms();
+    drop(admitting);
+    let started_ms = recorded.as_ref().map_or_else(|_| store::now_ms(), |ms| *ms);
     let started_wall = OffsetDateTime::now_utc();
     let started = Instant::now();
     info!(
@@ -97,20 +102,27 @@ pub(super) async fn execute(
                  (at-most-once)",
             )
         }
-        Ok(()) => run(&executor, &verb, &command, cancel).await,
+        Ok(_) => run(&executor, &verb, &command, cancel).await,
     };
     drop(permit);
     result.command_id.clone_from(&meta.command_id);
     result.started_at = Some(outcome::rfc3339(started_wall));
     result.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    outcome::fit_result(&mut result, executor.hub_limit());
+    let limit = executor.hub_limit();
+    outcome::fit_result(&mut result, limit);
     let sealed = executor.inner.signer.ensure_signed(&mut result);
     if let Some(audit) = &executor.inner.audit {
         audit.result(Some(&meta.requested_by), &result, sealed.signature(), None);
     }
+    let sealed = sealed.signature().map(|s| (s.agent_pin.clone(), limit));
     if recorded.is_ok() {
-        let (store, meta, stored) = (store.clone(), meta.clone(), result.clone());
-        if let Err(e) = blocking(move || store.record_finished(&meta, started_ms, &stored)).await {
+        let (store, meta, stored, seal) =
+            (store.clone(), meta.clone(), result.clone(), sealed.clone());
+        let stored = blocking(move || {
+            let seal = seal.as_ref().map(|(pin, limit)| (pin.as_str(), *limit));
+            store.record_finished(&meta, started_ms, &stored, seal)
+        });
+        if let Err(e) = stored.await {
             error!(error = %e, "cannot store the command result durably; delivering it anyway");
         }
     }
@@ -131,7 +143,10 @@ pub(super) async fn execute(
         started.elapsed(),
     );
     drop(guard);
-    executor.deliver(result);
+    executor.deliver(Outgoing {
+        frame: result,
+        sealed,
+    });
 }
 
 async fn run(

@@ -197,6 +197,34 @@ mod tests {
             .render(args.as_object().unwrap())
     }
 
+    /// The verb table is built once per config load; admitting a command only runs the
+    /// regex compiled then.
+    #[test]
+    fn patterns_are_compiled_when_the_table_is_built_not_per_command() {
+        use agentmesh_protocol::ParamKind;
+        let config: VerbConfig = toml::from_str(
+            "name = \"restart\"\nprogram = \"/bin/true\"\nargs = [\"{unit}\"]\n\
+             params.unit = { type = \"string\", pattern = \"[a-z]+\", required = true }\n",
+        )
+        .unwrap();
+        let table = table(&[config]).unwrap();
+        let verb = Arc::clone(&table["restart"]);
+        let ParamKind::String {
+            pattern: Some(pattern),
+            ..
+        } = &verb.spec.params["unit"].kind
+        else {
+            panic!("no pattern")
+        };
+        let compiled: *const _ = pattern.regex().unwrap();
+        for unit in ["nginx", "sshd", "NOPE"] {
+            let args = json!({ "unit": unit });
+            let _ = verb.spec.validate_args(args.as_object().unwrap());
+        }
+        let again: *const _ = pattern.regex().unwrap();
+        assert_eq!(compiled, again, "compiled once, reused");
+    }
+
     #[test]
     fn each_value_is_one_whole_argv_element() {
         let hostile = "a;b $(id) `x` && rm -rf / | cat\nnext";

@@ -11,9 +11,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use agentmesh_protocol::close::{GOING_AWAY, MESSAGE_TOO_BIG};
-use agentmesh_protocol::{
-    decode_hub_frame, AgentFrame, ErrorBody, HubFrame, ResultFrame, WelcomeFrame,
-};
+use agentmesh_protocol::{decode_hub_frame, AgentFrame, ErrorBody, HubFrame, WelcomeFrame};
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -23,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, error, info, warn};
 
 use crate::commands::Commands;
-use crate::exec::COMMAND_GRACE;
+use crate::exec::{Outgoing, COMMAND_GRACE};
 use crate::renew::{RenewError, Renewal};
 
 mod handshake;
@@ -243,20 +241,20 @@ async fn until_drained(draining: &mut Option<Draining>) {
 async fn deliver<S>(
     ws: &mut WebSocketStream<S>,
     commands: &Commands,
-    mut result: ResultFrame,
+    mut result: Outgoing,
     out_limit: usize,
 ) -> Result<(), tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     commands.prepare(&mut result, out_limit);
-    let id = result.command_id.clone();
-    send(ws, &AgentFrame::Result(result)).await?;
-    commands.delivered(&id).await;
+    let id = result.frame.command_id.clone();
+    send(ws, &AgentFrame::Result(result.frame)).await?;
+    commands.delivered(&id);
     Ok(())
 }
 
-/// Sends stored results by id (each read from disk only when it is sent).
+/// Sends stored results by id (each read back from the journal only when it is sent).
 async fn deliver_stored<S>(
     ws: &mut WebSocketStream<S>,
     commands: &Commands,

@@ -1,35 +1,50 @@
 //! Durable command records: the agent's at-most-once memory (`docs/protocol.md`, "Execution semantics").
 //!
-//! One JSON file per command id in `state_dir/results/`, each write atomic and durable (temp
-//! file, fsync, rename, fsync of the directory):
-//! - before a command runs: `started_ms`, no result;
-//! - when it ends: its `result` (`finished_ms`);
-//! - when that result has been written to a live session: `delivered_ms`.
+//! One append-only journal, `state_dir/results/journal` (module `journal`), holds per command:
+//! - `start` before it runs. With the audit log on, the durable `command_requested` audit
+//!   record *is* the at-most-once marker (one fsync, group-committed with other commands), so
+//!   `start` is only written, not fsynced, and carries that record's seq; without an audit log
+//!   `start` itself is fsynced.
+//! - `finish` with its signed result, fsynced (group commit) before the result is sent;
+//! - `delivered` once written to a session: kept in memory and written lazily, never fsynced
+//!   (losing one only resends the result; the hub ignores duplicates).
 //!
-//! An in-memory index (id → stage and times) answers every question without touching files;
-//! only a result itself is read from disk when it is sent. Opening loads every file: a record a
-//! previous process left `started` (it crashed or was killed mid-run) is finished as `failed`
-//! with code `interrupted` — never re-run — and becomes pending delivery; unreadable files are
-//! logged and skipped.
+//! So a command costs two fsyncs on the agent: one before it runs, one after. Opening replays
+//! the journal (a torn last line is cut), finishes every command left `started` as `failed`
+//! with code `interrupted` — never re-run — and, since a `start` may not have survived a power
+//! loss, also every command the audit log admitted after the journal's last `mark` that the
+//! journal does not know (module `load`). Records of the previous format (one JSON file per id,
+//! up to version 0.x) are imported on open and their files removed.
 //!
-//! Retention: finished records older than `result_retention_secs` are removed and at most
+//! An in-memory index (id → stage, times, where its lines are) answers every question without
+//! touching the file; only a result itself is read back when it is re-sent.
+//!
+//! Retention: finished records older than `result_retention_secs` are dropped and at most
 //! `max_entries` are kept (oldest first out), at open and then at most every [`PRUNE_EVERY`]
-//! as commands start. A command id repeated after its record is gone would run again.
+//! as commands start. A command id repeated after its record is gone would run again. The
+//! journal is rewritten without what was dropped once it holds more than twice what is live
+//! (and at least [`COMPACT_MIN_BYTES`]).
 
+mod journal;
 mod load;
 mod record;
+mod retention;
+mod scan;
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmesh_protocol::ResultFrame;
 use tracing::warn;
 
-use record::{read_record, write_atomic, Record, FORMAT};
+use journal::{encode, Journal, Op, Span, Syncer};
+
+pub use journal::JOURNAL;
 
 /// Directory under `state_dir`.
 pub const RESULTS_DIR: &str = "results";
@@ -40,8 +55,11 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// Time-based pruning runs at most this often.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// The journal is never compacted below this size.
+pub const COMPACT_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Whether `id` can name a record: 1 to 128 characters of `A-Z a-z 0-9 _ -` (UUIDs and ULIDs
-/// fit; anything that could escape the directory does not).
+/// fit; the previous format used ids as file names).
 pub fn valid_command_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id
@@ -69,6 +87,25 @@ pub struct Meta {
     pub requested_by: String,
 }
 
+/// A result on its way to the hub (or as stored): the frame, and the key pin and message
+/// limit it was signed and fitted for (none when it is unsigned).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The frame.
+    pub frame: ResultFrame,
+    /// `(pin, limit)` of its signature.
+    pub sealed: Option<(String, usize)>,
+}
+
+/// Where the audit log is, for the power-loss check at open.
+#[derive(Debug, Clone)]
+pub struct AuditHint {
+    /// The audit log's current file.
+    pub path: PathBuf,
+    /// Seq of its last durable record now (nothing is admitted while the store opens).
+    pub durable_seq: u64,
+}
+
 /// What opening found.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -76,7 +113,9 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Ids left `started` by the previous process, now finished as `interrupted`.
     pub interrupted: Vec<String>,
-    /// Files that could not be read or parsed.
+    /// Records imported from the previous one-file-per-command format.
+    pub migrated: usize,
+    /// Files or lines that could not be read or parsed.
     pub skipped: usize,
     /// Records removed by retention.
     pub pruned: usize,
@@ -88,32 +127,34 @@ struct Entry {
     started_ms: u64,
     finished_ms: Option<u64>,
     delivered_ms: Option<u64>,
+    start: Option<Span>,
+    finish: Option<Span>,
 }
 
 impl Entry {
-    fn of(record: &Record) -> Entry {
-        Entry {
-            stage: if record.result.is_some() {
-                Stage::Finished
-            } else {
-                Stage::Started
-            },
-            started_ms: record.started_ms,
-            finished_ms: record.finished_ms,
-            delivered_ms: record.delivered_ms,
-        }
-    }
-
     /// When the record ages from.
     fn age_from(&self) -> u64 {
         self.finished_ms.unwrap_or(self.started_ms)
     }
+
+    fn bytes(&self) -> u64 {
+        [self.start, self.finish]
+            .iter()
+            .flatten()
+            .map(|s| u64::from(s.len))
+            .sum()
+    }
 }
 
 #[derive(Debug)]
-struct Index {
+struct Inner {
+    journal: Journal,
     entries: HashMap<String, Entry>,
     last_prune_ms: u64,
+    /// Highest audit seq of a `start` written so far.
+    max_seq: u64,
+    /// The audit seq the journal's last `mark` vouches for.
+    mark: u64,
 }
 
 /// The durable record of every recent command.
@@ -122,9 +163,23 @@ pub struct Store {
     dir: PathBuf,
     retention_ms: u64,
     max_entries: usize,
-    index: Mutex<Index>,
-    /// Serialises file writes (read-modify-write of one record must not interleave).
-    io: Mutex<()>,
+    inner: Mutex<Inner>,
+    syncer: Mutex<Syncer>,
+    /// Commands whose durable audit record is queued but whose `start` is not written yet: a
+    /// `mark` may only be written while there are none (see [`Store::admitting`]).
+    admitting: AtomicUsize,
+}
+
+/// Counts a command between queueing its audit record and writing its `start`.
+#[derive(Debug)]
+pub struct Admitting {
+    store: Arc<Store>,
+}
+
+impl Drop for Admitting {
+    fn drop(&mut self) {
+        self.store.admitting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -135,232 +190,169 @@ pub fn now_ms() -> u64 {
 }
 
 impl Store {
-    /// Opens (creating it if needed) `state_dir/results`, loads every record, finishes the ones
-    /// a previous process left running as `interrupted`, and prunes.
+    /// Opens (creating it if needed) `state_dir/results`, replays the journal (importing
+    /// records of the previous format), finishes the commands a previous process left running
+    /// as `interrupted`, and prunes.
     pub fn open(
         state_dir: &Path,
         retention: Duration,
         max_entries: usize,
+        audit: Option<AuditHint>,
     ) -> io::Result<(Store, LoadReport)> {
         let dir = state_dir.join(RESULTS_DIR);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)?;
-        let store = Store {
-            retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
-            max_entries: max_entries.max(1),
-            index: Mutex::new(Index {
-                entries: HashMap::new(),
-                last_prune_ms: 0,
-            }),
-            io: Mutex::new(()),
-            dir,
-        };
-        let mut report = store.load()?;
-        for id in store.started_ids() {
-            match store.finish_interrupted(&id) {
-                Ok(()) => report.interrupted.push(id),
-                Err(e) => {
-                    warn!(command.id = %id, error = %e, "cannot record an interrupted command")
-                }
-            }
+        load::open(dir, retention, max_entries, audit)
+    }
+
+    /// Call when a command's durable audit record is queued; drop the guard once its
+    /// `start` is written (or it will not run).
+    pub fn admitting(self: &Arc<Self>) -> Admitting {
+        self.admitting.fetch_add(1, Ordering::AcqRel);
+        Admitting {
+            store: Arc::clone(self),
         }
-        report.pruned = store.prune_at(now_ms());
-        Ok((store, report))
     }
 
-    /// What is known about `id`.
-    pub fn stage(&self, id: &str) -> Option<Stage> {
-        lock(&self.index).entries.get(id).map(|e| e.stage)
-    }
-
-    /// Whether `id`'s result has been written to a session.
-    pub fn is_delivered(&self, id: &str) -> bool {
-        lock(&self.index)
-            .entries
-            .get(id)
-            .is_some_and(|e| e.delivered_ms.is_some())
-    }
-
-    /// Records, durably, that `meta` is about to run.
-    pub fn record_started(&self, meta: &Meta) -> io::Result<()> {
+    /// Records that `meta` is about to run; returns the start time. With `audit_seq` (its
+    /// `command_requested` record, already durable) the line is only written; without, it is
+    /// made durable here. Blocking.
+    pub fn record_started(&self, meta: &Meta, audit_seq: Option<u64>) -> io::Result<u64> {
+        if !valid_command_id(&meta.command_id) {
+            return Err(invalid_id());
+        }
         let now = now_ms();
-        let due = {
-            let index = lock(&self.index);
-            index.entries.len() >= self.max_entries
-                || now.saturating_sub(index.last_prune_ms)
-                    >= u64::try_from(PRUNE_EVERY.as_millis()).unwrap_or(u64::MAX)
-        };
-        if due {
-            self.prune_at(now);
-        }
-        let _io = lock(&self.io);
-        self.write(&Record {
-            format: FORMAT,
-            command_id: meta.command_id.clone(),
+        self.prune_if_due(now);
+        let line = encode(&Op::Start {
+            id: meta.command_id.clone(),
             verb: meta.verb.clone(),
-            requested_by: meta.requested_by.clone(),
-            started_ms: now,
-            finished_ms: None,
-            delivered_ms: None,
-            result: None,
-        })
+            by: meta.requested_by.clone(),
+            ms: now,
+            audit_seq,
+        })?;
+        let at = {
+            let mut inner = lock(&self.inner);
+            let span = inner.journal.append(&line)?;
+            if let Some(seq) = audit_seq {
+                inner.max_seq = inner.max_seq.max(seq);
+            }
+            inner.entries.insert(
+                meta.command_id.clone(),
+                Entry {
+                    stage: Stage::Started,
+                    started_ms: now,
+                    finished_ms: None,
+                    delivered_ms: None,
+                    start: Some(span),
+                    finish: None,
+                },
+            );
+            inner.journal.position()
+        };
+        if audit_seq.is_none() {
+            self.sync(at)?;
+        }
+        Ok(now)
     }
 
-    /// Stores, durably, the result of a command recorded as started at `started_ms`.
+    /// Stores, durably, the result of a command; `sealed` is the `(pin, limit)` it was signed
+    /// and fitted for. Blocking.
     pub fn record_finished(
         &self,
         meta: &Meta,
         started_ms: u64,
         result: &ResultFrame,
+        sealed: Option<(&str, usize)>,
     ) -> io::Result<()> {
-        let _io = lock(&self.io);
-        self.write(&Record {
-            format: FORMAT,
-            command_id: meta.command_id.clone(),
-            verb: meta.verb.clone(),
-            requested_by: meta.requested_by.clone(),
-            started_ms,
-            finished_ms: Some(now_ms()),
-            delivered_ms: None,
-            result: Some(result.clone()),
-        })
+        if !valid_command_id(&meta.command_id) {
+            return Err(invalid_id());
+        }
+        let now = now_ms();
+        let line = encode(&Op::Finish {
+            id: meta.command_id.clone(),
+            ms: now,
+            pin: sealed.map(|s| s.0.to_owned()),
+            limit: sealed.map(|s| s.1),
+            result: result.clone(),
+        })?;
+        let at = {
+            let mut inner = lock(&self.inner);
+            let span = inner.journal.append(&line)?;
+            let entry = inner
+                .entries
+                .entry(meta.command_id.clone())
+                .or_insert(Entry {
+                    stage: Stage::Started,
+                    started_ms,
+                    finished_ms: None,
+                    delivered_ms: None,
+                    start: None,
+                    finish: None,
+                });
+            entry.stage = Stage::Finished;
+            entry.finished_ms = Some(now);
+            entry.finish = Some(span);
+            self.mark_if_quiet(&mut inner)?;
+            inner.journal.position()
+        };
+        self.sync(at)?;
+        self.compact_if_due();
+        Ok(())
     }
 
-    /// Records, durably, that `id`'s result was written to a session now. `false` when there is
-    /// no stored result under that id.
+    /// Records that `id`'s result was written to a session now (in memory; on disk lazily).
+    /// `false` when there is no stored result under that id.
     pub fn mark_delivered(&self, id: &str) -> io::Result<bool> {
-        if self.stage(id) != Some(Stage::Finished) {
-            return Ok(false);
+        let now = now_ms();
+        let mut inner = lock(&self.inner);
+        match inner.entries.get_mut(id) {
+            Some(e) if e.stage == Stage::Finished => e.delivered_ms = Some(now),
+            _ => return Ok(false),
         }
-        let _io = lock(&self.io);
-        let mut record = read_record(&self.path(id))?;
-        record.delivered_ms = Some(now_ms());
-        self.write(&record)?;
+        let line = encode(&Op::Delivered {
+            id: id.to_owned(),
+            ms: now,
+        })?;
+        inner.journal.append_lazy(&line)?;
         Ok(true)
     }
 
-    /// The stored result of `id`, read from disk.
-    pub fn result(&self, id: &str) -> io::Result<Option<ResultFrame>> {
-        if !valid_command_id(id) {
-            return Ok(None);
+    /// Writes what is kept in memory only (delivery marks); for shutdown. Blocking.
+    pub fn flush(&self) -> io::Result<()> {
+        lock(&self.inner).journal.flush_lazy()
+    }
+
+    /// Appends a `mark` when no command is between its audit record and its `start`.
+    fn mark_if_quiet(&self, inner: &mut Inner) -> io::Result<()> {
+        if inner.max_seq > inner.mark && self.admitting.load(Ordering::Acquire) == 0 {
+            let seq = inner.max_seq;
+            inner
+                .journal
+                .append(&encode(&Op::Mark { audit_seq: seq })?)?;
+            inner.mark = seq;
         }
-        match read_record(&self.path(id)) {
-            Ok(record) => Ok(record.result),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Ids of stored results never written to a session, oldest first.
-    pub fn undelivered(&self) -> Vec<String> {
-        let index = lock(&self.index);
-        let mut ids: Vec<(u64, &String)> = index
-            .entries
-            .iter()
-            .filter(|(_, e)| e.stage == Stage::Finished && e.delivered_ms.is_none())
-            .map(|(id, e)| (e.age_from(), id))
-            .collect();
-        ids.sort();
-        ids.into_iter().map(|(_, id)| id.clone()).collect()
-    }
-
-    /// Ids of results last written to a session at or after `since_ms`, oldest first.
-    pub fn delivered_since(&self, since_ms: u64) -> Vec<String> {
-        let index = lock(&self.index);
-        let mut ids: Vec<(u64, &String)> = index
-            .entries
-            .iter()
-            .filter_map(|(id, e)| e.delivered_ms.filter(|t| *t >= since_ms).map(|t| (t, id)))
-            .collect();
-        ids.sort();
-        ids.into_iter().map(|(_, id)| id.clone()).collect()
-    }
-
-    /// When a result was last written to a session.
-    pub fn last_delivery_ms(&self) -> Option<u64> {
-        lock(&self.index)
-            .entries
-            .values()
-            .filter_map(|e| e.delivered_ms)
-            .max()
-    }
-
-    /// Records held.
-    pub fn len(&self) -> usize {
-        lock(&self.index).entries.len()
-    }
-
-    /// Whether no record is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Applies retention as of `now_ms`; returns how many records were removed. Records still
-    /// `started` (running) are never removed.
-    pub fn prune_at(&self, now_ms: u64) -> usize {
-        let _io = lock(&self.io);
-        let victims = {
-            let mut index = lock(&self.index);
-            index.last_prune_ms = now_ms;
-            let mut finished: Vec<(u64, String, bool)> = index
-                .entries
-                .iter()
-                .filter(|(_, e)| e.stage == Stage::Finished)
-                .map(|(id, e)| (e.age_from(), id.clone(), e.delivered_ms.is_some()))
-                .collect();
-            finished.sort();
-            let expired = finished
-                .iter()
-                .take_while(|(t, _, _)| now_ms.saturating_sub(*t) > self.retention_ms)
-                .count();
-            // Leave room for the record about to be added.
-            let over = index.entries.len().saturating_sub(self.max_entries - 1);
-            let n = expired.max(over).min(finished.len());
-            finished.truncate(n);
-            for (_, id, _) in &finished {
-                index.entries.remove(id);
-            }
-            finished
-        };
-        let undelivered = victims.iter().filter(|(_, _, d)| !d).count();
-        if undelivered > 0 {
-            warn!(
-                count = undelivered,
-                "dropping command results that were never delivered (retention)"
-            );
-        }
-        for (_, id, _) in &victims {
-            if let Err(e) = std::fs::remove_file(self.path(id)) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    warn!(command.id = %id, error = %e, "cannot remove an old command record");
-                }
-            }
-        }
-        victims.len()
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    /// Writes `record` atomically and durably, then updates the index. Callers hold `io`.
-    fn write(&self, record: &Record) -> io::Result<()> {
-        if !valid_command_id(&record.command_id) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a valid command id",
-            ));
-        }
-        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
-        let name = format!("{}.json", record.command_id);
-        write_atomic(&self.dir, &name, &bytes)?;
-        lock(&self.index)
-            .entries
-            .insert(record.command_id.clone(), Entry::of(record));
         Ok(())
     }
+
+    /// Makes the journal durable up to `at` (group commit).
+    fn sync(&self, at: (u64, u64)) -> io::Result<()> {
+        let current = lock(&self.inner).journal.position();
+        lock(&self.syncer).sync_to(at, current)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            warn!(error = %e, "cannot write delivery marks to the command journal");
+        }
+    }
+}
+
+fn invalid_id() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not a valid command id")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

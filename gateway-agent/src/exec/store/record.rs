@@ -1,8 +1,6 @@
-//! The on-disk form of a command record, and atomic, durable writes.
+//! The previous on-disk format (one JSON file per command id), read once to import it.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::io;
 use std::path::Path;
 
 use agentmesh_protocol::ResultFrame;
@@ -38,27 +36,4 @@ pub(super) fn read_record(path: &Path) -> io::Result<Record> {
         ));
     }
     Ok(record)
-}
-
-/// temp file → write → fsync → rename → fsync(dir): after a crash either the old or the new
-/// content is there, never a mix.
-pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, dir.join(name))?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
