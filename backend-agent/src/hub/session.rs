@@ -118,6 +118,8 @@ pub(super) async fn run<S>(
         }
     }
     session.started(&hello, peer);
+    // The registry keeps its own copy; this one would otherwise live as long as the session.
+    drop(hello);
     let end = session.serve(rx, close_rx).await;
     session.finish(end);
 }
@@ -410,5 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
+#[cfg(test)]
+mod frame_tests;
 #[cfg(test)]
 mod tests;
