@@ -119,7 +119,7 @@ impl BackendEvents {
                         ca: signed.ca,
                         pin: signed.pin,
                     };
-                    if session.tx.try_send(reply).is_err() {
+                    if session.tx.try_send(Box::new(reply)).is_err() {
                         warn!(agent.id = %agent, "session queue full or closed: renewal answer dropped");
                     }
                 }
@@ -170,7 +170,7 @@ impl Refuser<'_> {
         );
         if let Some(session) = session {
             let frame = HubFrame::Error(ErrorBody::new(code, message));
-            if session.tx.try_send(frame).is_err() {
+            if session.tx.try_send(Box::new(frame)).is_err() {
                 warn!(agent.id = %agent_id, "session queue full or closed: renewal refusal dropped");
             }
         }

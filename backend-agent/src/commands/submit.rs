@@ -127,7 +127,7 @@ impl CommandService {
         mut record: CommandRecord,
         frame: CommandFrame,
         requested: agentmesh_audit::AuditEvent,
-        permit: mpsc::Permit<'_, HubFrame>,
+        permit: mpsc::Permit<'_, Box<HubFrame>>,
     ) -> Result<CommandRecord, SubmitError> {
         record.status = CommandState::Dispatched;
         let (audited, inserted) = tokio::join!(
@@ -136,7 +136,7 @@ impl CommandService {
         );
         match (audited, inserted) {
             (Ok(_), Ok(())) => {
-                permit.send(HubFrame::Command(frame));
+                permit.send(Box::new(HubFrame::Command(frame)));
                 self.audit.record(events::command_dispatched(&record));
                 debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
                 Ok(record)
@@ -192,7 +192,7 @@ impl CommandService {
             debug!(command.id = %record.command_id, "no longer pending (cancelled or expired); not sent");
             return Ok(());
         }
-        permit.send(HubFrame::Command(frame));
+        permit.send(Box::new(HubFrame::Command(frame)));
         self.audit.record(events::command_dispatched(record));
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
         Ok(())

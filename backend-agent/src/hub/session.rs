@@ -217,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The session loop: one `select!`, one handler per event.
     async fn serve(
         &mut self,
-        mut rx: mpsc::Receiver<HubFrame>,
+        mut rx: mpsc::Receiver<Box<HubFrame>>,
         mut close_rx: watch::Receiver<Option<(u16, String)>>,
     ) -> End {
         let heartbeat = Duration::from_secs(self.ctx.config.heartbeat_secs);
@@ -340,7 +340,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// A frame from the outbound queue (commands, answers).
-    async fn on_outbound(&mut self, frame: HubFrame) -> Step {
+    async fn on_outbound(&mut self, frame: Box<HubFrame>) -> Step {
         match self.send(Message::text(frame.to_json())).await {
             Ok(()) => Step::Continue,
             Err(end) => Step::End(end),

@@ -152,7 +152,7 @@ async fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
     let session = f.ctx.registry.session(AGENT).expect("attached");
     // Far more than the pipe holds; the agent never reads again.
     let big = HubFrame::Error(ErrorBody::new("filler", "x".repeat(256 * 1024)));
-    session.tx.try_send(big).unwrap();
+    session.tx.try_send(Box::new(big)).unwrap();
     // Paused time jumps to the deadline once the write is stuck.
     tokio::time::timeout(super::WRITE_DEADLINE * 3, task)
         .await
