@@ -42,9 +42,27 @@ pub(super) fn spawn_worker(service: Weak<CommandService>, mut rx: mpsc::Receiver
             let Some(service) = service.upgrade() else {
                 break;
             };
+            // One read for the whole batch instead of one blocking-pool hop per result.
+            let ids: Vec<String> = batch.iter().map(|q| q.result.command_id.clone()).collect();
+            let mut known: std::collections::HashMap<String, CommandRecord> =
+                match service.store.get_commands(ids).await {
+                    Ok(recs) => recs
+                        .into_iter()
+                        .map(|r| (r.command_id.clone(), r))
+                        .collect(),
+                    Err(e) => {
+                        warn!(error = %e, "batch read failed; reading results one by one");
+                        Default::default()
+                    }
+                };
             let service = &service;
-            let records = batch.drain(..).map(|q| async move {
-                service.on_result(&q.agent_id, &q.spki, q.result).await;
+            let records = batch.drain(..).map(|q| {
+                let rec = known.remove(&q.result.command_id);
+                async move {
+                    service
+                        .record_result(&q.agent_id, &q.spki, q.result, rec)
+                        .await;
+                }
             });
             futures_util::future::join_all(records).await;
         }
@@ -76,10 +94,24 @@ impl CommandService {
 
     /// Records a result from `agent_id` and wakes its waiters.
     pub async fn on_result(&self, agent_id: &str, spki: &[u8], result: ResultFrame) {
+        self.record_result(agent_id, spki, result, None).await;
+    }
+
+    /// [`CommandService::on_result`] starting from `known`, the record as just read (if any).
+    async fn record_result(
+        &self,
+        agent_id: &str,
+        spki: &[u8],
+        result: ResultFrame,
+        mut known: Option<CommandRecord>,
+    ) {
         // Compare-and-set against the status read, so a concurrent cancel or expiry is never
         // silently overwritten; on a lost race, read again (bounded).
         for _ in 0..3 {
-            if self.try_record_result(agent_id, spki, &result).await {
+            if self
+                .try_record_result(agent_id, spki, &result, known.take())
+                .await
+            {
                 return;
             }
         }
@@ -87,8 +119,18 @@ impl CommandService {
     }
 
     /// One attempt; `true` when done (recorded, or deliberately ignored).
-    async fn try_record_result(&self, agent_id: &str, spki: &[u8], result: &ResultFrame) -> bool {
-        let rec = match self.store.get_command(&result.command_id).await {
+    async fn try_record_result(
+        &self,
+        agent_id: &str,
+        spki: &[u8],
+        result: &ResultFrame,
+        known: Option<CommandRecord>,
+    ) -> bool {
+        let read = match known {
+            Some(rec) => Ok(Some(rec)),
+            None => self.store.get_command(&result.command_id).await,
+        };
+        let rec = match read {
             Ok(Some(rec)) => rec,
             Ok(None) => {
                 warn!(agent.id = %agent_id, command.id = %result.command_id, "result for an unknown command ignored");

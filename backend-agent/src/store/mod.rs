@@ -124,6 +124,14 @@ pub trait CommandStore: Send + Sync + 'static {
     }
     /// One command.
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError>;
+    /// The commands among `ids` that exist, in no particular order (one call for a batch).
+    fn get_commands(&self, ids: &[String]) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get_command(id)?);
+        }
+        Ok(out)
+    }
     /// Commands matching `q`, newest first, at most `q.effective_limit()`.
     fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError>;
     /// Status transitions of a command, oldest first, with their RFC 3339 times.
@@ -251,6 +259,11 @@ impl Store {
     pub async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
         let id = id.to_owned();
         self.run(move |s| s.get_command(&id)).await
+    }
+
+    /// See [`CommandStore::get_commands`].
+    pub async fn get_commands(&self, ids: Vec<String>) -> Result<Vec<CommandRecord>, StoreError> {
+        self.run(move |s| s.get_commands(&ids)).await
     }
 
     /// See [`CommandStore::list_commands`].
