@@ -5,8 +5,8 @@
 //! socket: no store I/O and no signature check on the session loop. The queue is bounded
 //! ([`RESULT_QUEUE`]); when it is full the session waits for room before reading the agent's
 //! next frame, so a burst slows the agents that send it and no result is ever dropped. The
-//! worker takes what is waiting (up to [`RESULT_BATCH`]) and records those results
-//! concurrently, so their store writes share one group commit.
+//! worker takes what is waiting (up to [`RESULT_BATCH`]), reads their records in one call and
+//! records them concurrently, so their store writes share one group commit.
 
 use std::sync::Weak;
 
