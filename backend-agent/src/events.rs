@@ -4,9 +4,9 @@
 //! Nothing here awaits the session's own outbound queue: the session task is the only
 //! reader of that queue and it awaits these handlers, so a `send().await` on a full queue
 //! would deadlock it. Answers go out with `try_send`; a full queue drops the answer (the
-//! agent asks again after its own timeout). Results and renewals are handled in tasks of
-//! their own, so the session loop never waits for SQLite or the CA: it keeps reading,
-//! pinging and honouring close requests while a result is stored.
+//! agent asks again after its own timeout). Results go to the command service's bounded
+//! queue and renewals to tasks of their own, so the session loop never waits for SQLite or
+//! the CA: it keeps reading, pinging and honouring close requests while a result is stored.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,10 +25,6 @@ use crate::registry::Registry;
 /// Renewals being signed at once across the hub; more are refused with `renew_busy`.
 pub const MAX_CONCURRENT_RENEWALS: usize = 8;
 
-/// Results being stored at once across the hub. At the bound the session that brings the
-/// next result waits for a slot, which slows that agent's reads: nothing queues unbounded.
-pub const MAX_RESULTS_IN_FLIGHT: usize = 64;
-
 /// The backend's session-event sink.
 pub struct BackendEvents {
     /// Agents and sessions (to answer on the right session).
@@ -43,9 +39,7 @@ pub struct BackendEvents {
     pub failures: Arc<FailureAudit>,
     /// Bounds renewals in flight (see [`MAX_CONCURRENT_RENEWALS`]).
     pub renewals: Arc<Semaphore>,
-    /// Bounds results in flight (see [`MAX_RESULTS_IN_FLIGHT`]).
-    pub results: Arc<Semaphore>,
-    /// Shutdown waits for result tasks as it does for sessions.
+    /// Shutdown waits for queued results as it does for sessions.
     pub tasks: TaskCounter,
 }
 
@@ -64,21 +58,14 @@ impl SessionEvents for BackendEvents {
         frame: AgentFrame,
     ) -> EventFuture<'a> {
         match frame {
-            AgentFrame::Result(result) => {
-                let (commands, permits) = (self.commands.clone(), self.results.clone());
-                let tasks = self.tasks.clone();
-                let (agent, spki) = (agent_id.to_owned(), spki.to_vec());
-                Box::pin(async move {
-                    let Ok(permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    let guard = tasks.enter();
-                    tokio::spawn(async move {
-                        commands.on_result(&agent, &spki, result).await;
-                        drop((permit, guard));
-                    });
-                })
-            }
+            // Queued for the command service's results worker; the session waits only
+            // while that queue is full (backpressure, see `commands::results`).
+            AgentFrame::Result(result) => Box::pin(async move {
+                let task = Some(self.tasks.enter());
+                self.commands
+                    .queue_result(agent_id, spki, result, task)
+                    .await;
+            }),
             AgentFrame::Renew { csr } => {
                 self.renew(agent_id, spki, csr);
                 Box::pin(async {})
@@ -132,7 +119,7 @@ impl BackendEvents {
                         ca: signed.ca,
                         pin: signed.pin,
                     };
-                    if session.tx.try_send(reply).is_err() {
+                    if session.tx.try_send(Box::new(reply)).is_err() {
                         warn!(agent.id = %agent, "session queue full or closed: renewal answer dropped");
                     }
                 }
@@ -183,7 +170,7 @@ impl Refuser<'_> {
         );
         if let Some(session) = session {
             let frame = HubFrame::Error(ErrorBody::new(code, message));
-            if session.tx.try_send(frame).is_err() {
+            if session.tx.try_send(Box::new(frame)).is_err() {
                 warn!(agent.id = %agent_id, "session queue full or closed: renewal refusal dropped");
             }
         }

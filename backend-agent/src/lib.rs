@@ -243,7 +243,6 @@ impl Backend {
             metrics: metrics.clone(),
             failures: failures.clone(),
             renewals: Arc::new(tokio::sync::Semaphore::new(events::MAX_CONCURRENT_RENEWALS)),
-            results: Arc::new(tokio::sync::Semaphore::new(events::MAX_RESULTS_IN_FLIGHT)),
             tasks: tasks.clone(),
         });
         let hub_key = Arc::new(hub::proof::HubKey::load(&config.hub.cert, &config.hub.key)?);

@@ -35,8 +35,9 @@ impl SessionShared {
 pub struct LiveSession {
     /// Unique id of the session.
     pub session_id: String,
-    /// Bounded queue of frames into the session task.
-    pub tx: mpsc::Sender<HubFrame>,
+    /// Bounded queue of frames into the session task (boxed: an idle session's channel
+    /// allocates its first block of slots up front, so small slots keep idle sessions small).
+    pub tx: mpsc::Sender<Box<HubFrame>>,
     /// Asks the session to close with a code and reason (supersede, revoke).
     pub close: Arc<watch::Sender<Option<(u16, String)>>>,
     /// Activity shared with the session task.

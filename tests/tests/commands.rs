@@ -253,7 +253,7 @@ async fn the_same_command_id_delivered_twice_executes_once() {
         requested_by: "test".into(),
         issued_at: "2026-01-01T00:00:00Z".into(),
     });
-    session.tx.send(frame).await.unwrap();
+    session.tx.send(Box::new(frame)).await.unwrap();
     let metrics = &f.hub.backend().metrics;
     eventually("the duplicate was answered", PATIENCE, || async {
         metrics

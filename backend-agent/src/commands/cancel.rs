@@ -71,7 +71,7 @@ impl CommandService {
                     let frame = HubFrame::Cancel {
                         command_id: command_id.to_owned(),
                     };
-                    if session.tx.try_send(frame).is_err() {
+                    if session.tx.try_send(Box::new(frame)).is_err() {
                         warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
                     }
                 }

@@ -192,19 +192,29 @@ impl CommandService {
             .map_err(|e| JobError::Invalid(SubmitError::BadArgs(e)))
     }
 
+    /// Dispatches the job's targets, `max_concurrency` at a time. Each target is submitted
+    /// and awaited in a task of its own, so the durable `command_requested` records and the
+    /// command rows of concurrent targets share group commits (audit and store) instead of
+    /// costing one fsync after another. The `max_errors` budget is checked as each slot
+    /// frees up.
     async fn run_job(self: Arc<Self>, job: JobRecord, req: JobRequest, caller: Principal) {
         let in_flight = Arc::new(Semaphore::new(job.max_concurrency as usize));
         let failures = Arc::new(AtomicU32::new(0));
         let budget = job.max_errors.max(1);
-        let mut waits = tokio::task::JoinSet::new();
-        for agent_id in &job.targets {
+        let run = Arc::new((job, req, caller));
+        // At most one task per target (bounded by MAX_TARGETS), reaped as they finish.
+        let mut targets = tokio::task::JoinSet::new();
+        for i in 0..run.0.targets.len() {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
             };
+            while targets.try_join_next().is_some() {}
+            let job = &run.0;
+            let agent_id = &job.targets[i];
             if failures.load(Ordering::SeqCst) >= budget {
                 drop(permit);
                 self.record_unsent(
-                    &job,
+                    job,
                     agent_id,
                     CommandState::Cancelled,
                     "skipped",
@@ -213,39 +223,44 @@ impl CommandService {
                 .await;
                 continue;
             }
-            let submitted = self.submit_target(&job, &req, &caller, agent_id).await;
-            match submitted {
-                Ok(rec) => {
-                    let service = self.clone();
-                    let failures = failures.clone();
-                    let limit = std::time::Duration::from_millis(rec.timeout_ms) + WAIT_GRACE;
-                    waits.spawn(async move {
-                        let outcome = service.wait(&rec.command_id, limit).await;
-                        let ok = matches!(&outcome, Ok(Some(r)) if r.status == CommandState::Ok);
-                        if !ok {
-                            failures.fetch_add(1, Ordering::SeqCst);
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
+            let (service, run, failures) = (self.clone(), run.clone(), failures.clone());
+            targets.spawn(async move {
+                let ok = service.run_target(&run, i).await;
+                if !ok {
                     failures.fetch_add(1, Ordering::SeqCst);
-                    if !matches!(e, SubmitError::QueueFull(_) | SubmitError::Store(_)) {
-                        self.record_unsent(
-                            &job,
-                            agent_id,
-                            CommandState::Rejected,
-                            e.code(),
-                            &e.to_string(),
-                        )
-                        .await;
-                    }
-                    drop(permit);
                 }
+                drop(permit);
+            });
+        }
+        while targets.join_next().await.is_some() {}
+        let (job, _, _) = &*run;
+        info!(job.id = %job.job_id, failures = failures.load(Ordering::SeqCst), "fan-out job finished dispatching");
+    }
+
+    /// Submits target `i` of a job and waits for its result; `true` when it ended `ok`.
+    async fn run_target(&self, run: &(JobRecord, JobRequest, Principal), i: usize) -> bool {
+        let (job, req, caller) = run;
+        let agent_id = &job.targets[i];
+        match self.submit_target(job, req, caller, agent_id).await {
+            Ok(rec) => {
+                let limit = std::time::Duration::from_millis(rec.timeout_ms) + WAIT_GRACE;
+                let outcome = self.wait(&rec.command_id, limit).await;
+                matches!(&outcome, Ok(Some(r)) if r.status == CommandState::Ok)
+            }
+            Err(e) => {
+                if !matches!(e, SubmitError::QueueFull(_) | SubmitError::Store(_)) {
+                    self.record_unsent(
+                        job,
+                        agent_id,
+                        CommandState::Rejected,
+                        e.code(),
+                        &e.to_string(),
+                    )
+                    .await;
+                }
+                false
             }
         }
-        while waits.join_next().await.is_some() {}
-        info!(job.id = %job.job_id, failures = failures.load(Ordering::SeqCst), "fan-out job finished dispatching");
     }
 
     /// One target of a job, looked up again now: it may have been revoked or relabelled

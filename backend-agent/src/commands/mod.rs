@@ -15,7 +15,8 @@
 //! - this file: the service, its settings, errors and waiters.
 //! - `submit`: one command on one agent. `cancel`: cancelling. `read`: scoped reads of
 //!   commands, jobs, history and the audit log. [`jobs`]: fan-out.
-//! - `held`: commands held for offline agents. `results`: results from agents.
+//! - `held`: commands held for offline agents. `results`: results from agents (a bounded
+//!   queue from the sessions to one worker; no store I/O on a session loop).
 //! - `sweep`: expiry of commands that never got a result, and history pruning.
 //! - [`redact`]: secret params hashed before they are stored or audited.
 
@@ -206,6 +207,8 @@ pub struct CommandService {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
     connected_tx: mpsc::Sender<String>,
+    /// Results from sessions to the results worker (see `results`).
+    results_tx: mpsc::Sender<results::QueuedResult>,
 }
 
 impl CommandService {
@@ -226,6 +229,7 @@ impl CommandService {
         // Bounded: if it is full, the periodic sweep still finds held commands of connected
         // agents, so a dropped notification only delays them by one sweep.
         let (connected_tx, mut connected_rx) = mpsc::channel::<String>(1024);
+        let (results_tx, results_rx) = mpsc::channel(results::RESULT_QUEUE);
         let service = Arc::new(CommandService {
             registry,
             store,
@@ -238,7 +242,9 @@ impl CommandService {
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             connected_tx,
+            results_tx,
         });
+        results::spawn_worker(Arc::downgrade(&service), results_rx);
         sweep::spawn_pruner(Arc::downgrade(&service), shutdown.clone());
         let worker = Arc::downgrade(&service);
         tokio::spawn(async move {

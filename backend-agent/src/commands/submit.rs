@@ -3,7 +3,7 @@
 
 use agentmesh_protocol::{CommandFrame, HubFrame, VerbSpec};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{finish, redact, CommandService, SubmitError, SubmitRequest, DEFAULT_TIMEOUT_MS};
 use crate::audit::events;
@@ -87,9 +87,15 @@ impl CommandService {
         }
         let queue_ttl_ms = req.queue_ttl_ms;
         let (mut record, frame) = new_command(&spec, requested_by, job_id, req);
+        let requested = events::command_requested(&record, queue_ttl_ms);
+        if let Some(session) = &target.session {
+            if let Ok(permit) = session.tx.try_reserve() {
+                return self.dispatch_now(record, frame, requested, permit).await;
+            }
+        }
         // The request is on disk before the command can leave the backend.
         self.audit
-            .durable(events::command_requested(&record, queue_ttl_ms))
+            .durable(requested)
             .await
             .map_err(SubmitError::Audit)?;
         // A connected agent's command is stored once, already `dispatched` (one write fewer
@@ -109,6 +115,49 @@ impl CommandService {
             (other, _) => other?,
         }
         Ok(record)
+    }
+
+    /// The common case, a connected agent with room in its queue: the durable
+    /// `command_requested` record and the command row (already `dispatched`) are written at
+    /// the same time (each joins its own group commit), and the frame is sent only once both
+    /// are done. If the audit write fails the frame is never sent and the row is rewritten
+    /// `rejected` (`audit_unavailable`).
+    async fn dispatch_now(
+        &self,
+        mut record: CommandRecord,
+        frame: CommandFrame,
+        requested: agentmesh_audit::AuditEvent,
+        permit: mpsc::Permit<'_, Box<HubFrame>>,
+    ) -> Result<CommandRecord, SubmitError> {
+        record.status = CommandState::Dispatched;
+        let (audited, inserted) = tokio::join!(
+            self.audit.durable(requested),
+            self.store.insert_command(&record)
+        );
+        match (audited, inserted) {
+            (Ok(_), Ok(())) => {
+                permit.send(Box::new(HubFrame::Command(frame)));
+                self.audit.record(events::command_dispatched(&record));
+                debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
+                Ok(record)
+            }
+            (Err(e), inserted) => {
+                drop(permit);
+                if inserted.is_ok() {
+                    finish(
+                        &mut record,
+                        CommandState::Rejected,
+                        "audit_unavailable",
+                        "the audit log could not record the request; not sent",
+                    );
+                    if let Err(e) = self.store.update_command(&record).await {
+                        warn!(error = %e, command.id = %record.command_id, "could not mark an unsent command rejected");
+                    }
+                }
+                Err(SubmitError::Audit(e))
+            }
+            (Ok(_), Err(e)) => Err(SubmitError::Store(e)),
+        }
     }
 
     /// Queues the frame on the session and records the outcome (`stored`: the record already
@@ -143,7 +192,7 @@ impl CommandService {
             debug!(command.id = %record.command_id, "no longer pending (cancelled or expired); not sent");
             return Ok(());
         }
-        permit.send(HubFrame::Command(frame));
+        permit.send(Box::new(HubFrame::Command(frame)));
         self.audit.record(events::command_dispatched(record));
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
         Ok(())

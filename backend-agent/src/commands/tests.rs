@@ -162,3 +162,43 @@ async fn cancel_outside_the_scope_is_unknown_and_not_recorded() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_results_are_all_recorded_and_shutdown_waits_for_them() {
+    let f = fixture(no_background());
+    let store = f.service.store();
+    let n = super::results::RESULT_BATCH * 2 + 7;
+    for i in 0..n {
+        let rec = command(&format!("q{i:04}"), "edge-01", CommandState::Dispatched);
+        store.insert_command(&rec).await.expect("insert");
+    }
+    let tasks = crate::hub::TaskCounter::default();
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (service, task) = (f.service.clone(), tasks.enter());
+        senders.spawn(async move {
+            let result: ResultFrame = serde_json::from_value(json!({
+                "type": "result", "command_id": format!("q{i:04}"), "status": "ok",
+                "exit_code": 0, "stdout": "pong"
+            }))
+            .expect("frame");
+            service
+                .queue_result("edge-01", b"spki", result, Some(task))
+                .await;
+        });
+    }
+    while senders.join_next().await.is_some() {}
+    // Every guard is released only once its result is recorded, none dropped.
+    tokio::time::timeout(Duration::from_secs(30), tasks.wait_idle())
+        .await
+        .expect("every queued result recorded");
+    for i in 0..n {
+        let rec = store
+            .get_command(&format!("q{i:04}"))
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(rec.status, CommandState::Ok, "{}", rec.command_id);
+        assert_eq!(rec.stdout, "pong");
+    }
+}

@@ -21,6 +21,7 @@
 //!  `hello.nonce` when there is one) unless already sent
 //!      │
 //!  session loop: frames in ⇄ bounded queue out; ping every heartbeat_secs;
+//!  results ──► the command service's bounded results queue (full: stop reading this agent);
 //!  silent for 3 intervals ──► drop;  a write stuck for 10 s ──► drop (peer not reading);
 //!  revoked ──► 4004;  shutdown ──► `drain` + close 1001
 //! ```

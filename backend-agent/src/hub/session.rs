@@ -118,6 +118,8 @@ pub(super) async fn run<S>(
         }
     }
     session.started(&hello, peer);
+    // The registry keeps its own copy; this one would otherwise live as long as the session.
+    drop(hello);
     let end = session.serve(rx, close_rx).await;
     session.finish(end);
 }
@@ -215,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The session loop: one `select!`, one handler per event.
     async fn serve(
         &mut self,
-        mut rx: mpsc::Receiver<HubFrame>,
+        mut rx: mpsc::Receiver<Box<HubFrame>>,
         mut close_rx: watch::Receiver<Option<(u16, String)>>,
     ) -> End {
         let heartbeat = Duration::from_secs(self.ctx.config.heartbeat_secs);
@@ -338,7 +340,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// A frame from the outbound queue (commands, answers).
-    async fn on_outbound(&mut self, frame: HubFrame) -> Step {
+    async fn on_outbound(&mut self, frame: Box<HubFrame>) -> Step {
         match self.send(Message::text(frame.to_json())).await {
             Ok(()) => Step::Continue,
             Err(end) => Step::End(end),
@@ -410,5 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
+#[cfg(test)]
+mod frame_tests;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,8 @@
 //!   the async enrolment methods of [`Store`].
 //! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
 //! - [`memory`]: the in-memory implementation.
+//! - [`writer`]: group commit of command writes (one transaction per batch of concurrent
+//!   commands, the audit writer's model).
 
 pub mod checkpoint;
 pub mod enrolment;
@@ -29,6 +31,7 @@ mod record;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +46,7 @@ pub use enrolment::{
 pub use memory::MemoryStore;
 pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};
 pub use sqlite::SqliteStore;
+pub use writer::WriteOp;
 
 /// An agent's labels, key to value.
 pub type Labels = BTreeMap<String, String>;
@@ -76,6 +80,9 @@ pub enum StoreError {
     /// The blocking task running the call failed.
     #[error("store: background task failed: {0}")]
     Join(String),
+    /// The group transaction this write was part of could not be begun or committed.
+    #[error("store: group commit failed: {0}")]
+    Batch(String),
 }
 
 impl StoreError {
@@ -117,6 +124,14 @@ pub trait CommandStore: Send + Sync + 'static {
     }
     /// One command.
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError>;
+    /// The commands among `ids` that exist, in no particular order (one call for a batch).
+    fn get_commands(&self, ids: &[String]) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get_command(id)?);
+        }
+        Ok(out)
+    }
     /// Commands matching `q`, newest first, at most `q.effective_limit()`.
     fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError>;
     /// Status transitions of a command, oldest first, with their RFC 3339 times.
@@ -135,6 +150,12 @@ pub trait CommandStore: Send + Sync + 'static {
     /// within one second of the cutoff the order may be off; retention is counted in days),
     /// with their events and emptied jobs. Returns how many commands were deleted.
     fn prune_finished_before(&self, cutoff_rfc3339: &str) -> Result<usize, StoreError>;
+    /// Applies `ops` in order and returns one outcome per op; an op that fails leaves the
+    /// others in place. SQLite runs them in one transaction (one savepoint each); the default
+    /// applies them one by one.
+    fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<bool, StoreError>> {
+        ops.iter().map(|op| op.apply(self)).collect()
+    }
     /// A cheap real write, for `/ready`.
     fn check_writable(&self) -> Result<(), StoreError>;
     /// Stores the authoritative labels an admin set for `agent_id` (replacing earlier ones).
@@ -157,6 +178,8 @@ impl<T: CommandStore + EnrolmentStore + CheckpointStore> Backend for T {}
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn Backend>,
+    /// Group commit of command inserts and updates (`None`: its thread did not start).
+    writer: Option<writer::Writer>,
 }
 
 impl fmt::Debug for Store {
@@ -168,8 +191,16 @@ impl fmt::Debug for Store {
 impl Store {
     /// Wraps a store implementation.
     pub fn new(inner: impl Backend) -> Self {
-        Store {
-            inner: Arc::new(inner),
+        let inner: Arc<dyn Backend> = Arc::new(inner);
+        let writer = writer::Writer::start(&inner);
+        Store { inner, writer }
+    }
+
+    /// One command write, group-committed with the writes of concurrent commands.
+    async fn write(&self, op: WriteOp) -> Result<bool, StoreError> {
+        match &self.writer {
+            Some(w) => w.write(op).await,
+            None => self.run(move |s| op.apply(s)).await,
         }
     }
 
@@ -199,14 +230,16 @@ impl Store {
 
     /// See [`CommandStore::insert_command`].
     pub async fn insert_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        let rec = rec.clone();
-        self.run(move |s| s.insert_command(&rec)).await
+        self.write(WriteOp::Insert(rec.clone())).await.map(|_| ())
     }
 
     /// See [`CommandStore::update_command`].
     pub async fn update_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        let rec = rec.clone();
-        self.run(move |s| s.update_command(&rec)).await
+        let op = WriteOp::Update {
+            rec: rec.clone(),
+            expected: None,
+        };
+        self.write(op).await.map(|_| ())
     }
 
     /// See [`CommandStore::update_command_if`].
@@ -215,14 +248,22 @@ impl Store {
         rec: &CommandRecord,
         expected: CommandState,
     ) -> Result<bool, StoreError> {
-        let rec = rec.clone();
-        self.run(move |s| s.update_command_if(&rec, expected)).await
+        let op = WriteOp::Update {
+            rec: rec.clone(),
+            expected: Some(expected),
+        };
+        self.write(op).await
     }
 
     /// See [`CommandStore::get_command`].
     pub async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
         let id = id.to_owned();
         self.run(move |s| s.get_command(&id)).await
+    }
+
+    /// See [`CommandStore::get_commands`].
+    pub async fn get_commands(&self, ids: Vec<String>) -> Result<Vec<CommandRecord>, StoreError> {
+        self.run(move |s| s.get_commands(&ids)).await
     }
 
     /// See [`CommandStore::list_commands`].

@@ -23,19 +23,24 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// An events sink that does nothing: these tests watch the registry and the wire.
-struct NoEvents;
+pub(super) struct NoEvents;
 impl SessionEvents for NoEvents {}
 
-const AGENT: &str = "edge-01";
+pub(super) const AGENT: &str = "edge-01";
 const PIN: &str = "sha256//test-pin";
 
-struct Fixture {
-    ctx: Arc<HubContext>,
-    _stop: watch::Sender<bool>,
+pub(super) struct Fixture {
+    pub(super) ctx: Arc<HubContext>,
+    pub(super) stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
+    fixture_with(Arc::new(NoEvents))
+}
+
+/// A fixture whose sessions report to `events`.
+pub(super) fn fixture_with(events: Arc<dyn SessionEvents>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let ca = mesh_certs::Ca::generate("session test CA").unwrap();
     ca.save(&dir.path().join("ca")).unwrap();
@@ -61,7 +66,7 @@ fn fixture() -> Fixture {
         metrics: Arc::new(Metrics::default()),
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         client_verifier,
-        events: Arc::new(NoEvents),
+        events,
         shutdown,
         tasks: TaskCounter::default(),
         limits: Arc::new(crate::reload::Swap::new(crate::limits::RateLimits::new(
@@ -83,12 +88,12 @@ fn fixture() -> Fixture {
     };
     Fixture {
         ctx: Arc::new(ctx),
-        _stop: stop,
+        stop,
         _dir: dir,
     }
 }
 
-fn hello() -> HelloFrame {
+pub(super) fn hello() -> HelloFrame {
     serde_json::from_value(serde_json::json!({
         "type": "hello", "protocol": 1, "agent_id": AGENT, "version": "test",
         "site": "s", "hostname": "h", "labels": {}, "verbs": [],
@@ -97,7 +102,7 @@ fn hello() -> HelloFrame {
     .unwrap()
 }
 
-fn identity() -> PeerIdentity {
+pub(super) fn identity() -> PeerIdentity {
     PeerIdentity {
         cn: AGENT.to_owned(),
         pin: PIN.to_owned(),
@@ -107,7 +112,7 @@ fn identity() -> PeerIdentity {
 }
 
 /// Starts a session on one end of a duplex pipe of `buffer` bytes; returns the agent's end.
-async fn start(
+pub(super) async fn start(
     ctx: &Arc<HubContext>,
     buffer: usize,
 ) -> (WebSocketStream<DuplexStream>, tokio::task::JoinHandle<()>) {
@@ -119,7 +124,7 @@ async fn start(
     (agent_ws, task)
 }
 
-async fn next_text(ws: &mut WebSocketStream<DuplexStream>) -> serde_json::Value {
+pub(super) async fn next_text(ws: &mut WebSocketStream<DuplexStream>) -> serde_json::Value {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
@@ -129,7 +134,7 @@ async fn next_text(ws: &mut WebSocketStream<DuplexStream>) -> serde_json::Value 
     }
 }
 
-async fn close_code(ws: &mut WebSocketStream<DuplexStream>) -> u16 {
+pub(super) async fn close_code(ws: &mut WebSocketStream<DuplexStream>) -> u16 {
     loop {
         match ws.next().await {
             Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
@@ -147,7 +152,7 @@ async fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
     let session = f.ctx.registry.session(AGENT).expect("attached");
     // Far more than the pipe holds; the agent never reads again.
     let big = HubFrame::Error(ErrorBody::new("filler", "x".repeat(256 * 1024)));
-    session.tx.try_send(big).unwrap();
+    session.tx.try_send(Box::new(big)).unwrap();
     // Paused time jumps to the deadline once the write is stuck.
     tokio::time::timeout(super::WRITE_DEADLINE * 3, task)
         .await

@@ -12,6 +12,7 @@
 //! - `enrolment`: the [`EnrolmentStore`](crate::store::EnrolmentStore) implementation.
 //! - `labels`: authoritative agent labels (rows of `store_meta`).
 //! - `schema`: the versioned schema and its migrations.
+//! - `write`: command inserts and updates, alone or as one group transaction.
 //! - `row`: encoding records into columns and decoding rows back, distrusting stored data.
 
 mod checkpoint;
@@ -19,6 +20,7 @@ mod enrolment;
 mod labels;
 mod row;
 mod schema;
+mod write;
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStore")
@@ -132,42 +134,7 @@ impl CommandStore for SqliteStore {
     fn insert_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (error_code, error_message) = match &rec.error {
-            Some(e) => (Some(&e.code), Some(&e.message)),
-            None => (None, None),
-        };
-        tx.prepare_cached(&format!(
-            "INSERT INTO commands ({COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-        ))?
-        .execute(params![
-            rec.command_id,
-            rec.agent_id,
-            rec.verb,
-            to_json(&rec.args)?,
-            rec.requested_by,
-            rec.status.as_str(),
-            rec.exit_code,
-            rec.stdout,
-            rec.stderr,
-            rec.truncated,
-            rec.created_at,
-            rec.started_at,
-            rec.finished_at,
-            rec.duration_ms.map(to_i64),
-            error_code,
-            error_message,
-            to_i64(rec.timeout_ms),
-            rec.job_id,
-        ])
-        .map_err(|e| match e {
-            e if is_duplicate(&e) => StoreError::Duplicate(rec.command_id.clone()),
-            e => StoreError::Sqlite(e),
-        })?;
-        tx.prepare_cached(
-            "INSERT INTO command_events (command_id, status, at) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![rec.command_id, rec.status.as_str(), rec.created_at])?;
+        write::insert(&tx, rec)?;
         tx.commit()?;
         Ok(())
     }
@@ -179,51 +146,13 @@ impl CommandStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let old: Option<String> = tx
-            .prepare_cached("SELECT status FROM commands WHERE command_id = ?1")?
-            .query_row([&rec.command_id], |row| row.get(0))
-            .optional()
-            .map_err(decode_err)?;
-        let Some(old) = old else {
-            return Err(StoreError::NotFound(rec.command_id.clone()));
-        };
-        if expected.is_some_and(|e| e.as_str() != old) {
-            return Ok(false);
-        }
-        let (error_code, error_message) = match &rec.error {
-            Some(e) => (Some(&e.code), Some(&e.message)),
-            None => (None, None),
-        };
-        tx.prepare_cached(
-            "UPDATE commands SET status = ?2, exit_code = ?3, stdout = ?4, stderr = ?5, \
-             truncated = ?6, started_at = ?7, finished_at = ?8, duration_ms = ?9, \
-             error_code = ?10, error_message = ?11 WHERE command_id = ?1",
-        )?
-        .execute(params![
-            rec.command_id,
-            rec.status.as_str(),
-            rec.exit_code,
-            rec.stdout,
-            rec.stderr,
-            rec.truncated,
-            rec.started_at,
-            rec.finished_at,
-            rec.duration_ms.map(to_i64),
-            error_code,
-            error_message,
-        ])?;
-        if old != rec.status.as_str() {
-            tx.prepare_cached(
-                "INSERT INTO command_events (command_id, status, at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![
-                rec.command_id,
-                rec.status.as_str(),
-                clock::now_rfc3339()
-            ])?;
-        }
+        let done = write::update(&tx, rec, expected)?;
         tx.commit()?;
-        Ok(true)
+        Ok(done)
+    }
+
+    fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<bool, StoreError>> {
+        write::batch(&mut self.conn(), ops)
     }
 
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
@@ -385,13 +314,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, TransactionBehavior};
 
-use super::{CommandQuery, CommandRecord, CommandState, CommandStore, JobRecord, StoreError};
+use super::{
+    CommandQuery, CommandRecord, CommandState, CommandStore, JobRecord, StoreError, WriteOp,
+};
 use crate::clock;
 use row::{
-    decode_err, is_duplicate, parse_state, query_commands, read_job, state_list, to_i64, to_json,
-    COLUMNS,
+    decode_err, is_duplicate, parse_state, query_commands, read_job, state_list, to_json, COLUMNS,
 };
 pub use schema::SCHEMA_VERSION;
 
