@@ -2,6 +2,8 @@
 //! Tables, JSON and YAML output, `run`'s output and exit code, a fan-out's summary and exit
 //! code, a parameter refused before anything is sent, and an unreachable backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use agentmesh_e2e::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
 use agentmesh_e2e::http;
 use agentmesh_e2e::meshctl::{home, meshctl, meshctl_fleet};
