@@ -173,6 +173,20 @@ pub struct FanoutArgs {
     /// Per-target timeout in seconds (default: the verb's).
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
+    /// Live progress on stderr: on a terminal only (auto), always, or never.
+    #[arg(long, value_enum, default_value_t = When::Auto)]
+    pub progress: When,
+}
+
+/// When to do something that suits a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum When {
+    /// When stderr is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Splits `k=v` (labels, selectors); the error names the flag.

@@ -156,10 +156,14 @@ pub fn labels(v: &Value) -> String {
     }
 }
 
-/// Writes a progress line to stderr (a terminal), overwriting the previous one.
+/// Writes a progress line to stderr: on a terminal over the previous one, else one per line.
 pub fn progress(line: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = write!(err, "\r\x1b[2K{line}");
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[2K{line}");
+    } else {
+        let _ = writeln!(err, "{line}");
+    }
     let _ = err.flush();
 }
 

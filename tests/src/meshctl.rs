@@ -113,3 +113,21 @@ pub fn home(fleet: &Fleet) -> PathBuf {
         .unwrap()
         .keep()
 }
+
+/// Whether the backend at `addr` serves `GET /api/v1/events` (reads only the status line:
+/// the stream itself never ends).
+pub async fn serves_events(addr: std::net::SocketAddr, token: &str) -> bool {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut stream = crate::http::connect(addr, "GET /api/v1/events").await;
+    let request = format!(
+        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stream);
+    tokio::time::timeout(PATIENCE, reader.read_line(&mut line))
+        .await
+        .expect("no status line from /api/v1/events")
+        .unwrap();
+    line.split_whitespace().nth(1) == Some("200")
+}

@@ -6,7 +6,7 @@
 
 use agentmesh_e2e::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
 use agentmesh_e2e::http;
-use agentmesh_e2e::meshctl::{home, meshctl, meshctl_fleet};
+use agentmesh_e2e::meshctl::{home, meshctl, meshctl_fleet, serves_events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_as_a_table_as_json_and_as_yaml() {
@@ -236,6 +236,8 @@ async fn fanout_summarises_every_target_and_exits_0_only_when_all_succeeded() {
             "role=web",
             "echo",
             "message=hi",
+            "--progress",
+            "always",
             "-o",
             "json",
         ],
@@ -246,6 +248,21 @@ async fn fanout_summarises_every_target_and_exits_0_only_when_all_succeeded() {
     assert_eq!(job["summary"]["targets"], 2, "{job}");
     assert_eq!(job["summary"]["ok"], 2, "{job}");
     assert_eq!(job["results"].as_array().unwrap().len(), 2);
+    // Progress on stderr, fed by the event stream where the backend has one.
+    let source = if serves_events(fleet.hub.http, OPERATOR_TOKEN).await {
+        "[live]"
+    } else {
+        "[polling]"
+    };
+    let last = run
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("job "))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    assert!(
+        last.contains("2/2 done, 0 failed, 0 pending") && last.ends_with(source),
+        "{last}"
+    );
 
     let run = meshctl(
         Some(&url),

@@ -13,7 +13,7 @@ use hyper::body::{Body, Bytes};
 use serde_json::{json, Map, Value};
 
 use super::Ctx;
-use crate::cli::{key_value, FanoutArgs};
+use crate::cli::{key_value, FanoutArgs, When};
 use crate::client::enc;
 use crate::output::{cell, progress, table};
 use crate::sse::Parser;
@@ -57,7 +57,12 @@ pub async fn fanout(ctx: &Ctx, a: FanoutArgs) -> Result<u8, Error> {
         .as_str()
         .ok_or_else(|| Error::BadAnswer("fan-out answer without job_id".into()))?
         .to_owned();
-    let mut bar = Progress::new(std::io::stderr().is_terminal(), &job_id);
+    let draw = match a.progress {
+        When::Auto => std::io::stderr().is_terminal(),
+        When::Always => true,
+        When::Never => false,
+    };
+    let mut bar = Progress::new(draw, &job_id);
     follow(ctx, &job_id, &mut bar).await?;
     bar.finish();
     let job = ctx
@@ -114,6 +119,7 @@ async fn follow(ctx: &Ctx, job_id: &str, bar: &mut Progress) -> Result<(), Error
     let job_path = format!("/api/v1/commands/{}", enc(job_id));
     if let Ok(stream) = ctx.client.stream("/api/v1/events?types=job").await {
         if stream.status.is_success() {
+            bar.source = "live";
             // What happened before we subscribed is read once; the stream has the rest.
             let job = ctx.client.get(&job_path).await?;
             bar.update(&job["summary"]);
@@ -125,6 +131,7 @@ async fn follow(ctx: &Ctx, job_id: &str, bar: &mut Progress) -> Result<(), Error
             }
         }
     }
+    bar.source = "polling";
     loop {
         let job = ctx.client.get(&job_path).await?;
         bar.update(&job["summary"]);
@@ -185,6 +192,8 @@ pub struct Progress {
     job_id: String,
     started: Instant,
     drawn: bool,
+    /// What feeds it: "live" (the event stream) or "polling".
+    pub source: &'static str,
     /// The last summary seen.
     pub last: Value,
 }
@@ -197,6 +206,7 @@ impl Progress {
             job_id: job_id.to_owned(),
             started: Instant::now(),
             drawn: false,
+            source: "polling",
             last: Value::Null,
         }
     }
@@ -211,19 +221,20 @@ impl Progress {
         let done = n("ok") + n("failed") + n("skipped");
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         progress(&format!(
-            "job {}: {done}/{} done, {} failed, {} pending, {:.1}/s",
+            "job {}: {done}/{} done, {} failed, {} pending, {:.1}/s [{}]",
             self.job_id,
             n("targets"),
             n("failed") + n("skipped"),
             n("pending"),
-            done as f64 / secs
+            done as f64 / secs,
+            self.source
         ));
         self.drawn = true;
     }
 
     /// Ends the line.
     pub fn finish(&mut self) {
-        if self.drawn {
+        if self.drawn && std::io::stderr().is_terminal() {
             eprintln!();
         }
     }
