@@ -233,6 +233,28 @@ impl Client {
         body: Option<&Value>,
         limit: Duration,
     ) -> Result<Value, Error> {
+        let (status, bytes) = self.exchange(method, path, body, limit).await?;
+        decode(status, &bytes)
+    }
+
+    /// `GET` of a text document (`/metrics`); a non-2xx answer is an error.
+    pub async fn text(&self, path: &str) -> Result<String, Error> {
+        let (status, bytes) = self
+            .exchange(Method::GET, path, None, REQUEST_TIMEOUT)
+            .await?;
+        if !status.is_success() {
+            return decode(status, &bytes).map(|_| String::new());
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        limit: Duration,
+    ) -> Result<(StatusCode, Bytes), Error> {
         let request = self.request(method, path, body)?;
         let exchange = async {
             let mut sender = self.open().await?;
@@ -248,13 +270,12 @@ impl Client {
                 .to_bytes();
             Ok::<_, Error>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(limit, exchange).await.map_err(|_| {
+        tokio::time::timeout(limit, exchange).await.map_err(|_| {
             Error::Timeout(format!(
                 "no answer from {} within {limit:?}",
                 self.describe()
             ))
-        })??;
-        decode(status, &bytes)
+        })?
     }
 
     /// Opens a streaming `GET` (the event stream); the caller reads the body.

@@ -49,6 +49,9 @@ async fn agents_as_a_table_as_json_and_as_yaml() {
         !run.stdout.contains('\x1b'),
         "no colour when stdout is not a terminal"
     );
+    // Certificate expiry comes from /metrics (the agent routes do not carry it): a date and
+    // the days left.
+    assert!(web.trim_end().ends_with("d)"), "{web}");
 
     let run = ctl(&["agents", "--label", "role=db", "-o", "json"]).await;
     assert_eq!(run.json()["count"], 1, "{run:?}");

@@ -1,10 +1,13 @@
 //! `meshctl agents` and `meshctl agent ID`.
 
+use std::collections::BTreeMap;
+
 use agentmesh_protocol::VerbSpec;
 use serde_json::Value;
 
 use super::Ctx;
 use crate::cli::key_value;
+use crate::cli::Format;
 use crate::client::enc;
 use crate::output::{cell, clean, labels as fmt_labels, table, Out};
 use crate::{Error, ExitCode};
@@ -25,8 +28,52 @@ pub async fn list(ctx: &Ctx, labels: &[String], connected: bool) -> Result<u8, E
         format!("/api/v1/agents?{}", query.join("&"))
     };
     let value = ctx.client.get(&path).await?;
-    ctx.out.show(&value, |v| agents_table(&ctx.out, v))?;
+    let expiry = if ctx.out.format == Format::Table {
+        cert_expiry(ctx).await
+    } else {
+        BTreeMap::new()
+    };
+    ctx.out
+        .show(&value, |v| agents_table(&ctx.out, v, &expiry))?;
     Ok(ExitCode::OK)
+}
+
+/// Seconds until each agent's certificate expires, from `/metrics`
+/// (`agentmesh_agent_cert_expiry_seconds{agent="ID"}`): the agent routes do not report it.
+/// Empty when `/metrics` cannot be read (a front door that does not pass it on).
+async fn cert_expiry(ctx: &Ctx) -> BTreeMap<String, f64> {
+    match ctx.client.text("/metrics").await {
+        Ok(text) => parse_expiry(&text),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+/// Parses the expiry series out of Prometheus text.
+pub fn parse_expiry(text: &str) -> BTreeMap<String, f64> {
+    const PREFIX: &str = "agentmesh_agent_cert_expiry_seconds{agent=\"";
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(PREFIX)?;
+            let (id, value) = rest.split_once("\"}")?;
+            let secs: f64 = value.trim().parse().ok()?;
+            let id = id.replace("\\\"", "\"").replace("\\\\", "\\");
+            secs.is_finite().then_some((id, secs))
+        })
+        .collect()
+}
+
+/// `2027-11-29 (364d)`, or `... (expired)`.
+fn expiry_cell(secs: Option<f64>) -> String {
+    let Some(secs) = secs else {
+        return "-".to_owned();
+    };
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64);
+    let date = at.date();
+    if secs < 0.0 {
+        format!("{date} (expired)")
+    } else {
+        format!("{date} ({}d)", (secs / 86_400.0).floor() as i64)
+    }
 }
 
 /// The state word of an agent.
@@ -40,7 +87,7 @@ fn state(out: &Out, agent: &Value) -> String {
     }
 }
 
-fn agents_table(out: &Out, v: &Value) -> String {
+fn agents_table(out: &Out, v: &Value, expiry: &BTreeMap<String, f64>) -> String {
     let empty = Vec::new();
     let rows: Vec<Vec<String>> = v["agents"]
         .as_array()
@@ -55,9 +102,7 @@ fn agents_table(out: &Out, v: &Value) -> String {
                 fmt_labels(&a["labels"]),
                 cell(&a["version"]),
                 cell(&a["last_seen"]),
-                // The API does not report certificate expiry (only pins): shown as "-"
-                // until it does (docs/meshctl.md).
-                cell(&a["cert_not_after"]),
+                expiry_cell(a["id"].as_str().and_then(|id| expiry.get(id).copied())),
             ]
         })
         .collect();
@@ -82,11 +127,17 @@ pub async fn one(ctx: &Ctx, id: &str) -> Result<u8, Error> {
         .client
         .get(&format!("/api/v1/agents/{}", enc(id)))
         .await?;
-    ctx.out.show(&value, |v| agent_detail(&ctx.out, v))?;
+    let expiry = if ctx.out.format == Format::Table {
+        cert_expiry(ctx).await.get(id).copied()
+    } else {
+        None
+    };
+    ctx.out
+        .show(&value, |v| agent_detail(&ctx.out, v, expiry))?;
     Ok(ExitCode::OK)
 }
 
-fn agent_detail(out: &Out, a: &Value) -> String {
+fn agent_detail(out: &Out, a: &Value, expiry: Option<f64>) -> String {
     let mut text = String::new();
     let fields = [
         ("id", cell(&a["id"])),
@@ -99,7 +150,7 @@ fn agent_detail(out: &Out, a: &Value) -> String {
         ("remote addr", cell(&a["remote_addr"])),
         ("connected since", cell(&a["connected_since"])),
         ("last seen", cell(&a["last_seen"])),
-        ("cert expiry", cell(&a["cert_not_after"])),
+        ("cert expiry", expiry_cell(expiry)),
     ];
     for (k, v) in fields {
         text.push_str(&format!("{:<16} {v}\n", format!("{k}:")));
@@ -163,4 +214,23 @@ pub async fn verb_spec(ctx: &Ctx, id: &str, verb: &str) -> Result<VerbSpec, Erro
             }
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_comes_from_the_metrics_text() {
+        let text = "# TYPE agentmesh_agent_cert_expiry_seconds gauge\n\
+agentmesh_agent_cert_expiry_seconds{agent=\"edge-01\"} 86400\n\
+agentmesh_agent_cert_expiry_seconds{agent=\"edge-02\"} -5\n\
+agentmesh_agent_cert_expiry_min_seconds -5\n";
+        let m = parse_expiry(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["edge-01"], 86400.0);
+        assert!(expiry_cell(Some(m["edge-01"])).ends_with("(1d)"));
+        assert!(expiry_cell(Some(m["edge-02"])).ends_with("(expired)"));
+        assert_eq!(expiry_cell(None), "-");
+    }
 }
