@@ -114,20 +114,26 @@ pub fn home(fleet: &Fleet) -> PathBuf {
         .keep()
 }
 
-/// Whether the backend at `addr` serves `GET /api/v1/events` (reads only the status line:
-/// the stream itself never ends).
+/// Whether the backend at `addr` serves `GET /api/v1/events`.
 pub async fn serves_events(addr: std::net::SocketAddr, token: &str) -> bool {
+    stream_status(addr, "/api/v1/events", token).await == 200
+}
+
+/// The status of `GET path`, reading only the status line (for a stream that never ends).
+pub async fn stream_status(addr: std::net::SocketAddr, path: &str, token: &str) -> u16 {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let mut stream = crate::http::connect(addr, "GET /api/v1/events").await;
-    let request = format!(
-        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
+    let mut stream = crate::http::connect(addr, path).await;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(stream);
     tokio::time::timeout(PATIENCE, reader.read_line(&mut line))
         .await
-        .expect("no status line from /api/v1/events")
+        .unwrap_or_else(|_| panic!("no status line from {path}"))
         .unwrap();
-    line.split_whitespace().nth(1) == Some("200")
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line from {path}: {line:?}"))
 }
