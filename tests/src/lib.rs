@@ -9,6 +9,7 @@
 //! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
+//! - [`meshctl`]: the `meshctl` binary as a child process, and a fleet for its tests.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod backend;
 pub mod fleet;
 pub mod http;
+pub mod meshctl;
 pub mod nginx;
 pub mod pki;
 pub mod process;

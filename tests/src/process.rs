@@ -31,6 +31,8 @@ fn built_binary(name: &str) -> PathBuf {
                 "backend-agent",
                 "-p",
                 "gateway-agent",
+                "-p",
+                "meshctl",
                 "--bins",
             ])
             .arg("--target-dir")
@@ -54,6 +56,11 @@ pub fn backend_binary() -> PathBuf {
 /// Path of the `gateway-agent` binary.
 pub fn gateway_binary() -> PathBuf {
     built_binary("gateway-agent")
+}
+
+/// Path of the `meshctl` binary.
+pub fn meshctl_binary() -> PathBuf {
+    built_binary("meshctl")
 }
 
 /// Runs `backend-agent audit verify` over the log at `path`; Err holds its output.
