@@ -154,6 +154,9 @@ impl AgentRecord {
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: Mutex<HashMap<String, AgentRecord>>,
+    /// The operator event stream (`GET /api/v1/events`); connects, disconnects and command
+    /// changes are published here.
+    pub events: crate::events::bus::EventBus,
 }
 
 impl Registry {
@@ -251,7 +254,11 @@ impl Registry {
         // Taken out at once: a revoked agent is never listed as connected, not even while
         // its session task is still sending the close frame.
         record.connected_since_ms = None;
-        Some(record.session.take())
+        let session = record.session.take();
+        session
+            .is_some()
+            .then(|| self.events.agent_disconnected(id, "revoked"));
+        Some(session)
     }
 
     /// Marks the whole agent revoked (loaded from the store at start).
@@ -281,6 +288,8 @@ impl Registry {
         let mut agents = self.lock();
         identity_of(agents.get(&hello.agent_id), pin)?;
         let record = agents.entry(hello.agent_id.clone()).or_default();
+        self.events
+            .agent_connected(&hello.agent_id, &hello, remote_addr);
         record.hello = Some(hello);
         record.pin = Some(pin.to_owned());
         record.remote_addr = Some(remote_addr.to_owned());
@@ -300,6 +309,7 @@ impl Registry {
                 record.last_seen_ms = Some(s.shared.last_seen_ms.load(Ordering::Relaxed));
                 record.session = None;
                 record.connected_since_ms = None;
+                self.events.agent_disconnected(id, "session_closed");
                 true
             }
             _ => false,

@@ -47,6 +47,7 @@ impl CommandService {
             return Err(SubmitError::QueueFull(record.agent_id.clone()));
         }
         info!(command.id = %record.command_id, agent.id = %record.agent_id, ttl_ms, "agent offline; command held");
+        self.registry.events.command_status(record);
         // The agent may have connected between the lookup and the hold.
         if self.registry.session(&record.agent_id).is_some() {
             let _ = self.connected_tx.try_send(record.agent_id.clone());

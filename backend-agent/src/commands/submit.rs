@@ -144,6 +144,7 @@ impl CommandService {
             return Ok(());
         }
         permit.send(HubFrame::Command(frame));
+        self.registry.events.command_status(record);
         self.audit.record(events::command_dispatched(record));
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
         Ok(())
