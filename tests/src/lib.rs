@@ -9,6 +9,7 @@
 //! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
+//! - [`sse`]: a Server-Sent Events client for `GET /api/v1/events`.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
@@ -23,6 +24,7 @@ pub mod nginx;
 pub mod pki;
 pub mod process;
 pub mod raw;
+pub mod sse;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
