@@ -251,7 +251,7 @@ function jobView(job) {
     table(['Agent', 'Status', 'Exit', 'Output'], (job.results || []).map((r) => el('tr', {},
       el('td', {}, r.agent_id), el('td', {}, badge(r.status)),
       el('td', {}, r.exit_code === null || r.exit_code === undefined ? '—' : r.exit_code),
-      el('td', {}, el('pre', { class: 'stdout small' }, (r.stdout || '') + (r.stderr || '')))))), 'Per-agent results'));
+      el('td', {}, el('pre', { class: 'stdout small' }, (r.stdout || '') + (r.stderr || ''))))), 'Per-agent results'));
 }
 
 async function fanoutPage(main) {

@@ -9,6 +9,7 @@
 //! - [`agent`]: [`TestAgent`], a gateway agent started from a real `gateway.toml`.
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
+//! - [`browser`]: headless Chromium over the DevTools protocol (the `/ui/` page test).
 //! - [`sse`]: a Server-Sent Events client for `GET /api/v1/events`.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod nginx;
