@@ -6,6 +6,7 @@
 //! Without chromium the browser test is skipped with a reason, unless
 //! `AGENTMESH_REQUIRE_EXTERNAL=1` (CI), where it fails. `AGENTMESH_UPDATE_SCREENSHOT=1`
 //! writes the screenshots to `docs/img/` for the README.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
