@@ -255,9 +255,9 @@ impl Registry {
         // its session task is still sending the close frame.
         record.connected_since_ms = None;
         let session = record.session.take();
-        session
-            .is_some()
-            .then(|| self.events.agent_disconnected(id, "revoked"));
+        if session.is_some() {
+            self.events.agent_disconnected(id, "revoked");
+        }
         Some(session)
     }
 
@@ -288,9 +288,10 @@ impl Registry {
         let mut agents = self.lock();
         identity_of(agents.get(&hello.agent_id), pin)?;
         let record = agents.entry(hello.agent_id.clone()).or_default();
-        self.events
-            .agent_connected(&hello.agent_id, &hello, remote_addr);
         record.hello = Some(hello);
+        let labels = record.merged_labels();
+        self.events
+            .agent_connected(record.hello.as_ref(), &labels, remote_addr);
         record.pin = Some(pin.to_owned());
         record.remote_addr = Some(remote_addr.to_owned());
         record.connected_since_ms = Some(now);

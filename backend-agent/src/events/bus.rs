@@ -317,11 +317,19 @@ impl EventBus {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// `agent_connected`.
-    pub fn agent_connected(&self, id: &str, hello: &agentmesh_protocol::HelloFrame, addr: &str) {
+    /// `agent_connected`, with the labels as the API shows them (enrolment labels over the
+    /// `hello` ones).
+    pub fn agent_connected(
+        &self,
+        hello: Option<&agentmesh_protocol::HelloFrame>,
+        labels: &std::collections::BTreeMap<String, String>,
+        addr: &str,
+    ) {
+        let Some(hello) = hello else { return };
+        let id = hello.agent_id.as_str();
         let data = json!({
             "agent_id": id, "hostname": hello.hostname, "site": hello.site,
-            "labels": hello.labels, "version": hello.version, "remote_addr": addr,
+            "labels": labels, "version": hello.version, "remote_addr": addr,
             "at": clock::now_rfc3339(),
         });
         self.publish(

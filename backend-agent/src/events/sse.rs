@@ -214,3 +214,64 @@ pub fn stats(registry: &Registry) -> (usize, u64, u64) {
     let bus = &registry.events;
     (bus.subscribers(), bus.published(), bus.dropped())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use std::collections::BTreeMap;
+
+    fn principal(labels: &[(&str, &str)]) -> Principal {
+        Principal {
+            name: "t".into(),
+            role: Role::Viewer,
+            verbs: vec!["*".into()],
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    async fn text(r: &mut Reader) -> String {
+        let chunk = r.next().await.unwrap_or_default();
+        String::from_utf8_lossy(&chunk).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scope_filter_heartbeat_and_end() {
+        let registry = Arc::new(Registry::default());
+        let labels = |v: &str| BTreeMap::from([("role".to_owned(), v.to_owned())]);
+        registry.set_enrolled_labels("in", labels("db"));
+        registry.set_enrolled_labels("out", labels("web"));
+        let sub = registry.events.subscribe(None).expect("subscribe");
+        let scoped = principal(&[("role", "db")]);
+        let mut r = Reader::new(sub, registry.clone(), scoped, None);
+        assert!(text(&mut r).await.starts_with(": agentmesh events"));
+        registry.events.agent_disconnected("out", "x");
+        registry.events.agent_disconnected("in", "x");
+        let e = text(&mut r).await;
+        assert!(
+            e.contains("event: agent_disconnected\n") && e.contains("\"agent_id\":\"in\""),
+            "{e}"
+        );
+        // Nothing else is visible: the next chunk is the heartbeat (the paused clock jumps).
+        assert_eq!(text(&mut r).await, ": keep-alive\n\n");
+        registry.events.close();
+        assert!(text(&mut r).await.starts_with(": closed"));
+        assert!(r.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn families_filter_and_reset_comes_first() {
+        let registry = Arc::new(Registry::default());
+        registry.events.agent_disconnected("a", "x");
+        let sub = registry.events.subscribe(Some(1)).expect("subscribe");
+        let only_jobs = Some(HashSet::from([Family::Job]));
+        let mut r = Reader::new(sub, registry.clone(), principal(&[]), only_jobs);
+        assert!(text(&mut r).await.starts_with(": agentmesh events"));
+        assert!(text(&mut r).await.contains("event: reset\n"));
+        // The replayed agent event is filtered out; the stream waits for a job event.
+        assert!(r.backlog.is_empty());
+    }
+}
