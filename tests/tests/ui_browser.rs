@@ -203,6 +203,12 @@ async fn fleet_page_in_headless_chromium() {
         )
         .await;
     assert_eq!(out, json!("hello from the page\n"));
+    // The agent's recent commands follow live (command_status events).
+    b.wait_for(
+        "agent history rows",
+        "document.querySelectorAll('#agent-history tr[data-command-id]').length >= 2",
+    )
+    .await;
     b.viewport(1280, 1500, false).await;
     std::fs::write(screenshot_path("run.png"), b.screenshot().await).unwrap();
     b.viewport(1280, 900, false).await;
@@ -253,6 +259,7 @@ async fn fleet_page_in_headless_chromium() {
         width.as_u64().is_some_and(|w| w <= 375),
         "page is {width} px wide at 375"
     );
+    std::fs::write(screenshot_path("phone.png"), b.screenshot().await).unwrap();
 
     let console = b.console();
     assert!(
