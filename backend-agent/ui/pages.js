@@ -149,7 +149,7 @@ async function agentPage(main, id) {
   try { a = await api('GET', '/api/v1/agents/' + encodeURIComponent(id)); } catch (e) {
     main.replaceChildren(errorBox(e)); return;
   }
-  const expiry = a.cert_expiry || a.certificate_expiry || a.cert_not_after || null;
+  const expiry = a.cert_expiry || a.certificate_expiry || a.cert_not_after || a.cert_expires_at || null;
   const facts = [['State', badge(a.revoked ? 'revoked' : a.connected ? 'connected' : 'offline')],
     ['Site', a.site], ['Hostname', el('span', { class: 'hostname' }, a.hostname || '—')], ['Version', a.version],
     ['Address', a.remote_addr], ['Connected since', when(a.connected_since)], ['Last seen', when(a.last_seen)],
