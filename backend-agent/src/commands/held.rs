@@ -23,6 +23,8 @@ impl CommandService {
         frame: CommandFrame,
         ttl_ms: u64,
     ) -> Result<(), SubmitError> {
+        // Announced before it can be flushed, so `pending` always precedes `dispatched`.
+        self.registry.events.command_status(record);
         let held_ok = {
             let mut held = lock(&self.held);
             let queue = held.entry(record.agent_id.clone()).or_default();
@@ -44,10 +46,10 @@ impl CommandService {
                 "too many commands held for this offline agent",
             );
             self.store.update_command(record).await?;
+            self.registry.events.command_status(record);
             return Err(SubmitError::QueueFull(record.agent_id.clone()));
         }
         info!(command.id = %record.command_id, agent.id = %record.agent_id, ttl_ms, "agent offline; command held");
-        self.registry.events.command_status(record);
         // The agent may have connected between the lookup and the hold.
         if self.registry.session(&record.agent_id).is_some() {
             let _ = self.connected_tx.try_send(record.agent_id.clone());

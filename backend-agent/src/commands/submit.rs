@@ -131,6 +131,7 @@ impl CommandService {
                     "the agent's send queue is full",
                 );
                 self.save(record, stored).await?;
+                self.registry.events.command_status(record);
                 return Err(SubmitError::QueueFull(record.agent_id.clone()));
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
@@ -143,8 +144,8 @@ impl CommandService {
             debug!(command.id = %record.command_id, "no longer pending (cancelled or expired); not sent");
             return Ok(());
         }
-        permit.send(HubFrame::Command(frame));
         self.registry.events.command_status(record);
+        permit.send(HubFrame::Command(frame));
         self.audit.record(events::command_dispatched(record));
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
         Ok(())

@@ -13,16 +13,16 @@
 //! - **Scope** is checked per subscriber when it reads (see `sse`); the bus only carries the
 //!   agent, verb and job targets each event is about.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::clock;
-use crate::store::{CommandRecord, CommandState, JobRecord};
+use crate::store::CommandRecord;
 use crate::sync::lock;
 
 /// Events kept for `Last-Event-ID` resume.
@@ -133,22 +133,13 @@ struct Subscriber {
     dropped: Arc<AtomicBool>,
 }
 
-struct JobTally {
-    verb: String,
-    targets: Vec<String>,
-    done: HashSet<String>,
-    ok: u64,
-    failed: u64,
-    skipped: u64,
-}
-
 struct State {
     next_id: u64,
     ring: VecDeque<Arc<Event>>,
     subscribers: HashMap<u64, Subscriber>,
     next_key: u64,
     closed: bool,
-    jobs: HashMap<String, JobTally>,
+    jobs: HashMap<String, progress::JobTally>,
     job_order: VecDeque<String>,
 }
 
@@ -365,89 +356,13 @@ impl EventBus {
             self.job_target_done(job, rec);
         }
     }
-
-    /// A fan-out job was recorded: starts its tally and publishes its first `job_progress`.
-    pub fn job_started(&self, job: &JobRecord) {
-        let tally = JobTally {
-            verb: job.verb.clone(),
-            targets: job.targets.clone(),
-            done: HashSet::new(),
-            ok: 0,
-            failed: 0,
-            skipped: 0,
-        };
-        let mut st = lock(&self.shared.state);
-        if st.job_order.len() >= MAX_TRACKED_JOBS {
-            if let Some(old) = st.job_order.pop_front() {
-                st.jobs.remove(&old);
-                debug!(job.id = %old, "job progress no longer tracked (bound reached)");
-            }
-        }
-        st.job_order.push_back(job.job_id.clone());
-        let progress = progress_of(&job.job_id, &tally);
-        st.jobs.insert(job.job_id.clone(), tally);
-        self.push_progress(&mut st, progress);
-    }
-
-    fn job_target_done(&self, job_id: &str, rec: &CommandRecord) {
-        let mut st = lock(&self.shared.state);
-        let Some(tally) = st.jobs.get_mut(job_id) else {
-            return;
-        };
-        if !tally.done.insert(rec.agent_id.clone()) {
-            return;
-        }
-        let skipped = rec.error.as_ref().is_some_and(|e| e.code == "skipped");
-        match rec.status {
-            _ if skipped => tally.skipped += 1,
-            CommandState::Ok => tally.ok += 1,
-            _ => tally.failed += 1,
-        }
-        let progress = progress_of(job_id, tally);
-        if progress.3 {
-            st.jobs.remove(job_id);
-            st.job_order.retain(|j| j != job_id);
-        }
-        self.push_progress(&mut st, progress);
-    }
-
-    fn push_progress(&self, st: &mut State, (job_id, verb, targets, finished, summary): Progress) {
-        let data = json!({
-            "job_id": job_id, "verb": verb, "summary": summary, "finished": finished,
-            "at": clock::now_rfc3339(),
-        });
-        self.push(
-            st,
-            "job_progress",
-            Family::Job,
-            (None, Some(&verb), targets),
-            data,
-        );
-    }
 }
 
 /// What an event is about, for scope checks: (agent, verb, job targets).
 pub type Scope<'a> = (Option<&'a str>, Option<&'a str>, Vec<String>);
 
-/// (job id, verb, targets, finished, summary).
-type Progress = (String, String, Vec<String>, bool, Value);
-
-fn progress_of(job_id: &str, t: &JobTally) -> Progress {
-    let total = t.targets.len() as u64;
-    let done = t.ok + t.failed + t.skipped;
-    let summary = json!({
-        "targets": total, "ok": t.ok, "failed": t.failed,
-        "pending": total.saturating_sub(done), "skipped": t.skipped,
-    });
-    let finished = done >= total;
-    (
-        job_id.to_owned(),
-        t.verb.clone(),
-        t.targets.clone(),
-        finished,
-        summary,
-    )
-}
+#[path = "progress.rs"]
+mod progress;
 
 #[cfg(test)]
 #[path = "bus_tests.rs"]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::{CommandState, JobRecord};
 
 fn ping(bus: &EventBus, n: u64) {
     for i in 0..n {

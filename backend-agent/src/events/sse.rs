@@ -1,5 +1,5 @@
-//! `GET /api/v1/events`: the event bus as Server-Sent Events (`docs/events.md` in the README's
-//! "Event stream" section): `Last-Event-ID` (or `?last_event_id=`) resume, `?types=` families,
+//! `GET /api/v1/events`: the event bus as Server-Sent Events (README, "Event stream"):
+//! `Last-Event-ID` (or `?last_event_id=`) resume, `?types=` families,
 //! the caller's scope applied to every event, a `: keep-alive` comment every
 //! [`HEARTBEAT`].
 
