@@ -274,4 +274,32 @@ mod tests {
         // The replayed agent event is filtered out; the stream waits for a job event.
         assert!(r.backlog.is_empty());
     }
+
+    #[tokio::test]
+    async fn a_job_is_visible_only_when_every_target_is_in_scope() {
+        let registry = Arc::new(Registry::default());
+        let labels = |v: &str| BTreeMap::from([("role".to_owned(), v.to_owned())]);
+        registry.set_enrolled_labels("in", labels("db"));
+        registry.set_enrolled_labels("out", labels("web"));
+        let job = |targets: &[&str]| Event {
+            id: 1,
+            kind: "job_progress",
+            family: Family::Job,
+            agent_id: None,
+            verb: Some("ping".into()),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            data: "{}".into(),
+        };
+        let sub = registry.events.subscribe(None).expect("subscribe");
+        let r = Reader::new(sub, registry.clone(), principal(&[("role", "db")]), None);
+        assert!(r.visible(&job(&["in"])));
+        assert!(!r.visible(&job(&["in", "out"])));
+        assert!(
+            !r.visible(&job(&["gone"])),
+            "an unknown agent is outside a label scope"
+        );
+        let sub = registry.events.subscribe(None).expect("subscribe");
+        let unscoped = Reader::new(sub, registry.clone(), principal(&[]), None);
+        assert!(unscoped.visible(&job(&["in", "out", "gone"])));
+    }
 }
