@@ -143,17 +143,40 @@ function runForm(verbs, submit) {
   return form;
 }
 
+/** Seconds until the agent's certificate (of its latest session) expires, from `/metrics`
+ * (public, no token: the agent routes do not carry it); null when unknown. */
+async function certExpiry(id) {
+  try {
+    const r = await fetch('/metrics', { cache: 'no-store', credentials: 'omit' });
+    if (!r.ok) return null;
+    const esc = id.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+    const prefix = 'agentmesh_agent_cert_expiry_seconds{agent="' + esc + '"} ';
+    const line = (await r.text()).split('\n').find((l) => l.startsWith(prefix));
+    const v = line ? Number.parseFloat(line.slice(prefix.length)) : NaN;
+    return Number.isFinite(v) ? v : null;
+  } catch (_) {
+    return null;
+  }
+}
+
 async function agentPage(main, id) {
   main.append(el('p', { class: 'muted' }, 'Loading ' + id + '…'));
   let a;
   try { a = await api('GET', '/api/v1/agents/' + encodeURIComponent(id)); } catch (e) {
     main.replaceChildren(errorBox(e)); return;
   }
-  const expiry = a.cert_expiry || a.certificate_expiry || a.cert_not_after || a.cert_expires_at || null;
+  const expiry = el('span', { id: 'cert-expiry' }, 'unknown');
+  certExpiry(a.id).then((secs) => {
+    if (secs === null) return;
+    const at = new Date(Date.now() + secs * 1000).toLocaleDateString();
+    const days = Math.round(Math.abs(secs) / 86400);
+    expiry.textContent = secs >= 0 ? 'in ' + days + ' days (' + at + ')' : 'expired ' + days + ' days ago';
+    if (secs < 14 * 86400) expiry.className = 'error';
+  });
   const facts = [['State', badge(a.revoked ? 'revoked' : a.connected ? 'connected' : 'offline')],
     ['Site', a.site], ['Hostname', el('span', { class: 'hostname' }, a.hostname || '—')], ['Version', a.version],
     ['Address', a.remote_addr], ['Connected since', when(a.connected_since)], ['Last seen', when(a.last_seen)],
-    ['Pin', el('code', {}, a.pin || '—')], ['Certificate expiry', expiry ? when(expiry) : 'unknown'],
+    ['Pin', el('code', {}, a.pin || '—')], ['Certificate expiry', expiry],
     ['Labels', labelChips(a.labels)]];
   const history = el('div', { id: 'agent-history' });
   const loadHistory = async () => {

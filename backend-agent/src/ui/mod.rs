@@ -3,8 +3,9 @@
 //! with the operator's bearer token (kept in `sessionStorage`, never in a cookie or URL the
 //! server sees), so it can do nothing a script could not.
 
+use axum::extract::Path;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -19,30 +20,33 @@ const PAGES: &str = include_str!("../../ui/pages.js");
 const STYLE: &str = include_str!("../../ui/app.css");
 const ICON: &str = include_str!("../../ui/icon.svg");
 
-/// Routes of the page (merged into the API router).
+/// Routes of the page (merged into the API router): `/ui/` and `/ui/{path}` for its assets.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route(
             "/ui/",
             get(|| async { asset("text/html; charset=utf-8", INDEX) }),
         )
-        .route(
-            "/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/ui/pages.js",
-            get(|| async { asset("text/javascript; charset=utf-8", PAGES) }),
-        )
-        .route(
-            "/ui/app.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
-        .route(
-            "/ui/icon.svg",
-            get(|| async { asset("image/svg+xml", ICON) }),
-        )
+        .route("/ui/{path}", get(by_name))
+}
+
+/// An embedded asset by file name; anything else is 404.
+async fn by_name(Path(name): Path<String>) -> Response {
+    match lookup(&name) {
+        Some((content_type, body)) => asset(content_type, body),
+        None => crate::api::ApiError::not_found("no such file in the page").into_response(),
+    }
+}
+
+fn lookup(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        "index.html" => ("text/html; charset=utf-8", INDEX),
+        "app.js" => ("text/javascript; charset=utf-8", SCRIPT),
+        "pages.js" => ("text/javascript; charset=utf-8", PAGES),
+        "app.css" => ("text/css; charset=utf-8", STYLE),
+        "icon.svg" => ("image/svg+xml", ICON),
+        _ => return None,
+    })
 }
 
 /// One embedded file with the page's security headers.
@@ -98,6 +102,16 @@ mod tests {
             value(header::REFERRER_POLICY),
             Some(b"no-referrer".to_vec())
         );
+    }
+
+    #[test]
+    fn every_asset_has_a_type_and_unknown_names_none() {
+        for name in ["index.html", "app.js", "pages.js", "app.css", "icon.svg"] {
+            assert!(lookup(name).is_some(), "{name}");
+        }
+        for name in ["", "..", "../Cargo.toml", "app.js.map", "APP.JS"] {
+            assert!(lookup(name).is_none(), "{name}");
+        }
     }
 
     #[test]
