@@ -6,8 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Any byte stream the client can speak HTTP over (plain TCP, or TLS to a front door).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One event as received.
 #[derive(Debug, Clone)]
@@ -26,13 +30,14 @@ pub struct SseStream {
     pub status: u16,
     /// Raw response headers.
     pub headers: String,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     raw: Vec<u8>,
     body: Vec<u8>,
     events: VecDeque<SseEvent>,
     /// Comment lines seen (without the leading `:`).
     pub comments: Vec<String>,
     ended: bool,
+    chunked: bool,
 }
 
 /// Options for [`SseStream::open_with`].
@@ -78,14 +83,41 @@ impl SseStream {
             .unwrap_or_else(|e| panic!("GET {path}: connect: {e}"));
         socket.set_nonblocking(true).unwrap();
         let std_stream: std::net::TcpStream = socket.into();
-        let mut stream = TcpStream::from_std(std_stream).unwrap();
+        let stream = TcpStream::from_std(std_stream).unwrap();
+        Self::start(Box::new(stream), addr, path, token, options.last_event_id).await
+    }
+
+    /// Opens `path` over TLS (e.g. through the nginx front door), trusting `ca_pem`.
+    pub async fn open_tls(
+        addr: SocketAddr,
+        ca_pem: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> SseStream {
+        let stream = tokio::time::timeout(
+            crate::http::CONNECT_TIMEOUT,
+            crate::raw::tls(addr, ca_pem, None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {path}: TLS connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("GET {path}: TLS connect to {addr}: {e}"));
+        Self::start(Box::new(stream), addr, path, token, None).await
+    }
+
+    async fn start(
+        mut stream: Box<dyn Io>,
+        addr: SocketAddr,
+        path: &str,
+        token: Option<&str>,
+        last_event_id: Option<u64>,
+    ) -> SseStream {
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n"
         );
         if let Some(t) = token {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
-        if let Some(id) = options.last_event_id {
+        if let Some(id) = last_event_id {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
         }
         req.push_str("\r\n");
@@ -99,6 +131,7 @@ impl SseStream {
             events: VecDeque::new(),
             comments: Vec::new(),
             ended: false,
+            chunked: false,
         };
         let deadline = tokio::time::Instant::now() + crate::PATIENCE;
         let end = loop {
@@ -115,15 +148,16 @@ impl SseStream {
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
         s.raw.drain(..end + 4);
-        if !s.headers.to_ascii_lowercase().contains("chunked") {
-            // An error answer with a plain body: keep it as the body.
-            s.body = std::mem::take(&mut s.raw);
-        }
+        s.chunked = s
+            .headers
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
         s
     }
 
     /// The body so far (for error answers).
-    pub fn body_text(&self) -> String {
+    pub fn body_text(&mut self) -> String {
+        self.decode();
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
@@ -140,6 +174,11 @@ impl SseStream {
     }
 
     fn decode(&mut self) {
+        if !self.chunked {
+            // A plain body (an error answer, or a stream delimited by the connection's end).
+            self.body.append(&mut self.raw);
+            return;
+        }
         loop {
             let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
                 return;

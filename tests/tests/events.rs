@@ -59,13 +59,14 @@ async fn connect_and_status_changes_in_order_with_scope_and_resume() {
 
     let r = http::get(hub.http, "/api/v1/events", None).await;
     assert_eq!(r.status, 401, "{}", r.body);
-    let bad = SseStream::open(
+    let mut bad = SseStream::open(
         hub.http,
         "/api/v1/events?types=agent,bogus",
         Some(VIEWER_TOKEN),
     )
     .await;
-    assert_eq!(bad.status, 400, "{}", bad.body_text());
+    let status = bad.status;
+    assert_eq!(status, 400, "{}", bad.body_text());
 
     let mut all = SseStream::open(hub.http, "/api/v1/events", Some(VIEWER_TOKEN)).await;
     assert_eq!(all.status, 200);
