@@ -68,13 +68,15 @@ fn keep_reading(mut client: raw::RawClient) -> tokio::task::JoinHandle<()> {
     )
 }
 
-fn screenshot_path(name: &str) -> std::path::PathBuf {
+/// `docs/img/NAME` with `AGENTMESH_UPDATE_SCREENSHOT=1`, else the test's own temp dir (kept
+/// as evidence when the test fails, removed when it passes).
+fn screenshot_path(pki: &Pki, name: &str) -> std::path::PathBuf {
     if std::env::var("AGENTMESH_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img");
         std::fs::create_dir_all(&dir).unwrap();
         dir.join(name)
     } else {
-        std::env::temp_dir().join(format!("agentmesh-{}-{name}", std::process::id()))
+        pki.path().join(name)
     }
 }
 
@@ -173,7 +175,7 @@ async fn fleet_page_in_headless_chromium() {
         json!(0)
     );
     b.eval("(() => { const s = document.getElementById('f-state'); s.value = ''; s.dispatchEvent(new Event('change')); return true; })()").await;
-    std::fs::write(screenshot_path("fleet.png"), b.screenshot().await).unwrap();
+    std::fs::write(screenshot_path(&pki, "fleet.png"), b.screenshot().await).unwrap();
 
     // Run `ping` through the form on the agent page, then `echo` with a typed parameter.
     b.eval("location.hash = '#/agent/edge-01'").await;
@@ -220,7 +222,7 @@ async fn fleet_page_in_headless_chromium() {
     )
     .await;
     b.viewport(1280, 1500, false).await;
-    std::fs::write(screenshot_path("run.png"), b.screenshot().await).unwrap();
+    std::fs::write(screenshot_path(&pki, "run.png"), b.screenshot().await).unwrap();
     b.viewport(1280, 900, false).await;
 
     // History, fan-out with progress, audit.
@@ -269,7 +271,7 @@ async fn fleet_page_in_headless_chromium() {
         width.as_u64().is_some_and(|w| w <= 375),
         "page is {width} px wide at 375"
     );
-    std::fs::write(screenshot_path("phone.png"), b.screenshot().await).unwrap();
+    std::fs::write(screenshot_path(&pki, "phone.png"), b.screenshot().await).unwrap();
 
     let console = b.console();
     assert!(
