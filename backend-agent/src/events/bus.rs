@@ -71,8 +71,8 @@ pub struct Event {
     pub agent_id: Option<String>,
     /// The verb it is about (scope), if one.
     pub verb: Option<String>,
-    /// A job's targets (scope: all must be visible).
-    pub targets: Vec<String>,
+    /// A job's targets (scope: all must be visible); shared by every event of the job.
+    pub targets: Arc<[String]>,
     /// The `data` line: one-line JSON.
     pub data: String,
 }
@@ -326,7 +326,7 @@ impl EventBus {
         self.publish(
             "agent_connected",
             Family::Agent,
-            (Some(id), None, vec![]),
+            (Some(id), None, none()),
             data,
         );
     }
@@ -337,7 +337,7 @@ impl EventBus {
         self.publish(
             "agent_disconnected",
             Family::Agent,
-            (Some(id), None, vec![]),
+            (Some(id), None, none()),
             data,
         );
     }
@@ -350,7 +350,7 @@ impl EventBus {
             "status": rec.status.as_str(), "job_id": rec.job_id, "exit_code": rec.exit_code,
             "at": clock::now_rfc3339(),
         });
-        let scope = (Some(rec.agent_id.as_str()), Some(rec.verb.as_str()), vec![]);
+        let scope = (Some(rec.agent_id.as_str()), Some(rec.verb.as_str()), none());
         self.publish("command_status", Family::Command, scope, data);
         if let (Some(job), true) = (&rec.job_id, rec.status.is_final()) {
             self.job_target_done(job, rec);
@@ -359,7 +359,12 @@ impl EventBus {
 }
 
 /// What an event is about, for scope checks: (agent, verb, job targets).
-pub type Scope<'a> = (Option<&'a str>, Option<&'a str>, Vec<String>);
+pub type Scope<'a> = (Option<&'a str>, Option<&'a str>, Arc<[String]>);
+
+/// No job targets.
+fn none() -> Arc<[String]> {
+    Arc::from(Vec::new())
+}
 
 #[path = "progress.rs"]
 mod progress;

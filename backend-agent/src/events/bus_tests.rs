@@ -6,7 +6,7 @@ fn ping(bus: &EventBus, n: u64) {
         bus.publish(
             "agent_disconnected",
             Family::Agent,
-            (Some("a"), None, vec![]),
+            (Some("a"), None, none()),
             json!({"i": i}),
         );
     }
@@ -147,7 +147,7 @@ fn job_progress_counts_each_target_once_and_finishes() {
         if e.kind == "job_progress" {
             let v: Value = serde_json::from_str(&e.data).expect("json");
             progress.push((v["summary"].clone(), v["finished"].clone()));
-            assert_eq!(e.targets, job.targets);
+            assert_eq!(&e.targets[..], &job.targets[..]);
         }
     }
     assert_eq!(progress.len(), 3, "{progress:?}");

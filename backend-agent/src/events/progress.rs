@@ -2,6 +2,7 @@
 //! so progress needs no store read. Bounded by [`MAX_TRACKED_JOBS`].
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tracing::debug;
@@ -14,7 +15,7 @@ use crate::sync::lock;
 /// One job's counts.
 pub(super) struct JobTally {
     verb: String,
-    targets: Vec<String>,
+    targets: Arc<[String]>,
     done: HashSet<String>,
     ok: u64,
     failed: u64,
@@ -26,7 +27,7 @@ impl EventBus {
     pub fn job_started(&self, job: &JobRecord) {
         let tally = JobTally {
             verb: job.verb.clone(),
-            targets: job.targets.clone(),
+            targets: Arc::from(job.targets.clone()),
             done: HashSet::new(),
             ok: 0,
             failed: 0,
@@ -83,7 +84,7 @@ impl EventBus {
 }
 
 /// (job id, verb, targets, finished, summary).
-type Progress = (String, String, Vec<String>, bool, Value);
+type Progress = (String, String, Arc<[String]>, bool, Value);
 
 fn progress_of(job_id: &str, t: &JobTally) -> Progress {
     let total = t.targets.len() as u64;
