@@ -7,6 +7,12 @@
 //! agent asks again after its own timeout). Results go to the command service's bounded
 //! queue and renewals to tasks of their own, so the session loop never waits for SQLite or
 //! the CA: it keeps reading, pinging and honouring close requests while a result is stored.
+//!
+//! The operator event stream (`GET /api/v1/events`) lives below: [`bus`] (fan-out, resume
+//! ring, drop rule) and [`sse`] (the handler).
+
+pub mod bus;
+pub mod sse;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -22,7 +22,9 @@
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`notify`]: systemd watchdog and status.
 //! - [`enrol`]: enrolment, join tokens, renewal, revocation.
-//! - [`events`]: routes session events to commands and enrolment.
+//! - [`events`]: routes session events to commands and enrolment; the operator event
+//!   stream (`GET /api/v1/events`).
+//! - [`ui`]: the fleet page at `/ui/` (embedded static files).
 //! - [`labels`]: authoritative agent labels (config, admin API, store).
 //! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
 //!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
@@ -54,6 +56,7 @@ pub mod registry;
 pub mod reload;
 pub mod store;
 pub mod sync;
+pub mod ui;
 
 mod daemon;
 pub use daemon::{run, run_reloadable};
@@ -363,6 +366,8 @@ impl Backend {
             "draining: reconnect slots spread over the window"
         );
         let _ = self.stop.send(true);
+        // Open event streams would hold the HTTP server's graceful stop.
+        self.registry.events.close();
         let _ = self.hub_task.await;
         if tokio::time::timeout(DRAIN_GRACE, self.tasks.wait_idle())
             .await

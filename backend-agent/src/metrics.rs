@@ -78,6 +78,8 @@ pub struct Scrape {
     pub held_commands: usize,
     /// Shutdown has started ([`crate::hub::LiveSettings::draining`]).
     pub draining: bool,
+    /// Event stream: (subscribers, events published, subscribers dropped for falling behind).
+    pub events: (usize, u64, u64),
 }
 
 impl Metrics {
@@ -298,6 +300,22 @@ impl Metrics {
             f64::from(u8::from(scrape.draining)),
         );
         s.fsync = Some(agentmesh_audit::FSYNC_STATS.snapshot());
+        let (subscribers, published, dropped) = scrape.events;
+        s.gauge(
+            "agentmesh_events_subscribers",
+            "Open event streams (GET /api/v1/events).",
+            subscribers as f64,
+        );
+        s.counter(
+            "agentmesh_events_published",
+            "Events published to the event stream.",
+            published,
+        );
+        s.counter(
+            "agentmesh_events_dropped",
+            "Event stream readers dropped for falling behind.",
+            dropped,
+        );
     }
 
     fn cert_expiry(&self, s: &mut Snapshot) {

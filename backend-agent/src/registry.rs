@@ -155,6 +155,9 @@ impl AgentRecord {
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: Mutex<HashMap<String, AgentRecord>>,
+    /// The operator event stream (`GET /api/v1/events`); connects, disconnects and command
+    /// changes are published here.
+    pub events: crate::events::bus::EventBus,
 }
 
 impl Registry {
@@ -252,7 +255,11 @@ impl Registry {
         // Taken out at once: a revoked agent is never listed as connected, not even while
         // its session task is still sending the close frame.
         record.connected_since_ms = None;
-        Some(record.session.take())
+        let session = record.session.take();
+        if session.is_some() {
+            self.events.agent_disconnected(id, "revoked");
+        }
+        Some(session)
     }
 
     /// Marks the whole agent revoked (loaded from the store at start).
@@ -283,6 +290,9 @@ impl Registry {
         identity_of(agents.get(&hello.agent_id), pin)?;
         let record = agents.entry(hello.agent_id.clone()).or_default();
         record.hello = Some(hello);
+        let labels = record.merged_labels();
+        self.events
+            .agent_connected(record.hello.as_ref(), &labels, remote_addr);
         record.pin = Some(pin.to_owned());
         record.remote_addr = Some(remote_addr.to_owned());
         record.connected_since_ms = Some(now);
@@ -301,6 +311,7 @@ impl Registry {
                 record.last_seen_ms = Some(s.shared.last_seen_ms.load(Ordering::Relaxed));
                 record.session = None;
                 record.connected_since_ms = None;
+                self.events.agent_disconnected(id, "session_closed");
                 true
             }
             _ => false,

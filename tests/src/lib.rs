@@ -10,6 +10,8 @@
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
 //! - [`meshctl`]: the `meshctl` binary as a child process, and a fleet for its tests.
+//! - [`browser`]: headless Chromium over the DevTools protocol (the `/ui/` page test).
+//! - [`sse`]: a Server-Sent Events client for `GET /api/v1/events`.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
@@ -18,6 +20,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod meshctl;
@@ -25,6 +28,7 @@ pub mod nginx;
 pub mod pki;
 pub mod process;
 pub mod raw;
+pub mod sse;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -74,6 +74,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         outbound_queued_max,
         held_commands: state.commands.held_count(),
         draining: state.live.draining(),
+        events: crate::events::sse::stats(&state.registry),
     };
     (
         [(

@@ -81,6 +81,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/api/v1/commands/{id}",
             get(commands::get_one).delete(commands::cancel),
         )
+        .route("/api/v1/events", get(crate::events::sse::stream))
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -23,6 +23,8 @@ impl CommandService {
         frame: CommandFrame,
         ttl_ms: u64,
     ) -> Result<(), SubmitError> {
+        // Announced before it can be flushed, so `pending` always precedes `dispatched`.
+        self.registry.events.command_status(record);
         let held_ok = {
             let mut held = lock(&self.held);
             let queue = held.entry(record.agent_id.clone()).or_default();
@@ -44,6 +46,7 @@ impl CommandService {
                 "too many commands held for this offline agent",
             );
             self.store.update_command(record).await?;
+            self.registry.events.command_status(record);
             return Err(SubmitError::QueueFull(record.agent_id.clone()));
         }
         info!(command.id = %record.command_id, agent.id = %record.agent_id, ttl_ms, "agent offline; command held");

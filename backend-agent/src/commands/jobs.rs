@@ -125,6 +125,7 @@ impl CommandService {
             targets,
         };
         self.store.insert_job(&job).await?;
+        self.registry.events.job_started(&job);
         info!(job.id = %job.job_id, targets = job.targets.len(), verb = %job.verb, "fan-out job started");
         let service = self.clone();
         let run = job.clone();
@@ -329,6 +330,7 @@ impl CommandService {
         if let Err(e) = self.store.insert_command(&rec).await {
             warn!(error = %e, job.id = %job.job_id, "could not record a skipped target");
         }
+        self.registry.events.command_status(&rec);
     }
 
     /// The job with the per-target records of the targets `visible` admits (without their

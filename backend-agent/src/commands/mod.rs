@@ -363,6 +363,7 @@ impl CommandService {
     }
 
     fn notify(&self, rec: &CommandRecord) {
+        self.registry.events.command_status(rec);
         if rec.status.is_final() {
             let latency = clock::unix_ms_from_rfc3339(&rec.created_at)
                 .map(|t| Duration::from_millis(u64::try_from(clock::unix_ms() - t).unwrap_or(0)));

@@ -180,6 +180,7 @@ impl CommandService {
                     "the agent's send queue is full",
                 );
                 self.save(record, stored).await?;
+                self.registry.events.command_status(record);
                 return Err(SubmitError::QueueFull(record.agent_id.clone()));
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
@@ -192,6 +193,7 @@ impl CommandService {
             debug!(command.id = %record.command_id, "no longer pending (cancelled or expired); not sent");
             return Ok(());
         }
+        self.registry.events.command_status(record);
         permit.send(Box::new(HubFrame::Command(frame)));
         self.audit.record(events::command_dispatched(record));
         debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
