@@ -27,7 +27,8 @@ pub async fn idle(
         "idle_bytes_per_agent",
         after.saturating_sub(rss_before) as f64 * 1024.0 / n.max(1) as f64,
     );
-    let binary = sibling("gateway-agent")?;
+    let binary = shipped_gateway()?;
+    eprintln!("gateway_idle_rss_kib: measuring {}", binary.display());
     let config = mesh.agent_config(GATEWAY, cert_dir, "gateway", "")?;
     let log = mesh.pki.path().join("gateway-agent.log");
     let mut gateway = spawn_daemon(&binary, &config, &log)?;
@@ -58,4 +59,15 @@ pub async fn idle(
     gateway.start_kill()?;
     gateway.wait().await?;
     Ok(())
+}
+
+/// The gateway agent as shipped (`cargo build --profile agent -p gateway-agent`, see the
+/// workspace `Cargo.toml`) when it was built, else the release one next to the benchmark.
+fn shipped_gateway() -> Result<std::path::PathBuf> {
+    let release = sibling("gateway-agent")?;
+    let shipped = release
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("agent").join("gateway-agent"));
+    Ok(shipped.filter(|p| p.exists()).unwrap_or(release))
 }
