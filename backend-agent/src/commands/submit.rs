@@ -136,6 +136,8 @@ impl CommandService {
         );
         match (audited, inserted) {
             (Ok(_), Ok(())) => {
+                // Published before the frame is queued, so `dispatched` always precedes the result.
+                self.registry.events.command_status(&record);
                 permit.send(Box::new(HubFrame::Command(frame)));
                 self.audit.record(events::command_dispatched(&record));
                 debug!(command.id = %record.command_id, agent.id = %record.agent_id, "command dispatched");
@@ -153,6 +155,7 @@ impl CommandService {
                     if let Err(e) = self.store.update_command(&record).await {
                         warn!(error = %e, command.id = %record.command_id, "could not mark an unsent command rejected");
                     }
+                    self.registry.events.command_status(&record);
                 }
                 Err(SubmitError::Audit(e))
             }
