@@ -44,6 +44,15 @@ pub async fn list(
             }
         }
     }
+    if let Some(cluster) = state.commands.cluster() {
+        // Fleet-wide: this replica's enrolments with the sessions every replica holds.
+        let connected = filter.connected.take();
+        let local = state.commands.agents(&caller.principal, &filter);
+        let (agents, missing) = cluster.fleet_list(local, connected).await;
+        return Ok(Json(
+            json!({"agents": agents, "count": agents.len(), "replicas_missing": missing}),
+        ));
+    }
     let agents = state.commands.agents(&caller.principal, &filter);
     Ok(Json(json!({"agents": agents, "count": agents.len()})))
 }

@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 use crate::auth::Role;
 
+mod cluster;
 mod env;
 mod log;
 mod validate;
 
+pub use cluster::ClusterConfig;
 pub use env::{apply_env_overrides, ENV_PREFIX};
 pub use log::LogConfig;
 pub use validate::check_pin;
@@ -81,6 +83,9 @@ pub struct BackendConfig {
     /// Logging (`[log] level`, reloadable).
     #[serde(default)]
     pub log: LogConfig,
+    /// Routing between replicas over NATS (`None`: a single node).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[http]`.

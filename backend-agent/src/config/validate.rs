@@ -13,6 +13,16 @@ impl BackendConfig {
         self.log
             .validate()
             .map_err(|m| invalid("log.level".into(), m))?;
+        if let Some(c) = &self.cluster {
+            if !super::ClusterConfig::valid_token(&c.replica_id)
+                || !super::ClusterConfig::valid_token(&c.name)
+            {
+                return Err(invalid(
+                    "cluster.replica_id".into(),
+                    "replica_id and name: 1-128 of [A-Za-z0-9_-]".into(),
+                ));
+            }
+        }
         if self.hub.heartbeat_secs == 0 {
             return Err(invalid("hub.heartbeat_secs".into(), "must be > 0".into()));
         }
