@@ -10,6 +10,7 @@
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
+//! - [`nats`]: a real nats-server on an ephemeral port, for `[cluster]` replicas.
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod backend;
 pub mod fleet;
 pub mod http;
+pub mod nats;
 pub mod nginx;
 pub mod pki;
 pub mod process;
