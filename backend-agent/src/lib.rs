@@ -197,7 +197,7 @@ impl Backend {
         let limits = Arc::new(reload::Swap::new(limits::RateLimits::new(&config.limits)));
         let live = Arc::new(hub::LiveSettings::new(&config.hub, &config.limits));
         daemon::spawn_prune(limits.clone(), stop_rx.clone());
-        let store = store::Store::open_sqlite(config.store.path.clone()).await?;
+        let store = store::Store::open(&config.store).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
         checkpoint::check_tail(&store, &audit).await;
         let checkpoints = checkpoint::Checkpoints::start(signer, store.clone(), audit.clone());

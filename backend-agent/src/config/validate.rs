@@ -47,6 +47,15 @@ impl BackendConfig {
                 "must be > 0".into(),
             ));
         }
+        if let Some(url) = &self.store.url {
+            url.check().map_err(|m| invalid("store.url".into(), m))?;
+        }
+        if !(1..=super::MAX_POOL_SIZE).contains(&self.store.pool_size) {
+            return Err(invalid(
+                "store.pool_size".into(),
+                format!("must be 1..={}", super::MAX_POOL_SIZE),
+            ));
+        }
         if self.ca.cert.is_some() != self.ca.key.is_some() {
             return Err(invalid(
                 "ca".into(),
