@@ -43,6 +43,7 @@ async fn command(p: &BackendProcess, id: &str) -> Value {
 #[tokio::test]
 async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
     init_logging();
+    let t0 = std::time::Instant::now();
     let pki = Pki::new();
     let Some(nats) = NatsServer::start(pki.path()).await else {
         return;
@@ -97,6 +98,7 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
             && agents_on(&replicas[1]).await.len() == AGENTS
     })
     .await;
+    eprintln!("connected at {:?}", t0.elapsed());
     let held = agents_on(&replicas[0]).await;
     let victim_id = held[0].1.clone();
     let victim = usize::from(victim_id == "r1");
@@ -157,6 +159,7 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
         },
     )
     .await;
+    eprintln!("before kill at {:?}", t0.elapsed());
     replicas[victim].kill_9().await;
     let answer = tokio::time::timeout(PATIENCE, waiting)
         .await
@@ -167,6 +170,7 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
         "a caller on the dead replica gets an error: {:?}",
         answer.map(|r| r.body)
     );
+    eprintln!("waiter answered at {:?}", t0.elapsed());
     // Every agent of the victim is listed on the survivor, held there.
     eventually(
         "the victim's agents reconnect to the survivor",
@@ -180,6 +184,7 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
         },
     )
     .await;
+    eprintln!("reconnected at {:?}", t0.elapsed());
     for cid in &acknowledged {
         eventually(
             "the held result is recorded through the survivor",
@@ -188,6 +193,7 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
         )
         .await;
     }
+    eprintln!("results recorded at {:?}", t0.elapsed());
     for p in &replicas {
         audit_verify(&p.audit_path()).unwrap();
     }
