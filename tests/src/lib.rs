@@ -12,6 +12,7 @@
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
+//! - [`postgres`]: a real PostgreSQL server in a temp dir, a fresh database per use.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod fleet;
 pub mod http;
 pub mod nginx;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 
