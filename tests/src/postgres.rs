@@ -184,42 +184,64 @@ impl TestPostgres {
         );
     }
 
-    /// Starts the server on a fresh ephemeral port (again after [`TestPostgres::stop`]; a
-    /// restart may get another port, so take URLs again afterwards). A port another process
-    /// took in between is retried on the next one.
+    /// Starts the server on a fresh ephemeral port. A port another process took in between
+    /// is retried on the next one.
     pub fn start_server(&mut self) {
-        assert!(self.child.0.is_none(), "already running");
         for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.log_path())
-                .unwrap();
-            let child = self
-                .command("postgres")
-                .arg("-D")
-                .arg(self.data_dir())
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-k")
-                .arg(self.dir.path())
-                .args(["-c", "listen_addresses=127.0.0.1"])
-                // Throwaway data: durability buys nothing here and costs CI time.
-                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            self.child = ChildGuard(Some(child));
-            self.port = port;
-            if self.wait_ready() {
+            if self.try_start(free_port()) {
                 return;
             }
-            self.child = ChildGuard(None);
         }
         panic!("PostgreSQL never started:\n{}", self.log());
+    }
+
+    /// Starts the server again on the port it had (after [`TestPostgres::stop`]), so URLs
+    /// handed out before stay valid.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + PATIENCE;
+        while !self.try_start(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not come back on port {}:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the server on `port`; `false` if it exited before accepting connections.
+    fn try_start(&mut self, port: u16) -> bool {
+        assert!(self.child.0.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            // Throwaway data: durability buys nothing here and costs CI time.
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = ChildGuard(Some(child));
+        self.port = port;
+        if self.wait_ready() {
+            return true;
+        }
+        self.child = ChildGuard(None);
+        false
     }
 
     /// Polls until the server answers; `false` if it exited (a port race).

@@ -144,3 +144,53 @@ async fn a_backend_on_postgres_records_commands_there_and_keeps_them_across_a_cr
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn ready_follows_postgres_down_and_back_without_a_backend_restart() {
+    init_logging();
+    let Some(mut pg) = TestPostgres::start() else {
+        return;
+    };
+    let url = pg.create_database();
+    let pki = Pki::new();
+    let config = TestHub::write_process_config(&pki, &[], HubOptions::default());
+    use_postgres(&config, &url);
+    let backend = BackendProcess::start(&config).await;
+    let ready = |addr| async move { http::get(addr, "/ready", None).await };
+    assert_eq!(ready(backend.http).await.status, 200);
+
+    pg.stop();
+    let http_addr = backend.http;
+    eventually(
+        "/ready is 503 while PostgreSQL is down",
+        PATIENCE,
+        || async {
+            let r = ready(http_addr).await;
+            r.status == 503 && r.json()["store_writable"] == false
+        },
+    )
+    .await;
+    let r = ready(http_addr).await;
+    let error = r.json()["store_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("PostgreSQL"), "a clear error: {error}");
+    let list = http::get(http_addr, "/api/v1/commands", Some(VIEWER_TOKEN)).await;
+    assert!(
+        list.status >= 500,
+        "reads fail clearly: {} {}",
+        list.status,
+        list.body
+    );
+
+    pg.restart();
+    eventually(
+        "/ready is 200 again once PostgreSQL is back",
+        PATIENCE,
+        || async { ready(http_addr).await.status == 200 },
+    )
+    .await;
+    let list = http::get(http_addr, "/api/v1/commands", Some(VIEWER_TOKEN)).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+}
