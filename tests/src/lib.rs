@@ -13,6 +13,7 @@
 //! - [`nats`]: a real nats-server on an ephemeral port, for `[cluster]` replicas.
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
+//! - [`postgres`]: a real PostgreSQL server in a temp dir, a fresh database per use.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod nats;
 pub mod nginx;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 

@@ -82,7 +82,7 @@ impl PostgresStore {
             config.application_name("backend-agent");
         }
         let store = PostgresStore {
-            pool: Pool::new(config, target.clone(), pool_size, POOL_WAIT),
+            pool: Pool::new(config, pool_size, POOL_WAIT),
             target: target.clone(),
         };
         let mut client = store.pool.get().map_err(|e| open_err(&e))?;

@@ -38,8 +38,6 @@ struct State {
 /// Bounded connection pool; see the module docs.
 pub(super) struct Pool {
     config: Config,
-    /// The URL with the password hidden, for errors.
-    target: String,
     max: usize,
     wait: Duration,
     state: Mutex<State>,
@@ -48,11 +46,11 @@ pub(super) struct Pool {
 
 impl Pool {
     /// A pool of at most `max` (≥ 1) connections made from `config`; callers wait at most
-    /// `wait` for a free one.
-    pub(super) fn new(config: Config, target: String, max: usize, wait: Duration) -> Self {
+    /// `wait` for a free one. Errors do not name the server: they reach `/ready`, which
+    /// anyone may call (the URL is logged once, at open).
+    pub(super) fn new(config: Config, max: usize, wait: Duration) -> Self {
         Pool {
             config,
-            target,
             max: max.max(1),
             wait,
             state: Mutex::new(State {
@@ -88,8 +86,7 @@ impl Pool {
                     Err(e) => {
                         self.forget();
                         Err(StoreError::Unavailable(format!(
-                            "cannot connect to {}: {e}",
-                            self.target
+                            "cannot connect to PostgreSQL: {e}"
                         )))
                     }
                 };
@@ -97,8 +94,8 @@ impl Pool {
             let now = Instant::now();
             if now >= deadline {
                 return Err(StoreError::Unavailable(format!(
-                    "all {} connections to {} stayed busy for {:?} ([store] pool_size)",
-                    self.max, self.target, self.wait
+                    "all {} connections to PostgreSQL stayed busy for {:?} ([store] pool_size)",
+                    self.max, self.wait
                 )));
             }
             state = self
