@@ -1,4 +1,4 @@
-//! Issue 10, "Routing over NATS": three replicas on one shared store and a real nats-server,
+//! Issue 10, "Routing over NATS": three replicas on one PostgreSQL store and a real nats-server,
 //! agents spread over them. Commands reach every agent through every replica, fan-out spans
 //! replicas, supersede and revocation reach the replica holding the session, and a replica
 //! that loses NATS says so (`/ready` 503, `cluster_unavailable`) and recovers by itself.
@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN};
 use agentmesh_e2e::fleet::{poll, run, VERBS};
 use agentmesh_e2e::nats::NatsServer;
+use agentmesh_e2e::postgres::TestPostgres;
 use agentmesh_e2e::{
     agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
 };
@@ -20,6 +21,7 @@ const REPLICAS: usize = 3;
 
 struct Mesh {
     pki: Pki,
+    _pg: TestPostgres,
     nats: NatsServer,
     hubs: Vec<TestHub>,
     _agents: Vec<TestAgent>,
@@ -27,21 +29,23 @@ struct Mesh {
     issued: Vec<(Issued, PathBuf)>,
 }
 
-/// `[store]` shared by every replica and `[cluster]` naming replica `r{n}`.
-fn cluster_toml(pki: &Pki, nats: &NatsServer, n: usize) -> String {
+/// `[store]` shared by every replica (PostgreSQL database `db`) and `[cluster]` naming
+/// replica `r{n}`.
+fn cluster_toml(db: &str, nats: &NatsServer, n: usize) -> String {
     format!(
-        "[store]\npath = \"{}\"\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
-        pki.path().join("shared.db").display(),
+        "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
         nats.url()
     )
 }
 
 /// Three replicas, `agents` gateway agents (agent i on replica i % 3) plus `spare` enrolled
-/// identities without an agent; `None` when nats-server is not installed.
+/// identities without an agent; `None` when nats-server or PostgreSQL is not installed.
 async fn mesh(agents: usize, spare: usize) -> Option<Mesh> {
     init_logging();
     let pki = Pki::new();
     let nats = NatsServer::start(pki.path()).await?;
+    let pg = TestPostgres::start()?;
+    let db = pg.create_database();
     let ids: Vec<String> = (0..agents + spare)
         .map(|i| format!("node-{i:02}"))
         .collect();
@@ -54,7 +58,7 @@ async fn mesh(agents: usize, spare: usize) -> Option<Mesh> {
     let mut hubs = Vec::new();
     for n in 0..REPLICAS {
         let options = HubOptions {
-            extra: cluster_toml(&pki, &nats, n),
+            extra: cluster_toml(&db, &nats, n),
             ..HubOptions::default()
         };
         hubs.push(TestHub::start_with(&pki, &enrol, options).await);
@@ -78,6 +82,7 @@ async fn mesh(agents: usize, spare: usize) -> Option<Mesh> {
     }
     Some(Mesh {
         pki,
+        _pg: pg,
         nats,
         hubs,
         _agents: running,

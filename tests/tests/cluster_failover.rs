@@ -1,4 +1,4 @@
-//! Issue 10, "Losing a replica loses nothing": two real backend processes on one shared store
+//! Issue 10, "Losing a replica loses nothing": two real backend processes on one PostgreSQL store
 //! and a real nats-server; agents whose `backend_url` lists both hubs. kill -9 of the replica
 //! holding agents with running commands: the agents reconnect to the other, every command
 //! acknowledged before the kill gets its result recorded through the survivor, a caller
@@ -9,6 +9,7 @@
 use agentmesh_e2e::backend::{HubOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
 use agentmesh_e2e::fleet::VERBS;
 use agentmesh_e2e::nats::NatsServer;
+use agentmesh_e2e::postgres::TestPostgres;
 use agentmesh_e2e::process::{audit_verify, BackendProcess};
 use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 use serde_json::{json, Value};
@@ -48,6 +49,10 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
     let Some(nats) = NatsServer::start(pki.path()).await else {
         return;
     };
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database();
     let ids: Vec<String> = (0..AGENTS).map(|i| format!("node-{i:02}")).collect();
     let issued: Vec<_> = ids.iter().map(|id| pki.agent(id)).collect();
     let enrol: Vec<(&str, &str)> = ids
@@ -58,8 +63,7 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
     let mut replicas = Vec::new();
     for n in 0..2 {
         let extra = format!(
-            "[store]\npath = \"{}\"\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
-            pki.path().join("shared.db").display(),
+            "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
             nats.url()
         );
         let options = HubOptions {
