@@ -21,7 +21,7 @@ const REPLICAS: usize = 3;
 
 struct Mesh {
     pki: Pki,
-    _pg: TestPostgres,
+    pg: TestPostgres,
     nats: NatsServer,
     hubs: Vec<TestHub>,
     _agents: Vec<TestAgent>,
@@ -82,7 +82,7 @@ async fn mesh(agents: usize, spare: usize) -> Option<Mesh> {
     }
     Some(Mesh {
         pki,
-        _pg: pg,
+        pg,
         nats,
         hubs,
         _agents: running,
@@ -210,6 +210,37 @@ async fn without_nats_a_replica_is_not_ready_and_refuses_remote_commands_then_re
     .await;
     // Subscriptions come back with the link; no backend restart.
     eventually("a remote command runs again", PATIENCE, || async {
+        run(&m.hubs[0], &remote, echo("after")).await.status == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_postgres_a_replica_is_not_ready_and_refuses_commands_then_recovers() {
+    let Some(mut m) = mesh(2, 0).await else {
+        return;
+    };
+    let remote = m.ids[1].clone();
+    assert_eq!(run(&m.hubs[0], &remote, echo("before")).await.status, 200);
+    m.pg.stop();
+    eventually("r0 not ready without PostgreSQL", PATIENCE, || async {
+        http::get(m.hubs[0].http, "/ready", None).await.status == 503
+    })
+    .await;
+    // Nothing can be recorded: refused with an error, never a hang or a 2xx.
+    let refused = run(&m.hubs[0], &remote, echo("during")).await;
+    assert!(refused.status >= 500, "{} {}", refused.status, refused.body);
+    assert!(
+        refused.json()["error"]["code"].is_string(),
+        "{}",
+        refused.body
+    );
+    m.pg.restart();
+    eventually("r0 ready again", PATIENCE, || async {
+        http::get(m.hubs[0].http, "/ready", None).await.status == 200
+    })
+    .await;
+    eventually("commands run again without a restart", PATIENCE, || async {
         run(&m.hubs[0], &remote, echo("after")).await.status == 200
     })
     .await;

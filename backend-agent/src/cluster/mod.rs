@@ -264,3 +264,40 @@ fn agent_token(id: &str) -> String {
         format!("x{}", crate::hex::encode(id.as_bytes()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_become_one_subject_token_without_collisions() {
+        assert_eq!(agent_token("edge-01"), "edge-01");
+        assert_eq!(
+            agent_token("a.b"),
+            format!("x{}", crate::hex::encode(b"a.b"))
+        );
+        // An id that looks like an encoded one is encoded too, so the two never meet.
+        let encoded = agent_token("a.b");
+        assert_ne!(agent_token(&encoded), encoded);
+        for id in ["a b", "a*", "a>", "", "x"] {
+            assert!(ClusterConfig::valid_token(&agent_token(id)), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn routed_answers_round_trip() {
+        let refused = route::Routed::Refused {
+            code: "agent_revoked".into(),
+            message: "no".into(),
+        };
+        let text = serde_json::to_string(&refused).unwrap_or_default();
+        match serde_json::from_str::<route::Routed>(&text) {
+            Ok(route::Routed::Refused { code, .. }) => assert_eq!(code, "agent_revoked"),
+            other => panic!("{other:?}"),
+        }
+        let e = crate::commands::SubmitError::remote("rate_limited", "slow".into(), "a");
+        assert_eq!(e.code(), "rate_limited");
+        let e = crate::commands::SubmitError::remote("weird", "?".into(), "a");
+        assert_eq!(e.code(), "cluster_unavailable");
+    }
+}
