@@ -98,9 +98,18 @@ fn echo(message: &str) -> Value {
 #[tokio::test]
 async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet() {
     let Some(m) = mesh(6, 0).await else { return };
+    let (mut same, mut cross) = (Vec::new(), Vec::new());
     for (r, hub) in m.hubs.iter().enumerate() {
-        for id in &m.ids {
+        for (i, id) in m.ids.iter().enumerate() {
+            let started = std::time::Instant::now();
             let resp = run(hub, id, echo(&format!("r{r}-{id}"))).await;
+            let took = started.elapsed();
+            if i % REPLICAS == r {
+                &mut same
+            } else {
+                &mut cross
+            }
+            .push(took);
             assert_eq!(resp.status, 200, "via r{r} to {id}: {}", resp.body);
             let rec = resp.json();
             assert_eq!(rec["status"], "ok", "via r{r} to {id}: {rec}");
@@ -120,6 +129,16 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
             assert_eq!(a["replica"], format!("r{holder}"), "{a}");
         }
     }
+    // Reported, not asserted (numbers belong to the bench; CI boxes are noisy).
+    same.sort();
+    cross.sort();
+    eprintln!(
+        "wait=true echo, median: same replica {:?} ({} runs), routed {:?} ({} runs)",
+        same[same.len() / 2],
+        same.len(),
+        cross[cross.len() / 2],
+        cross.len()
+    );
 }
 
 #[tokio::test]
