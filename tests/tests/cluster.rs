@@ -127,6 +127,15 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
             let id = a["id"].as_str().unwrap();
             let holder = m.ids.iter().position(|i| i == id).unwrap() % REPLICAS;
             assert_eq!(a["replica"], format!("r{holder}"), "{a}");
+            let one = http::get(
+                hub.http,
+                &format!("/api/v1/agents/{id}"),
+                Some(VIEWER_TOKEN),
+            )
+            .await;
+            let one = one.json();
+            assert_eq!(one["connected"], true, "r{r} shows {id}: {one}");
+            assert_eq!(one["replica"], format!("r{holder}"), "{one}");
         }
     }
     // Reported, not asserted (numbers belong to the bench; CI boxes are noisy).

@@ -62,8 +62,18 @@ pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(state.commands.agent(&caller.principal, &id)?))
+) -> Result<Json<Value>, ApiError> {
+    let view = state.commands.agent(&caller.principal, &id)?;
+    if let Some(cluster) = state.commands.cluster() {
+        // Held by another replica: shown as that replica sees it.
+        let (mut agents, _) = cluster.fleet_list(vec![view.clone()], None).await;
+        if let Some(v) = agents.pop() {
+            return Ok(Json(v));
+        }
+    }
+    Ok(Json(
+        serde_json::to_value(view).map_err(ApiError::internal)?,
+    ))
 }
 
 /// Body of `PUT /api/v1/agents/{id}/labels`.
