@@ -119,9 +119,15 @@ impl TestPostgres {
     pub fn start() -> Option<TestPostgres> {
         let bin = bin_dir()?;
         let identity = server_identity();
+        // The server's user must reach the dir: a root-only TMPDIR (say under /root) would
+        // not do, so as root the dir goes under the world-traversable /tmp.
+        let parent = match identity {
+            Some(_) => PathBuf::from("/tmp"),
+            None => std::env::temp_dir(),
+        };
         let dir = tempfile::Builder::new()
             .prefix("agentmesh-pg")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         if let Some((uid, gid)) = identity {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();

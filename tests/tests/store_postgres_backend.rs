@@ -175,7 +175,10 @@ async fn ready_follows_postgres_down_and_back_without_a_backend_restart() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(error.contains("PostgreSQL"), "a clear error: {error}");
+    assert!(
+        error.to_lowercase().contains("postgres"),
+        "a clear error: {error}"
+    );
     let list = http::get(http_addr, "/api/v1/commands", Some(VIEWER_TOKEN)).await;
     assert!(
         list.status >= 500,

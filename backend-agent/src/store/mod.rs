@@ -20,6 +20,8 @@
 //! - [`enrolment`]: the [`EnrolmentStore`] trait, [`PinRecord`], [`JoinToken`], [`Redeem`] and
 //!   the async enrolment methods of [`Store`].
 //! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
+//! - [`postgres`]: the PostgreSQL implementation (`[store] url`, shared by replicas;
+//!   docs/store-postgres.md).
 //! - [`memory`]: the in-memory implementation.
 
 pub mod checkpoint;

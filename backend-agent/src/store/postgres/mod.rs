@@ -13,6 +13,7 @@
 //! - this file: opening (connect, migrate) and the [`CommandStore`] implementation.
 //! - `pool`: the bounded connection pool.
 //! - `schema`: the versioned schema and its migrations.
+//! - `write`: inserting and compare-and-set updating a command inside a transaction.
 //! - `row`: encoding records into parameters and decoding rows, distrusting stored data.
 //! - `enrolment`: the [`EnrolmentStore`](crate::store::EnrolmentStore) implementation.
 //! - `checkpoint`: the [`CheckpointStore`](crate::store::CheckpointStore) implementation.
@@ -22,6 +23,7 @@ mod enrolment;
 mod pool;
 mod row;
 mod schema;
+mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,10 +40,10 @@ use crate::clock;
 use crate::config::DatabaseUrl;
 use pool::{Pool, Pooled};
 use row::{
-    duplicate_as, parse_state, read_commands, read_job, states, to_i64, to_json, COLUMNS,
-    JOB_COLUMNS,
+    duplicate_as, parse_state, read_commands, read_job, states, to_json, COLUMNS, JOB_COLUMNS,
 };
 pub use schema::SCHEMA_VERSION;
+use write::{insert_tx, update_tx};
 
 /// How long opening a connection may take before the call fails (unless the URL sets
 /// `connect_timeout`).
@@ -160,54 +162,9 @@ impl Store {
     }
 }
 
-/// `error.code`, `error.message` of `rec` as parameters.
-fn error_params(rec: &CommandRecord) -> (Option<&str>, Option<&[u8]>) {
-    match &rec.error {
-        Some(e) => (Some(e.code.as_str()), Some(e.message.as_bytes())),
-        None => (None, None),
-    }
-}
-
 impl CommandStore for PostgresStore {
     fn insert_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        let (error_code, error_message) = error_params(rec);
-        let args = to_json(&rec.args)?;
-        let duration = rec.duration_ms.map(to_i64);
-        let timeout = to_i64(rec.timeout_ms);
-        self.in_tx(|tx| {
-            tx.execute(
-                &format!(
-                    "INSERT INTO commands ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                     $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-                ),
-                &[
-                    &rec.command_id,
-                    &rec.agent_id,
-                    &rec.verb,
-                    &args,
-                    &rec.requested_by,
-                    &rec.status.as_str(),
-                    &rec.exit_code,
-                    &rec.stdout.as_bytes(),
-                    &rec.stderr.as_bytes(),
-                    &rec.truncated,
-                    &rec.created_at,
-                    &rec.started_at,
-                    &rec.finished_at,
-                    &duration,
-                    &error_code,
-                    &error_message,
-                    &timeout,
-                    &rec.job_id,
-                ],
-            )
-            .map_err(duplicate_as(&rec.command_id))?;
-            tx.execute(
-                "INSERT INTO command_events (command_id, status, at) VALUES ($1, $2, $3)",
-                &[&rec.command_id, &rec.status.as_str(), &rec.created_at],
-            )?;
-            Ok(((), true))
-        })
+        self.in_tx(|tx| insert_tx(tx, rec).map(|()| ((), true)))
     }
 
     fn update_command_where(
@@ -215,48 +172,7 @@ impl CommandStore for PostgresStore {
         rec: &CommandRecord,
         expected: Option<CommandState>,
     ) -> Result<bool, StoreError> {
-        let (error_code, error_message) = error_params(rec);
-        let duration = rec.duration_ms.map(to_i64);
-        self.in_tx(|tx| {
-            // The row lock makes the compare-and-set atomic across connections and replicas:
-            // a concurrent update waits here and then reads the status this one wrote.
-            let old = tx.query_opt(
-                "SELECT status FROM commands WHERE command_id = $1 FOR UPDATE",
-                &[&rec.command_id],
-            )?;
-            let Some(old) = old else {
-                return Err(StoreError::NotFound(rec.command_id.clone()));
-            };
-            let old: String = row::get(&old, 0, "command status")?;
-            if expected.is_some_and(|e| e.as_str() != old) {
-                return Ok((false, false));
-            }
-            tx.execute(
-                "UPDATE commands SET status = $2, exit_code = $3, stdout = $4, stderr = $5, \
-                 truncated = $6, started_at = $7, finished_at = $8, duration_ms = $9, \
-                 error_code = $10, error_message = $11 WHERE command_id = $1",
-                &[
-                    &rec.command_id,
-                    &rec.status.as_str(),
-                    &rec.exit_code,
-                    &rec.stdout.as_bytes(),
-                    &rec.stderr.as_bytes(),
-                    &rec.truncated,
-                    &rec.started_at,
-                    &rec.finished_at,
-                    &duration,
-                    &error_code,
-                    &error_message,
-                ],
-            )?;
-            if old != rec.status.as_str() {
-                tx.execute(
-                    "INSERT INTO command_events (command_id, status, at) VALUES ($1, $2, $3)",
-                    &[&rec.command_id, &rec.status.as_str(), &clock::now_rfc3339()],
-                )?;
-            }
-            Ok((true, true))
-        })
+        self.in_tx(|tx| update_tx(tx, rec, expected).map(|done| (done, done)))
     }
 
     fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {

@@ -3,8 +3,9 @@
 //! At most `max` connections exist at once. A caller takes an idle one, or opens a new one
 //! while under the bound, or waits up to `wait` for one to come back; past that it gets
 //! [`StoreError::Unavailable`] rather than queueing without end. A connection that broke is
-//! dropped on return and re-made on demand; one idle for longer than [`RECHECK_IDLE`] is
-//! checked with a round trip before use, so a restarted server costs no failed call.
+//! dropped on return, with every idle one (they talked to the same server), and re-made on
+//! demand; one idle for longer than [`RECHECK_IDLE`] is checked with a round trip before
+//! use, so a restarted server costs at most one failed call.
 //!
 //! `postgres::Client` drives its socket on a private single-thread tokio runtime, which must
 //! not be dropped on an async worker; the store is only used from the blocking pool, and
@@ -135,8 +136,15 @@ impl Pool {
 
     fn give_back(&self, client: Client) {
         if client.is_closed() {
-            drop(client);
-            self.forget();
+            // The server went away or restarted: the idle ones are as dead, so they go too
+            // and the next calls connect afresh instead of each failing once.
+            let stale = std::mem::take(&mut self.lock().idle);
+            let gone = stale.len() + 1;
+            drop((client, stale));
+            let mut state = self.lock();
+            state.open = state.open.saturating_sub(gone);
+            drop(state);
+            self.returned.notify_all();
             return;
         }
         let mut state = self.lock();
