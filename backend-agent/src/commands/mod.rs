@@ -194,6 +194,7 @@ impl SubmitError {
             SubmitError::QueueFull(_) => "queue_full",
             SubmitError::RateLimited { .. } => "rate_limited",
             SubmitError::Audit(_) => "audit_unavailable",
+            SubmitError::Store(e) if e.is_unavailable() => "store_unavailable",
             SubmitError::Store(_) => "internal",
             SubmitError::ClusterUnavailable(_) => "cluster_unavailable",
             SubmitError::Remote { code, .. } => code,

@@ -90,6 +90,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the database cannot be reached right now (no connection, connection lost,
+    /// server shutting down or starting): the call may succeed if retried later, so the API
+    /// answers 503 `store_unavailable` rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => {
+                let sqlstate = e.code().map(|c| c.code()).unwrap_or("");
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                    // Class 08: connection exception; 57P01-3: shutdown or not yet accepting.
+                    || sqlstate.starts_with("08")
+                    || matches!(sqlstate, "57P01" | "57P02" | "57P03")
+            }
+            _ => false,
+        }
+    }
     /// An [`StoreError::Open`] for `path`.
     pub fn open(path: &Path, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         StoreError::Open {
