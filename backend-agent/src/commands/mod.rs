@@ -20,6 +20,7 @@
 //! - [`redact`]: secret params hashed before they are stored or audited.
 
 mod cancel;
+pub mod fleet_audit;
 mod held;
 pub mod jobs;
 pub mod read;

@@ -24,6 +24,7 @@
 //!   docs/store-postgres.md).
 //! - [`memory`]: the in-memory implementation.
 
+pub mod audit_mirror;
 pub mod checkpoint;
 pub mod enrolment;
 pub mod memory;
@@ -39,6 +40,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use audit_mirror::AuditMirrorStore;
 pub use checkpoint::{CheckpointStore, CHECKPOINTS_KEPT};
 pub use enrolment::{
     renewal_refusal, EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, RenewalRecord,
@@ -177,9 +179,15 @@ pub trait CommandStore: Send + Sync + 'static {
 
 /// Everything a store implements; blanket-implemented, so `Store::new` takes any type with
 /// all the traits.
-pub trait Backend: CommandStore + EnrolmentStore + CheckpointStore {}
+pub trait Backend:
+    CommandStore + EnrolmentStore + CheckpointStore + audit_mirror::AuditMirrorStore
+{
+}
 
-impl<T: CommandStore + EnrolmentStore + CheckpointStore> Backend for T {}
+impl<T: CommandStore + EnrolmentStore + CheckpointStore + audit_mirror::AuditMirrorStore> Backend
+    for T
+{
+}
 
 /// Async handle to a [`Backend`]: each call runs on the blocking pool.
 #[derive(Clone)]
