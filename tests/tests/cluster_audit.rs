@@ -86,17 +86,43 @@ async fn each_replica_keeps_its_chain_and_any_replica_lists_and_verifies_the_fle
         connected_on(&replicas[1], id).await
     })
     .await;
+    for p in &replicas {
+        eventually(
+            "each replica is ready and sees the other",
+            PATIENCE,
+            || async {
+                let r = http::get(p.http, "/ready", None).await;
+                r.status == 200 && r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
+            },
+        )
+        .await;
+    }
+    // Until r1's subscription for the agent has reached the NATS server, r0 may still
+    // answer 409 agent_offline (nothing recorded): retried, not a failure.
     let body = json!({"verb": "echo", "args": {"message": "hi"}, "wait": true}).to_string();
-    let r = http::request(
-        replicas[0].http,
-        "POST",
-        &format!("/api/v1/agents/{id}/commands"),
-        Some(OPERATOR_TOKEN),
-        Some(&body),
-    )
+    let command_id = std::sync::Mutex::new(String::new());
+    eventually("a command routed from r0 to r1 runs", PATIENCE, || async {
+        let r = http::request(
+            replicas[0].http,
+            "POST",
+            &format!("/api/v1/agents/{id}/commands"),
+            Some(OPERATOR_TOKEN),
+            Some(&body),
+        )
+        .await;
+        assert!(
+            r.status == 200 || r.json()["error"]["code"] == "agent_offline",
+            "{} {}",
+            r.status,
+            r.body
+        );
+        if r.status == 200 {
+            *command_id.lock().unwrap() = r.json()["command_id"].as_str().unwrap().to_owned();
+        }
+        r.status == 200
+    })
     .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let command_id = r.json()["command_id"].as_str().unwrap().to_owned();
+    let command_id = command_id.into_inner().unwrap();
 
     // Either replica lists both chains' records; the command's request is in r1's chain.
     for p in &replicas {
