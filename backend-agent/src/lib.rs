@@ -29,6 +29,7 @@
 //! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
 //!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
+//! - [`cluster`]: `[cluster]` routing between replicas over NATS (`docs/cluster.md`).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
 //! - [`hex`], [`sync`]: lower-case hex; poison-tolerant locking.
 #![forbid(unsafe_code)]
@@ -36,12 +37,14 @@
 pub mod api;
 pub mod audit;
 pub mod audit_flood;
+pub mod audit_mirror;
 pub mod auth;
 pub mod authz;
 pub mod backup;
 pub mod checkpoint;
 pub mod client_addr;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod enrol;
@@ -108,6 +111,9 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    /// `[cluster]` is unusable.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// Audit checkpoints cannot be signed.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -160,6 +166,7 @@ pub struct Backend {
     hub_task: JoinHandle<()>,
     http_task: JoinHandle<std::io::Result<()>>,
     checkpoints: checkpoint::Checkpoints,
+    audit_mirror: Option<audit_mirror::AuditMirror>,
     reloader: Arc<reload::Reloader>,
     live: Arc<hub::LiveSettings>,
 }
@@ -195,10 +202,16 @@ impl Backend {
         let limits = Arc::new(reload::Swap::new(limits::RateLimits::new(&config.limits)));
         let live = Arc::new(hub::LiveSettings::new(&config.hub, &config.limits));
         daemon::spawn_prune(limits.clone(), stop_rx.clone());
-        let store = store::Store::open_sqlite(config.store.path.clone()).await?;
+        let store = store::Store::open(&config.store).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
-        checkpoint::check_tail(&store, &audit).await;
-        let checkpoints = checkpoint::Checkpoints::start(signer, store.clone(), audit.clone());
+        let replica = checkpoint::replica_of(&config);
+        checkpoint::check_tail(&store, &audit, &replica).await;
+        // `[cluster]` on PostgreSQL: this replica's records are copied for the fleet's reads.
+        let audit_mirror = (config.cluster.is_some() && store.mirrors_audit()).then(|| {
+            audit_mirror::AuditMirror::start(store.clone(), audit.clone(), replica.clone())
+        });
+        let checkpoints =
+            checkpoint::Checkpoints::start(signer, store.clone(), audit.clone(), replica);
         let authz = Arc::new(authz::Authz::new(audit.clone()));
         let commands = commands::CommandService::start(
             registry.clone(),
@@ -210,7 +223,11 @@ impl Backend {
             commands::Settings::from_config(&config.limits, &config.store),
             stop_rx.clone(),
         );
-        commands.recover().await?;
+        commands.recover_as(config.cluster.is_some()).await?;
+        if let Some(c) = &config.cluster {
+            let cluster = cluster::Cluster::start(c, registry.clone(), stop_rx.clone()).await?;
+            commands.set_cluster(cluster);
+        }
         let hub_pins = hub::tls::load_certs(&config.hub.cert)?
             .first()
             .and_then(|c| mesh_certs::pin_from_cert_der(c.as_ref()).ok())
@@ -330,6 +347,7 @@ impl Backend {
             hub_task,
             http_task,
             checkpoints,
+            audit_mirror,
             reloader,
             live,
         })
@@ -392,6 +410,9 @@ impl Backend {
         // The last records of this process (HTTP drain included), then their checkpoint.
         self.audit.flush().await;
         self.checkpoints.finish().await;
+        if let Some(mirror) = self.audit_mirror {
+            mirror.finish().await;
+        }
         result
     }
 

@@ -13,8 +13,10 @@
 //! - [`browser`]: headless Chromium over the DevTools protocol (the `/ui/` page test).
 //! - [`sse`]: a Server-Sent Events client for `GET /api/v1/events`.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
+//! - [`nats`]: a real nats-server on an ephemeral port, for `[cluster]` replicas.
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
+//! - [`postgres`]: a real PostgreSQL server in a temp dir, a fresh database per use.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -24,8 +26,10 @@ pub mod browser;
 pub mod fleet;
 pub mod http;
 pub mod meshctl;
+pub mod nats;
 pub mod nginx;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 pub mod sse;

@@ -65,7 +65,13 @@ impl From<SubmitError> for ApiError {
             | SubmitError::OperatorRateLimited { wait, .. } => {
                 return ApiError::rate_limited(e.to_string(), *wait);
             }
-            SubmitError::Store(inner) => return ApiError::internal(inner),
+            SubmitError::Store(inner) => return ApiError::store(inner),
+            SubmitError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Remote { code, .. } => match *code {
+                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                "audit_unavailable" | "store_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
             SubmitError::Audit(inner) => {
                 tracing::error!(error = %inner, "audit log unavailable; command refused");
                 let mut err = ApiError::new(
@@ -78,7 +84,7 @@ impl From<SubmitError> for ApiError {
             }
         };
         let mut err = ApiError::new(status, e.code(), e.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             err.retry_after = Some(1);
         }
         err
@@ -96,7 +102,7 @@ impl From<JobError> for ApiError {
                 e.to_string(),
             ),
             JobError::Invalid(inner) => inner.into(),
-            JobError::Store(inner) => ApiError::internal(inner),
+            JobError::Store(inner) => ApiError::store(&inner),
         }
     }
 }
@@ -134,7 +140,7 @@ pub async fn run_on_agent(
                 record.command_id
             ),
         )),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError::store(&e)),
     }
 }
 

@@ -35,7 +35,7 @@ impl From<EnrolError> for ApiError {
             EnrolError::RenewalRefused { code, .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string())
             }
-            EnrolError::Store(inner) => ApiError::internal(inner),
+            EnrolError::Store(inner) => ApiError::store(inner),
         }
     }
 }
@@ -179,6 +179,9 @@ pub async fn revoke(
         .enrolment
         .revoke(&agent_id, &caller.principal.name)
         .await?;
+    if let Some(cluster) = state.commands.cluster() {
+        cluster.broadcast_revoke(&agent_id);
+    }
     Ok(Json(
         json!({"agent_id": agent_id, "revoked_pins": pins, "disconnected": disconnected}),
     ))

@@ -21,10 +21,12 @@
 //! - [`redact`]: secret params hashed before they are stored or audited.
 
 mod cancel;
+pub mod fleet_audit;
 mod held;
 pub mod jobs;
 pub mod read;
 pub mod redact;
+mod remote;
 mod results;
 mod submit;
 mod sweep;
@@ -165,6 +167,17 @@ pub enum SubmitError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `[cluster]`: the agent may be held by another replica, which cannot be reached.
+    #[error("cluster unavailable: {0}")]
+    ClusterUnavailable(String),
+    /// `[cluster]`: another replica refused the command with this code.
+    #[error("{message}")]
+    Remote {
+        /// Its stable code.
+        code: &'static str,
+        /// Its message.
+        message: String,
+    },
 }
 
 impl SubmitError {
@@ -183,7 +196,10 @@ impl SubmitError {
             SubmitError::QueueFull(_) => "queue_full",
             SubmitError::RateLimited { .. } => "rate_limited",
             SubmitError::Audit(_) => "audit_unavailable",
+            SubmitError::Store(e) if e.is_unavailable() => "store_unavailable",
             SubmitError::Store(_) => "internal",
+            SubmitError::ClusterUnavailable(_) => "cluster_unavailable",
+            SubmitError::Remote { code, .. } => code,
         }
     }
 }
@@ -209,6 +225,7 @@ pub struct CommandService {
     connected_tx: mpsc::Sender<String>,
     /// Results from sessions to the results worker (see `results`).
     results_tx: mpsc::Sender<results::QueuedResult>,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl CommandService {
@@ -243,6 +260,7 @@ impl CommandService {
             held: Mutex::new(HashMap::new()),
             connected_tx,
             results_tx,
+            cluster: std::sync::OnceLock::new(),
         });
         results::spawn_worker(Arc::downgrade(&service), results_rx);
         sweep::spawn_pruner(Arc::downgrade(&service), shutdown.clone());
@@ -308,7 +326,19 @@ impl CommandService {
 
     /// Marks commands a previous process left `pending` (held in its memory) as expired.
     pub async fn recover(&self) -> Result<(), StoreError> {
+        self.recover_as(false).await
+    }
+
+    /// [`CommandService::recover`]; `clustered` (`[cluster]`): other live replicas may hold
+    /// `pending` records of the shared store in their memory, so only those no replica can
+    /// still hold (older than [`CommandService::orphan_age_ms`]) are expired here; younger
+    /// ones are left to their holder, or to the expiry sweep once they reach that age.
+    pub async fn recover_as(&self, clustered: bool) -> Result<(), StoreError> {
+        let now = clock::unix_ms();
         for mut rec in self.store.unfinished_commands().await? {
+            if clustered && !self.is_orphan(&rec, now) {
+                continue;
+            }
             if rec.status == CommandState::Pending {
                 finish(
                     &mut rec,
@@ -369,6 +399,9 @@ impl CommandService {
                 .map(|t| Duration::from_millis(u64::try_from(clock::unix_ms() - t).unwrap_or(0)));
             self.metrics
                 .command_finished(&rec.verb, rec.status.as_str(), latency);
+            if let Some(cluster) = self.cluster.get() {
+                cluster.publish_done(&rec.command_id);
+            }
         }
         if let Some(list) = lock(&self.waiters).remove(&rec.command_id) {
             for tx in list {

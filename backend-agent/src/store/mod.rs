@@ -20,17 +20,22 @@
 //! - [`enrolment`]: the [`EnrolmentStore`] trait, [`PinRecord`], [`JoinToken`], [`Redeem`] and
 //!   the async enrolment methods of [`Store`].
 //! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
+//! - [`postgres`]: the PostgreSQL implementation (`[store] url`, shared by replicas;
+//!   docs/store-postgres.md).
 //! - [`memory`]: the in-memory implementation.
 //! - [`writer`]: group commit of command writes (one transaction per batch of concurrent
 //!   commands, the audit writer's model).
 
+pub mod audit_mirror;
 pub mod checkpoint;
 pub mod enrolment;
 pub mod memory;
+pub mod postgres;
 mod record;
 pub mod sqlite;
-#[cfg(test)]
-pub(crate) mod tests;
+#[cfg(any(test, feature = "conformance"))]
+#[doc(hidden)]
+pub mod tests;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -38,12 +43,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use audit_mirror::AuditMirrorStore;
 pub use checkpoint::{CheckpointStore, CHECKPOINTS_KEPT};
 pub use enrolment::{
     renewal_refusal, EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, RenewalRecord,
     RenewalStart, UnknownPinState, USED_TOKEN_RETENTION,
 };
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};
 pub use sqlite::SqliteStore;
 pub use writer::WriteOp;
@@ -83,9 +90,32 @@ pub enum StoreError {
     /// The group transaction this write was part of could not be begun or committed.
     #[error("store: group commit failed: {0}")]
     Batch(String),
+    /// PostgreSQL reported an error (`[store] url`).
+    #[error("store: postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The database cannot be reached or no pooled connection came free in time.
+    #[error("store: unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
+    /// True when the database cannot be reached right now (no connection, connection lost,
+    /// server shutting down or starting): the call may succeed if retried later, so the API
+    /// answers 503 `store_unavailable` rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => {
+                let sqlstate = e.code().map(|c| c.code()).unwrap_or("");
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                    // Class 08: connection exception; 57P01-3: shutdown or not yet accepting.
+                    || sqlstate.starts_with("08")
+                    || matches!(sqlstate, "57P01" | "57P02" | "57P03")
+            }
+            _ => false,
+        }
+    }
     /// An [`StoreError::Open`] for `path`.
     pub fn open(path: &Path, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         StoreError::Open {
@@ -170,9 +200,15 @@ pub trait CommandStore: Send + Sync + 'static {
 
 /// Everything a store implements; blanket-implemented, so `Store::new` takes any type with
 /// all the traits.
-pub trait Backend: CommandStore + EnrolmentStore + CheckpointStore {}
+pub trait Backend:
+    CommandStore + EnrolmentStore + CheckpointStore + audit_mirror::AuditMirrorStore
+{
+}
 
-impl<T: CommandStore + EnrolmentStore + CheckpointStore> Backend for T {}
+impl<T: CommandStore + EnrolmentStore + CheckpointStore + audit_mirror::AuditMirrorStore> Backend
+    for T
+{
+}
 
 /// Async handle to a [`Backend`]: each call runs on the blocking pool.
 #[derive(Clone)]
@@ -210,6 +246,14 @@ impl Store {
             .await
             .map_err(|e| StoreError::Join(e.to_string()))??;
         Ok(Store::new(store))
+    }
+
+    /// Opens the store `[store]` names: PostgreSQL when `url` is set, else the SQLite file.
+    pub async fn open(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        match &config.url {
+            Some(url) => Self::open_postgres(url.clone(), config.pool_size).await,
+            None => Self::open_sqlite(config.path.clone()).await,
+        }
     }
 
     /// An empty in-memory store (tests, `dev` experiments).
