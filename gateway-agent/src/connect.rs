@@ -2,10 +2,11 @@
 //! WebSocket upgrade. Each stage has its own timeout and its own error, so the log says which
 //! one failed.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -87,11 +88,18 @@ pub async fn connect(
     tls: &HubTls,
     max_message_bytes: usize,
 ) -> Result<HubStream, ConnectError> {
+    connect_from(url, tls, max_message_bytes, None).await
+}
+
+/// [`connect`] from the local address `source` (`outbound.source_addr`) when given.
+pub async fn connect_from(
+    url: &BackendUrl,
+    tls: &HubTls,
+    max_message_bytes: usize,
+    source: Option<IpAddr>,
+) -> Result<HubStream, ConnectError> {
     let target = format!("{}:{}", url.host, url.port);
-    let tcp = timeout(
-        STAGE_TIMEOUT,
-        TcpStream::connect((url.host.as_str(), url.port)),
-    )
+    let tcp = timeout(STAGE_TIMEOUT, tcp_connect(&url.host, url.port, source))
     .await
     .map_err(|_| ConnectError::Timeout {
         stage: "TCP connect",
@@ -154,6 +162,36 @@ pub fn hub_pin(ws: &HubStream) -> Option<String> {
     let (_, connection) = ws.get_ref().get_ref();
     let leaf = connection.peer_certificates()?.first()?;
     mesh_certs::pin_from_cert_der(leaf.as_ref()).ok()
+}
+
+/// TCP to `host:port`, bound to `source` first when given (each resolved address of the
+/// same family is tried in turn, like `TcpStream::connect`).
+async fn tcp_connect(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if addr.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no address of {host} in the family of source_addr {source}"),
+        )
+    }))
 }
 
 fn upgrade_error(e: tungstenite::Error) -> ConnectError {

@@ -140,6 +140,10 @@ pub struct OutboundConfig {
     /// Largest WebSocket message accepted from the hub.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Local address to connect from (a host with several addresses; the benchmark spreads
+    /// its swarm over 127.0.0.2–254). Unset: the kernel picks, as usual.
+    #[serde(default)]
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 /// `[limits]`.

@@ -47,7 +47,7 @@ use crate::audit::AgentAudit;
 use crate::backoff::Backoff;
 use crate::commands::Commands;
 use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
-use crate::connect::{self, connect};
+use crate::connect::{self, connect_from};
 use crate::exec::{ExecError, ExecSettings, Executor, COMMAND_GRACE};
 use crate::health;
 use crate::renew::{self, RenewSettings, Renewal};
@@ -307,7 +307,7 @@ impl Dialer {
     async fn attempt(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Duration> {
         let limit = self.config.outbound.max_message_bytes;
         let connected = tokio::select! {
-            r = connect(&self.url, &self.tls, limit) => r,
+            r = connect_from(&self.url, &self.tls, limit, self.config.outbound.source_addr) => r,
             _ = agentmesh_daemon::stopped(stop) => return None,
         };
         let mut ws = match connected {
