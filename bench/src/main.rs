@@ -1,0 +1,197 @@
+//! `bench`: one benchmark of the whole system against a raw TLS floor measured in the same run.
+//!
+//! ```sh
+//! cargo build --release -p agentmesh-bench -p backend-agent -p gateway-agent
+//! ./target/release/bench --agents 2000 --duration 10 --json bench.json \
+//!     --phases raw,connect,idle,latency,throughput,fanout,restart
+//! ```
+//!
+//! A readable table goes to stdout, progress to stderr, every figure to the JSON file.
+//! See `bench/README.md` for what each phase measures and what limits each figure.
+//!
+//! # Layout
+//! - [`raw`]: phase 1, the floor (server child process in [`raw::server`]).
+//! - [`mesh`]: the PKI, the backend process, agent configs.
+//! - [`swarm`]: the hidden `swarm` subcommand (agents in library mode) and its parent side.
+//! - [`phases`]: phases 2–7. [`report`]: table and JSON. [`client`]: keep-alive HTTP.
+//! - [`procs`]: child processes. [`sys`]: fd limit, RSS, quantiles, `meta`.
+#![forbid(unsafe_code)]
+
+mod client;
+mod mesh;
+mod phases;
+mod procs;
+mod raw;
+mod report;
+mod swarm;
+mod sys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentmesh_e2e::Pki;
+use anyhow::{bail, Context, Result};
+
+use mesh::{issue, source_addr, swarm_id, Mesh, GATEWAY, PROBE};
+use report::Report;
+use swarm::Swarms;
+
+/// Every phase, in the order they run.
+const PHASES: [&str; 7] = ["raw", "connect", "idle", "latency", "throughput", "fanout", "restart"];
+
+const USAGE: &str = "usage: bench [--agents N] [--duration SECS] [--json OUT.json] [--phases raw,connect,idle,latency,throughput,fanout,restart]";
+
+struct Args {
+    agents: usize,
+    duration: Duration,
+    json: Option<PathBuf>,
+    phases: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        agents: 2000,
+        duration: Duration::from_secs(10),
+        json: None,
+        phases: PHASES.iter().map(|p| p.to_string()).collect(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--agents" => a.agents = value.parse().context("--agents")?,
+            "--duration" => {
+                let secs: f64 = value.parse().context("--duration")?;
+                if !(secs > 0.0 && secs.is_finite()) {
+                    bail!("--duration must be a positive number of seconds");
+                }
+                a.duration = Duration::from_secs_f64(secs);
+            }
+            "--json" => a.json = Some(value.into()),
+            "--phases" => {
+                a.phases = value.split(',').map(str::to_owned).collect();
+                if let Some(bad) = a.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                    bail!("unknown phase {bad:?} (known: {})", PHASES.join(","));
+                }
+            }
+            other => bail!("unknown flag {other}\n{USAGE}"),
+        }
+    }
+    if a.agents == 0 {
+        bail!("--agents must be at least 1");
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match args.first().map(String::as_str) {
+        Some("swarm") => runtime.block_on(swarm::main(args.get(1).context("swarm LIST")?.as_ref())),
+        Some("raw-server") => {
+            runtime.block_on(raw::server::main(args.get(1).context("raw-server DIR")?.as_ref()))
+        }
+        _ => {
+            let a = parse_args(&args)?;
+            runtime.block_on(run(a))
+        }
+    }
+}
+
+async fn run(mut a: Args) -> Result<()> {
+    let (before, soft, hard) = sys::raise_fd_limit()?;
+    eprintln!("fd limit: soft {before} → {soft} (hard {hard})");
+    // The backend holds one socket per agent; the raw floor holds as many in this process.
+    let most = soft.saturating_sub(swarm::FD_RESERVE) as usize;
+    if a.agents > most {
+        eprintln!(
+            "--agents {} does not fit the fd limit {soft}: clamped to {most} (raise `ulimit -Hn`)",
+            a.agents
+        );
+        a.agents = most;
+    }
+    let n = a.agents;
+    let has = |p: &str| a.phases.iter().any(|q| q == p);
+    let mut report = Report {
+        meta: sys::meta(n, a.duration.as_secs_f64(), soft),
+        ..Report::default()
+    };
+    let share = a.duration / 4;
+    let pki = Pki::new();
+    if has("raw") {
+        eprintln!("raw: the floor ({n} idle connections)");
+        let (identity, _) = issue(&pki, "bench-raw")?;
+        raw::run(&mut report, pki.path(), &identity, n, share).await?;
+    }
+    if a.phases.iter().any(|p| p != "raw") {
+        mesh_phases(&a, pki, soft, &mut report).await?;
+    }
+    println!("{}", report.table(n));
+    if let Some(path) = &a.json {
+        report.write(path, n)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> Result<()> {
+    let n = a.agents;
+    let has = |p: &str| a.phases.iter().any(|q| q == p);
+    eprintln!("issuing {} agent certificates", n + 2);
+    let mut enrol = Vec::with_capacity(n + 2);
+    let mut cert_dirs = Vec::with_capacity(n + 2);
+    for id in [PROBE.to_owned(), GATEWAY.to_owned()].into_iter().chain((0..n).map(swarm_id)) {
+        let (issued, dir) = issue(&pki, &id)?;
+        enrol.push((id, issued.pin));
+        cert_dirs.push(dir);
+    }
+    let mut mesh = Mesh::start(pki, &enrol).await?;
+    let limits = "\n[limits]\nmax_concurrency = 256\ncommands_per_minute = 100000000\n";
+    let probe_config = mesh.agent_config(PROBE, &cert_dirs[0], "probe", limits)?;
+    let mut configs = Vec::with_capacity(n);
+    for i in 0..n {
+        let source = format!("source_addr = \"{}\"", source_addr(i));
+        configs.push(mesh.agent_config(&swarm_id(i), &cert_dirs[i + 2], "swarm", &source)?);
+    }
+    let dir = mesh.pki.path().to_owned();
+    let mut probe = Swarms::spawn(&dir, &[probe_config], fd_limit).await?;
+    probe.go().await?;
+    mesh.wait_connected(1, phases::fleet_patience(1)).await?;
+    if has("latency") {
+        eprintln!("latency: one agent connected");
+        phases::latency_alone(&mesh, a.duration, report).await?;
+    }
+    raw::settle().await;
+    let rss_before = sys::rss_kib(mesh.pid()).context("backend RSS")?;
+    eprintln!("connect: starting {n} agents");
+    let mut fleet = Swarms::spawn(&dir, &configs, fd_limit).await?;
+    let connect_report = if has("connect") { Some(&mut *report) } else { None };
+    phases::connect(&mesh, &mut fleet, n, 1, connect_report).await?;
+    if has("idle") {
+        phases::idle(&mesh, n, rss_before, a.duration, report).await?;
+    }
+    if has("latency") {
+        eprintln!("latency: {n} agents connected");
+        phases::latency_loaded(&mesh, a.duration, report).await?;
+    }
+    if has("throughput") {
+        eprintln!("throughput: 64 clients");
+        phases::throughput(&mesh, a.duration, report).await?;
+    }
+    if has("fanout") {
+        eprintln!("fan-out: one job to {n} agents");
+        phases::fanout(&mesh, n, report).await?;
+    }
+    if has("restart") {
+        eprintln!("restart: kill -9 and restart the backend");
+        phases::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
+    }
+    fleet.stop().await;
+    probe.stop().await;
+    mesh.kill_9().await?;
+    Ok(())
+}

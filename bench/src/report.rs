@@ -1,0 +1,114 @@
+//! The result: `raw`, `mesh`, `ratios` and `meta`, as a table on stdout and as JSON.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+/// Every figure of one run; a figure is absent when its phase did not run.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// `raw.*`: the floor.
+    pub raw: Map<String, Value>,
+    /// `mesh.*`: the real backend and agents.
+    pub mesh: Map<String, Value>,
+    /// `meta`: machine, N, date, command line.
+    pub meta: Value,
+}
+
+fn get(m: &Map<String, Value>, k: &str) -> Option<f64> {
+    m.get(k).and_then(Value::as_f64)
+}
+
+impl Report {
+    /// Records `raw.<key>`.
+    pub fn raw(&mut self, key: &str, v: f64) {
+        self.raw.insert(key.to_owned(), json!(v));
+    }
+
+    /// Records `mesh.<key>`.
+    pub fn mesh(&mut self, key: &str, v: f64) {
+        self.mesh.insert(key.to_owned(), json!(v));
+    }
+
+    /// The ratios whose inputs were measured (section 8 of the issue).
+    pub fn ratios(&self, agents: usize) -> Map<String, Value> {
+        let (r, m) = (&self.raw, &self.mesh);
+        let n = agents as f64;
+        let hs = get(r, "handshakes_per_sec");
+        let floor = || Some(get(r, "e2e_p50_us")? + 2.0 * get(r, "fsync_p50_us")?);
+        let all = [
+            ("connect_vs_raw", get(m, "connect_per_sec").zip(hs).map(|(a, b)| a / b)),
+            (
+                "idle_vs_raw",
+                get(m, "idle_bytes_per_agent")
+                    .zip(get(r, "idle_bytes_per_conn"))
+                    .map(|(a, b)| a / b),
+            ),
+            ("rtt_vs_floor", get(m, "rtt_p50_us").zip(floor()).map(|(a, b)| a / b)),
+            (
+                "throughput_vs_raw",
+                get(m, "commands_per_sec")
+                    .zip(get(r, "e2e_commands_per_sec"))
+                    .map(|(a, b)| a / b),
+            ),
+            (
+                "fanout_vs_throughput",
+                get(m, "fanout_ms")
+                    .zip(get(m, "commands_per_sec"))
+                    .map(|(f, c)| f / (1000.0 * n / c)),
+            ),
+            (
+                "reconnect_vs_raw",
+                get(m, "reconnect_all_ms").zip(hs).map(|(a, h)| a / (1000.0 * n / h)),
+            ),
+        ];
+        all.into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), json!(v.filter(|v| v.is_finite())?))))
+            .collect()
+    }
+
+    /// The whole report as JSON.
+    pub fn to_json(&self, agents: usize) -> Value {
+        json!({
+            "meta": self.meta,
+            "raw": self.raw,
+            "mesh": self.mesh,
+            "ratios": self.ratios(agents),
+        })
+    }
+
+    /// Writes the JSON to `path`.
+    pub fn write(&self, path: &Path, agents: usize) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json(agents))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// A readable table of every figure.
+    pub fn table(&self, agents: usize) -> String {
+        let mut out = String::new();
+        let meta = &self.meta;
+        out.push_str(&format!(
+            "agentmesh bench — {} agents, {} cores, kernel {}, {} build, {}\n",
+            agents,
+            meta["machine"]["cores"],
+            meta["machine"]["kernel"].as_str().unwrap_or("?"),
+            meta["build"].as_str().unwrap_or("?"),
+            meta["date"].as_str().unwrap_or("?"),
+        ));
+        out.push_str(&format!("{:<8} {:<28} {:>14}\n", "section", "figure", "value"));
+        let ratios = self.ratios(agents);
+        for (section, map) in [("raw", &self.raw), ("mesh", &self.mesh), ("ratios", &ratios)] {
+            for (k, v) in map {
+                let v = v.as_f64().unwrap_or(f64::NAN);
+                let shown = if v.abs() >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.3}")
+                };
+                out.push_str(&format!("{section:<8} {k:<28} {shown:>14}\n"));
+            }
+        }
+        out
+    }
+}
