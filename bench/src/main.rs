@@ -172,7 +172,7 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     let connect_report = if has("connect") { Some(&mut *report) } else { None };
     phases::connect(&mesh, &mut fleet, n, 1, connect_report).await?;
     if has("idle") {
-        phases::idle(&mesh, n, rss_before, a.duration, report).await?;
+        phases::idle(&mesh, n, rss_before, &cert_dirs[1], a.duration, report).await?;
     }
     if has("latency") {
         eprintln!("latency: {n} agents connected");

@@ -62,7 +62,7 @@ pub fn issue(pki: &Pki, id: &str) -> Result<(Issued, PathBuf)> {
 
 impl Mesh {
     /// Writes the backend config enrolling `agents` (id, pin) and starts the backend.
-    pub async fn start(pki: Pki, agents: &[(String, String)]) -> Result<Mesh> {
+    pub async fn start(mut pki: Pki, agents: &[(String, String)]) -> Result<Mesh> {
         let binary = sibling("backend-agent")?;
         let (http, hub) = (free_port()?, free_port()?);
         let root = pki.path().display().to_string();
@@ -72,6 +72,10 @@ impl Mesh {
         );
         for (id, pin) in agents {
             t.push_str(&format!("[[agents]]\nid = \"{id}\"\npins = [\"{pin}\"]\n"));
+        }
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            eprintln!("BENCH_KEEP: keeping {}", pki.path().display());
+            pki.dir.disable_cleanup(true);
         }
         let config = pki.path().join("backend.toml");
         std::fs::write(&config, t)?;

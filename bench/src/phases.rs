@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::mesh::{issue, Mesh, GATEWAY, PROBE, TOKEN};
+use crate::mesh::{Mesh, GATEWAY, PROBE, TOKEN};
 use crate::procs::{sibling, spawn_daemon};
 use crate::raw::{concurrent, settle};
 use crate::report::Report;
@@ -39,7 +39,14 @@ pub async fn connect(mesh: &Mesh, swarms: &mut Swarms, n: usize, base: u64, repo
 }
 
 /// Phase 3: backend RSS delta per agent, and one real `gateway-agent` process's RSS.
-pub async fn idle(mesh: &Mesh, n: usize, rss_before: u64, share: Duration, report: &mut Report) -> Result<()> {
+pub async fn idle(
+    mesh: &Mesh,
+    n: usize,
+    rss_before: u64,
+    cert_dir: &std::path::Path,
+    share: Duration,
+    report: &mut Report,
+) -> Result<()> {
     settle().await;
     let after = rss_kib(mesh.pid()).context("backend RSS")?;
     report.mesh(
@@ -47,8 +54,7 @@ pub async fn idle(mesh: &Mesh, n: usize, rss_before: u64, share: Duration, repor
         after.saturating_sub(rss_before) as f64 * 1024.0 / n.max(1) as f64,
     );
     let binary = sibling("gateway-agent")?;
-    let (_, cert_dir) = issue(&mesh.pki, GATEWAY)?;
-    let config = mesh.agent_config(GATEWAY, &cert_dir, "gateway", "")?;
+    let config = mesh.agent_config(GATEWAY, cert_dir, "gateway", "")?;
     let log = mesh.pki.path().join("gateway-agent.log");
     let mut gateway = spawn_daemon(&binary, &config, &log)?;
     let mut api = Client::connect(mesh.http, Some(TOKEN)).await?;

@@ -41,11 +41,13 @@ pub async fn run(
     let (echo, agent, http) = server::parse_ready(&ready).context("raw server ready line")?;
     let config = tls::client_config(identity)?;
 
-    let hs = handshakes(echo, &config, share).await?;
-    report.raw("handshakes_per_sec", hs);
-    eprintln!("raw: {hs:.0} handshakes/s");
+    // Idle memory first, on a fresh process (as the backend's is measured before its storm):
+    // memory freed by earlier work would be reused and hide the cost of a connection.
     let idle = idle_bytes(echo, &config, conns, server.pid()).await?;
     report.raw("idle_bytes_per_conn", idle);
+    let hs = handshakes(echo, &config, share).await?;
+    report.raw("handshakes_per_sec", hs);
+    eprintln!("raw: {hs:.0} handshakes/s, {idle:.0} bytes per idle connection");
     let (p50, p99) = echo_latency(echo, &config, share).await?;
     report.raw("echo_p50_us", p50);
     report.raw("echo_p99_us", p99);
