@@ -40,7 +40,12 @@ impl Client {
     }
 
     /// Sends one request; returns the status and the body parsed as JSON (Null if it is not).
-    pub async fn call(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Value)> {
         self.sender.ready().await.context("connection closed")?;
         let mut req = hyper::Request::builder()
             .method(method)
@@ -56,7 +61,10 @@ impl Client {
         let res = self.sender.send_request(req).await?;
         let status = res.status().as_u16();
         let bytes = res.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 }
 

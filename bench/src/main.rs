@@ -37,7 +37,15 @@ use report::Report;
 use swarm::Swarms;
 
 /// Every phase, in the order they run.
-const PHASES: [&str; 7] = ["raw", "connect", "idle", "latency", "throughput", "fanout", "restart"];
+const PHASES: [&str; 7] = [
+    "raw",
+    "connect",
+    "idle",
+    "latency",
+    "throughput",
+    "fanout",
+    "restart",
+];
 
 const USAGE: &str = "usage: bench [--agents N] [--duration SECS] [--json OUT.json] [--phases raw,connect,idle,latency,throughput,fanout,restart]";
 
@@ -61,7 +69,9 @@ fn parse_args(args: &[String]) -> Result<Args> {
             println!("{USAGE}");
             std::process::exit(0);
         }
-        let value = it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
             "--agents" => a.agents = value.parse().context("--agents")?,
             "--duration" => {
@@ -89,12 +99,14 @@ fn parse_args(args: &[String]) -> Result<Args> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match args.first().map(String::as_str) {
         Some("swarm") => runtime.block_on(swarm::main(args.get(1).context("swarm LIST")?.as_ref())),
-        Some("raw-server") => {
-            runtime.block_on(raw::server::main(args.get(1).context("raw-server DIR")?.as_ref()))
-        }
+        Some("raw-server") => runtime.block_on(raw::server::main(
+            args.get(1).context("raw-server DIR")?.as_ref(),
+        )),
         _ => {
             let a = parse_args(&args)?;
             runtime.block_on(run(a))
@@ -144,7 +156,10 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     eprintln!("issuing {} agent certificates", n + 2);
     let mut enrol = Vec::with_capacity(n + 2);
     let mut cert_dirs = Vec::with_capacity(n + 2);
-    for id in [PROBE.to_owned(), GATEWAY.to_owned()].into_iter().chain((0..n).map(swarm_id)) {
+    for id in [PROBE.to_owned(), GATEWAY.to_owned()]
+        .into_iter()
+        .chain((0..n).map(swarm_id))
+    {
         let (issued, dir) = issue(&pki, &id)?;
         enrol.push((id, issued.pin));
         cert_dirs.push(dir);
@@ -169,7 +184,11 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     let rss_before = sys::rss_kib(mesh.pid()).context("backend RSS")?;
     eprintln!("connect: starting {n} agents");
     let mut fleet = Swarms::spawn(&dir, &configs, fd_limit).await?;
-    let connect_report = if has("connect") { Some(&mut *report) } else { None };
+    let connect_report = if has("connect") {
+        Some(&mut *report)
+    } else {
+        None
+    };
     phases::connect(&mesh, &mut fleet, n, 1, connect_report).await?;
     if has("idle") {
         phases::idle(&mesh, n, rss_before, &cert_dirs[1], a.duration, report).await?;

@@ -99,7 +99,11 @@ impl Mesh {
         self.backend = Some(spawn_daemon(&self.binary, &self.config, &log)?);
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.connected().await.is_err() {
-            if let Some(status) = self.backend.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .backend
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 bail!("backend exited with {status}:\n{text}");
             }
@@ -150,7 +154,13 @@ impl Mesh {
     }
 
     /// Writes a `gateway.toml` for `id` (certificate in `cert_dir`) under `configs/`.
-    pub fn agent_config(&self, id: &str, cert_dir: &Path, fleet: &str, extra: &str) -> Result<PathBuf> {
+    pub fn agent_config(
+        &self,
+        id: &str,
+        cert_dir: &Path,
+        fleet: &str,
+        extra: &str,
+    ) -> Result<PathBuf> {
         let state = self.pki.path().join("state").join(id);
         std::fs::create_dir_all(&state)?;
         let certs = cert_dir.display();

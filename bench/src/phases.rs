@@ -21,14 +21,25 @@ pub fn fleet_patience(n: usize) -> Duration {
 
 /// Phase 2: every swarm agent at once; `connect_per_sec` = agents listed by the API ÷ time.
 /// `base` agents were connected before.
-pub async fn connect(mesh: &Mesh, swarms: &mut Swarms, n: usize, base: u64, report: Option<&mut Report>) -> Result<()> {
+pub async fn connect(
+    mesh: &Mesh,
+    swarms: &mut Swarms,
+    n: usize,
+    base: u64,
+    report: Option<&mut Report>,
+) -> Result<()> {
     let started = Instant::now();
     swarms.go().await?;
-    mesh.wait_connected(base + n as u64, fleet_patience(n)).await?;
+    mesh.wait_connected(base + n as u64, fleet_patience(n))
+        .await?;
     let took = started.elapsed();
     let mut api = Client::connect(mesh.http, Some(TOKEN)).await?;
     let (_, listed) = api
-        .call("GET", "/api/v1/agents?connected=true&label=fleet=swarm", None)
+        .call(
+            "GET",
+            "/api/v1/agents?connected=true&label=fleet=swarm",
+            None,
+        )
         .await?;
     let listed = listed["count"].as_u64().context("agents count")?;
     eprintln!("connect: {listed} agents listed after {took:?}");
@@ -60,19 +71,27 @@ pub async fn idle(
     let mut api = Client::connect(mesh.http, Some(TOKEN)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, v) = api.call("GET", &format!("/api/v1/agents/{GATEWAY}"), None).await?;
+        let (status, v) = api
+            .call("GET", &format!("/api/v1/agents/{GATEWAY}"), None)
+            .await?;
         if status == 200 && v["connected"] == true {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the gateway-agent process never connected (log: {})", log.display());
+            bail!(
+                "the gateway-agent process never connected (log: {})",
+                log.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Connected and idle for a while (at least a second, a fifth of a phase).
     tokio::time::sleep(share.max(Duration::from_secs(5)) / 5).await;
     let pid = gateway.id().context("gateway pid")?;
-    report.mesh("gateway_idle_rss_kib", rss_kib(pid).context("gateway RSS")? as f64);
+    report.mesh(
+        "gateway_idle_rss_kib",
+        rss_kib(pid).context("gateway RSS")? as f64,
+    );
     gateway.start_kill()?;
     gateway.wait().await?;
     Ok(())
@@ -125,9 +144,12 @@ pub async fn throughput(mesh: &Mesh, length: Duration, report: &mut Report) -> R
 /// Phase 6: one job to every swarm agent (`max_concurrency` = N) until every result is in.
 pub async fn fanout(mesh: &Mesh, n: usize, report: &mut Report) -> Result<()> {
     let mut api = Client::connect(mesh.http, Some(TOKEN)).await?;
-    let body = json!({"selector": {"labels": {"fleet": "swarm"}}, "verb": "ping", "max_concurrency": n});
+    let body =
+        json!({"selector": {"labels": {"fleet": "swarm"}}, "verb": "ping", "max_concurrency": n});
     let started = Instant::now();
-    let (status, job) = api.call("POST", "/api/v1/commands", Some(&body.to_string())).await?;
+    let (status, job) = api
+        .call("POST", "/api/v1/commands", Some(&body.to_string()))
+        .await?;
     if status != 202 {
         bail!("fan-out job refused: {status} {job}");
     }
@@ -136,7 +158,9 @@ pub async fn fanout(mesh: &Mesh, n: usize, report: &mut Report) -> Result<()> {
     let every = Duration::from_millis(10 + n as u64 / 20);
     let deadline = started + fleet_patience(n);
     loop {
-        let (_, v) = api.call("GET", &format!("/api/v1/commands/{id}"), None).await?;
+        let (_, v) = api
+            .call("GET", &format!("/api/v1/commands/{id}"), None)
+            .await?;
         if v["summary"]["pending"] == 0 {
             let took = started.elapsed();
             eprintln!("fan-out: {} in {took:?}", v["summary"]);
@@ -150,25 +174,38 @@ pub async fn fanout(mesh: &Mesh, n: usize, report: &mut Report) -> Result<()> {
     }
 }
 
-/// Phase 7: kill -9 and restart the backend; from the new process answering `/health` until
-/// all `total` agents are connected again, and each agent's own reconnection time.
-pub async fn restart(mesh: &mut Mesh, swarms: &mut Swarms, n: usize, total: u64, report: &mut Report) -> Result<()> {
+/// Phase 7: kill -9 and restart the backend at once; from the kill until all `total` agents
+/// are connected again (`backend_restart_ms` says how much of it was the backend starting),
+/// and each swarm agent's own time from the kill to its new session.
+pub async fn restart(
+    mesh: &mut Mesh,
+    swarms: &mut Swarms,
+    n: usize,
+    total: u64,
+    report: &mut Report,
+) -> Result<()> {
     swarms.ask("mark", Duration::from_secs(60)).await?;
     let killed = Instant::now();
+    let killed_unix = unix_ms();
     mesh.kill_9().await?;
     mesh.launch().await?;
-    let up = unix_ms();
-    report.mesh("backend_restart_ms", killed.elapsed().as_secs_f64() * 1000.0);
-    let all = mesh.wait_connected(total, fleet_patience(n)).await?;
-    report.mesh("reconnect_all_ms", all.as_secs_f64() * 1000.0);
+    report.mesh(
+        "backend_restart_ms",
+        killed.elapsed().as_secs_f64() * 1000.0,
+    );
+    mesh.wait_connected(total, fleet_patience(n)).await?;
+    report.mesh("reconnect_all_ms", killed.elapsed().as_secs_f64() * 1000.0);
     let (times, missing) = swarms.reconnected(Duration::from_secs(30)).await?;
     if missing > 0 {
         eprintln!("restart: {missing} agents did not report a new session");
     }
-    let mut after: Vec<f64> = times.iter().map(|t| (t - up).max(0.0)).collect();
+    let mut after: Vec<f64> = times.iter().map(|t| (t - killed_unix).max(0.0)).collect();
     let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;
     let max = after.iter().copied().fold(0.0, f64::max);
     report.mesh("reconnect_p99_ms", quantile(&mut after, 0.99));
-    report.mesh("reconnect_max_over_mean", if mean > 0.0 { max / mean } else { 0.0 });
+    report.mesh(
+        "reconnect_max_over_mean",
+        if mean > 0.0 { max / mean } else { 0.0 },
+    );
     Ok(())
 }

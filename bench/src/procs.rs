@@ -64,7 +64,10 @@ impl LineChild {
     /// Closes stdin (the child's shutdown signal) and waits up to `limit` for the exit.
     pub async fn close(mut self, limit: Duration) {
         self.stdin.take();
-        if tokio::time::timeout(limit, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }

@@ -38,14 +38,20 @@ impl Report {
         let hs = get(r, "handshakes_per_sec");
         let floor = || Some(get(r, "e2e_p50_us")? + 2.0 * get(r, "fsync_p50_us")?);
         let all = [
-            ("connect_vs_raw", get(m, "connect_per_sec").zip(hs).map(|(a, b)| a / b)),
+            (
+                "connect_vs_raw",
+                get(m, "connect_per_sec").zip(hs).map(|(a, b)| a / b),
+            ),
             (
                 "idle_vs_raw",
                 get(m, "idle_bytes_per_agent")
                     .zip(get(r, "idle_bytes_per_conn"))
                     .map(|(a, b)| a / b),
             ),
-            ("rtt_vs_floor", get(m, "rtt_p50_us").zip(floor()).map(|(a, b)| a / b)),
+            (
+                "rtt_vs_floor",
+                get(m, "rtt_p50_us").zip(floor()).map(|(a, b)| a / b),
+            ),
             (
                 "throughput_vs_raw",
                 get(m, "commands_per_sec")
@@ -60,7 +66,9 @@ impl Report {
             ),
             (
                 "reconnect_vs_raw",
-                get(m, "reconnect_all_ms").zip(hs).map(|(a, h)| a / (1000.0 * n / h)),
+                get(m, "reconnect_all_ms")
+                    .zip(hs)
+                    .map(|(a, h)| a / (1000.0 * n / h)),
             ),
         ];
         all.into_iter()
@@ -96,9 +104,16 @@ impl Report {
             meta["build"].as_str().unwrap_or("?"),
             meta["date"].as_str().unwrap_or("?"),
         ));
-        out.push_str(&format!("{:<8} {:<28} {:>14}\n", "section", "figure", "value"));
+        out.push_str(&format!(
+            "{:<8} {:<28} {:>14}\n",
+            "section", "figure", "value"
+        ));
         let ratios = self.ratios(agents);
-        for (section, map) in [("raw", &self.raw), ("mesh", &self.mesh), ("ratios", &ratios)] {
+        for (section, map) in [
+            ("raw", &self.raw),
+            ("mesh", &self.mesh),
+            ("ratios", &ratios),
+        ] {
             for (k, v) in map {
                 let v = v.as_f64().unwrap_or(f64::NAN);
                 let shown = if v.abs() >= 100.0 {

@@ -57,7 +57,9 @@ pub async fn main(list: &Path) -> Result<()> {
                             let _ = stop.wait_for(|s| *s).await;
                         };
                         let id = config.agent.id.clone();
-                        if let Err(e) = gateway_agent::run_with_state(config, run_state, shutdown).await {
+                        if let Err(e) =
+                            gateway_agent::run_with_state(config, run_state, shutdown).await
+                        {
                             eprintln!("swarm agent {id}: {e}");
                         }
                     });
@@ -101,7 +103,10 @@ pub async fn main(list: &Path) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     for (_, task) in agents {
-        if tokio::time::timeout(Duration::from_secs(15), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .is_err()
+        {
             eprintln!("swarm: an agent did not stop within 15 s");
         }
     }
@@ -144,7 +149,11 @@ impl Swarms {
         }
         let mut answers = Vec::new();
         for p in &mut self.procs {
-            answers.push(p.recv(limit).await.with_context(|| format!("swarm: {command}"))?);
+            answers.push(
+                p.recv(limit)
+                    .await
+                    .with_context(|| format!("swarm: {command}"))?,
+            );
         }
         Ok(answers)
     }
@@ -160,7 +169,13 @@ impl Swarms {
         let (mut times, mut missing) = (Vec::new(), 0);
         for answer in self.ask(&command, limit + Duration::from_secs(10)).await? {
             let v: Value = serde_json::from_str(&answer).context("swarm reconnected answer")?;
-            times.extend(v["times"].as_array().into_iter().flatten().filter_map(Value::as_f64));
+            times.extend(
+                v["times"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64),
+            );
             missing += v["missing"].as_u64().unwrap_or(0);
         }
         Ok((times, missing))

@@ -100,15 +100,15 @@ pub async fn connect_from(
 ) -> Result<HubStream, ConnectError> {
     let target = format!("{}:{}", url.host, url.port);
     let tcp = timeout(STAGE_TIMEOUT, tcp_connect(&url.host, url.port, source))
-    .await
-    .map_err(|_| ConnectError::Timeout {
-        stage: "TCP connect",
-        target: target.clone(),
-    })?
-    .map_err(|source| ConnectError::Tcp {
-        target: target.clone(),
-        source,
-    })?;
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            stage: "TCP connect",
+            target: target.clone(),
+        })?
+        .map_err(|source| ConnectError::Tcp {
+            target: target.clone(),
+            source,
+        })?;
     // Agents send small frames; do not let Nagle hold a result back.
     let _ = tcp.set_nodelay(true);
 

@@ -51,7 +51,10 @@ pub async fn run(
     let (p50, p99) = echo_latency(echo, &config, share).await?;
     report.raw("echo_p50_us", p50);
     report.raw("echo_p99_us", p99);
-    report.raw("pipelined_msgs_per_sec", pipelined(echo, &config, share).await?);
+    report.raw(
+        "pipelined_msgs_per_sec",
+        pipelined(echo, &config, share).await?,
+    );
     report.raw("fsync_p50_us", fsync_p50(pki_dir, share)?);
 
     let ws = tls::dial(agent, &config).await?;
@@ -64,7 +67,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn handshakes(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, share: Duration) -> Result<f64> {
+async fn handshakes(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    share: Duration,
+) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let stop = started + share;
@@ -120,7 +127,11 @@ pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-async fn echo_latency(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, share: Duration) -> Result<(f64, f64)> {
+async fn echo_latency(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    share: Duration,
+) -> Result<(f64, f64)> {
     let mut ws = tls::dial(addr, config).await?;
     let frame = "x".repeat(200);
     let mut samples = Vec::new();
@@ -136,7 +147,11 @@ async fn echo_latency(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, shar
     Ok((quantile(&mut samples, 0.5), quantile(&mut samples, 0.99)))
 }
 
-async fn pipelined(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, share: Duration) -> Result<f64> {
+async fn pipelined(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    share: Duration,
+) -> Result<f64> {
     let (mut sink, mut stream) = tls::dial(addr, config).await?.split();
     let window = Arc::new(Semaphore::new(PIPELINE_WINDOW));
     let started = Instant::now();
@@ -204,7 +219,9 @@ async fn e2e(http: SocketAddr, share: Duration) -> Result<(f64, f64)> {
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let p50 = quantile(&mut samples, 0.5);
-    let rate = concurrent(http, None, "/cmd", body.to_owned(), share * 2).await?.0;
+    let rate = concurrent(http, None, "/cmd", body.to_owned(), share * 2)
+        .await?
+        .0;
     Ok((p50, rate))
 }
 
