@@ -13,7 +13,7 @@
 //! - [`raw`]: phase 1, the floor (server child process in [`raw::server`]).
 //! - [`mesh`]: the PKI, the backend process, agent configs.
 //! - [`swarm`]: the hidden `swarm` subcommand (agents in library mode) and its parent side.
-//! - [`phases`]: phases 2–7. [`report`]: table and JSON. [`client`]: keep-alive HTTP.
+//! - [`phases`]: phases 2–7, a module each. [`report`]: table and JSON. [`client`]: keep-alive HTTP.
 //! - [`procs`]: child processes. [`sys`]: fd limit, RSS, quantiles, `meta`.
 #![forbid(unsafe_code)]
 
@@ -178,7 +178,7 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     mesh.wait_connected(1, phases::fleet_patience(1)).await?;
     if has("latency") {
         eprintln!("latency: one agent connected");
-        phases::latency_alone(&mesh, a.duration, report).await?;
+        phases::latency::latency_alone(&mesh, a.duration, report).await?;
     }
     raw::settle().await;
     let rss_before = sys::rss_kib(mesh.pid()).context("backend RSS")?;
@@ -189,25 +189,25 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     } else {
         None
     };
-    phases::connect(&mesh, &mut fleet, n, 1, connect_report).await?;
+    phases::connect::connect(&mesh, &mut fleet, n, 1, connect_report).await?;
     if has("idle") {
-        phases::idle(&mesh, n, rss_before, &cert_dirs[1], a.duration, report).await?;
+        phases::idle::idle(&mesh, n, rss_before, &cert_dirs[1], a.duration, report).await?;
     }
     if has("latency") {
         eprintln!("latency: {n} agents connected");
-        phases::latency_loaded(&mesh, a.duration, report).await?;
+        phases::latency::latency_loaded(&mesh, a.duration, report).await?;
     }
     if has("throughput") {
         eprintln!("throughput: 64 clients");
-        phases::throughput(&mesh, a.duration, report).await?;
+        phases::throughput::throughput(&mesh, a.duration, report).await?;
     }
     if has("fanout") {
         eprintln!("fan-out: one job to {n} agents");
-        phases::fanout(&mesh, n, report).await?;
+        phases::fanout::fanout(&mesh, n, report).await?;
     }
     if has("restart") {
         eprintln!("restart: kill -9 and restart the backend");
-        phases::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
+        phases::restart::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
     }
     fleet.stop().await;
     probe.stop().await;

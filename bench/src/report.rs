@@ -92,21 +92,20 @@ impl Report {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
     }
 
-    /// A readable table of every figure.
+    /// A readable table of every figure, in the order, ratios with their targets.
     pub fn table(&self, agents: usize) -> String {
-        let mut out = String::new();
         let meta = &self.meta;
-        out.push_str(&format!(
-            "agentmesh bench — {} agents, {} cores, kernel {}, {} build, {}\n",
+        let mut out = format!(
+            "agentmesh bench: {} agents, {} cores, kernel {}, {} build, {}\n",
             agents,
             meta["machine"]["cores"],
             meta["machine"]["kernel"].as_str().unwrap_or("?"),
             meta["build"].as_str().unwrap_or("?"),
             meta["date"].as_str().unwrap_or("?"),
-        ));
+        );
         out.push_str(&format!(
-            "{:<8} {:<28} {:>14}\n",
-            "section", "figure", "value"
+            "{:<7} {:<26} {:>12}  {}\n",
+            "section", "figure", "value", "target"
         ));
         let ratios = self.ratios(agents);
         for (section, map) in [
@@ -114,16 +113,50 @@ impl Report {
             ("mesh", &self.mesh),
             ("ratios", &ratios),
         ] {
-            for (k, v) in map {
-                let v = v.as_f64().unwrap_or(f64::NAN);
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|k| ORDER.iter().position(|(o, _)| o == k).unwrap_or(usize::MAX));
+            for k in keys {
+                let v = map[k].as_f64().unwrap_or(f64::NAN);
                 let shown = if v.abs() >= 100.0 {
                     format!("{v:.0}")
                 } else {
                     format!("{v:.3}")
                 };
-                out.push_str(&format!("{section:<8} {k:<28} {shown:>14}\n"));
+                let target = ORDER.iter().find(|(o, _)| o == k).map_or("", |(_, t)| *t);
+                out.push_str(&format!("{section:<7} {k:<26} {shown:>12}  {target}\n"));
             }
         }
         out
     }
 }
+
+/// Display order, and the target where there is one.
+const ORDER: &[(&str, &str)] = &[
+    ("handshakes_per_sec", ""),
+    ("idle_bytes_per_conn", ""),
+    ("echo_p50_us", ""),
+    ("echo_p99_us", ""),
+    ("pipelined_msgs_per_sec", ""),
+    ("fsync_p50_us", ""),
+    ("e2e_p50_us", ""),
+    ("e2e_commands_per_sec", ""),
+    ("connect_per_sec", ""),
+    ("idle_bytes_per_agent", ""),
+    ("gateway_idle_rss_kib", "<= 8192"),
+    ("rtt_p50_us", ""),
+    ("rtt_p99_us", ""),
+    ("rtt_loaded_idle_p99_us", "<= 2 x p99 at 100 agents"),
+    ("commands_per_sec", ""),
+    ("rtt_loaded_p99_us", ""),
+    ("fanout_ms", ""),
+    ("backend_restart_ms", ""),
+    ("reconnect_all_ms", ""),
+    ("reconnect_p99_ms", ""),
+    ("reconnect_max_over_mean", "<= 3"),
+    ("connect_vs_raw", ">= 0.9"),
+    ("idle_vs_raw", "<= 1.2"),
+    ("rtt_vs_floor", "<= 1.5"),
+    ("throughput_vs_raw", ">= 0.25"),
+    ("fanout_vs_throughput", "<= 1.5"),
+    ("reconnect_vs_raw", "<= 1.5"),
+];
