@@ -259,4 +259,19 @@ mod tests {
         assert_eq!(retry_after(&e), None);
         assert!(e.to_string().contains("503"), "{e}");
     }
+
+    #[tokio::test]
+    async fn source_addr_is_the_local_address_the_hub_sees() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let source: IpAddr = "127.0.0.7".parse().unwrap();
+        let (dialed, accepted) = tokio::join!(
+            tcp_connect("127.0.0.1", port, Some(source)),
+            listener.accept()
+        );
+        assert_eq!(dialed.unwrap().local_addr().unwrap().ip(), source);
+        assert_eq!(accepted.unwrap().1.ip(), source);
+        let plain = tcp_connect("127.0.0.1", port, None).await.unwrap();
+        assert_eq!(plain.local_addr().unwrap().ip().to_string(), "127.0.0.1");
+    }
 }
