@@ -173,7 +173,7 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
         configs.push(mesh.agent_config(&swarm_id(i), &cert_dirs[i + 2], "swarm", &source)?);
     }
     let dir = mesh.pki.path().to_owned();
-    let mut probe = Swarms::spawn(&dir, &[probe_config], fd_limit).await?;
+    let mut probe = Swarms::spawn(&dir, "probe", &[probe_config], fd_limit).await?;
     probe.go().await?;
     mesh.wait_connected(1, phases::fleet_patience(1)).await?;
     if has("latency") {
@@ -183,7 +183,7 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     raw::settle().await;
     let rss_before = sys::rss_kib(mesh.pid()).context("backend RSS")?;
     eprintln!("connect: starting {n} agents");
-    let mut fleet = Swarms::spawn(&dir, &configs, fd_limit).await?;
+    let mut fleet = Swarms::spawn(&dir, "swarm", &configs, fd_limit).await?;
     let connect_report = if has("connect") {
         Some(&mut *report)
     } else {

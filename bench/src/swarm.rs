@@ -125,11 +125,17 @@ pub fn per_process(limit: u64) -> usize {
 }
 
 impl Swarms {
-    /// Starts processes for `configs` (at most [`per_process`] each), loaded, not yet running.
-    pub async fn spawn(dir: &Path, configs: &[PathBuf], fd_limit: u64) -> Result<Swarms> {
+    /// Starts processes for `configs` (at most [`per_process`] each), loaded, not yet running;
+    /// their lists are `dir/NAME-K.list`.
+    pub async fn spawn(
+        dir: &Path,
+        name: &str,
+        configs: &[PathBuf],
+        fd_limit: u64,
+    ) -> Result<Swarms> {
         let mut procs = Vec::new();
         for (n, chunk) in configs.chunks(per_process(fd_limit)).enumerate() {
-            let list = dir.join(format!("swarm-{n}-{}.list", chunk.len()));
+            let list = dir.join(format!("{name}-{n}.list"));
             let text: Vec<String> = chunk.iter().map(|p| p.display().to_string()).collect();
             std::fs::write(&list, text.join("\n"))?;
             let mut child = LineChild::spawn_self(&["swarm", &list.display().to_string()])?;
