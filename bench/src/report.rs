@@ -160,3 +160,38 @@ const ORDER: &[(&str, &str)] = &[
     ("fanout_vs_throughput", "<= 1.5"),
     ("reconnect_vs_raw", "<= 1.5"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_follow_the_issue_and_skip_what_was_not_measured() {
+        let mut r = Report::default();
+        r.raw("handshakes_per_sec", 4000.0);
+        r.raw("e2e_p50_us", 400.0);
+        r.raw("fsync_p50_us", 50.0);
+        r.raw("e2e_commands_per_sec", 30000.0);
+        r.mesh("connect_per_sec", 3600.0);
+        r.mesh("rtt_p50_us", 750.0);
+        r.mesh("commands_per_sec", 7500.0);
+        r.mesh("fanout_ms", 400.0);
+        r.mesh("reconnect_all_ms", 1000.0);
+        let ratios = r.ratios(2000);
+        let get = |k: &str| ratios[k].as_f64().unwrap();
+        assert!((get("connect_vs_raw") - 0.9).abs() < 1e-9);
+        assert!((get("rtt_vs_floor") - 1.5).abs() < 1e-9);
+        assert!((get("throughput_vs_raw") - 0.25).abs() < 1e-9);
+        // 2000 commands at 7500/s take 266.7 ms.
+        assert!((get("fanout_vs_throughput") - 1.5).abs() < 1e-9);
+        // 2000 handshakes at 4000/s take 500 ms.
+        assert!((get("reconnect_vs_raw") - 2.0).abs() < 1e-9);
+        assert!(
+            !ratios.contains_key("idle_vs_raw"),
+            "no idle figures: no ratio"
+        );
+        let table = r.table(2000);
+        assert!(table.contains("connect_vs_raw"), "{table}");
+        assert!(table.contains(">= 0.9"), "{table}");
+    }
+}
