@@ -116,14 +116,14 @@ fn main() -> Result<()> {
 
 async fn run(mut a: Args) -> Result<()> {
     let (before, soft, hard) = sys::raise_fd_limit()?;
-    eprintln!("fd limit: soft {before} → {soft} (hard {hard})");
+    sys::progress(&format!("fd limit: soft {before} → {soft} (hard {hard})"));
     // The backend holds one socket per agent; the raw floor holds as many in this process.
     let most = soft.saturating_sub(swarm::FD_RESERVE) as usize;
     if a.agents > most {
-        eprintln!(
+        sys::progress(&format!(
             "--agents {} does not fit the fd limit {soft}: clamped to {most} (raise `ulimit -Hn`)",
             a.agents
-        );
+        ));
         a.agents = most;
     }
     let n = a.agents;
@@ -135,7 +135,7 @@ async fn run(mut a: Args) -> Result<()> {
     let share = a.duration / 4;
     let pki = Pki::new();
     if has("raw") {
-        eprintln!("raw: the floor ({n} idle connections)");
+        sys::progress(&format!("raw: the floor ({n} idle connections)"));
         let (identity, _) = issue(&pki, "bench-raw")?;
         raw::run(&mut report, pki.path(), &identity, n, share).await?;
     }
@@ -145,7 +145,7 @@ async fn run(mut a: Args) -> Result<()> {
     println!("{}", report.table(n));
     if let Some(path) = &a.json {
         report.write(path, n)?;
-        eprintln!("wrote {}", path.display());
+        sys::progress(&format!("wrote {}", path.display()));
     }
     Ok(())
 }
@@ -153,7 +153,7 @@ async fn run(mut a: Args) -> Result<()> {
 async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> Result<()> {
     let n = a.agents;
     let has = |p: &str| a.phases.iter().any(|q| q == p);
-    eprintln!("issuing {} agent certificates", n + 2);
+    sys::progress(&format!("issuing {} agent certificates", n + 2));
     let mut enrol = Vec::with_capacity(n + 2);
     let mut cert_dirs = Vec::with_capacity(n + 2);
     for id in [PROBE.to_owned(), GATEWAY.to_owned()]
@@ -164,6 +164,7 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
         enrol.push((id, issued.pin));
         cert_dirs.push(dir);
     }
+    sys::progress("starting the backend");
     let mut mesh = Mesh::start(pki, &enrol).await?;
     let limits = "\n[limits]\nmax_concurrency = 256\ncommands_per_minute = 100000000\n";
     let probe_config = mesh.agent_config(PROBE, &cert_dirs[0], "probe", limits)?;
@@ -177,12 +178,12 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     probe.go().await?;
     mesh.wait_connected(1, phases::fleet_patience(1)).await?;
     if has("latency") {
-        eprintln!("latency: one agent connected");
+        sys::progress("latency: one agent connected");
         phases::latency::latency_alone(&mesh, a.duration, report).await?;
     }
     raw::settle().await;
     let rss_before = sys::rss_kib(mesh.pid()).context("backend RSS")?;
-    eprintln!("connect: starting {n} agents");
+    sys::progress(&format!("connect: starting {n} agents"));
     let mut fleet = Swarms::spawn(&dir, "swarm", &configs, fd_limit).await?;
     let connect_report = if has("connect") {
         Some(&mut *report)
@@ -194,21 +195,22 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
         phases::idle::idle(&mesh, n, rss_before, &cert_dirs[1], a.duration, report).await?;
     }
     if has("latency") {
-        eprintln!("latency: {n} agents connected");
+        sys::progress(&format!("latency: {n} agents connected"));
         phases::latency::latency_loaded(&mesh, a.duration, report).await?;
     }
     if has("throughput") {
-        eprintln!("throughput: 64 clients");
+        sys::progress("throughput: 64 clients");
         phases::throughput::throughput(&mesh, a.duration, report).await?;
     }
     if has("fanout") {
-        eprintln!("fan-out: one job to {n} agents");
+        sys::progress(&format!("fan-out: {n} agents"));
         phases::fanout::fanout(&mesh, n, report).await?;
     }
     if has("restart") {
-        eprintln!("restart: kill -9 and restart the backend");
+        sys::progress("restart: kill -9 and restart the backend");
         phases::restart::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
     }
+    sys::progress("stopping the swarm");
     fleet.stop().await;
     probe.stop().await;
     mesh.kill_9().await?;

@@ -79,3 +79,10 @@ pub fn meta(agents: usize, duration_secs: f64, fd_limit: u64) -> Value {
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }
+
+/// Prints a progress line to stderr, stamped with the seconds since the first one.
+pub fn progress(message: &str) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    eprintln!("[{:7.2}s] {message}", start.elapsed().as_secs_f64());
+}

@@ -19,6 +19,7 @@ pub async fn connect(
     base: u64,
     report: Option<&mut Report>,
 ) -> Result<()> {
+    crate::sys::progress("connect: swarm loaded, go");
     let started = Instant::now();
     swarms.go().await?;
     mesh.wait_connected(base + n as u64, fleet_patience(n))
@@ -33,7 +34,7 @@ pub async fn connect(
         )
         .await?;
     let listed = listed["count"].as_u64().context("agents count")?;
-    eprintln!("connect: {listed} agents listed after {took:?}");
+    crate::sys::progress(&format!("connect: {listed} agents listed after {took:?}"));
     if let Some(report) = report {
         report.mesh("connect_per_sec", listed as f64 / took.as_secs_f64());
     }

@@ -59,7 +59,7 @@ pub async fn fanout(mesh: &Mesh, n: usize, report: &mut Report) -> Result<()> {
         tokio::time::sleep(every).await;
     }
     let took = started.elapsed();
-    eprintln!("fan-out: {ok} ok, {failed} failed in {took:?}");
+    crate::sys::progress(&format!("fan-out: {ok} ok, {failed} failed in {took:?}"));
     report.mesh("fanout_ms", took.as_secs_f64() * 1000.0);
     Ok(())
 }

@@ -34,7 +34,9 @@ pub async fn restart(
     report.mesh("reconnect_all_ms", killed.elapsed().as_secs_f64() * 1000.0);
     let (times, missing) = swarms.reconnected(Duration::from_secs(30)).await?;
     if missing > 0 {
-        eprintln!("restart: {missing} agents did not report a new session");
+        crate::sys::progress(&format!(
+            "restart: {missing} agents did not report a new session"
+        ));
     }
     let mut after: Vec<f64> = times.iter().map(|t| (t - killed_unix).max(0.0)).collect();
     let mean = after.iter().sum::<f64>() / after.len().max(1) as f64;

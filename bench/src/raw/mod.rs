@@ -47,7 +47,9 @@ pub async fn run(
     report.raw("idle_bytes_per_conn", idle);
     let hs = handshakes(echo, &config, share).await?;
     report.raw("handshakes_per_sec", hs);
-    eprintln!("raw: {hs:.0} handshakes/s, {idle:.0} bytes per idle connection");
+    crate::sys::progress(&format!(
+        "raw: {hs:.0} handshakes/s, {idle:.0} bytes per idle connection"
+    ));
     let (p50, p99) = echo_latency(echo, &config, share).await?;
     report.raw("echo_p50_us", p50);
     report.raw("echo_p99_us", p99);
