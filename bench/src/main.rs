@@ -154,16 +154,11 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
     let n = a.agents;
     let has = |p: &str| a.phases.iter().any(|q| q == p);
     sys::progress(&format!("issuing {} agent certificates", n + 2));
-    let mut enrol = Vec::with_capacity(n + 2);
-    let mut cert_dirs = Vec::with_capacity(n + 2);
-    for id in [PROBE.to_owned(), GATEWAY.to_owned()]
+    let ids: Vec<String> = [PROBE.to_owned(), GATEWAY.to_owned()]
         .into_iter()
         .chain((0..n).map(swarm_id))
-    {
-        let (issued, dir) = issue(&pki, &id)?;
-        enrol.push((id, issued.pin));
-        cert_dirs.push(dir);
-    }
+        .collect();
+    let (enrol, cert_dirs) = issue_all(&pki, &ids)?;
     sys::progress("starting the backend");
     let mut mesh = Mesh::start(pki, &enrol).await?;
     let limits = "\n[limits]\nmax_concurrency = 256\ncommands_per_minute = 100000000\n";
@@ -210,9 +205,36 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
         sys::progress("restart: kill -9 and restart the backend");
         phases::restart::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
     }
-    sys::progress("stopping the swarm");
-    fleet.stop().await;
-    probe.stop().await;
+    fleet.kill().await;
+    probe.kill().await;
     mesh.kill_9().await?;
     Ok(())
+}
+
+/// Issues a certificate per id on every core; returns the (id, pin) enrolments and the
+/// certificate directories, in order.
+fn issue_all(pki: &Pki, ids: &[String]) -> Result<(Vec<(String, String)>, Vec<PathBuf>)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = ids.len().div_ceil(threads).max(1);
+    let parts = std::thread::scope(|scope| {
+        let handles: Vec<_> = ids
+            .chunks(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|id| issue(pki, id).map(|(c, dir)| ((id.clone(), c.pin), dir)))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("issuing thread panicked"))?
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok(parts.into_iter().flatten().unzip())
 }
