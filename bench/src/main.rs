@@ -142,6 +142,7 @@ async fn run(mut a: Args) -> Result<()> {
     if a.phases.iter().any(|p| p != "raw") {
         mesh_phases(&a, pki, soft, &mut report).await?;
     }
+    sys::progress("done");
     println!("{}", report.table(n));
     if let Some(path) = &a.json {
         report.write(path, n)?;
@@ -205,6 +206,7 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
         sys::progress("restart: kill -9 and restart the backend");
         phases::restart::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
     }
+    sys::progress("ending the swarm and the backend");
     fleet.kill().await;
     probe.kill().await;
     mesh.kill_9().await?;

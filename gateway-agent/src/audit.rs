@@ -37,6 +37,11 @@ use tracing::{error, info, warn};
 /// An unchanged connection failure is recorded again only after this long.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(3600);
 
+/// Records the agent's audit queue holds (beyond it `append` reports `Overloaded`). An agent
+/// writes a few records per command and runs at most 1,024 at once; the library default
+/// (65,536) is preallocated by the bounded channel and cost ~8 MiB of RSS per agent.
+pub const QUEUE_CAPACITY: usize = 1024;
+
 /// A durable append on its way to disk.
 pub type Durable = Pin<Box<dyn Future<Output = Result<(), AuditError>> + Send>>;
 
@@ -65,7 +70,11 @@ impl AgentAudit {
     /// Opens (creating it if needed) the log at `path` and logs what opening found (a torn
     /// tail cut after a crash, or a broken chain left as evidence).
     pub fn open(path: &Path, agent_id: &str) -> Result<AgentAudit, AuditError> {
-        let (log, report) = AuditLog::open(path, AuditOptions::default())?;
+        let options = AuditOptions {
+            queue_capacity: QUEUE_CAPACITY,
+            ..AuditOptions::default()
+        };
+        let (log, report) = AuditLog::open(path, options)?;
         log_report(path, &report);
         Ok(AgentAudit {
             inner: Arc::new(Inner {

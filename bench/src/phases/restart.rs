@@ -30,8 +30,10 @@ pub async fn restart(
         "backend_restart_ms",
         killed.elapsed().as_secs_f64() * 1000.0,
     );
+    crate::sys::progress("restart: backend up");
     mesh.wait_connected(total, fleet_patience(n)).await?;
     report.mesh("reconnect_all_ms", killed.elapsed().as_secs_f64() * 1000.0);
+    crate::sys::progress("restart: all agents connected");
     let (times, missing) = swarms.reconnected(Duration::from_secs(30)).await?;
     if missing > 0 {
         crate::sys::progress(&format!(
