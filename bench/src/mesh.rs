@@ -67,7 +67,7 @@ impl Mesh {
         let (http, hub) = (free_port()?, free_port()?);
         let root = pki.path().display().to_string();
         let mut t = format!(
-            "[http]\nlisten = \"{http}\"\n[hub]\nlisten = \"{hub}\"\ncert = \"{root}/server/cert.pem\"\nkey = \"{root}/server/key.pem\"\nclient_ca = \"{root}/ca/ca.pem\"\n[store]\npath = \"{root}/backend.db\"\n[audit]\npath = \"{root}/audit.log\"\nfsync = true\n[limits]\noperator_commands_per_sec = 0\nagent_commands_per_sec = 0\nhub_connects_per_ip_per_sec = 0\nhub_connects_per_agent_per_sec = 0\n[[tokens]]\nname = \"bench\"\nsha256 = \"{h}\"\nrole = \"admin\"\n",
+            "[http]\nlisten = \"{http}\"\n[hub]\nlisten = \"{hub}\"\ncert = \"{root}/server/cert.pem\"\nkey = \"{root}/server/key.pem\"\nclient_ca = \"{root}/ca/ca.pem\"\n[store]\npath = \"{root}/backend.db\"\n[audit]\npath = \"{root}/audit.log\"\nfsync = true\n[limits]\noperator_commands_per_sec = 0\nagent_commands_per_sec = 0\nhub_connects_per_ip_per_sec = 0\nhub_connects_per_agent_per_sec = 0\nhub_handshakes_per_sec = 0\n[[tokens]]\nname = \"bench\"\nsha256 = \"{h}\"\nrole = \"admin\"\n",
             h = backend_agent::auth::token_sha256_hex(TOKEN),
         );
         for (id, pin) in agents {
