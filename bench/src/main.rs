@@ -139,19 +139,45 @@ async fn run(mut a: Args) -> Result<()> {
         let (identity, _) = issue(&pki, "bench-raw")?;
         raw::run(&mut report, pki.path(), &identity, n, share).await?;
     }
-    if a.phases.iter().any(|p| p != "raw") {
-        mesh_phases(&a, pki, soft, &mut report).await?;
-    }
-    sys::progress("done");
+    let running = if a.phases.iter().any(|p| p != "raw") {
+        Some(mesh_phases(&a, pki, soft, &mut report).await?)
+    } else {
+        drop(pki);
+        None
+    };
     println!("{}", report.table(n));
     if let Some(path) = &a.json {
         report.write(path, n)?;
         sys::progress(&format!("wrote {}", path.display()));
     }
+    if let Some(running) = running {
+        running.teardown().await?;
+    }
+    sys::progress("done");
     Ok(())
 }
 
-async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> Result<()> {
+/// What is still running after the mesh phases, ended once the report is out.
+struct Running {
+    mesh: Mesh,
+    fleet: Swarms,
+    probe: Swarms,
+}
+
+impl Running {
+    /// Kills the swarm and the backend (SIGKILL: nothing is measured any more) and removes
+    /// the temp dir in the background (N agents' files take tens of seconds to delete).
+    async fn teardown(self) -> Result<()> {
+        self.fleet.kill().await;
+        self.probe.kill().await;
+        let mut mesh = self.mesh;
+        mesh.kill_9().await?;
+        mesh.remove_in_background();
+        Ok(())
+    }
+}
+
+async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> Result<Running> {
     let n = a.agents;
     let has = |p: &str| a.phases.iter().any(|q| q == p);
     sys::progress(&format!("issuing {} agent certificates", n + 2));
@@ -206,16 +232,15 @@ async fn mesh_phases(a: &Args, pki: Pki, fd_limit: u64, report: &mut Report) -> 
         sys::progress("restart: kill -9 and restart the backend");
         phases::restart::restart(&mut mesh, &mut fleet, n, n as u64 + 1, report).await?;
     }
-    sys::progress("ending the swarm and the backend");
-    fleet.kill().await;
-    probe.kill().await;
-    mesh.kill_9().await?;
-    Ok(())
+    Ok(Running { mesh, fleet, probe })
 }
+
+/// (id, pin) enrolments and certificate directories.
+type Enrolled = (Vec<(String, String)>, Vec<PathBuf>);
 
 /// Issues a certificate per id on every core; returns the (id, pin) enrolments and the
 /// certificate directories, in order.
-fn issue_all(pki: &Pki, ids: &[String]) -> Result<(Vec<(String, String)>, Vec<PathBuf>)> {
+fn issue_all(pki: &Pki, ids: &[String]) -> Result<Enrolled> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = ids.len().div_ceil(threads).max(1);
     let parts = std::thread::scope(|scope| {

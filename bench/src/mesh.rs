@@ -115,6 +115,22 @@ impl Mesh {
         Ok(())
     }
 
+    /// Removes the temp dir with a detached `rm -rf` (it ends by itself) instead of on drop;
+    /// falls back to removing it here if `rm` cannot start. Kept with `BENCH_KEEP`.
+    pub fn remove_in_background(mut self) {
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            return;
+        }
+        let spawned = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(self.pki.path())
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        if spawned.is_ok() {
+            self.pki.dir.disable_cleanup(true);
+        }
+    }
+
     /// SIGKILL, reaped: no drain, no flush.
     pub async fn kill_9(&mut self) -> Result<()> {
         if let Some(mut child) = self.backend.take() {
