@@ -126,6 +126,12 @@ pub fn backup(
     config_path: &Path,
     out: &Path,
 ) -> Result<BackupReport, BackupError> {
+    if let Some(url) = &config.store.url {
+        return Err(BackupError::Refused(format!(
+            "the store is in PostgreSQL ({url}): back it up with pg_dump; this command copies \
+             the SQLite file only (docs/store-postgres.md)"
+        )));
+    }
     backup_files(&config.store.path, &config.audit.path, config_path, out)
 }
 

@@ -189,17 +189,23 @@ pub fn run_verify_cli(config: &crate::config::BackendConfig) -> i32 {
             return 64;
         }
     };
-    if !config.store.path.exists() {
+    if config.store.url.is_none() && !config.store.path.exists() {
         eprintln!(
             "backend-agent: no store at {} ([store] path): nothing anchors the audit log",
             config.store.path.display()
         );
         return 64;
     }
-    let latest = crate::store::SqliteStore::open(&config.store.path).and_then(|s| {
-        use crate::store::CheckpointStore as _;
-        s.latest_checkpoint()
-    });
+    let latest = match &config.store.url {
+        Some(url) => crate::store::PostgresStore::open(url, 1).and_then(|s| {
+            use crate::store::CheckpointStore as _;
+            s.latest_checkpoint()
+        }),
+        None => crate::store::SqliteStore::open(&config.store.path).and_then(|s| {
+            use crate::store::CheckpointStore as _;
+            s.latest_checkpoint()
+        }),
+    };
     let checkpoint = match latest {
         Ok(Some(c)) => c,
         Ok(None) if log_is_empty(&config.audit.path) => {

@@ -50,11 +50,20 @@ pub struct BackendEvents {
 }
 
 impl SessionEvents for BackendEvents {
-    fn connected(&self, hello: &HelloFrame, _session_id: &str, pin: &str) {
+    fn connected(&self, hello: &HelloFrame, session_id: &str, pin: &str) {
         self.commands.on_connected(&hello.agent_id);
+        if let Some(cluster) = self.commands.cluster() {
+            cluster.attached(&hello.agent_id, session_id);
+        }
         let enrolment = self.enrolment.clone();
         let (agent, pin) = (hello.agent_id.clone(), pin.to_owned());
         tokio::spawn(async move { enrolment.on_session(&agent, &pin).await });
+    }
+
+    fn disconnected(&self, agent_id: &str, session_id: &str) {
+        if let Some(cluster) = self.commands.cluster() {
+            cluster.detached(agent_id, session_id);
+        }
     }
 
     fn frame<'a>(

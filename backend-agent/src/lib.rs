@@ -27,6 +27,7 @@
 //! - [`reload`]: SIGHUP: the config swapped in under live sessions, or refused and kept;
 //!   [`run`] / [`run_reloadable`] (module `daemon`) wire it to the signals.
 //! - [`store`]: the embedded store (SQLite behind a small trait).
+//! - [`cluster`]: `[cluster]` routing between replicas over NATS (`docs/cluster.md`).
 //! - [`clock`]: RFC 3339 timestamps and Unix milliseconds.
 //! - [`hex`], [`sync`]: lower-case hex; poison-tolerant locking.
 #![forbid(unsafe_code)]
@@ -40,6 +41,7 @@ pub mod backup;
 pub mod checkpoint;
 pub mod client_addr;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod enrol;
@@ -105,6 +107,9 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(std::io::Error),
+    /// `[cluster]` is unusable.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// Audit checkpoints cannot be signed.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
@@ -192,7 +197,7 @@ impl Backend {
         let limits = Arc::new(reload::Swap::new(limits::RateLimits::new(&config.limits)));
         let live = Arc::new(hub::LiveSettings::new(&config.hub, &config.limits));
         daemon::spawn_prune(limits.clone(), stop_rx.clone());
-        let store = store::Store::open_sqlite(config.store.path.clone()).await?;
+        let store = store::Store::open(&config.store).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
         checkpoint::check_tail(&store, &audit).await;
         let checkpoints = checkpoint::Checkpoints::start(signer, store.clone(), audit.clone());
@@ -208,6 +213,10 @@ impl Backend {
             stop_rx.clone(),
         );
         commands.recover().await?;
+        if let Some(c) = &config.cluster {
+            let cluster = cluster::Cluster::start(c, registry.clone(), stop_rx.clone()).await?;
+            commands.set_cluster(cluster);
+        }
         let hub_pins = hub::tls::load_certs(&config.hub.cert)?
             .first()
             .and_then(|c| mesh_certs::pin_from_cert_der(c.as_ref()).ok())

@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime_main(async move {
-                let store = backend_agent::store::Store::open_sqlite(config.store.path.clone())
+                let store = backend_agent::store::Store::open(&config.store)
                     .await
                     .map_err(|e| (1, e.to_string()))?;
                 let n = backend_agent::enrol::revoke_offline(&store, &id)

@@ -10,8 +10,10 @@
 //! - [`raw`]: a hand-driven TLS WebSocket client for protocol-level tests.
 //! - [`http`]: a tiny HTTP/1.1 client with deadlines on every exchange.
 //! - [`process`]: the real binaries as child processes (killed on drop; kill -9 for crashes).
+//! - [`nats`]: a real nats-server on an ephemeral port, for `[cluster]` replicas.
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
+//! - [`postgres`]: a real PostgreSQL server in a temp dir, a fresh database per use.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -19,8 +21,10 @@ pub mod agent;
 pub mod backend;
 pub mod fleet;
 pub mod http;
+pub mod nats;
 pub mod nginx;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 

@@ -44,6 +44,15 @@ pub async fn list(
             }
         }
     }
+    if let Some(cluster) = state.commands.cluster() {
+        // Fleet-wide: this replica's enrolments with the sessions every replica holds.
+        let connected = filter.connected.take();
+        let local = state.commands.agents(&caller.principal, &filter);
+        let (agents, missing) = cluster.fleet_list(local, connected).await;
+        return Ok(Json(
+            json!({"agents": agents, "count": agents.len(), "replicas_missing": missing}),
+        ));
+    }
     let agents = state.commands.agents(&caller.principal, &filter);
     Ok(Json(json!({"agents": agents, "count": agents.len()})))
 }
@@ -53,8 +62,18 @@ pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(state.commands.agent(&caller.principal, &id)?))
+) -> Result<Json<Value>, ApiError> {
+    let view = state.commands.agent(&caller.principal, &id)?;
+    if let Some(cluster) = state.commands.cluster() {
+        // Held by another replica: shown as that replica sees it.
+        let (mut agents, _) = cluster.fleet_list(vec![view.clone()], None).await;
+        if let Some(v) = agents.pop() {
+            return Ok(Json(v));
+        }
+    }
+    Ok(Json(
+        serde_json::to_value(view).map_err(ApiError::internal)?,
+    ))
 }
 
 /// Body of `PUT /api/v1/agents/{id}/labels`.

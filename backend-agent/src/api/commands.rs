@@ -66,6 +66,12 @@ impl From<SubmitError> for ApiError {
                 return ApiError::rate_limited(e.to_string(), *wait);
             }
             SubmitError::Store(inner) => return ApiError::internal(inner),
+            SubmitError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SubmitError::Remote { code, .. } => match *code {
+                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                "audit_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
             SubmitError::Audit(inner) => {
                 tracing::error!(error = %inner, "audit log unavailable; command refused");
                 let mut err = ApiError::new(
@@ -78,7 +84,7 @@ impl From<SubmitError> for ApiError {
             }
         };
         let mut err = ApiError::new(status, e.code(), e.to_string());
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             err.retry_after = Some(1);
         }
         err

@@ -179,6 +179,9 @@ pub async fn revoke(
         .enrolment
         .revoke(&agent_id, &caller.principal.name)
         .await?;
+    if let Some(cluster) = state.commands.cluster() {
+        cluster.broadcast_revoke(&agent_id);
+    }
     Ok(Json(
         json!({"agent_id": agent_id, "revoked_pins": pins, "disconnected": disconnected}),
     ))

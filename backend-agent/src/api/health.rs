@@ -34,7 +34,10 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         .map_err(|e| e.to_string());
     let audit = state.audit.is_healthy();
     let draining = state.live.draining();
-    let ok = hub && store.is_ok() && audit && !draining;
+    // `[cluster]`: a replica that cannot reach the others cannot route commands.
+    let cluster = state.commands.cluster();
+    let nats = cluster.is_none_or(|c| c.connected());
+    let ok = hub && store.is_ok() && audit && !draining && nats;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -48,6 +51,14 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "audit_writable": audit,
         "draining": draining,
     });
+    let mut body = body;
+    if let Some(c) = cluster {
+        body["cluster"] = json!({
+            "replica_id": c.replica_id(),
+            "nats_connected": nats,
+            "peers": c.members(),
+        });
+    }
     (status, Json(body))
 }
 

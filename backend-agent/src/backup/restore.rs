@@ -64,6 +64,12 @@ pub fn restore(config_path: &Path, from: &Path, force: bool) -> Result<RestoreRe
     let config = BackendConfig::load(config_path)
         .map_err(|e| BackupError::Refused(format!("config: {e}")))?;
     refuse_if_live(&config)?;
+    if config.store.url.is_some() {
+        return Err(BackupError::Refused(
+            "[store] url is set: the node's store is in PostgreSQL, restore it with pg_restore"
+                .into(),
+        ));
+    }
     let store = config.store.path.clone();
     let audit = config.audit.path.clone();
     let existing = existing_files(&store, &audit)?;

@@ -183,6 +183,10 @@ impl CommandService {
             .filter_map(|id| self.registry.command_target(id, verb))
             .find_map(|t| t.spec);
         let Some(spec) = spec else {
+            if self.cluster().is_some() {
+                // The schema is with the replicas holding the targets; each checks there.
+                return Ok(());
+            }
             return Err(JobError::Invalid(SubmitError::NotAdvertised {
                 agent: "any target".into(),
                 verb: verb.to_owned(),
@@ -279,6 +283,12 @@ impl CommandService {
             timeout_ms: req.timeout_ms,
             queue_ttl_ms: None,
         };
+        if target.session.is_none() && !target.refused {
+            let (by, job_id) = (&job.requested_by, Some(job.job_id.as_str()));
+            if let Some(routed) = self.route_remote(caller, by, job_id, &request).await {
+                return routed;
+            }
+        }
         self.submit_to(&job.requested_by, Some(job.job_id.clone()), target, request)
             .await
     }

@@ -24,6 +24,7 @@ mod held;
 pub mod jobs;
 pub mod read;
 pub mod redact;
+mod remote;
 mod results;
 mod submit;
 mod sweep;
@@ -164,6 +165,17 @@ pub enum SubmitError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `[cluster]`: the agent may be held by another replica, which cannot be reached.
+    #[error("cluster unavailable: {0}")]
+    ClusterUnavailable(String),
+    /// `[cluster]`: another replica refused the command with this code.
+    #[error("{message}")]
+    Remote {
+        /// Its stable code.
+        code: &'static str,
+        /// Its message.
+        message: String,
+    },
 }
 
 impl SubmitError {
@@ -183,6 +195,8 @@ impl SubmitError {
             SubmitError::RateLimited { .. } => "rate_limited",
             SubmitError::Audit(_) => "audit_unavailable",
             SubmitError::Store(_) => "internal",
+            SubmitError::ClusterUnavailable(_) => "cluster_unavailable",
+            SubmitError::Remote { code, .. } => code,
         }
     }
 }
@@ -206,6 +220,7 @@ pub struct CommandService {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
     connected_tx: mpsc::Sender<String>,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl CommandService {
@@ -238,6 +253,7 @@ impl CommandService {
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             connected_tx,
+            cluster: std::sync::OnceLock::new(),
         });
         sweep::spawn_pruner(Arc::downgrade(&service), shutdown.clone());
         let worker = Arc::downgrade(&service);
@@ -362,6 +378,9 @@ impl CommandService {
                 .map(|t| Duration::from_millis(u64::try_from(clock::unix_ms() - t).unwrap_or(0)));
             self.metrics
                 .command_finished(&rec.verb, rec.status.as_str(), latency);
+            if let Some(cluster) = self.cluster.get() {
+                cluster.publish_done(&rec.command_id);
+            }
         }
         if let Some(list) = lock(&self.waiters).remove(&rec.command_id) {
             for tx in list {

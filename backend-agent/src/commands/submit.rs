@@ -27,10 +27,9 @@ impl CommandService {
                 return Err(SubmitError::QueueTtlTooLong { asked, max });
             }
         }
-        let target = self
-            .registry
-            .command_target(&req.agent_id, &req.verb)
-            .ok_or_else(|| SubmitError::UnknownAgent(req.agent_id.clone()))?;
+        let Some(target) = self.registry.command_target(&req.agent_id, &req.verb) else {
+            return self.route_unknown(caller, req).await;
+        };
         let subject = Subject {
             verb: Some(&req.verb),
             agent: AgentScope::Labels(&target.labels),
@@ -44,6 +43,11 @@ impl CommandService {
                 format!("unknown agent {:?}", req.agent_id)
             })?;
         self.charge_operator(caller, Some(&req.verb))?;
+        if target.session.is_none() && !target.refused {
+            if let Some(routed) = self.route_remote(caller, &caller.name, None, &req).await {
+                return routed;
+            }
+        }
         self.submit_to(&caller.name, None, target, req).await
     }
 

@@ -11,12 +11,16 @@ use serde::Deserialize;
 
 use crate::auth::Role;
 
+mod cluster;
 mod env;
 mod log;
+mod store_url;
 mod validate;
 
+pub use cluster::ClusterConfig;
 pub use env::{apply_env_overrides, ENV_PREFIX};
 pub use log::LogConfig;
+pub use store_url::{DatabaseUrl, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
 pub use validate::check_pin;
 
 /// A config that could not be loaded; the message names file and key.
@@ -81,6 +85,9 @@ pub struct BackendConfig {
     /// Logging (`[log] level`, reloadable).
     #[serde(default)]
     pub log: LogConfig,
+    /// Routing between replicas over NATS (`None`: a single node).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[http]`.
@@ -166,6 +173,13 @@ pub struct StoreConfig {
     /// How often the pruner runs.
     #[serde(default = "default_prune_interval_secs")]
     pub prune_interval_secs: u64,
+    /// PostgreSQL instead of the SQLite file (`postgres://user:pass@host:port/db`;
+    /// docs/store-postgres.md). Unset: the SQLite file at `path`.
+    #[serde(default)]
+    pub url: Option<DatabaseUrl>,
+    /// Most connections open to PostgreSQL at once (with `url`).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
 }
 
 /// `[audit]`.
@@ -331,6 +345,9 @@ fn default_drain_grace_secs() -> u64 {
 }
 fn default_store_path() -> PathBuf {
     "/var/lib/agentmesh/backend.db".into()
+}
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
 }
 fn default_retention_days() -> u32 {
     30

@@ -13,6 +13,16 @@ impl BackendConfig {
         self.log
             .validate()
             .map_err(|m| invalid("log.level".into(), m))?;
+        if let Some(c) = &self.cluster {
+            if !super::ClusterConfig::valid_token(&c.replica_id)
+                || !super::ClusterConfig::valid_token(&c.name)
+            {
+                return Err(invalid(
+                    "cluster.replica_id".into(),
+                    "replica_id and name: 1-128 of [A-Za-z0-9_-]".into(),
+                ));
+            }
+        }
         if self.hub.heartbeat_secs == 0 {
             return Err(invalid("hub.heartbeat_secs".into(), "must be > 0".into()));
         }
@@ -35,6 +45,15 @@ impl BackendConfig {
             return Err(invalid(
                 "store.prune_interval_secs".into(),
                 "must be > 0".into(),
+            ));
+        }
+        if let Some(url) = &self.store.url {
+            url.check().map_err(|m| invalid("store.url".into(), m))?;
+        }
+        if !(1..=super::MAX_POOL_SIZE).contains(&self.store.pool_size) {
+            return Err(invalid(
+                "store.pool_size".into(),
+                format!("must be 1..={}", super::MAX_POOL_SIZE),
             ));
         }
         if self.ca.cert.is_some() != self.ca.key.is_some() {

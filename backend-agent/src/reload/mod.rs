@@ -262,6 +262,7 @@ fn keep_restart_only(old: &BackendConfig, new: &mut BackendConfig) -> Vec<&'stat
         "store" => store;
         "audit" => audit;
         "ca" => ca;
+        "cluster" => cluster;
         "limits.max_queue_ttl_ms" => limits.max_queue_ttl_ms;
         "limits.result_grace_secs" => limits.result_grace_secs;
         "limits.renewals_per_agent_per_hour" => limits.renewals_per_agent_per_hour;

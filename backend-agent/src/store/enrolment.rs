@@ -338,5 +338,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests;
+#[cfg(any(test, feature = "conformance"))]
+#[doc(hidden)]
+pub mod tests;

@@ -20,15 +20,19 @@
 //! - [`enrolment`]: the [`EnrolmentStore`] trait, [`PinRecord`], [`JoinToken`], [`Redeem`] and
 //!   the async enrolment methods of [`Store`].
 //! - [`sqlite`]: the SQLite implementation (WAL, schema versioned by `PRAGMA user_version`).
+//! - [`postgres`]: the PostgreSQL implementation (`[store] url`, shared by replicas;
+//!   docs/store-postgres.md).
 //! - [`memory`]: the in-memory implementation.
 
 pub mod checkpoint;
 pub mod enrolment;
 pub mod memory;
+pub mod postgres;
 mod record;
 pub mod sqlite;
-#[cfg(test)]
-pub(crate) mod tests;
+#[cfg(any(test, feature = "conformance"))]
+#[doc(hidden)]
+pub mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,6 +45,7 @@ pub use enrolment::{
     RenewalStart, UnknownPinState, USED_TOKEN_RETENTION,
 };
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use record::{CommandQuery, CommandRecord, CommandState, ErrorInfo, JobRecord, UnknownState};
 pub use sqlite::SqliteStore;
 
@@ -76,6 +81,12 @@ pub enum StoreError {
     /// The blocking task running the call failed.
     #[error("store: background task failed: {0}")]
     Join(String),
+    /// PostgreSQL reported an error (`[store] url`).
+    #[error("store: postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The database cannot be reached or no pooled connection came free in time.
+    #[error("store: unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -179,6 +190,14 @@ impl Store {
             .await
             .map_err(|e| StoreError::Join(e.to_string()))??;
         Ok(Store::new(store))
+    }
+
+    /// Opens the store `[store]` names: PostgreSQL when `url` is set, else the SQLite file.
+    pub async fn open(config: &crate::config::StoreConfig) -> Result<Self, StoreError> {
+        match &config.url {
+            Some(url) => Self::open_postgres(url.clone(), config.pool_size).await,
+            None => Self::open_sqlite(config.path.clone()).await,
+        }
     }
 
     /// An empty in-memory store (tests, `dev` experiments).

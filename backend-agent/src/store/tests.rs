@@ -5,7 +5,7 @@ use serde_json::json;
 use super::*;
 
 /// A pending command with fixed fields; ids sort like the UUIDv7 ids used in production.
-pub(crate) fn command(id: &str, agent: &str, status: CommandState) -> CommandRecord {
+pub fn command(id: &str, agent: &str, status: CommandState) -> CommandRecord {
     CommandRecord {
         command_id: id.to_owned(),
         agent_id: agent.to_owned(),
@@ -46,7 +46,7 @@ fn job(id: &str) -> JobRecord {
 }
 
 /// Runs every behaviour the trait documents against a fresh, empty `store`.
-pub(crate) fn conformance(store: &dyn CommandStore) {
+pub fn conformance(store: &dyn CommandStore) {
     // Insert, get, duplicate.
     let mut c1 = command("cmd-01", "edge-01", CommandState::Pending);
     store.insert_command(&c1).expect("insert");
@@ -298,7 +298,7 @@ async fn async_wrapper_runs_on_the_blocking_pool() {
 }
 
 /// Pruning by age and listing without output, against `store` (fresh and empty).
-fn prune_by_age_and_lists_without_output(store: &dyn CommandStore) {
+pub fn prune_by_age_and_lists_without_output(store: &dyn CommandStore) {
     let finished = |id: &str, at: &str| {
         let mut c = command(id, "edge-01", CommandState::Ok);
         c.stdout = "big output".to_owned();
@@ -359,7 +359,8 @@ fn sqlite_prunes_by_age() {
     prune_by_age_and_lists_without_output(&store);
 }
 
-fn labels_round_trip(store: &dyn CommandStore) {
+/// Labels are stored, replaced and listed per agent, against `store` (fresh and empty).
+pub fn labels_round_trip(store: &dyn CommandStore) {
     assert!(store.agent_labels().expect("none").is_empty());
     let eu: Labels = [("region".to_owned(), "eu".to_owned())].into();
     let us: Labels = [("region".to_owned(), "us".to_owned())].into();

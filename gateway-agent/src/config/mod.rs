@@ -9,6 +9,7 @@ mod check;
 mod env;
 mod keypath;
 mod params;
+mod urls;
 mod validate;
 mod verbs;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use check::{check_config, config_warnings};
 pub use env::ENV_PREFIX;
+pub use urls::{parse_backend_urls, MAX_BACKEND_URLS};
 pub use validate::{parse_backend_url, BackendUrl};
 pub use verbs::{builtin_verbs, parse_template, ParamConfig, ParamType, Segment, VerbConfig};
 
@@ -111,7 +113,9 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
-    /// `wss://host:port/path` of the hub.
+    /// `wss://host:port/path` of the hub, or a list of hubs (replicas) tried in random
+    /// order; a list is held comma-separated.
+    #[serde(deserialize_with = "urls::one_or_many")]
     pub backend_url: String,
     /// The mesh CA certificate (PEM) the hub's chain must verify against.
     pub ca: PathBuf,

@@ -82,7 +82,7 @@ fn validate_agent(config: &GatewayConfig) -> Result<(), Problem> {
 
 fn validate_outbound(config: &GatewayConfig) -> Result<(), Problem> {
     let out = &config.outbound;
-    parse_backend_url(&out.backend_url).map_err(|m| problem("outbound.backend_url", m))?;
+    super::parse_backend_urls(&out.backend_url).map_err(|m| problem("outbound.backend_url", m))?;
     for (key, path) in [
         ("outbound.ca", &out.ca),
         ("outbound.cert", &out.cert),

@@ -38,6 +38,7 @@ use std::time::Duration;
 use agentmesh_protocol::close::GOING_AWAY;
 use agentmesh_protocol::{HelloFrame, VerbSpec, PROTOCOL_VERSION};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::SeedableRng as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -46,7 +47,7 @@ use tracing::{error, info, info_span, warn, Instrument as _};
 use crate::audit::AgentAudit;
 use crate::backoff::Backoff;
 use crate::commands::Commands;
-use crate::config::{parse_backend_url, BackendUrl, GatewayConfig};
+use crate::config::{parse_backend_urls, BackendUrl, GatewayConfig};
 use crate::connect::{self, connect_from};
 use crate::exec::{ExecError, ExecSettings, Executor, COMMAND_GRACE};
 use crate::health;
@@ -134,7 +135,10 @@ async fn run_until(
     stop: watch::Receiver<bool>,
     reloads: tokio::sync::mpsc::Receiver<GatewayConfig>,
 ) -> Result<(), RunError> {
-    let url = parse_backend_url(&config.outbound.backend_url).map_err(RunError::Url)?;
+    let mut urls = parse_backend_urls(&config.outbound.backend_url).map_err(RunError::Url)?;
+    // Several hubs (replicas): tried in a random order, so agents spread over them.
+    urls.shuffle(&mut rand::rng());
+    let url = urls[0].clone();
     finish_interrupted_renewal(&config);
     let hub_tls = tls::client_config(&config.outbound)?;
     let signer = Signer::load(&config.outbound);
@@ -191,6 +195,7 @@ async fn run_until(
     };
     let watchdog = health::spawn_watchdog(state.clone(), url.url.clone(), stop.clone());
     let mut dialer = Dialer::new(config, url, state, parts);
+    dialer.urls = urls;
     dialer.config_rx = config_rx;
     notify::ready();
     dialer.run(stop).instrument(span.clone()).await;
@@ -232,6 +237,9 @@ struct Parts {
 struct Dialer {
     config: GatewayConfig,
     url: BackendUrl,
+    /// Every hub URL, in the (shuffled) order they are tried; each attempt takes the next.
+    urls: Vec<BackendUrl>,
+    attempts: usize,
     state: Arc<AgentState>,
     tls: HubTls,
     verbs: Vec<VerbSpec>,
@@ -262,6 +270,8 @@ impl Dialer {
             renewal: parts.renewal,
             verbs,
             backoff,
+            urls: vec![url.clone()],
+            attempts: 0,
             url,
             state,
             config,
@@ -306,6 +316,10 @@ impl Dialer {
     /// otherwise the delay before the next attempt.
     async fn attempt(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Duration> {
         let limit = self.config.outbound.max_message_bytes;
+        if let Some(next) = self.urls.get(self.attempts % self.urls.len().max(1)) {
+            self.url = next.clone();
+        }
+        self.attempts = self.attempts.wrapping_add(1);
         let connected = tokio::select! {
             r = connect_from(&self.url, &self.tls, limit, self.config.outbound.source_addr) => r,
             _ = agentmesh_daemon::stopped(stop) => return None,

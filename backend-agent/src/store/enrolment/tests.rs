@@ -1,10 +1,11 @@
 //! The conformance suite every [`EnrolmentStore`] implementation must pass, plus type tests.
 
 use super::*;
+#[cfg(test)]
 use crate::store::MemoryStore;
 
 /// An unused token for `agent` issued at the start of 2025.
-pub(crate) fn token(hash: &str, agent: &str, expires_at: &str) -> JoinToken {
+pub fn token(hash: &str, agent: &str, expires_at: &str) -> JoinToken {
     JoinToken {
         token_sha256: hash.to_owned(),
         agent_id: agent.to_owned(),
@@ -33,7 +34,7 @@ fn is_conflict(r: Result<(), StoreError>) -> bool {
 }
 
 /// Runs every behaviour the trait documents against a fresh, empty `store`.
-pub(crate) fn conformance(store: &dyn EnrolmentStore) {
+pub fn conformance(store: &dyn EnrolmentStore) {
     pins_and_revocation(store);
     join_tokens(store);
     pruning(store);
