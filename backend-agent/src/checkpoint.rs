@@ -49,10 +49,20 @@ pub fn load_signer(key_path: &Path) -> Result<CheckpointSigner, CheckpointError>
     CheckpointSigner::from_pkcs8_der(&der).map_err(|e| err(e.to_string()))
 }
 
-/// Compares the log with the latest checkpoint at start; a shortfall is logged and audited.
-/// Returns whether the log reaches the checkpoint (true when there is none).
-pub async fn check_tail(store: &Store, audit: &Audit) -> bool {
-    let checkpoint = match store.latest_checkpoint().await {
+/// This process's replica id for checkpoints: `[cluster] replica_id`, or `""` on a single node.
+pub fn replica_of(config: &crate::config::BackendConfig) -> String {
+    config
+        .cluster
+        .as_ref()
+        .map(|c| c.replica_id.clone())
+        .unwrap_or_default()
+}
+
+/// Compares the log with `replica`'s latest checkpoint at start (another replica's never
+/// counts); a shortfall is logged and audited. Returns whether the log reaches the
+/// checkpoint (true when there is none).
+pub async fn check_tail(store: &Store, audit: &Audit, replica: &str) -> bool {
+    let checkpoint = match store.latest_checkpoint(replica).await {
         Ok(Some(c)) => c,
         Ok(None) => return true,
         Err(e) => {
@@ -95,6 +105,7 @@ struct Writer {
     signer: CheckpointSigner,
     store: Store,
     audit: Arc<Audit>,
+    replica: String,
     last_seq: Option<u64>,
 }
 
@@ -119,7 +130,7 @@ impl Writer {
                     return;
                 }
             };
-        match self.store.put_checkpoint(&checkpoint).await {
+        match self.store.put_checkpoint(&self.replica, &checkpoint).await {
             Ok(()) => self.last_seq = Some(seq),
             Err(e) => warn!(error = %e, seq, "cannot store an audit checkpoint; retrying"),
         }
@@ -127,13 +138,20 @@ impl Writer {
 }
 
 impl Checkpoints {
-    /// Starts the task: a checkpoint now and then every [`CHECKPOINT_INTERVAL`] the tail moved.
-    pub fn start(signer: CheckpointSigner, store: Store, audit: Arc<Audit>) -> Checkpoints {
+    /// Starts the task: a checkpoint now and then every [`CHECKPOINT_INTERVAL`] the tail moved,
+    /// stored as `replica`'s.
+    pub fn start(
+        signer: CheckpointSigner,
+        store: Store,
+        audit: Arc<Audit>,
+        replica: String,
+    ) -> Checkpoints {
         let (stop, mut stopped) = oneshot::channel();
         let mut writer = Writer {
             signer,
             store,
             audit,
+            replica,
             last_seq: None,
         };
         let task = tokio::spawn(async move {
@@ -177,11 +195,22 @@ impl Drop for Checkpoints {
     }
 }
 
-/// `backend-agent audit verify --config FILE`: verifies every file of `[audit].path` and that
-/// the chain reaches the latest checkpoint in `[store].path`, signed by the `[hub].key` key.
+/// `backend-agent audit verify --config FILE`: [`run_verify_cli_replicas`] without other
+/// replicas' logs.
+pub fn run_verify_cli(config: &crate::config::BackendConfig) -> i32 {
+    run_verify_cli_replicas(config, &[])
+}
+
+/// `backend-agent audit verify --config FILE [--replica ID=PATH]...`: verifies every file of
+/// `[audit].path` and that the chain reaches this replica's latest checkpoint in the store,
+/// signed by the `[hub].key` key; then every other replica with checkpoints in the (shared)
+/// store: its log when given in `others`, else its latest checkpoint's signature and key.
 /// Prints `ok: ...` to stdout or `BROKEN: ...` (naming the checkpoint) to stderr; returns the
 /// exit code: 0 ok, 1 broken or cut, 64 unusable configuration.
-pub fn run_verify_cli(config: &crate::config::BackendConfig) -> i32 {
+pub fn run_verify_cli_replicas(
+    config: &crate::config::BackendConfig,
+    others: &[(String, std::path::PathBuf)],
+) -> i32 {
     let pin = match load_signer(&config.hub.key) {
         Ok(signer) => signer.key_pin(),
         Err(e) => {
@@ -199,43 +228,83 @@ pub fn run_verify_cli(config: &crate::config::BackendConfig) -> i32 {
     let latest = match &config.store.url {
         Some(url) => crate::store::PostgresStore::open(url, 1).and_then(|s| {
             use crate::store::CheckpointStore as _;
-            s.latest_checkpoint()
+            s.latest_checkpoints()
         }),
         None => crate::store::SqliteStore::open(&config.store.path).and_then(|s| {
             use crate::store::CheckpointStore as _;
-            s.latest_checkpoint()
+            s.latest_checkpoints()
         }),
     };
-    let checkpoint = match latest {
-        Ok(Some(c)) => c,
-        Ok(None) if log_is_empty(&config.audit.path) => {
-            println!("ok: 0 records; the log is empty and no checkpoint is needed yet");
-            return 0;
-        }
-        Ok(None) => {
-            eprintln!(
-                "BROKEN: the store {} holds no audit checkpoint, though the backend writes one \
-                 at every start: the tail of {} cannot be anchored",
-                config.store.path.display(),
-                config.audit.path.display()
-            );
-            return 1;
-        }
+    let latest = match latest {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("backend-agent: {e}");
             return 64;
         }
     };
-    match agentmesh_audit::verify_anchored(&config.audit.path, &checkpoint, Some(&pin)) {
+    let replica = replica_of(config);
+    let find = |id: &str| latest.iter().find(|(r, _)| r == id).map(|(_, c)| c);
+    let store_name = match &config.store.url {
+        Some(_) => "the PostgreSQL store".to_owned(),
+        None => config.store.path.display().to_string(),
+    };
+    let mut code = verify_chain("", &config.audit.path, find(&replica), &pin, &store_name);
+    for (id, path) in others.iter().filter(|(id, _)| *id != replica) {
+        let label = format!("replica {id:?}: ");
+        code = code.max(verify_chain(&label, path, find(id), &pin, &store_name));
+    }
+    for (id, cp) in &latest {
+        if *id == replica || others.iter().any(|(o, _)| o == id) {
+            continue;
+        }
+        match cp.verify_signature() {
+            Ok(()) if cp.key_pin == pin => println!(
+                "ok: replica {id:?}: latest checkpoint {cp} is signed by the hub key; its log \
+                 is on that replica (--replica {id}=PATH verifies it here)"
+            ),
+            Ok(()) => {
+                eprintln!("BROKEN: replica {id:?}: checkpoint {cp} is signed by another key");
+                code = 1;
+            }
+            Err(e) => {
+                eprintln!("BROKEN: replica {id:?}: checkpoint {cp}: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// Verifies the log at `path` against `checkpoint` (its replica's latest); 0 ok, 1 broken.
+fn verify_chain(
+    label: &str,
+    path: &Path,
+    checkpoint: Option<&Checkpoint>,
+    pin: &str,
+    store_name: &str,
+) -> i32 {
+    let Some(checkpoint) = checkpoint else {
+        if log_is_empty(path) {
+            println!("ok: {label}0 records; the log is empty and no checkpoint is needed yet");
+            return 0;
+        }
+        eprintln!(
+            "BROKEN: {label}the store {store_name} holds no audit checkpoint for this replica, \
+             though the backend writes one at every start: the tail of {} cannot be anchored",
+            path.display()
+        );
+        return 1;
+    };
+    match agentmesh_audit::verify_anchored(path, checkpoint, Some(pin)) {
         Ok(summary) => {
             println!(
-                "ok: {} records, {} signatures; tail anchored: reaches {checkpoint}",
+                "ok: {label}{} records, {} signatures; tail anchored: reaches {checkpoint}",
                 summary.records, summary.signatures_checked
             );
             0
         }
         Err(e) => {
-            eprintln!("BROKEN: {e}");
+            eprintln!("BROKEN: {label}{e}");
             1
         }
     }

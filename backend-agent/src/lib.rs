@@ -35,6 +35,7 @@
 pub mod api;
 pub mod audit;
 pub mod audit_flood;
+pub mod audit_mirror;
 pub mod auth;
 pub mod authz;
 pub mod backup;
@@ -162,6 +163,7 @@ pub struct Backend {
     hub_task: JoinHandle<()>,
     http_task: JoinHandle<std::io::Result<()>>,
     checkpoints: checkpoint::Checkpoints,
+    audit_mirror: Option<audit_mirror::AuditMirror>,
     reloader: Arc<reload::Reloader>,
     live: Arc<hub::LiveSettings>,
 }
@@ -199,8 +201,14 @@ impl Backend {
         daemon::spawn_prune(limits.clone(), stop_rx.clone());
         let store = store::Store::open(&config.store).await?;
         let signer = checkpoint::load_signer(&config.hub.key)?;
-        checkpoint::check_tail(&store, &audit).await;
-        let checkpoints = checkpoint::Checkpoints::start(signer, store.clone(), audit.clone());
+        let replica = checkpoint::replica_of(&config);
+        checkpoint::check_tail(&store, &audit, &replica).await;
+        // `[cluster]` on PostgreSQL: this replica's records are copied for the fleet's reads.
+        let audit_mirror = (config.cluster.is_some() && store.mirrors_audit()).then(|| {
+            audit_mirror::AuditMirror::start(store.clone(), audit.clone(), replica.clone())
+        });
+        let checkpoints =
+            checkpoint::Checkpoints::start(signer, store.clone(), audit.clone(), replica);
         let authz = Arc::new(authz::Authz::new(audit.clone()));
         let commands = commands::CommandService::start(
             registry.clone(),
@@ -337,6 +345,7 @@ impl Backend {
             hub_task,
             http_task,
             checkpoints,
+            audit_mirror,
             reloader,
             live,
         })
@@ -397,6 +406,9 @@ impl Backend {
         // The last records of this process (HTTP drain included), then their checkpoint.
         self.audit.flush().await;
         self.checkpoints.finish().await;
+        if let Some(mirror) = self.audit_mirror {
+            mirror.finish().await;
+        }
         result
     }
 

@@ -92,6 +92,10 @@ enum AuditAction {
     Verify {
         /// Log files (current and rotated, any order); instead of `--config`.
         files: Vec<PathBuf>,
+        /// With `--config` in a cluster: another replica's log (ID=PATH), verified against
+        /// that replica's checkpoints in the shared store; repeatable.
+        #[arg(long = "replica", value_name = "ID=PATH")]
+        replicas: Vec<String>,
     },
 }
 
@@ -130,8 +134,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Audit {
-            action: AuditAction::Verify { files },
+            action: AuditAction::Verify { files, replicas },
         }) => {
+            let mut others = Vec::new();
+            for r in &replicas {
+                match r.split_once('=') {
+                    Some((id, path)) if !id.is_empty() && !path.is_empty() => {
+                        others.push((id.to_owned(), PathBuf::from(path)));
+                    }
+                    _ => {
+                        eprintln!("usage: --replica ID=PATH (another replica's audit log)");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                }
+            }
+            if !others.is_empty() && cli.config.is_none() {
+                eprintln!("usage: --replica needs --config (the shared store's checkpoints)");
+                return ExitCode::from(EXIT_USAGE);
+            }
             let code = match (&cli.config, files.is_empty()) {
                 (Some(_), false) => {
                     eprintln!(
@@ -140,7 +160,9 @@ fn main() -> ExitCode {
                     i32::from(EXIT_USAGE)
                 }
                 (Some(path), true) => match load_config(Some(path)) {
-                    Ok(config) => backend_agent::checkpoint::run_verify_cli(&config),
+                    Ok(config) => {
+                        backend_agent::checkpoint::run_verify_cli_replicas(&config, &others)
+                    }
                     Err(code) => return code,
                 },
                 (None, _) => agentmesh_audit::run_verify_cli(&files),

@@ -79,7 +79,68 @@ pub fn render_edited(
         assert!(server.contains(from), "nginx/agentmesh.conf lost {from:?}");
         server = server.replace(from, &to);
     }
-    let server = edit(server);
+    write_conf(dir, &edit(server))
+}
+
+/// Renders the shipped `nginx/cluster.conf` for this test: the API upstream is `apis` and the
+/// hub upstream is `hubs` (one `server` line each, the template's own options kept), the
+/// listen address and the files as in [`render`].
+pub fn render_cluster(
+    dir: &Path,
+    listen: SocketAddr,
+    hubs: &[SocketAddr],
+    apis: &[SocketAddr],
+) -> PathBuf {
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nginx/cluster.conf"),
+    )
+    .unwrap();
+    let d = dir.display();
+    let mut server = String::new();
+    let (mut api_done, mut hub_done) = (false, false);
+    for line in template.lines() {
+        let upstream = |port: &str, done: &mut bool, to: &[SocketAddr], out: &mut String| {
+            let t = line.trim_start();
+            if !(t.starts_with("server 10.0.0.") && t.contains(port)) {
+                return false;
+            }
+            let options = t.split_once(' ').map(|(_, rest)| rest).unwrap_or_default();
+            let options = options.split_once(' ').map(|(_, o)| o).unwrap_or(";");
+            if !std::mem::replace(done, true) {
+                for addr in to {
+                    out.push_str(&format!("    server {addr} {options}\n"));
+                }
+            }
+            true
+        };
+        if upstream(":8080 ", &mut api_done, apis, &mut server)
+            || upstream(":8081 ", &mut hub_done, hubs, &mut server)
+        {
+            continue;
+        }
+        server.push_str(line);
+        server.push('\n');
+    }
+    assert!(
+        api_done && hub_done,
+        "nginx/cluster.conf lost its upstream servers"
+    );
+    for (from, to) in [
+        ("listen 443 ssl;", format!("listen {listen} ssl;")),
+        ("listen [::]:443 ssl;", String::new()),
+        ("/etc/agentmesh/tls/front/", format!("{d}/front/")),
+        ("/etc/agentmesh/tls/nginx/", format!("{d}/nginx/")),
+        ("/etc/agentmesh/tls/ca.pem", format!("{d}/ca/ca.pem")),
+    ] {
+        assert!(server.contains(from), "nginx/cluster.conf lost {from:?}");
+        server = server.replace(from, &to);
+    }
+    write_conf(dir, &server)
+}
+
+/// Wraps `server` (the shipped file's http-level content) in a top-level config for `dir`.
+fn write_conf(dir: &Path, server: &str) -> PathBuf {
+    let d = dir.display();
     let conf = format!(
         "user root;\nworker_processes 1;\nworker_rlimit_nofile 8192;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n{server}\n}}\n"
     );
@@ -112,13 +173,38 @@ impl Nginx {
         api: SocketAddr,
         edit: &dyn Fn(String) -> String,
     ) -> Nginx {
+        Self::start_rendered(binary, dir, &|listen| {
+            render_edited(dir, listen, hub, api, edit)
+        })
+        .await
+    }
+
+    /// nginx with the shipped `nginx/cluster.conf` in front of several replicas
+    /// ([`render_cluster`]).
+    pub async fn start_cluster(
+        binary: &Path,
+        dir: &Path,
+        hubs: &[SocketAddr],
+        apis: &[SocketAddr],
+    ) -> Nginx {
+        Self::start_rendered(binary, dir, &|listen| {
+            render_cluster(dir, listen, hubs, apis)
+        })
+        .await
+    }
+
+    async fn start_rendered(
+        binary: &Path,
+        dir: &Path,
+        render: &dyn Fn(SocketAddr) -> PathBuf,
+    ) -> Nginx {
         use std::os::unix::process::CommandExt;
         for _ in 0..5 {
             let listen = StdListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap();
-            let conf = render_edited(dir, listen, hub, api, edit);
+            let conf = render(listen);
             let out = Command::new(binary)
                 .arg("-t")
                 .arg("-c")

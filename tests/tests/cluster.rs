@@ -257,11 +257,17 @@ async fn without_postgres_a_replica_is_not_ready_and_refuses_commands_then_recov
     .await;
     // Nothing can be recorded: refused with an error, never a hang or a 2xx.
     let refused = run(&m.hubs[0], &remote, echo("during")).await;
-    assert!(refused.status >= 500, "{} {}", refused.status, refused.body);
-    assert!(
-        refused.json()["error"]["code"].is_string(),
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "store_unavailable",
         "{}",
         refused.body
+    );
+    assert!(
+        refused.header("retry-after").is_some(),
+        "{}",
+        refused.headers
     );
     m.pg.restart();
     eventually("r0 ready again", PATIENCE, || async {

@@ -180,12 +180,14 @@ async fn ready_follows_postgres_down_and_back_without_a_backend_restart() {
         "a clear error: {error}"
     );
     let list = http::get(http_addr, "/api/v1/commands", Some(VIEWER_TOKEN)).await;
-    assert!(
-        list.status >= 500,
-        "reads fail clearly: {} {}",
-        list.status,
+    assert_eq!(list.status, 503, "reads fail clearly: {}", list.body);
+    assert_eq!(
+        list.json()["error"]["code"],
+        "store_unavailable",
+        "{}",
         list.body
     );
+    assert!(list.header("retry-after").is_some(), "{}", list.headers);
 
     pg.restart();
     eventually(

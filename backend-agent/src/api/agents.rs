@@ -103,7 +103,7 @@ impl From<LabelsError> for ApiError {
                 err.retry_after = Some(1);
                 err
             }
-            LabelsError::Store(inner) => ApiError::internal(inner),
+            LabelsError::Store(inner) => ApiError::store(&inner),
         }
     }
 }

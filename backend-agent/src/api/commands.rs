@@ -65,11 +65,11 @@ impl From<SubmitError> for ApiError {
             | SubmitError::OperatorRateLimited { wait, .. } => {
                 return ApiError::rate_limited(e.to_string(), *wait);
             }
-            SubmitError::Store(inner) => return ApiError::internal(inner),
+            SubmitError::Store(inner) => return ApiError::store(inner),
             SubmitError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             SubmitError::Remote { code, .. } => match *code {
                 "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-                "audit_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable" | "store_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             },
             SubmitError::Audit(inner) => {
@@ -102,7 +102,7 @@ impl From<JobError> for ApiError {
                 e.to_string(),
             ),
             JobError::Invalid(inner) => inner.into(),
-            JobError::Store(inner) => ApiError::internal(inner),
+            JobError::Store(inner) => ApiError::store(&inner),
         }
     }
 }
@@ -140,7 +140,7 @@ pub async fn run_on_agent(
                 record.command_id
             ),
         )),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError::store(&e)),
     }
 }
 

@@ -35,7 +35,7 @@ impl From<EnrolError> for ApiError {
             EnrolError::RenewalRefused { code, .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string())
             }
-            EnrolError::Store(inner) => ApiError::internal(inner),
+            EnrolError::Store(inner) => ApiError::store(inner),
         }
     }
 }

@@ -50,6 +50,21 @@ impl ApiError {
         e.retry_after = Some(crate::limits::retry_after_secs(wait));
         e
     }
+    /// 503 `store_unavailable` with `Retry-After` when the store cannot be reached right now
+    /// (see [`crate::store::StoreError::is_unavailable`]), else [`ApiError::internal`].
+    pub fn store(cause: &crate::store::StoreError) -> Self {
+        if !cause.is_unavailable() {
+            return Self::internal(cause);
+        }
+        tracing::warn!(error = %cause, "store unavailable answering an API request");
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store cannot be reached right now; retry later",
+        );
+        e.retry_after = Some(1);
+        e
+    }
     /// 500; the cause is logged here, once, and not shown to the client.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error answering an API request");
@@ -95,7 +110,7 @@ impl From<crate::commands::read::ReadError> for ApiError {
         match &e {
             ReadError::Denied(d) => d.clone().into(),
             ReadError::BadFilter(m) => Self::bad_request(m),
-            ReadError::Store(s) => Self::internal(s),
+            ReadError::Store(s) => Self::store(s),
             ReadError::Audit(a) => Self::internal(a),
             ReadError::Busy => {
                 let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string());
@@ -109,5 +124,28 @@ impl From<crate::commands::read::ReadError> for ApiError {
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
         Self::bad_request(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn an_unreachable_store_is_503_store_unavailable_with_retry_after() {
+        let e = ApiError::store(&StoreError::Unavailable("cannot connect".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "store_unavailable");
+        assert_eq!(e.retry_after, Some(1));
+        let resp = e.into_response();
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
+    fn other_store_errors_stay_500_internal() {
+        let e = ApiError::store(&StoreError::Corrupt("bad row".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.code, "internal");
     }
 }

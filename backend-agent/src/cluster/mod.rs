@@ -42,6 +42,10 @@ pub const LEASE: Duration = Duration::from_secs(5);
 pub const MAX_MEMBERS: usize = 1024;
 /// Routed requests served at once on one replica; beyond it they wait for a slot.
 pub const MAX_ROUTED_IN_FLIGHT: usize = 256;
+/// Announcements (`done`, `attached`, `revoke`, heartbeats) on their way to NATS at once;
+/// beyond it new ones are dropped and logged (the store stays the truth; a dropped `done`
+/// leaves a waiter to its deadline).
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 4096;
 
 /// Why the cluster link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,7 @@ pub struct Cluster {
     /// Replica id → when its last heartbeat arrived.
     members: Mutex<HashMap<String, Instant>>,
     routed: Arc<tokio::sync::Semaphore>,
+    publishes: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -108,6 +113,7 @@ impl Cluster {
             held: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
             routed: Arc::new(tokio::sync::Semaphore::new(MAX_ROUTED_IN_FLIGHT)),
+            publishes: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             shutdown,
         });
         cluster.clone().spawn_shared().await;
@@ -168,11 +174,16 @@ impl Cluster {
         if !self.connected() {
             return;
         }
+        let Ok(permit) = self.publishes.clone().try_acquire_owned() else {
+            warn!(%subject, "too many cluster announcements in flight; dropped");
+            return;
+        };
         let client = self.client.clone();
         tokio::spawn(async move {
             if let Err(e) = client.publish(subject, payload.into()).await {
                 warn!(error = %e, "cluster publish failed");
             }
+            drop(permit);
         });
     }
 

@@ -20,6 +20,7 @@
 //! - [`redact`]: secret params hashed before they are stored or audited.
 
 mod cancel;
+pub mod fleet_audit;
 mod held;
 pub mod jobs;
 pub mod read;
@@ -194,6 +195,7 @@ impl SubmitError {
             SubmitError::QueueFull(_) => "queue_full",
             SubmitError::RateLimited { .. } => "rate_limited",
             SubmitError::Audit(_) => "audit_unavailable",
+            SubmitError::Store(e) if e.is_unavailable() => "store_unavailable",
             SubmitError::Store(_) => "internal",
             SubmitError::ClusterUnavailable(_) => "cluster_unavailable",
             SubmitError::Remote { code, .. } => code,

@@ -67,7 +67,7 @@ pub enum ReadError {
 }
 
 impl CommandService {
-    fn heavy_read(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ReadError> {
+    pub(super) fn heavy_read(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ReadError> {
         self.heavy_reads.try_acquire().map_err(|_| ReadError::Busy)
     }
 
@@ -99,7 +99,12 @@ impl CommandService {
         self.authz.check(caller, action, &subject, ids, not_found)
     }
 
-    fn may_read(&self, caller: &Principal, verb: Option<&str>, agent: Option<&str>) -> bool {
+    pub(super) fn may_read(
+        &self,
+        caller: &Principal,
+        verb: Option<&str>,
+        agent: Option<&str>,
+    ) -> bool {
         let labels = agent.map(|a| self.agent_scope(a));
         let scope = match &labels {
             None => AgentScope::None,

@@ -115,12 +115,13 @@ impl CommandService {
 }
 
 /// Refusal codes of another replica answered as they are (see the API's error mapping).
-const PASSED_THROUGH: [&str; 5] = [
+const PASSED_THROUGH: [&str; 6] = [
     "verb_not_advertised",
     "invalid_args",
     "invalid_queue_ttl",
     "rate_limited",
     "audit_unavailable",
+    "store_unavailable",
 ];
 
 impl SubmitError {

@@ -9,24 +9,48 @@ use super::{Store, StoreError};
 /// needed to verify, the rest is history for an investigation).
 pub const CHECKPOINTS_KEPT: usize = 100;
 
-/// Storage for audit checkpoints. Methods block; async code goes through [`Store`].
+/// Storage for audit checkpoints, kept per replica (`[cluster] replica_id`; `""` on a single
+/// node): each replica's chain is anchored by its own checkpoints only. Methods block; async
+/// code goes through [`Store`].
 pub trait CheckpointStore: Send + Sync + 'static {
-    /// Adds `checkpoint` as the latest, deleting all but the newest [`CHECKPOINTS_KEPT`].
-    fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
-    /// The most recently added checkpoint, if any.
-    fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+    /// Adds `checkpoint` as `replica`'s latest, deleting all but that replica's newest
+    /// [`CHECKPOINTS_KEPT`].
+    fn put_replica_checkpoint(
+        &self,
+        replica: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError>;
+    /// `replica`'s most recently added checkpoint, if any.
+    fn latest_replica_checkpoint(&self, replica: &str) -> Result<Option<Checkpoint>, StoreError>;
+    /// Every replica's latest checkpoint, by replica id.
+    fn latest_checkpoints(&self) -> Result<Vec<(String, Checkpoint)>, StoreError>;
+    /// [`CheckpointStore::put_replica_checkpoint`] for the single node (`""`).
+    fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        self.put_replica_checkpoint("", checkpoint)
+    }
+    /// [`CheckpointStore::latest_replica_checkpoint`] for the single node (`""`).
+    fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.latest_replica_checkpoint("")
+    }
 }
 
 impl Store {
-    /// See [`CheckpointStore::put_checkpoint`].
-    pub async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let checkpoint = checkpoint.clone();
-        self.run(move |s| s.put_checkpoint(&checkpoint)).await
+    /// See [`CheckpointStore::put_replica_checkpoint`].
+    pub async fn put_checkpoint(
+        &self,
+        replica: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let (replica, checkpoint) = (replica.to_owned(), checkpoint.clone());
+        self.run(move |s| s.put_replica_checkpoint(&replica, &checkpoint))
+            .await
     }
 
-    /// See [`CheckpointStore::latest_checkpoint`].
-    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
-        self.run(|s| s.latest_checkpoint()).await
+    /// See [`CheckpointStore::latest_replica_checkpoint`].
+    pub async fn latest_checkpoint(&self, replica: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let replica = replica.to_owned();
+        self.run(move |s| s.latest_replica_checkpoint(&replica))
+            .await
     }
 }
 
@@ -60,9 +84,41 @@ mod tests {
         );
     }
 
+    /// Checkpoints of one replica never stand in for another's.
+    fn replicas_are_apart(store: &dyn CheckpointStore) {
+        for seq in 1..=(CHECKPOINTS_KEPT as u64 + 3) {
+            store.put_replica_checkpoint("a", &checkpoint(seq)).unwrap();
+        }
+        store.put_replica_checkpoint("b", &checkpoint(7)).unwrap();
+        store.put_replica_checkpoint("a", &checkpoint(500)).unwrap();
+        assert_eq!(
+            store.latest_replica_checkpoint("b").unwrap(),
+            Some(checkpoint(7)),
+            "b's tail is b's even after a wrote more"
+        );
+        assert_eq!(
+            store.latest_replica_checkpoint("a").unwrap(),
+            Some(checkpoint(500))
+        );
+        assert_eq!(store.latest_replica_checkpoint("c").unwrap(), None);
+        let mut all = store.latest_checkpoints().unwrap();
+        all.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            all,
+            vec![("a".into(), checkpoint(500)), ("b".into(), checkpoint(7))]
+        );
+    }
+
     #[test]
     fn memory_keeps_the_latest() {
         latest_is_the_last_put(&MemoryStore::new());
+        replicas_are_apart(&MemoryStore::new());
+    }
+
+    #[test]
+    fn sqlite_keeps_checkpoints_per_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        replicas_are_apart(&SqliteStore::open(&dir.path().join("s.db")).unwrap());
     }
 
     #[test]

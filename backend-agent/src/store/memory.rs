@@ -31,7 +31,7 @@ struct Inner {
     // Agent id → its latest renewal.
     renewals: HashMap<String, RenewalRecord>,
     // Oldest first, at most CHECKPOINTS_KEPT.
-    checkpoints: std::collections::VecDeque<agentmesh_audit::Checkpoint>,
+    checkpoints: std::collections::VecDeque<(String, agentmesh_audit::Checkpoint)>,
     agent_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -437,19 +437,51 @@ impl EnrolmentStore for MemoryStore {
 }
 
 impl super::CheckpointStore for MemoryStore {
-    fn put_checkpoint(&self, checkpoint: &agentmesh_audit::Checkpoint) -> Result<(), StoreError> {
+    fn put_replica_checkpoint(
+        &self,
+        replica: &str,
+        checkpoint: &agentmesh_audit::Checkpoint,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if inner.checkpoints.len() >= super::CHECKPOINTS_KEPT {
-            inner.checkpoints.pop_front();
+        let kept = inner
+            .checkpoints
+            .iter()
+            .filter(|(r, _)| r == replica)
+            .count();
+        if kept >= super::CHECKPOINTS_KEPT {
+            if let Some(oldest) = inner.checkpoints.iter().position(|(r, _)| r == replica) {
+                inner.checkpoints.remove(oldest);
+            }
         }
-        inner.checkpoints.push_back(checkpoint.clone());
+        inner
+            .checkpoints
+            .push_back((replica.to_owned(), checkpoint.clone()));
         Ok(())
     }
 
-    fn latest_checkpoint(&self) -> Result<Option<agentmesh_audit::Checkpoint>, StoreError> {
-        Ok(self.lock().checkpoints.back().cloned())
+    fn latest_replica_checkpoint(
+        &self,
+        replica: &str,
+    ) -> Result<Option<agentmesh_audit::Checkpoint>, StoreError> {
+        let inner = self.lock();
+        let latest = inner.checkpoints.iter().rev().find(|(r, _)| r == replica);
+        Ok(latest.map(|(_, c)| c.clone()))
+    }
+
+    fn latest_checkpoints(&self) -> Result<Vec<(String, agentmesh_audit::Checkpoint)>, StoreError> {
+        let inner = self.lock();
+        let mut latest: Vec<(String, agentmesh_audit::Checkpoint)> = Vec::new();
+        for (r, c) in inner.checkpoints.iter().rev() {
+            if !latest.iter().any(|(seen, _)| seen == r) {
+                latest.push((r.clone(), c.clone()));
+            }
+        }
+        Ok(latest)
     }
 }
+
+/// The memory store keeps no fleet audit records (single node only).
+impl super::AuditMirrorStore for MemoryStore {}
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@
 //!   docs/store-postgres.md).
 //! - [`memory`]: the in-memory implementation.
 
+pub mod audit_mirror;
 pub mod checkpoint;
 pub mod enrolment;
 pub mod memory;
@@ -39,6 +40,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use audit_mirror::AuditMirrorStore;
 pub use checkpoint::{CheckpointStore, CHECKPOINTS_KEPT};
 pub use enrolment::{
     renewal_refusal, EnrolmentStore, JoinToken, PinRecord, PinState, Redeem, RenewalRecord,
@@ -90,6 +92,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the database cannot be reached right now (no connection, connection lost,
+    /// server shutting down or starting): the call may succeed if retried later, so the API
+    /// answers 503 `store_unavailable` rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => {
+                let sqlstate = e.code().map(|c| c.code()).unwrap_or("");
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                    // Class 08: connection exception; 57P01-3: shutdown or not yet accepting.
+                    || sqlstate.starts_with("08")
+                    || matches!(sqlstate, "57P01" | "57P02" | "57P03")
+            }
+            _ => false,
+        }
+    }
     /// An [`StoreError::Open`] for `path`.
     pub fn open(path: &Path, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         StoreError::Open {
@@ -160,9 +179,15 @@ pub trait CommandStore: Send + Sync + 'static {
 
 /// Everything a store implements; blanket-implemented, so `Store::new` takes any type with
 /// all the traits.
-pub trait Backend: CommandStore + EnrolmentStore + CheckpointStore {}
+pub trait Backend:
+    CommandStore + EnrolmentStore + CheckpointStore + audit_mirror::AuditMirrorStore
+{
+}
 
-impl<T: CommandStore + EnrolmentStore + CheckpointStore> Backend for T {}
+impl<T: CommandStore + EnrolmentStore + CheckpointStore + audit_mirror::AuditMirrorStore> Backend
+    for T
+{
+}
 
 /// Async handle to a [`Backend`]: each call runs on the blocking pool.
 #[derive(Clone)]

@@ -18,6 +18,7 @@
 //! - `enrolment`: the [`EnrolmentStore`](crate::store::EnrolmentStore) implementation.
 //! - `checkpoint`: the [`CheckpointStore`](crate::store::CheckpointStore) implementation.
 
+mod audit_mirror;
 mod checkpoint;
 mod enrolment;
 mod pool;

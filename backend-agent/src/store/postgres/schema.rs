@@ -108,6 +108,23 @@ const MIGRATIONS: &[&str] = &[
         signature  TEXT NOT NULL
     );
 "#,
+    // 2: checkpoints per replica (docs/cluster.md, "Audit across replicas"); "" = single node.
+    r#"
+    ALTER TABLE audit_checkpoints ADD COLUMN replica_id TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_checkpoints_by_replica ON audit_checkpoints (replica_id, id);
+    CREATE TABLE audit_records (
+        id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        replica_id TEXT COLLATE "C" NOT NULL,
+        seq        BIGINT NOT NULL,
+        at         TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        agent      TEXT COLLATE "C",
+        actor      TEXT,
+        record     JSONB NOT NULL,
+        UNIQUE (replica_id, seq)
+    );
+    CREATE INDEX audit_records_by_agent ON audit_records (agent, id);
+"#,
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`] in one transaction under an advisory lock;

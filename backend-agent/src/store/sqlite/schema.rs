@@ -105,6 +105,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         signature  TEXT NOT NULL
     );
 ",
+    // 5: checkpoints per replica (docs/cluster.md, "Audit across replicas"); "" = single node.
+    "
+    ALTER TABLE audit_checkpoints ADD COLUMN replica_id TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_checkpoints_by_replica ON audit_checkpoints (replica_id, id);
+",
 ];
 
 /// Brings the file to [`SCHEMA_VERSION`] in one transaction; refuses a newer file.
