@@ -37,9 +37,10 @@ use tracing::{error, info, warn};
 /// An unchanged connection failure is recorded again only after this long.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(3600);
 
-/// Records the agent's audit queue holds (beyond it `append` reports `Overloaded`). An agent
-/// writes a few records per command and runs at most 1,024 at once; the library default
-/// (65,536) is preallocated by the bounded channel and cost ~8 MiB of RSS per agent.
+/// Records the agent's audit queue holds; beyond it an append is refused with `Overloaded`,
+/// exactly as at the library default, only sooner. An agent writes a few records per command
+/// and runs at most 1,024 at once; the default (65,536) is preallocated by the bounded
+/// channel and cost ~8 MiB of RSS per agent (found by `bench`, see `bench/README.md`).
 pub const QUEUE_CAPACITY: usize = 1024;
 
 /// A durable append on its way to disk.
