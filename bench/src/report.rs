@@ -174,6 +174,7 @@ const ORDER: &[(&str, &str)] = &[
     ("replicas", ""),
     ("agents_per_replica_max", ""),
     ("cpu_us_per_connect", ""),
+    ("pg_write_xacts_per_connect", ""),
     ("same_replica_rtt_p50_us", ""),
     ("cross_replica_rtt_p50_us", ""),
     ("cpu_us_per_command", ""),
