@@ -30,6 +30,7 @@ pub async fn all(
     let pids: Vec<u32> = cluster.replicas.iter().map(|r| r.pid()).collect();
     let rss_before: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
     let cpu_before = cpu_us(&pids);
+    let pg_before = pg_writes(&cluster.db);
     progress(&format!(
         "cluster: connect storm, {n} agents over {k} replicas"
     ));
@@ -45,6 +46,13 @@ pub async fn all(
         "cpu_us_per_connect",
         (cpu_us(&pids) - cpu_before) / n as f64,
     );
+    if let (Some(before), Some(after)) = (pg_before, pg_writes(&cluster.db)) {
+        // Not required positive by the smoke test: a connect may write nothing.
+        report.cluster(
+            "pg_write_xacts_per_connect",
+            (after[0] - before[0]) / n as f64,
+        );
+    }
     settle().await;
     let rss_after: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
     report.cluster(
