@@ -220,7 +220,7 @@ impl Backend {
             commands::Settings::from_config(&config.limits, &config.store),
             stop_rx.clone(),
         );
-        commands.recover().await?;
+        commands.recover_as(config.cluster.is_some()).await?;
         if let Some(c) = &config.cluster {
             let cluster = cluster::Cluster::start(c, registry.clone(), stop_rx.clone()).await?;
             commands.set_cluster(cluster);

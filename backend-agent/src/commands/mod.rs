@@ -320,7 +320,19 @@ impl CommandService {
 
     /// Marks commands a previous process left `pending` (held in its memory) as expired.
     pub async fn recover(&self) -> Result<(), StoreError> {
+        self.recover_as(false).await
+    }
+
+    /// [`CommandService::recover`]; `clustered` (`[cluster]`): other live replicas may hold
+    /// `pending` records of the shared store in their memory, so only those no replica can
+    /// still hold (older than [`CommandService::orphan_age_ms`]) are expired here; younger
+    /// ones are left to their holder, or to the expiry sweep once they reach that age.
+    pub async fn recover_as(&self, clustered: bool) -> Result<(), StoreError> {
+        let now = clock::unix_ms();
         for mut rec in self.store.unfinished_commands().await? {
+            if clustered && !self.is_orphan(&rec, now) {
+                continue;
+            }
             if rec.status == CommandState::Pending {
                 finish(
                     &mut rec,

@@ -43,6 +43,17 @@ impl CommandService {
             if expired >= MAX_EXPIRED_PER_SWEEP {
                 break;
             }
+            if rec.status == CommandState::Pending {
+                // `[cluster]`: a pending record no live replica can hold any more (its holder
+                // died). A single node expires its own at start (`recover`).
+                if self.cluster.get().is_some()
+                    && self.is_orphan(&rec, now)
+                    && self.expire_orphan(rec).await
+                {
+                    expired += 1;
+                }
+                continue;
+            }
             if !matches!(rec.status, CommandState::Dispatched | CommandState::Running) {
                 continue;
             }
@@ -58,6 +69,49 @@ impl CommandService {
             }
             if self.expire(rec).await {
                 expired += 1;
+            }
+        }
+    }
+
+    /// Age past which no replica can still hold a `pending` command in memory: a holder
+    /// expires it at its `queue_ttl_ms` deadline, at most `[limits] max_queue_ttl_ms` after
+    /// creation; plus the result grace for clocks and sweeps.
+    pub fn orphan_age_ms(&self) -> i64 {
+        let ttl = i64::try_from(self.settings.max_queue_ttl_ms).unwrap_or(i64::MAX);
+        let grace = i64::try_from(self.settings.result_grace.as_millis()).unwrap_or(i64::MAX);
+        ttl.saturating_add(grace)
+    }
+
+    /// Whether `rec` is `pending` and older than [`CommandService::orphan_age_ms`] at `now`.
+    pub(super) fn is_orphan(&self, rec: &CommandRecord, now: i64) -> bool {
+        rec.status == CommandState::Pending
+            && unix_ms(&rec.created_at).saturating_add(self.orphan_age_ms()) <= now
+    }
+
+    /// Expires a `pending` record its (dead) holder can no longer dispatch.
+    async fn expire_orphan(&self, mut rec: CommandRecord) -> bool {
+        finish(
+            &mut rec,
+            CommandState::Expired,
+            "holder_lost",
+            "held for an offline agent by a replica that is gone",
+        );
+        match self
+            .store
+            .update_command_if(&rec, CommandState::Pending)
+            .await
+        {
+            Ok(true) => {
+                info!(command.id = %rec.command_id, agent.id = %rec.agent_id, "orphaned held command expired");
+                self.audit
+                    .record(events::command_expired(&rec, "holder_lost"));
+                self.notify(&rec);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %e, command.id = %rec.command_id, "could not expire a command");
+                false
             }
         }
     }

@@ -162,3 +162,34 @@ async fn cancel_outside_the_scope_is_unknown_and_not_recorded() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test]
+async fn a_replica_restarting_in_a_cluster_leaves_pending_commands_other_replicas_may_hold() {
+    let f = fixture(no_background());
+    let store = f.service.store.clone();
+    let mut held = command("held-elsewhere", "web-1", CommandState::Pending);
+    held.created_at = clock::now_rfc3339();
+    store.insert_command(&held).await.expect("insert");
+    let mut orphan = command("orphan", "web-1", CommandState::Pending);
+    orphan.created_at = "2020-01-01T00:00:00Z".into();
+    store.insert_command(&orphan).await.expect("insert");
+
+    f.service.recover_as(true).await.expect("recover");
+    let status = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .get_command(id)
+                .await
+                .expect("get")
+                .expect("rec")
+                .status
+        }
+    };
+    assert_eq!(status("held-elsewhere").await, CommandState::Pending);
+    assert_eq!(status("orphan").await, CommandState::Expired);
+
+    // A single node expires every pending record it finds at start (they were its own).
+    f.service.recover().await.expect("recover");
+    assert_eq!(status("held-elsewhere").await, CommandState::Expired);
+}
