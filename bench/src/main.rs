@@ -22,6 +22,7 @@ mod mesh;
 mod phases;
 mod procs;
 mod raw;
+mod replicas;
 mod report;
 mod swarm;
 mod sys;
@@ -47,13 +48,15 @@ const PHASES: [&str; 7] = [
     "restart",
 ];
 
-const USAGE: &str = "usage: bench [--agents N] [--duration SECS] [--json OUT.json] [--phases raw,connect,idle,latency,throughput,fanout,restart]";
+const USAGE: &str = "usage: bench [--agents N] [--duration SECS] [--json OUT.json] [--phases raw,connect,idle,latency,throughput,fanout,restart] [--replicas K]\n  --replicas K (K >= 2): K backends on one PostgreSQL and one nats-server instead of the phases; figures under `cluster`";
 
 struct Args {
     agents: usize,
     duration: Duration,
     json: Option<PathBuf>,
     phases: Vec<String>,
+    /// `--replicas K`: the cluster run ([`replicas`]) instead of the phases.
+    replicas: Option<usize>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
@@ -62,6 +65,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
         duration: Duration::from_secs(10),
         json: None,
         phases: PHASES.iter().map(|p| p.to_string()).collect(),
+        replicas: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -87,6 +91,13 @@ fn parse_args(args: &[String]) -> Result<Args> {
                 if let Some(bad) = a.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
                     bail!("unknown phase {bad:?} (known: {})", PHASES.join(","));
                 }
+            }
+            "--replicas" => {
+                let k: usize = value.parse().context("--replicas")?;
+                if k < 2 {
+                    bail!("--replicas must be at least 2");
+                }
+                a.replicas = Some(k);
             }
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
@@ -134,6 +145,16 @@ async fn run(mut a: Args) -> Result<()> {
     };
     let share = a.duration / 4;
     let pki = Pki::new();
+    if let Some(k) = a.replicas {
+        replicas::run(pki, k, n, a.duration, soft, &mut report).await?;
+        println!("{}", report.table(n));
+        if let Some(path) = &a.json {
+            report.write(path, n)?;
+            sys::progress(&format!("wrote {}", path.display()));
+        }
+        sys::progress("done");
+        return Ok(());
+    }
     if has("raw") {
         sys::progress(&format!("raw: the floor ({n} idle connections)"));
         let (identity, _) = issue(&pki, "bench-raw")?;
@@ -240,7 +261,7 @@ type Enrolled = (Vec<(String, String)>, Vec<PathBuf>);
 
 /// Issues a certificate per id on every core; returns the (id, pin) enrolments and the
 /// certificate directories, in order.
-fn issue_all(pki: &Pki, ids: &[String]) -> Result<Enrolled> {
+pub(crate) fn issue_all(pki: &Pki, ids: &[String]) -> Result<Enrolled> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = ids.len().div_ceil(threads).max(1);
     let parts = std::thread::scope(|scope| {

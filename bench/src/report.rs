@@ -14,6 +14,8 @@ pub struct Report {
     pub mesh: Map<String, Value>,
     /// `meta`: machine, N, date, command line.
     pub meta: Value,
+    /// `cluster.*`: `bench --replicas K` (empty otherwise, and then absent from the JSON).
+    pub cluster: Map<String, Value>,
 }
 
 fn get(m: &Map<String, Value>, k: &str) -> Option<f64> {
@@ -29,6 +31,11 @@ impl Report {
     /// Records `mesh.<key>`.
     pub fn mesh(&mut self, key: &str, v: f64) {
         self.mesh.insert(key.to_owned(), json!(v));
+    }
+
+    /// Records `cluster.<key>`.
+    pub fn cluster(&mut self, key: &str, v: f64) {
+        self.cluster.insert(key.to_owned(), json!(v));
     }
 
     /// The ratios whose inputs were measured (section 8 of the issue).
@@ -78,12 +85,16 @@ impl Report {
 
     /// The whole report as JSON.
     pub fn to_json(&self, agents: usize) -> Value {
-        json!({
+        let mut v = json!({
             "meta": self.meta,
             "raw": self.raw,
             "mesh": self.mesh,
             "ratios": self.ratios(agents),
-        })
+        });
+        if !self.cluster.is_empty() {
+            v["cluster"] = Value::Object(self.cluster.clone());
+        }
+        v
     }
 
     /// Writes the JSON to `path`.
@@ -112,6 +123,7 @@ impl Report {
             ("raw", &self.raw),
             ("mesh", &self.mesh),
             ("ratios", &ratios),
+            ("cluster", &self.cluster),
         ] {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_by_key(|k| ORDER.iter().position(|(o, _)| o == k).unwrap_or(usize::MAX));
@@ -159,6 +171,18 @@ const ORDER: &[(&str, &str)] = &[
     ("throughput_vs_raw", ">= 0.25"),
     ("fanout_vs_throughput", "<= 1.5"),
     ("reconnect_vs_raw", "<= 1.5"),
+    ("replicas", ""),
+    ("agents_per_replica_max", ""),
+    ("cpu_us_per_connect", ""),
+    ("pg_write_xacts_per_connect", ""),
+    ("same_replica_rtt_p50_us", ""),
+    ("cross_replica_rtt_p50_us", ""),
+    ("cpu_us_per_command", ""),
+    ("pg_write_xacts_per_command", ""),
+    ("pg_wal_bytes_per_command", ""),
+    ("failover_agents", ""),
+    ("failover_ms", ""),
+    ("failover_listed_ms", ""),
 ];
 
 #[cfg(test)]
