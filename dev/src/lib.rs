@@ -230,6 +230,15 @@ Try:
   curl -s -H "Authorization: Bearer $TOKEN" -d '{{"selector":{{"labels":{{"env":"dev"}}}},"verb":"sysinfo"}}' {api}/api/v1/commands
   curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/v1/commands?limit=5"
   curl -s {api}/metrics
+  curl -sN -H "Authorization: Bearer $TOKEN" {api}/api/v1/events
+
+The fleet page (the token moves to this tab's sessionStorage; a fragment never reaches the server):
+  {api}/ui/#token={t}
+
+meshctl (cargo build --release -p meshctl; docs/meshctl.md):
+  export AGENTMESH_URL={api} AGENTMESH_TOKEN=$TOKEN
+  meshctl agents
+  meshctl run {DEV_AGENT_ID} echo message=hi
 
 Add another agent (hub pin {server_pin}):
   curl -s -H "Authorization: Bearer $TOKEN" -d '{{"agent_id":"edge-02","ttl_secs":3600}}' {api}/api/v1/enrollments
