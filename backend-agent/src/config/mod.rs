@@ -12,10 +12,13 @@ use serde::Deserialize;
 use crate::auth::Role;
 
 mod cluster;
+mod defaults;
 mod env;
 mod log;
 mod store_url;
 mod validate;
+
+use defaults::*;
 
 pub use cluster::ClusterConfig;
 pub use env::{apply_env_overrides, ENV_PREFIX};
@@ -299,127 +302,6 @@ pub struct TokenConfig {
     /// applies to viewers too, ignored for admins.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-}
-
-fn default_http_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-fn default_max_body_bytes() -> usize {
-    1024 * 1024
-}
-fn default_hub_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8081))
-}
-fn default_hub_cert() -> PathBuf {
-    "tls/server/cert.pem".into()
-}
-fn default_hub_key() -> PathBuf {
-    "tls/server/key.pem".into()
-}
-fn default_hub_client_ca() -> PathBuf {
-    "tls/server/ca.pem".into()
-}
-fn default_heartbeat_secs() -> u64 {
-    20
-}
-fn default_hello_timeout_secs() -> u64 {
-    10
-}
-fn default_handshake_timeout_secs() -> u64 {
-    10
-}
-fn default_max_message_bytes() -> usize {
-    agentmesh_protocol::DEFAULT_MAX_MESSAGE_BYTES
-}
-fn default_max_pending_handshakes() -> usize {
-    4096
-}
-fn default_send_queue() -> usize {
-    256
-}
-fn default_drain_reconnect_after_ms() -> u64 {
-    1000
-}
-fn default_drain_grace_secs() -> u64 {
-    5
-}
-fn default_store_path() -> PathBuf {
-    "/var/lib/agentmesh/backend.db".into()
-}
-fn default_pool_size() -> usize {
-    DEFAULT_POOL_SIZE
-}
-fn default_retention_days() -> u32 {
-    30
-}
-fn default_max_records() -> usize {
-    100_000
-}
-fn default_prune_interval_secs() -> u64 {
-    300
-}
-fn default_max_queue_ttl_ms() -> u64 {
-    3_600_000
-}
-fn default_result_grace_secs() -> u64 {
-    30
-}
-fn default_audit_path() -> PathBuf {
-    "/var/lib/agentmesh/audit.log".into()
-}
-fn default_operator_rate() -> u32 {
-    20
-}
-fn default_operator_burst() -> u32 {
-    40
-}
-fn default_agent_rate() -> u32 {
-    10
-}
-fn default_agent_burst() -> u32 {
-    20
-}
-fn default_hub_connects_per_ip() -> u32 {
-    5
-}
-fn default_hub_connects_per_ip_burst() -> u32 {
-    10
-}
-fn default_hub_connects_per_agent() -> u32 {
-    1
-}
-fn default_hub_connects_per_agent_burst() -> u32 {
-    10
-}
-fn default_hub_handshakes_per_sec() -> u32 {
-    200
-}
-fn default_hub_handshake_burst() -> u32 {
-    400
-}
-fn default_enrol_attempts_per_sec() -> u32 {
-    2
-}
-fn default_enrol_burst() -> u32 {
-    20
-}
-fn default_renewals_per_agent_per_hour() -> u32 {
-    6
-}
-fn default_true() -> bool {
-    true
-}
-fn default_audit_max_file_bytes() -> u64 {
-    64 * 1024 * 1024
-}
-fn default_agent_cert_days() -> i64 {
-    90
-}
-fn default_max_join_token_secs() -> u64 {
-    7 * 24 * 3600
-}
-fn default_verbs() -> Vec<String> {
-    vec!["*".to_owned()]
 }
 
 macro_rules! default_via_serde {
