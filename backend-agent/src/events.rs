@@ -53,7 +53,7 @@ impl SessionEvents for BackendEvents {
     fn connected(&self, hello: &HelloFrame, session_id: &str, pin: &str) {
         self.commands.on_connected(&hello.agent_id);
         if let Some(cluster) = self.commands.cluster() {
-            cluster.attached(&hello.agent_id, session_id);
+            cluster.attached(hello, session_id);
         }
         let enrolment = self.enrolment.clone();
         let (agent, pin) = (hello.agent_id.clone(), pin.to_owned());

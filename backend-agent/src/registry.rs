@@ -300,6 +300,31 @@ impl Registry {
         Ok(record.session.replace(session))
     }
 
+    /// The `hello` of a session another replica holds (`[cluster]`): label scopes and
+    /// selectors here match its labels, and its verbs' schemas are known before a command is
+    /// routed. Only for agents this replica knows (enrolled), and never over a session held
+    /// here unless `superseding` (that session is being closed for the newer one). Returns
+    /// whether it was applied.
+    pub fn set_remote_hello(&self, mut hello: HelloFrame, superseding: bool) -> bool {
+        let mut agents = self.lock();
+        let Some(record) = agents.get_mut(&hello.agent_id) else {
+            return false;
+        };
+        if record.session.is_some() && !superseding {
+            return false;
+        }
+        // What only the holder needs.
+        hello.pending_results = Vec::new();
+        hello.nonce = None;
+        record.hello = Some(hello);
+        true
+    }
+
+    /// The last `hello` of `id` (for announcing it to other replicas).
+    pub fn hello(&self, id: &str) -> Option<HelloFrame> {
+        self.lock().get(id).and_then(|r| r.hello.clone())
+    }
+
     /// Forgets a session if it is still the current one for `id`.
     pub fn detach(&self, id: &str, session_id: &str) -> bool {
         let mut agents = self.lock();

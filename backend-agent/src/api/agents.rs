@@ -46,8 +46,10 @@ pub async fn list(
     }
     if let Some(cluster) = state.commands.cluster() {
         // Fleet-wide: this replica's enrolments with the sessions every replica holds.
+        // Labels are matched after the gather, which brings in what the other replicas
+        // know of the agents they hold.
         let connected = filter.connected.take();
-        let local = state.commands.agents(&caller.principal, &filter);
+        let local = || state.commands.agents(&caller.principal, &filter);
         let (agents, missing) = cluster.fleet_list(local, connected).await;
         return Ok(Json(
             json!({"agents": agents, "count": agents.len(), "replicas_missing": missing}),
@@ -66,7 +68,7 @@ pub async fn get(
     let view = state.commands.agent(&caller.principal, &id)?;
     if let Some(cluster) = state.commands.cluster() {
         // Held by another replica: shown as that replica sees it.
-        let (mut agents, _) = cluster.fleet_list(vec![view.clone()], None).await;
+        let (mut agents, _) = cluster.fleet_list(|| vec![view.clone()], None).await;
         if let Some(v) = agents.pop() {
             return Ok(Json(v));
         }

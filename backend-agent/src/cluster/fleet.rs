@@ -1,9 +1,14 @@
 //! The fleet-wide agent list: every replica answers `agents.list` with the agents it holds
 //! (in chunks of [`CHUNK`]); the asking replica lays them over its own list.
+//!
+//! Each gathered view also updates what this replica knows of agents held elsewhere (their
+//! `hello` labels and verbs, see [`crate::registry::Registry::set_remote_hello`]), so label
+//! lists, label selectors and label scopes here match them like agents held here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use agentmesh_protocol::{HelloFrame, VerbSpec, PROTOCOL_VERSION};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -70,6 +75,9 @@ impl Cluster {
                 continue;
             }
             for view in answer.agents {
+                if let Some(hello) = hello_of(&view) {
+                    self.registry.set_remote_hello(hello, false);
+                }
                 if let Some(id) = view.get("id").and_then(Value::as_str) {
                     fleet
                         .held
@@ -85,15 +93,17 @@ impl Cluster {
         fleet
     }
 
-    /// `local` (this replica's view, already scoped to the caller) with every agent held by
-    /// another replica shown as it is there (`replica` names the holder), then filtered by
-    /// `connected`; also the live replicas that did not answer.
+    /// `local` (this replica's view, already scoped to the caller and filtered by labels;
+    /// read after the gather, so agents held elsewhere match with their current labels) with
+    /// every agent held by another replica shown as it is there (`replica` names the holder),
+    /// then filtered by `connected`; also the live replicas that did not answer.
     pub async fn fleet_list(
         &self,
-        local: Vec<AgentView>,
+        local: impl FnOnce() -> Vec<AgentView>,
         connected: Option<bool>,
     ) -> (Vec<Value>, Vec<String>) {
         let mut fleet = self.gather().await;
+        let local = local();
         let mut out = Vec::with_capacity(local.len());
         for view in local {
             let mut value = match fleet.held.remove(&view.id) {
@@ -119,6 +129,17 @@ impl Cluster {
             }
         }
         (out, fleet.missing)
+    }
+
+    /// Learns the labels and verbs of every agent the other replicas hold (at start and each
+    /// time the NATS link comes back: `attached` announcements sent meanwhile were missed).
+    pub async fn learn_fleet(&self) {
+        let fleet = self.gather().await;
+        debug!(
+            agents = fleet.held.len(),
+            missing = fleet.missing.len(),
+            "learned the agents other replicas hold"
+        );
     }
 
     /// Answers `agents.list` with the connected agents this replica holds.
@@ -150,5 +171,59 @@ impl Cluster {
                 return;
             }
         }
+    }
+}
+
+/// The `hello` a holder's view of an agent stands for. Its labels are the holder's effective
+/// labels (`hello` labels with authoritative ones laid over); where this replica knows the
+/// authoritative labels, those are what scopes match anyway.
+fn hello_of(view: &Value) -> Option<HelloFrame> {
+    #[derive(Deserialize)]
+    struct Shown {
+        id: String,
+        #[serde(default)]
+        site: Option<String>,
+        #[serde(default)]
+        hostname: Option<String>,
+        #[serde(default)]
+        version: Option<String>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        verbs: Vec<VerbSpec>,
+    }
+    let shown = Shown::deserialize(view).ok()?;
+    Some(HelloFrame {
+        protocol: PROTOCOL_VERSION,
+        agent_id: shown.id,
+        version: shown.version.unwrap_or_default(),
+        site: shown.site.unwrap_or_default(),
+        hostname: shown.hostname.unwrap_or_default(),
+        labels: shown.labels,
+        verbs: shown.verbs,
+        max_concurrency: 1,
+        pending_results: Vec::new(),
+        nonce: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holders_view_stands_for_its_hello() {
+        let view = serde_json::json!({
+            "id": "edge-1", "connected": true, "site": "lab", "hostname": "h1",
+            "labels": {"env": "prod"}, "verbs": [{"name": "ping"}], "version": "1.2.3",
+            "replica": "r2"
+        });
+        let hello = hello_of(&view).unwrap_or_else(|| panic!("no hello from {view}"));
+        assert_eq!(hello.agent_id, "edge-1");
+        assert_eq!(hello.labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(hello.verbs.len(), 1);
+        assert_eq!(hello.site, "lab");
+        assert!(hello_of(&serde_json::json!({"connected": true})).is_none());
+        assert!(hello_of(&serde_json::json!({"id": 3})).is_none());
     }
 }

@@ -89,6 +89,10 @@ impl Cluster {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, ClusterError> {
         let replica = config.replica_id.clone();
+        // Each (re)connect: learn what the other replicas hold (announcements sent while the
+        // link was down were missed).
+        let link_up = Arc::new(tokio::sync::Notify::new());
+        let on_link_up = link_up.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("agentmesh-backend {replica}"))
             .retry_on_initial_connect()
@@ -98,6 +102,9 @@ impl Cluster {
             })
             .event_callback(move |event| {
                 let replica = replica.clone();
+                if matches!(event, async_nats::Event::Connected) {
+                    on_link_up.notify_one();
+                }
                 async move { info!(replica = %replica, %event, "cluster link") }
             })
             .connect(config.nats_url.as_str())
@@ -117,6 +124,7 @@ impl Cluster {
             shutdown,
         });
         cluster.clone().spawn_shared().await;
+        cluster.spawn_learning(link_up);
         info!(replica = %cluster.replica_id, url = %config.nats_url, "cluster routing started");
         Ok(cluster)
     }
@@ -233,6 +241,27 @@ impl Cluster {
                 let Some(me) = me.upgrade() else { break };
                 let subject = me.subject(&format!("replica.{}.heartbeat", me.replica_id));
                 me.publish(subject, Vec::new());
+            }
+        });
+    }
+
+    /// After each (re)connect, once every live replica has had a heartbeat's time to be
+    /// heard, gathers the fleet's agents ([`Cluster::learn_fleet`]). Ends on shutdown.
+    fn spawn_learning(self: &Arc<Self>, link_up: Arc<tokio::sync::Notify>) {
+        let me = Arc::downgrade(self);
+        let mut stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = agentmesh_daemon::stopped(&mut stop) => break,
+                    _ = link_up.notified() => {}
+                }
+                tokio::select! {
+                    _ = agentmesh_daemon::stopped(&mut stop) => break,
+                    _ = tokio::time::sleep(HEARTBEAT * 2) => {}
+                }
+                let Some(me) = me.upgrade() else { break };
+                me.learn_fleet().await;
             }
         });
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agentmesh_protocol::close;
+use agentmesh_protocol::{close, HelloFrame};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -26,6 +26,10 @@ impl Drop for Held {
     }
 }
 
+/// Largest `hello` carried in an `attached` announcement; a bigger one is left out (its
+/// labels and verbs then reach the other replicas with their next fleet list).
+pub const MAX_ANNOUNCED_HELLO: usize = 256 * 1024;
+
 /// Body of `agent.<X>.attached`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Attached {
@@ -33,6 +37,10 @@ struct Attached {
     replica_id: String,
     session_id: String,
     attached_ms: i64,
+    /// The session's `hello` (labels, verbs), so label scopes and selectors on every replica
+    /// see the agent; absent when over [`MAX_ANNOUNCED_HELLO`].
+    #[serde(default)]
+    hello: Option<HelloFrame>,
 }
 
 /// Body of `agent.<X>.revoke`.
@@ -42,10 +50,21 @@ struct Revoke {
     replica_id: String,
 }
 
+/// `hello` as announced: without what only the holder needs.
+fn announced_hello(hello: &HelloFrame) -> HelloFrame {
+    HelloFrame {
+        pending_results: Vec::new(),
+        nonce: None,
+        ..hello.clone()
+    }
+}
+
 impl Cluster {
-    /// A session of `agent_id` attached here: subscribe to its dispatch subject (presence)
-    /// and tell the other replicas, which close any older session of it (4003).
-    pub fn attached(self: &Arc<Self>, agent_id: &str, session_id: &str) {
+    /// A session of `hello.agent_id` attached here: subscribe to its dispatch subject
+    /// (presence) and tell the other replicas, which close any older session of it (4003)
+    /// and take its `hello` labels and verbs.
+    pub fn attached(self: &Arc<Self>, hello: &HelloFrame, session_id: &str) {
+        let agent_id = hello.agent_id.as_str();
         let attached_ms = clock::unix_ms();
         let me = self.clone();
         let (agent, session) = (agent_id.to_owned(), session_id.to_owned());
@@ -87,8 +106,17 @@ impl Cluster {
             replica_id: self.replica_id.clone(),
             session_id: session,
             attached_ms,
+            hello: Some(announced_hello(hello)),
         };
-        if let Ok(payload) = serde_json::to_vec(&body) {
+        if let Ok(mut payload) = serde_json::to_vec(&body) {
+            if payload.len() > MAX_ANNOUNCED_HELLO {
+                debug!(agent.id = %agent_id, bytes = payload.len(), "hello too large to announce");
+                let body = Attached {
+                    hello: None,
+                    ..body
+                };
+                payload = serde_json::to_vec(&body).unwrap_or_default();
+            }
             self.publish(self.agent_subject(agent_id, "attached"), payload);
         }
     }
@@ -128,12 +156,18 @@ impl Cluster {
         if a.replica_id == self.replica_id {
             return;
         }
-        let older = {
+        let (older, newer_here) = {
             let held = crate::sync::lock(&self.held);
-            held.get(&a.agent_id)
-                .filter(|h| h.attached_ms <= a.attached_ms)
-                .map(|h| h.session_id.clone())
+            let here = held.get(&a.agent_id);
+            (
+                here.filter(|h| h.attached_ms <= a.attached_ms)
+                    .map(|h| h.session_id.clone()),
+                here.is_some_and(|h| h.attached_ms > a.attached_ms),
+            )
         };
+        if let Some(hello) = a.hello.filter(|h| h.agent_id == a.agent_id && !newer_here) {
+            self.registry.set_remote_hello(hello, older.is_some());
+        }
         let Some(old_session) = older else { return };
         if let Some(session) = self.registry.session(&a.agent_id) {
             if session.session_id == old_session {

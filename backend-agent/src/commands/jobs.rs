@@ -106,6 +106,10 @@ impl CommandService {
                 labels.insert(k.clone(), v.clone());
             }
         }
+        if let (Some(cluster), Some(_)) = (self.cluster(), &req.selector.labels) {
+            // Labels of agents held elsewhere are current after a gather.
+            cluster.learn_fleet().await;
+        }
         let targets = self.resolve(&req.selector)?;
         self.precheck(&targets, &req.verb, &req.args)?;
         self.charge_operator(caller, Some(&req.verb))

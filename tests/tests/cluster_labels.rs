@@ -1,0 +1,168 @@
+//! Issue 10: label lists, label fan-out selectors and label-scoped tokens are fleet-wide. A
+//! replica matches labels of agents held by *other* replicas: it learns them from each
+//! `attached` announcement, from a fleet gather when it (re)connects to NATS (so a replica
+//! started after the agents connected knows them too), and before every label fan-out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN};
+use agentmesh_e2e::fleet::{poll, VERBS};
+use agentmesh_e2e::nats::NatsServer;
+use agentmesh_e2e::postgres::TestPostgres;
+use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use backend_agent::auth::token_sha256_hex;
+use serde_json::{json, Value};
+
+/// Operator scoped to `region=eu` (every verb).
+const EU_OPS: &str = "amt_test_cluster_eu_ops";
+
+fn replica_toml(db: &str, nats: &NatsServer, n: usize) -> String {
+    format!(
+        "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n\n[[tokens]]\nname = \"eu-ops\"\nsha256 = \"{}\"\nrole = \"operator\"\nlabels = {{ region = \"eu\" }}\n",
+        nats.url(),
+        token_sha256_hex(EU_OPS)
+    )
+}
+
+/// An agent on `hub` claiming `region` in its `hello`.
+async fn agent_in(pki: &Pki, hub: &TestHub, id: &str, dir: &Path, region: &str) -> TestAgent {
+    let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], VERBS);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace("region = \"eu\"", &format!("region = \"{region}\""));
+    std::fs::write(&cfg, text).unwrap();
+    let a = TestAgent::start(cfg);
+    a.wait_connected(hub, id).await;
+    a
+}
+
+async fn call(hub: &TestHub, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+    let body = body.map(|b| b.to_string());
+    let r = http::request(hub.http, method, path, Some(token), body.as_deref()).await;
+    json!({"status": r.status, "body": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null)})
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut out: Vec<String> = list["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scopes() {
+    init_logging();
+    let pki = Pki::new();
+    let Some(nats) = NatsServer::start(pki.path()).await else {
+        return;
+    };
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database();
+    let names = ["eu-1", "us-1", "eu-2"];
+    let issued: Vec<_> = names.iter().map(|id| pki.agent(id)).collect();
+    let enrol: Vec<(&str, &str)> = names
+        .iter()
+        .zip(&issued)
+        .map(|(id, (c, _))| (*id, c.pin.as_str()))
+        .collect();
+    let start = |n: usize| {
+        let options = HubOptions {
+            extra: replica_toml(&db, &nats, n),
+            ..HubOptions::default()
+        };
+        TestHub::start_with(&pki, &enrol, options)
+    };
+
+    // r0 holds eu-1 and us-1 before r1 exists: r1 learns them when it joins.
+    let r0 = start(0).await;
+    let _eu1 = agent_in(&pki, &r0, "eu-1", &issued[0].1, "eu").await;
+    let _us1 = agent_in(&pki, &r0, "us-1", &issued[1].1, "us").await;
+    let r1 = start(1).await;
+    // eu-2 connects to r1 after both run: r0 learns it from the `attached` announcement.
+    let _eu2 = agent_in(&pki, &r1, "eu-2", &issued[2].1, "eu").await;
+    let hubs = [&r0, &r1];
+    for hub in hubs {
+        eventually("each replica sees its peer", PATIENCE, || async {
+            let r = http::get(hub.http, "/ready", None).await;
+            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+    }
+
+    let echo = |m: &str| json!({"verb": "echo", "args": {"message": m}, "wait": true});
+    for (n, hub) in hubs.iter().enumerate() {
+        // A scoped command to an agent the other replica holds, before any list on this
+        // replica: the labels are already known (learned at join or announced).
+        let other = if n == 0 { "eu-2" } else { "eu-1" };
+        let path = format!("/api/v1/agents/{other}/commands");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let last = loop {
+            let r = call(hub, "POST", &path, EU_OPS, Some(echo(&format!("r{n}")))).await;
+            if r["status"] == 200 || std::time::Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(last["status"], 200, "r{n} → {other}: {last}");
+        assert_eq!(last["body"]["status"], "ok", "r{n} → {other}: {last}");
+        assert_eq!(last["body"]["stdout"], format!("r{n}\n"), "{last}");
+
+        // Out of scope stays out of scope, wherever the agent is held.
+        let r = call(
+            hub,
+            "POST",
+            "/api/v1/agents/us-1/commands",
+            EU_OPS,
+            Some(echo("no")),
+        )
+        .await;
+        assert_eq!(
+            r["status"], 403,
+            "r{n}: us-1 is outside region=eu (as on one node): {r}"
+        );
+
+        // Lists: by label (admin), and what the scoped token sees.
+        let list = call(
+            hub,
+            "GET",
+            "/api/v1/agents?label=region=eu",
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+        assert_eq!(ids(&list["body"]), ["eu-1", "eu-2"], "r{n}: {list}");
+        let list = call(
+            hub,
+            "GET",
+            "/api/v1/agents?label=region=us",
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+        assert_eq!(ids(&list["body"]), ["us-1"], "r{n}: {list}");
+        let list = call(hub, "GET", "/api/v1/agents?connected=true", EU_OPS, None).await;
+        assert_eq!(ids(&list["body"]), ["eu-1", "eu-2"], "r{n}: {list}");
+        for a in list["body"]["agents"].as_array().unwrap() {
+            let holder = if a["id"] == "eu-2" { "r1" } else { "r0" };
+            assert_eq!(a["replica"], holder, "{a}");
+        }
+
+        // A label fan-out from either replica reaches both eu agents.
+        let body = json!({"selector": {"labels": {"region": "eu"}}, "verb": "echo", "args": {"message": "fan"}});
+        let r = call(hub, "POST", "/api/v1/commands", EU_OPS, Some(body)).await;
+        assert_eq!(r["status"], 202, "r{n}: {r}");
+        assert_eq!(r["body"]["targets"], json!(["eu-1", "eu-2"]), "r{n}: {r}");
+        let job = r["body"]["job_id"].as_str().unwrap().to_owned();
+        let j = poll(hub, &job, |v| v["summary"]["pending"] == 0).await;
+        assert_eq!(j["summary"]["ok"], 2, "r{n}: {j}");
+    }
+}
