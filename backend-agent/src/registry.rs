@@ -104,6 +104,8 @@ struct AgentRecord {
     /// Labels an admin set at enrolment (`[[agents]] labels`, the enrolment API); `None`:
     /// never set, and the `hello` labels are all there is.
     enrolled_labels: Option<BTreeMap<String, String>>,
+    /// The session another replica announced holding (`[cluster]`), until it announces its end.
+    remote_session: Option<String>,
 }
 
 impl AgentRecord {
@@ -297,15 +299,22 @@ impl Registry {
         record.remote_addr = Some(remote_addr.to_owned());
         record.connected_since_ms = Some(now);
         record.last_seen_ms = Some(now);
+        record.remote_session = None;
         Ok(record.session.replace(session))
     }
 
     /// The `hello` of a session another replica holds (`[cluster]`): label scopes and
     /// selectors here match its labels, and its verbs' schemas are known before a command is
     /// routed. Only for agents this replica knows (enrolled), and never over a session held
-    /// here unless `superseding` (that session is being closed for the newer one). Returns
-    /// whether it was applied.
-    pub fn set_remote_hello(&self, mut hello: HelloFrame, superseding: bool) -> bool {
+    /// here unless `superseding` (that session is being closed for the newer one). With
+    /// `session_id` (an `attached` announcement, not a fleet gather) the event stream here
+    /// says `agent_connected` too. Returns whether it was applied.
+    pub fn set_remote_hello(
+        &self,
+        mut hello: HelloFrame,
+        superseding: bool,
+        session_id: Option<&str>,
+    ) -> bool {
         let mut agents = self.lock();
         let Some(record) = agents.get_mut(&hello.agent_id) else {
             return false;
@@ -316,8 +325,27 @@ impl Registry {
         // What only the holder needs.
         hello.pending_results = Vec::new();
         hello.nonce = None;
+        if let Some(session) = session_id {
+            record.remote_session = Some(session.to_owned());
+            self.events
+                .agent_connected(Some(&hello), &record.merged_labels(), "");
+        }
         record.hello = Some(hello);
         true
+    }
+
+    /// Another replica announced the end of its session `session_id` of `id`: the event
+    /// stream here says `agent_disconnected`, unless a newer session (here or elsewhere)
+    /// was announced since.
+    pub fn remote_detached(&self, id: &str, session_id: &str) {
+        let mut agents = self.lock();
+        let Some(record) = agents.get_mut(id) else {
+            return;
+        };
+        if record.session.is_none() && record.remote_session.as_deref() == Some(session_id) {
+            record.remote_session = None;
+            self.events.agent_disconnected(id, "session_closed");
+        }
     }
 
     /// The last `hello` of `id` (for announcing it to other replicas).
@@ -336,7 +364,10 @@ impl Registry {
                 record.last_seen_ms = Some(s.shared.last_seen_ms.load(Ordering::Relaxed));
                 record.session = None;
                 record.connected_since_ms = None;
-                self.events.agent_disconnected(id, "session_closed");
+                // Superseded by a session another replica announced: still connected.
+                if record.remote_session.is_none() {
+                    self.events.agent_disconnected(id, "session_closed");
+                }
                 true
             }
             _ => false,

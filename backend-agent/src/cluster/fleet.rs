@@ -76,7 +76,7 @@ impl Cluster {
             }
             for view in answer.agents {
                 if let Some(hello) = hello_of(&view) {
-                    self.registry.set_remote_hello(hello, false);
+                    self.registry.set_remote_hello(hello, false, None);
                 }
                 if let Some(id) = view.get("id").and_then(Value::as_str) {
                     fleet

@@ -6,6 +6,10 @@
 //!   request nobody listens to comes back "no responders" at once (agent not connected).
 //! - `agent.<X>.attached` `{replica_id, session_id, attached_ms}`: a replica that attached X
 //!   tells the others; one holding an older session of X closes it 4003.
+//!   It carries the session's `hello` (labels, verbs) so label scopes and selectors on every
+//!   replica match X, and event streams elsewhere say `agent_connected`.
+//! - `agent.<X>.detached` `{replica_id, session_id}`: that session ended (event streams
+//!   elsewhere say `agent_disconnected`).
 //! - `agent.<X>.revoke`: X was revoked on some replica; the holder closes it 4004.
 //! - `command.<id>.done`: command `<id>` reached a final state in the shared store; a replica
 //!   with a waiter for it reads the record and wakes the waiter (no polling).
@@ -201,6 +205,7 @@ impl Cluster {
         let subjects = [
             "command.*.done",
             "agent.*.attached",
+            "agent.*.detached",
             "agent.*.revoke",
             "replica.*.heartbeat",
             "agents.list",
@@ -275,6 +280,7 @@ impl Cluster {
                 }
             }
             "agent.*.attached" => self.on_attached(&msg.payload),
+            "agent.*.detached" => self.on_detached(&msg.payload),
             "agent.*.revoke" => self.on_revoke(&msg.payload),
             "replica.*.heartbeat" => self.on_heartbeat(token),
             _ => self.answer_list(msg).await,

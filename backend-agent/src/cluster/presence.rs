@@ -43,6 +43,14 @@ struct Attached {
     hello: Option<HelloFrame>,
 }
 
+/// Body of `agent.<X>.detached`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Detached {
+    agent_id: String,
+    replica_id: String,
+    session_id: String,
+}
+
 /// Body of `agent.<X>.revoke`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Revoke {
@@ -121,14 +129,40 @@ impl Cluster {
         }
     }
 
-    /// The session `session_id` of `agent_id` ended here: stop answering for it.
+    /// The session `session_id` of `agent_id` ended here: stop answering for it and tell
+    /// the other replicas (their event streams say `agent_disconnected`).
     pub fn detached(&self, agent_id: &str, session_id: &str) {
+        if self.forget_held(agent_id, session_id) {
+            let body = Detached {
+                agent_id: agent_id.to_owned(),
+                replica_id: self.replica_id.clone(),
+                session_id: session_id.to_owned(),
+            };
+            if let Ok(payload) = serde_json::to_vec(&body) {
+                self.publish(self.agent_subject(agent_id, "detached"), payload);
+            }
+        }
+    }
+
+    /// Stops answering for `session_id` of `agent_id`; whether it was the one held here.
+    fn forget_held(&self, agent_id: &str, session_id: &str) -> bool {
         let mut held = crate::sync::lock(&self.held);
-        if held
+        let current = held
             .get(agent_id)
-            .is_some_and(|h| h.session_id == session_id)
-        {
+            .is_some_and(|h| h.session_id == session_id);
+        if current {
             held.remove(agent_id);
+        }
+        current
+    }
+
+    pub(super) fn on_detached(&self, payload: &[u8]) {
+        let Ok(d) = serde_json::from_slice::<Detached>(payload) else {
+            debug!("malformed detached announcement ignored");
+            return;
+        };
+        if d.replica_id != self.replica_id {
+            self.registry.remote_detached(&d.agent_id, &d.session_id);
         }
     }
 
@@ -166,7 +200,8 @@ impl Cluster {
             )
         };
         if let Some(hello) = a.hello.filter(|h| h.agent_id == a.agent_id && !newer_here) {
-            self.registry.set_remote_hello(hello, older.is_some());
+            self.registry
+                .set_remote_hello(hello, older.is_some(), Some(&a.session_id));
         }
         let Some(old_session) = older else { return };
         if let Some(session) = self.registry.session(&a.agent_id) {
@@ -175,7 +210,7 @@ impl Cluster {
                 session.request_close(close::SUPERSEDED, "superseded by a newer session");
             }
         }
-        self.detached(&a.agent_id, &old_session);
+        self.forget_held(&a.agent_id, &old_session);
     }
 
     pub(super) fn on_revoke(&self, payload: &[u8]) {

@@ -33,9 +33,14 @@ impl CommandService {
         req: &SubmitRequest,
     ) -> Option<Result<CommandRecord, SubmitError>> {
         let cluster = self.cluster.get()?;
-        cluster
+        let routed = cluster
             .route(&RoutedCall::new(caller, requested_by, job_id, req))
-            .await
+            .await;
+        if let Some(Ok(rec)) = &routed {
+            // The holder's event stream says so too; this one serves the caller's.
+            self.registry.events.command_status(rec);
+        }
+        routed
     }
 
     /// A command for an agent this replica does not know (enrolled through another
@@ -106,6 +111,9 @@ impl CommandService {
         if !rec.status.is_final() {
             return;
         }
+        // Waited for here, so requested here: this replica's event stream (and a fan-out
+        // job's progress) learns the outcome too.
+        self.registry.events.command_status(&rec);
         if let Some(list) = lock(&self.waiters).remove(command_id) {
             for tx in list {
                 let _ = tx.send(rec.clone());

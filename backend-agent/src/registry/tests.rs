@@ -80,3 +80,45 @@ fn revoked_and_retired_identities_are_never_targeted() {
     assert!(t.refused && t.session.is_none());
     assert_eq!(r.ids_matching(&BTreeMap::new()), ["a"]);
 }
+
+#[test]
+fn a_hello_announced_by_another_replica_is_matched_but_never_over_a_local_session() {
+    let r = Registry::default();
+    // Unknown agents are not added.
+    assert!(!r.set_remote_hello(hello("ghost", &[("region", "eu")]), false, None));
+    assert!(!r.contains("ghost"));
+
+    r.enrol("c", "pin-c");
+    assert!(r.set_remote_hello(hello("c", &[("region", "eu")]), false, Some("s-remote")));
+    assert_eq!(r.ids_matching(&labels(&[("region", "eu")])), ["c"]);
+    let t = r.command_target("c", "ping").expect("known");
+    assert!(t.session.is_none() && t.ever_connected && t.spec.is_some());
+
+    // A local session wins over a later gather, not over a newer announcement.
+    let _ = r.attach(hello("c", &[("region", "us")]), "pin-c", "x", session());
+    assert!(!r.set_remote_hello(hello("c", &[("region", "eu")]), false, None));
+    assert_eq!(r.ids_matching(&labels(&[("region", "us")])), ["c"]);
+    assert!(r.set_remote_hello(hello("c", &[("region", "eu")]), true, Some("s-new")));
+    assert_eq!(r.ids_matching(&labels(&[("region", "eu")])), ["c"]);
+}
+
+#[test]
+fn a_remote_session_ends_only_when_the_announced_one_does() {
+    let r = Registry::default();
+    let Ok(mut events) = r.events.subscribe(None) else {
+        panic!("subscribe")
+    };
+    r.enrol("d", "pin-d");
+    r.set_remote_hello(hello("d", &[]), false, Some("s1"));
+    r.set_remote_hello(hello("d", &[]), false, Some("s2"));
+    r.remote_detached("d", "s1"); // older session: the agent is still connected elsewhere
+    r.remote_detached("d", "s2");
+    r.remote_detached("d", "s2"); // said once
+    let kinds: Vec<&str> = std::iter::from_fn(|| events.rx.try_recv().ok())
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["agent_connected", "agent_connected", "agent_disconnected"]
+    );
+}

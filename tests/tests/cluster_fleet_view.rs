@@ -1,7 +1,10 @@
-//! Issue 10: label lists, label fan-out selectors and label-scoped tokens are fleet-wide. A
-//! replica matches labels of agents held by *other* replicas: it learns them from each
-//! `attached` announcement, from a fleet gather when it (re)connects to NATS (so a replica
-//! started after the agents connected knows them too), and before every label fan-out.
+//! Issue 10: what one replica knows of the agents other replicas hold.
+//! - Label lists, label fan-out selectors and label-scoped tokens are fleet-wide: a replica
+//!   learns the labels of agents held elsewhere from each `attached` announcement, from a
+//!   fleet gather when it (re)connects to NATS (so a replica started after the agents
+//!   connected knows them too), and before every label fan-out.
+//! - Its event stream says when agents connect to and leave other replicas, and how the
+//!   commands it routed to them end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +14,7 @@ use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN};
 use agentmesh_e2e::fleet::{poll, VERBS};
 use agentmesh_e2e::nats::NatsServer;
 use agentmesh_e2e::postgres::TestPostgres;
+use agentmesh_e2e::sse::SseStream;
 use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 use backend_agent::auth::token_sha256_hex;
 use serde_json::{json, Value};
@@ -165,4 +169,76 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
         let j = poll(hub, &job, |v| v["summary"]["pending"] == 0).await;
         assert_eq!(j["summary"]["ok"], 2, "r{n}: {j}");
     }
+}
+
+#[tokio::test]
+async fn a_replicas_event_stream_follows_agents_and_commands_on_other_replicas() {
+    init_logging();
+    let pki = Pki::new();
+    let Some(nats) = NatsServer::start(pki.path()).await else {
+        return;
+    };
+    let Some(pg) = TestPostgres::start() else {
+        return;
+    };
+    let db = pg.create_database();
+    let (cert, dir) = pki.agent("edge-9");
+    let enrol = [("edge-9", cert.pin.as_str())];
+    let mut hubs = Vec::new();
+    for n in 0..2 {
+        let options = HubOptions {
+            extra: replica_toml(&db, &nats, n),
+            ..HubOptions::default()
+        };
+        hubs.push(TestHub::start_with(&pki, &enrol, options).await);
+    }
+    for hub in &hubs {
+        eventually("each replica sees its peer", PATIENCE, || async {
+            let r = http::get(hub.http, "/ready", None).await;
+            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+    }
+    let mut stream = SseStream::open(hubs[0].http, "/api/v1/events", Some(ADMIN_TOKEN)).await;
+    assert_eq!(stream.status, 200);
+
+    // The agent joins r1; r0's stream says so.
+    let agent = agent_in(&pki, &hubs[1], "edge-9", &dir, "eu").await;
+    stream
+        .until("agent_connected from r1", |e| {
+            e.kind == "agent_connected" && e.data["agent_id"] == "edge-9"
+        })
+        .await;
+
+    // A command through r0 runs on r1; r0's stream shows it dispatched, then its outcome.
+    let body = json!({"verb": "echo", "args": {"message": "hi"}, "wait": true});
+    let r = call(
+        &hubs[0],
+        "POST",
+        "/api/v1/agents/edge-9/commands",
+        ADMIN_TOKEN,
+        Some(body),
+    )
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    let id = r["body"]["command_id"].as_str().unwrap().to_owned();
+    let seen = stream
+        .until("the routed command's outcome", |e| {
+            e.kind == "command_status" && e.data["command_id"] == id && e.data["status"] == "ok"
+        })
+        .await;
+    assert!(
+        seen.iter().any(|e| e.kind == "command_status"
+            && e.data["command_id"] == id
+            && e.data["status"] == "dispatched"),
+        "{seen:?}"
+    );
+
+    // The agent leaves r1; r0's stream says so.
+    agent.stop().await;
+    stream
+        .until("agent_disconnected from r1", |e| {
+            e.kind == "agent_disconnected" && e.data["agent_id"] == "edge-9"
+        })
+        .await;
 }
