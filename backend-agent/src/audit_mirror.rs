@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_audit::AuditFilter;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::audit::Audit;
+use crate::periodic::{Pass, Periodic};
 use crate::store::audit_mirror::MIRROR_BATCH;
 use crate::store::Store;
 
@@ -25,6 +24,7 @@ pub const MIRROR_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches written per tick at most (a long backlog is caught up over several ticks).
 pub const BATCHES_PER_TICK: usize = 20;
 
+/// The mirror's state between passes.
 struct Mirror {
     store: Store,
     audit: Arc<Audit>,
@@ -33,7 +33,7 @@ struct Mirror {
     upto: Option<u64>,
 }
 
-impl Mirror {
+impl Pass for Mirror {
     /// Copies what is durable and not yet mirrored; errors are logged and retried next tick.
     async fn pass(&mut self) {
         let upto = match self.upto {
@@ -86,56 +86,23 @@ impl Mirror {
 }
 
 /// The running mirror task; [`AuditMirror::finish`] runs the last pass at shutdown.
-pub struct AuditMirror {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Mirror>>,
-}
+pub struct AuditMirror(Periodic<Mirror>);
 
 impl AuditMirror {
     /// Starts mirroring `audit` as `replica`'s chain into `store`.
     pub fn start(store: Store, audit: Arc<Audit>, replica: String) -> AuditMirror {
-        let (stop, mut stopped) = oneshot::channel();
-        let mut mirror = Mirror {
+        let mirror = Mirror {
             store,
             audit,
             replica,
             upto: None,
         };
-        let task = tokio::spawn(async move {
-            let mut every = tokio::time::interval(MIRROR_INTERVAL);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = every.tick() => mirror.pass().await,
-                }
-            }
-            mirror
-        });
-        AuditMirror {
-            stop: Some(stop),
-            task: Some(task),
-        }
+        AuditMirror(Periodic::start("audit mirror", mirror, MIRROR_INTERVAL))
     }
 
     /// Stops the task after one last pass over everything durable. Call after the last audit
     /// record of the process is flushed.
-    pub async fn finish(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            if let Ok(mut mirror) = task.await {
-                mirror.pass().await;
-            }
-        }
-    }
-}
-
-impl Drop for AuditMirror {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn finish(self) {
+        self.0.finish().await;
     }
 }

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_audit::{find_record, Checkpoint, CheckpointSigner};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 use crate::audit::{events, Audit};
 use crate::clock;
+use crate::periodic::{Pass, Periodic};
 use crate::store::Store;
 
 /// Longest time between a record reaching the disk and a checkpoint vouching for it (plus the
@@ -95,10 +94,7 @@ pub async fn check_tail(store: &Store, audit: &Audit, replica: &str) -> bool {
 }
 
 /// The running checkpoint task; [`Checkpoints::finish`] writes the last one at shutdown.
-pub struct Checkpoints {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Writer>>,
-}
+pub struct Checkpoints(Periodic<Writer>);
 
 /// Signs and stores checkpoints, skipping a tail already checkpointed.
 struct Writer {
@@ -109,9 +105,9 @@ struct Writer {
     last_seq: Option<u64>,
 }
 
-impl Writer {
+impl Pass for Writer {
     /// Writes a checkpoint if the tail moved; failures are logged (and retried next tick).
-    async fn write(&mut self) {
+    async fn pass(&mut self) {
         let (seq, hash) = self.audit.log().durable_tail();
         if seq == 0 || self.last_seq == Some(seq) {
             return;
@@ -146,52 +142,24 @@ impl Checkpoints {
         audit: Arc<Audit>,
         replica: String,
     ) -> Checkpoints {
-        let (stop, mut stopped) = oneshot::channel();
-        let mut writer = Writer {
+        let writer = Writer {
             signer,
             store,
             audit,
             replica,
             last_seq: None,
         };
-        let task = tokio::spawn(async move {
-            let mut every = tokio::time::interval(CHECKPOINT_INTERVAL);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = every.tick() => writer.write().await,
-                }
-            }
-            writer
-        });
-        Checkpoints {
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Checkpoints(Periodic::start(
+            "audit checkpoints",
+            writer,
+            CHECKPOINT_INTERVAL,
+        ))
     }
 
     /// Stops the task and writes a final checkpoint of everything flushed so far. Call after
     /// the last audit record of the process is flushed.
-    pub async fn finish(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            match task.await {
-                Ok(mut writer) => writer.write().await,
-                Err(e) => error!(error = %e, "audit checkpoint task failed"),
-            }
-        }
-    }
-}
-
-impl Drop for Checkpoints {
-    fn drop(&mut self) {
-        // Without `finish` (an abort): stop at once, as a crash would.
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    pub async fn finish(self) {
+        self.0.finish().await;
     }
 }
 

@@ -55,6 +55,7 @@ pub mod labels;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod periodic;
 pub mod registry;
 pub mod reload;
 pub mod store;
