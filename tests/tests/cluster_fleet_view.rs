@@ -4,7 +4,7 @@
 //!   fleet gather when it (re)connects to NATS (so a replica started after the agents
 //!   connected knows them too), and before every label fan-out.
 //! - Its event stream says when agents connect to and leave other replicas, and how the
-//!   commands it routed to them end.
+//!   commands it routed to them end; a cancel asked there reaches the agent's holder.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -172,7 +172,7 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
 }
 
 #[tokio::test]
-async fn a_replicas_event_stream_follows_agents_and_commands_on_other_replicas() {
+async fn a_replicas_event_stream_and_cancels_follow_agents_on_other_replicas() {
     init_logging();
     let pki = Pki::new();
     let Some(nats) = NatsServer::start(pki.path()).await else {
@@ -233,6 +233,24 @@ async fn a_replicas_event_stream_follows_agents_and_commands_on_other_replicas()
             && e.data["status"] == "dispatched"),
         "{seen:?}"
     );
+
+    // A cancel asked on r0 reaches the agent held by r1.
+    let body = json!({"verb": "sleep", "args": {"secs": "29.4242"}});
+    let r = call(
+        &hubs[0],
+        "POST",
+        "/api/v1/agents/edge-9/commands",
+        ADMIN_TOKEN,
+        Some(body),
+    )
+    .await;
+    assert_eq!(r["status"], 202, "{r}");
+    let id = r["body"]["command_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/commands/{id}");
+    let c = call(&hubs[0], "DELETE", &path, ADMIN_TOKEN, None).await;
+    assert_eq!(c["status"], 202, "{c}");
+    let rec = poll(&hubs[0], &id, |v| v["status"] == "cancelled").await;
+    assert_eq!(rec["status"], "cancelled", "{rec}");
 
     // The agent leaves r1; r0's stream says so.
     agent.stop().await;

@@ -11,6 +11,8 @@
 //! - `agent.<X>.detached` `{replica_id, session_id}`: that session ended (event streams
 //!   elsewhere say `agent_disconnected`).
 //! - `agent.<X>.revoke`: X was revoked on some replica; the holder closes it 4004.
+//! - `agent.<X>.cancel` `{command_id, replica_id}`: a command of X was cancelled on some
+//!   replica; the holder sends the agent `cancel`.
 //! - `command.<id>.done`: command `<id>` reached a final state in the shared store; a replica
 //!   with a waiter for it reads the record and wakes the waiter (no polling).
 //! - `replica.<id>.heartbeat` every [`HEARTBEAT`]: membership with a lease of [`LEASE`].
@@ -207,6 +209,7 @@ impl Cluster {
             "agent.*.attached",
             "agent.*.detached",
             "agent.*.revoke",
+            "agent.*.cancel",
             "replica.*.heartbeat",
             "agents.list",
         ];
@@ -282,6 +285,7 @@ impl Cluster {
             "agent.*.attached" => self.on_attached(&msg.payload),
             "agent.*.detached" => self.on_detached(&msg.payload),
             "agent.*.revoke" => self.on_revoke(&msg.payload),
+            "agent.*.cancel" => self.on_cancel(&msg.payload),
             "replica.*.heartbeat" => self.on_heartbeat(token),
             _ => self.answer_list(msg).await,
         }

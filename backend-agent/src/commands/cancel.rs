@@ -67,17 +67,29 @@ impl CommandService {
                 }
             }
             CommandState::Dispatched | CommandState::Running => {
-                if let Some(session) = self.registry.session(&rec.agent_id) {
-                    let frame = HubFrame::Cancel {
-                        command_id: command_id.to_owned(),
-                    };
-                    if session.tx.try_send(Box::new(frame)).is_err() {
-                        warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
+                if !self.cancel_on_session(&rec.agent_id, command_id) {
+                    if let Some(cluster) = self.cluster() {
+                        // Held by another replica (or by none: then nobody acts on it).
+                        cluster.broadcast_cancel(&rec.agent_id, command_id);
                     }
                 }
             }
             _ => {}
         }
         Ok(Some(rec))
+    }
+
+    /// Asks the agent to cancel `command_id` if its session is held here; whether it is.
+    pub fn cancel_on_session(&self, agent_id: &str, command_id: &str) -> bool {
+        let Some(session) = self.registry.session(agent_id) else {
+            return false;
+        };
+        let frame = HubFrame::Cancel {
+            command_id: command_id.to_owned(),
+        };
+        if session.tx.try_send(Box::new(frame)).is_err() {
+            warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
+        }
+        true
     }
 }
