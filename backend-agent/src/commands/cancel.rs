@@ -66,12 +66,12 @@ impl CommandService {
                     return Box::pin(self.cancel_unchecked(command_id)).await;
                 }
             }
-            CommandState::Dispatched | CommandState::Running => {
-                if !self.cancel_on_session(&rec.agent_id, command_id) {
-                    if let Some(cluster) = self.cluster() {
-                        // Held by another replica (or by none: then nobody acts on it).
-                        cluster.broadcast_cancel(&rec.agent_id, command_id);
-                    }
+            CommandState::Dispatched | CommandState::Running
+                if !self.cancel_on_session(&rec.agent_id, command_id) =>
+            {
+                if let Some(cluster) = self.cluster() {
+                    // Held by another replica (or by none: then nobody acts on it).
+                    cluster.broadcast_cancel(&rec.agent_id, command_id);
                 }
             }
             _ => {}
