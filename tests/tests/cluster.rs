@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use agentmesh_e2e::backend::{ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::backend::{ADMIN_TOKEN, VIEWER_TOKEN};
 use agentmesh_e2e::cluster::HubCluster;
-use agentmesh_e2e::fleet::{poll, run};
-use agentmesh_e2e::{eventually, http, raw, PATIENCE};
+use agentmesh_e2e::fleet::{assert_echo, fan_out, run};
+use agentmesh_e2e::{eventually, http, raw, TestHub, PATIENCE};
 use serde_json::{json, Value};
 
 const REPLICAS: usize = 3;
@@ -23,6 +23,14 @@ async fn mesh(agents: usize, spare: usize) -> Option<HubCluster> {
     Some(m)
 }
 
+/// Waits until `/ready` on `hub` answers `status`.
+async fn ready_becomes(hub: &TestHub, status: u16, what: &str) {
+    eventually(what, PATIENCE, || async {
+        http::get(hub.http, "/ready", None).await.status == status
+    })
+    .await;
+}
+
 fn echo(message: &str) -> Value {
     json!({"verb": "echo", "args": {"message": message}, "wait": true})
 }
@@ -34,7 +42,7 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
     for (r, hub) in m.replicas.iter().enumerate() {
         for (i, id) in m.ids.iter().enumerate() {
             let started = std::time::Instant::now();
-            let resp = run(hub, id, echo(&format!("r{r}-{id}"))).await;
+            assert_echo(hub, id, &format!("r{r}-{id}")).await;
             let took = started.elapsed();
             if i % REPLICAS == r {
                 &mut same
@@ -42,10 +50,6 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
                 &mut cross
             }
             .push(took);
-            assert_eq!(resp.status, 200, "via r{r} to {id}: {}", resp.body);
-            let rec = resp.json();
-            assert_eq!(rec["status"], "ok", "via r{r} to {id}: {rec}");
-            assert_eq!(rec["stdout"], format!("r{r}-{id}\n"), "{rec}");
         }
         let list = http::get(
             hub.http,
@@ -86,17 +90,7 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
 async fn a_fan_out_from_one_replica_reaches_agents_on_all_of_them() {
     let Some(m) = mesh(6, 0).await else { return };
     let body = json!({"selector": {"ids": m.ids}, "verb": "echo", "args": {"message": "all"}, "max_concurrency": 2});
-    let r = http::request(
-        m.replicas[1].http,
-        "POST",
-        "/api/v1/commands",
-        Some(OPERATOR_TOKEN),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["job_id"].as_str().unwrap().to_owned();
-    let j = poll(&m.replicas[1], &job_id, |v| v["summary"]["pending"] == 0).await;
+    let j = fan_out(&m.replicas[1], body).await;
     assert_eq!(j["summary"]["targets"], 6, "{j}");
     assert_eq!(j["summary"]["ok"], 6, "{j}");
 }
@@ -156,10 +150,7 @@ async fn without_nats_a_replica_is_not_ready_and_refuses_remote_commands_then_re
         200
     );
     m.nats.stop().await;
-    eventually("r0 not ready without NATS", PATIENCE, || async {
-        http::get(m.replicas[0].http, "/ready", None).await.status == 503
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 503, "r0 not ready without NATS").await;
     let refused = run(&m.replicas[0], &remote, echo("during")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "cluster_unavailable");
@@ -167,10 +158,7 @@ async fn without_nats_a_replica_is_not_ready_and_refuses_remote_commands_then_re
     let local = run(&m.replicas[0], &m.ids[0], echo("local")).await;
     assert_eq!(local.status, 200, "{}", local.body);
     m.nats.restart().await;
-    eventually("r0 ready again", PATIENCE, || async {
-        http::get(m.replicas[0].http, "/ready", None).await.status == 200
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 200, "r0 ready again").await;
     // Subscriptions come back with the link; no backend restart.
     eventually("a remote command runs again", PATIENCE, || async {
         run(&m.replicas[0], &remote, echo("after")).await.status == 200
@@ -189,10 +177,7 @@ async fn without_postgres_a_replica_is_not_ready_and_refuses_commands_then_recov
         200
     );
     m.pg.stop();
-    eventually("r0 not ready without PostgreSQL", PATIENCE, || async {
-        http::get(m.replicas[0].http, "/ready", None).await.status == 503
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 503, "r0 not ready without PostgreSQL").await;
     // Nothing can be recorded: refused with an error, never a hang or a 2xx.
     let refused = run(&m.replicas[0], &remote, echo("during")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
@@ -208,10 +193,7 @@ async fn without_postgres_a_replica_is_not_ready_and_refuses_commands_then_recov
         refused.headers
     );
     m.pg.restart();
-    eventually("r0 ready again", PATIENCE, || async {
-        http::get(m.replicas[0].http, "/ready", None).await.status == 200
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 200, "r0 ready again").await;
     eventually("commands run again without a restart", PATIENCE, || async {
         run(&m.replicas[0], &remote, echo("after")).await.status == 200
     })

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use agentmesh_e2e::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::backend::VIEWER_TOKEN;
 use agentmesh_e2e::cluster::{ClusterBase, HubCluster};
-use agentmesh_e2e::fleet::{poll, run, VERBS};
+use agentmesh_e2e::fleet::{assert_echo, fan_out, VERBS};
 use agentmesh_e2e::nginx::{self, client_ip, relay, Nginx};
 use agentmesh_e2e::{agent, eventually, http, TestAgent, TestHub};
 use serde_json::json;
@@ -59,12 +59,12 @@ async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() 
         agents.push(TestAgent::start(cfg));
     }
     eventually("all thirty agents connected", FLEET_PATIENCE, || async {
-        ids.iter().all(|id| holder(&hubs, id).is_some())
+        ids.iter().all(|id| holder(hubs, id).is_some())
     })
     .await;
     let mut held = [0usize; REPLICAS];
     for id in ids.iter() {
-        held[holder(&hubs, id).unwrap()] += 1;
+        held[holder(hubs, id).unwrap()] += 1;
     }
     eprintln!(
         "{AGENTS} agents connected through nginx in {:.2}s, held per replica: {held:?}",
@@ -80,13 +80,7 @@ async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() 
     // A command to every agent through every replica's API.
     for (r, hub) in hubs.iter().enumerate() {
         for id in ids.iter() {
-            let message = format!("r{r}-{id}");
-            let body = json!({"verb": "echo", "args": {"message": message}, "wait": true});
-            let resp = run(hub, id, body).await;
-            assert_eq!(resp.status, 200, "via r{r} to {id}: {}", resp.body);
-            let rec = resp.json();
-            assert_eq!(rec["status"], "ok", "via r{r} to {id}: {rec}");
-            assert_eq!(rec["stdout"], format!("{message}\n"), "{rec}");
+            assert_echo(hub, id, &format!("r{r}-{id}")).await;
         }
         let list = http::get(
             hub.http,
@@ -104,17 +98,7 @@ async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() 
         "args": {"message": "all"},
         "max_concurrency": 10,
     });
-    let r = http::request(
-        hubs[2].http,
-        "POST",
-        "/api/v1/commands",
-        Some(OPERATOR_TOKEN),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["job_id"].as_str().unwrap().to_owned();
-    let j = poll(&hubs[2], &job_id, |v| v["summary"]["pending"] == 0).await;
+    let j = fan_out(&hubs[2], body).await;
     assert_eq!(j["summary"]["targets"], AGENTS, "{j}");
     assert_eq!(j["summary"]["ok"], AGENTS, "{j}");
 }
