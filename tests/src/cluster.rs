@@ -303,3 +303,20 @@ pub async fn fleet_audit(api: SocketAddr, filter: &str) -> Vec<Value> {
     }
     out
 }
+
+/// `(id, replica)` of every connected agent `GET /api/v1/agents?connected=true` on `api`
+/// lists (the fleet's, on a cluster; `replica` is the holder).
+pub async fn connected_agents(api: SocketAddr) -> Vec<(String, String)> {
+    let r = http::get(api, "/api/v1/agents?connected=true", Some(VIEWER_TOKEN)).await;
+    r.json()["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| {
+                    let id = v["id"].as_str().unwrap_or_default().to_owned();
+                    (id, v["replica"].as_str().unwrap_or_default().to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

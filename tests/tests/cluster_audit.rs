@@ -14,11 +14,6 @@ use agentmesh_e2e::process::backend_binary;
 use agentmesh_e2e::{eventually, http, PATIENCE};
 use serde_json::{json, Value};
 
-/// Every record `GET /api/v1/audit` on `addr` lists, following `next_since`.
-async fn fleet_records(addr: std::net::SocketAddr) -> Vec<Value> {
-    fleet_audit(addr, "").await
-}
-
 fn max_seq_of(records: &[Value], replica: &str) -> u64 {
     records
         .iter()
@@ -72,7 +67,7 @@ async fn each_replica_keeps_its_chain_and_any_replica_lists_and_verifies_the_fle
     // Either replica lists both chains' records; the command's request is in r1's chain.
     for p in replicas.iter() {
         eventually("the fleet's records on every replica", PATIENCE, || async {
-            let all = fleet_records(p.http).await;
+            let all = fleet_audit(p.http, "").await;
             let requested = all.iter().any(|r| {
                 r["kind"] == "command_requested"
                     && r["command_id"] == command_id.as_str()
@@ -85,16 +80,16 @@ async fn each_replica_keeps_its_chain_and_any_replica_lists_and_verifies_the_fle
 
     // r1 crashes and comes back while r0 keeps writing checkpoints: r1's tail is checked
     // against r1's own checkpoint, so nothing is reported missing.
-    let before = max_seq_of(&fleet_records(replicas[0].http).await, "r1");
+    let before = max_seq_of(&fleet_audit(replicas[0].http, "").await, "r1");
     replicas[1].kill_9().await;
     replicas[1].restart().await;
     eventually(
         "r1's records after the restart are listed",
         PATIENCE,
-        || async { max_seq_of(&fleet_records(replicas[0].http).await, "r1") > before },
+        || async { max_seq_of(&fleet_audit(replicas[0].http, "").await, "r1") > before },
     )
     .await;
-    let all = fleet_records(replicas[0].http).await;
+    let all = fleet_audit(replicas[0].http, "").await;
     let missing: Vec<_> = all
         .iter()
         .filter(|r| r["kind"] == "audit_tail_missing")

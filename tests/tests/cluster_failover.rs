@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use agentmesh_e2e::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
-use agentmesh_e2e::cluster::{command_record as command, ProcessCluster};
+use agentmesh_e2e::cluster::{command_record as command, connected_agents, ProcessCluster};
 use agentmesh_e2e::process::{audit_verify, BackendProcess};
 use agentmesh_e2e::{eventually, http, PATIENCE};
 use serde_json::json;
@@ -15,18 +15,7 @@ use serde_json::json;
 const AGENTS: usize = 4;
 
 async fn agents_on(p: &BackendProcess) -> Vec<(String, String)> {
-    let r = http::get(p.http, "/api/v1/agents?connected=true", Some(VIEWER_TOKEN)).await;
-    r.json()["agents"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| {
-                    let id = v["id"].as_str().unwrap_or_default().to_owned();
-                    (id, v["replica"].as_str().unwrap_or_default().to_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    connected_agents(p.http).await
 }
 
 #[tokio::test]
