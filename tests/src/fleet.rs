@@ -148,3 +148,31 @@ pub async fn poll(hub: &TestHub, id: &str, done: impl Fn(&Value) -> bool) -> Val
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `echo` of `message` on `agent` through `hub` with `wait: true`; asserts it ran (200,
+/// status ok, the message back) and returns the record.
+pub async fn assert_echo(hub: &TestHub, agent: &str, message: &str) -> Value {
+    let body = serde_json::json!({"verb": "echo", "args": {"message": message}, "wait": true});
+    let resp = run(hub, agent, body).await;
+    assert_eq!(resp.status, 200, "{message} to {agent}: {}", resp.body);
+    let rec = resp.json();
+    assert_eq!(rec["status"], "ok", "{message} to {agent}: {rec}");
+    assert_eq!(rec["stdout"], format!("{message}\n"), "{rec}");
+    rec
+}
+
+/// `POST /api/v1/commands` (a fan-out job) as the operator, asserted 202; polls the job
+/// until nothing is pending and returns it.
+pub async fn fan_out(hub: &TestHub, body: Value) -> Value {
+    let r = http::request(
+        hub.http,
+        "POST",
+        "/api/v1/commands",
+        Some(OPERATOR_TOKEN),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let job_id = r.json()["job_id"].as_str().unwrap_or_default().to_owned();
+    poll(hub, &job_id, |v| v["summary"]["pending"] == 0).await
+}

@@ -51,6 +51,21 @@ pub async fn connect(addr: SocketAddr, what: &str) -> TcpStream {
     }
 }
 
+/// Connects to `addr` from the local address `source` (e.g. one of 127.0.0.0/8, so each
+/// client has an address of its own), panicking with `what` after [`CONNECT_TIMEOUT`].
+pub async fn connect_from(source: std::net::IpAddr, addr: SocketAddr, what: &str) -> TcpStream {
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => panic!("{what}: connect to {addr} from {source}: {e}"),
+        Err(_) => panic!("{what}: connect to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+    }
+}
+
 /// Sends one request and reads the whole response.
 pub async fn request(
     addr: SocketAddr,

@@ -17,12 +17,16 @@
 //! - [`nginx`]: real nginx with the shipped config, and relays that give each client its own
 //!   loopback address.
 //! - [`postgres`]: a real PostgreSQL server in a temp dir, a fresh database per use.
+//! - [`cluster`]: PostgreSQL + nats-server + N backend replicas (in-process or processes).
+//! - [`bench`]: the `bench` binary for the smoke tests.
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
 pub mod agent;
 pub mod backend;
+pub mod bench;
 pub mod browser;
+pub mod cluster;
 pub mod fleet;
 pub mod http;
 pub mod meshctl;

@@ -5,90 +5,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-
-use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN};
-use agentmesh_e2e::fleet::{poll, run, VERBS};
-use agentmesh_e2e::nats::NatsServer;
-use agentmesh_e2e::postgres::TestPostgres;
-use agentmesh_e2e::{
-    agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
-};
-use mesh_certs::Issued;
+use agentmesh_e2e::backend::{ADMIN_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::cluster::HubCluster;
+use agentmesh_e2e::fleet::{assert_echo, fan_out, run};
+use agentmesh_e2e::{eventually, http, raw, TestHub, PATIENCE};
 use serde_json::{json, Value};
 
 const REPLICAS: usize = 3;
 
-struct Mesh {
-    pki: Pki,
-    pg: TestPostgres,
-    nats: NatsServer,
-    hubs: Vec<TestHub>,
-    _agents: Vec<TestAgent>,
-    ids: Vec<String>,
-    issued: Vec<(Issued, PathBuf)>,
-}
-
-/// `[store]` shared by every replica (PostgreSQL database `db`) and `[cluster]` naming
-/// replica `r{n}`.
-fn cluster_toml(db: &str, nats: &NatsServer, n: usize) -> String {
-    format!(
-        "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
-        nats.url()
-    )
-}
-
 /// Three replicas, `agents` gateway agents (agent i on replica i % 3) plus `spare` enrolled
-/// identities without an agent; `None` when nats-server or PostgreSQL is not installed.
-async fn mesh(agents: usize, spare: usize) -> Option<Mesh> {
-    init_logging();
-    let pki = Pki::new();
-    let nats = NatsServer::start(pki.path()).await?;
-    let pg = TestPostgres::start()?;
-    let db = pg.create_database();
-    let ids: Vec<String> = (0..agents + spare)
-        .map(|i| format!("node-{i:02}"))
-        .collect();
-    let issued: Vec<(Issued, PathBuf)> = ids.iter().map(|id| pki.agent(id)).collect();
-    let enrol: Vec<(&str, &str)> = ids
-        .iter()
-        .zip(&issued)
-        .map(|(id, (c, _))| (id.as_str(), c.pin.as_str()))
-        .collect();
-    let mut hubs = Vec::new();
-    for n in 0..REPLICAS {
-        let options = HubOptions {
-            extra: cluster_toml(&db, &nats, n),
-            ..HubOptions::default()
-        };
-        hubs.push(TestHub::start_with(&pki, &enrol, options).await);
-    }
-    let mut running = Vec::new();
-    for (i, id) in ids.iter().take(agents).enumerate() {
-        let hub = &hubs[i % REPLICAS];
-        let dir = &issued[i].1;
-        let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], VERBS);
-        let a = TestAgent::start(cfg);
-        a.wait_connected(hub, id).await;
-        running.push(a);
-    }
-    // Every replica has heard from the other two (membership for fleet-wide lists).
-    for hub in &hubs {
-        eventually("every replica sees its peers", PATIENCE, || async {
-            let r = http::get(hub.http, "/ready", None).await;
-            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(REPLICAS - 1)
-        })
-        .await;
-    }
-    Some(Mesh {
-        pki,
-        pg,
-        nats,
-        hubs,
-        _agents: running,
-        ids,
-        issued,
+/// identities without an agent, every replica seeing its peers; `None` when nats-server or
+/// PostgreSQL is not installed.
+async fn mesh(agents: usize, spare: usize) -> Option<HubCluster> {
+    let mut m = HubCluster::start(REPLICAS, agents + spare).await?;
+    m.connect_agents(agents).await;
+    m.wait_peers().await;
+    Some(m)
+}
+
+/// Waits until `/ready` on `hub` answers `status`.
+async fn ready_becomes(hub: &TestHub, status: u16, what: &str) {
+    eventually(what, PATIENCE, || async {
+        http::get(hub.http, "/ready", None).await.status == status
     })
+    .await;
 }
 
 fn echo(message: &str) -> Value {
@@ -99,10 +39,10 @@ fn echo(message: &str) -> Value {
 async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet() {
     let Some(m) = mesh(6, 0).await else { return };
     let (mut same, mut cross) = (Vec::new(), Vec::new());
-    for (r, hub) in m.hubs.iter().enumerate() {
+    for (r, hub) in m.replicas.iter().enumerate() {
         for (i, id) in m.ids.iter().enumerate() {
             let started = std::time::Instant::now();
-            let resp = run(hub, id, echo(&format!("r{r}-{id}"))).await;
+            assert_echo(hub, id, &format!("r{r}-{id}")).await;
             let took = started.elapsed();
             if i % REPLICAS == r {
                 &mut same
@@ -110,10 +50,6 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
                 &mut cross
             }
             .push(took);
-            assert_eq!(resp.status, 200, "via r{r} to {id}: {}", resp.body);
-            let rec = resp.json();
-            assert_eq!(rec["status"], "ok", "via r{r} to {id}: {rec}");
-            assert_eq!(rec["stdout"], format!("r{r}-{id}\n"), "{rec}");
         }
         let list = http::get(
             hub.http,
@@ -154,17 +90,7 @@ async fn every_replica_runs_a_command_on_every_agent_and_lists_the_whole_fleet()
 async fn a_fan_out_from_one_replica_reaches_agents_on_all_of_them() {
     let Some(m) = mesh(6, 0).await else { return };
     let body = json!({"selector": {"ids": m.ids}, "verb": "echo", "args": {"message": "all"}, "max_concurrency": 2});
-    let r = http::request(
-        m.hubs[1].http,
-        "POST",
-        "/api/v1/commands",
-        Some(OPERATOR_TOKEN),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["job_id"].as_str().unwrap().to_owned();
-    let j = poll(&m.hubs[1], &job_id, |v| v["summary"]["pending"] == 0).await;
+    let j = fan_out(&m.replicas[1], body).await;
     assert_eq!(j["summary"]["targets"], 6, "{j}");
     assert_eq!(j["summary"]["ok"], 6, "{j}");
 }
@@ -174,9 +100,9 @@ async fn a_revocation_on_one_replica_closes_the_session_held_by_another() {
     let Some(m) = mesh(0, 1).await else { return };
     let id = &m.ids[0];
     let (mut session, _) =
-        raw::session(m.hubs[2].hub, m.pki.ca.cert_pem(), &m.issued[0].0, id).await;
+        raw::session(m.replicas[2].hub, m.pki.ca.cert_pem(), &m.issued[0].0, id).await;
     let resp = http::request(
-        m.hubs[0].http,
+        m.replicas[0].http,
         "DELETE",
         &format!("/api/v1/agents/{id}"),
         Some(ADMIN_TOKEN),
@@ -199,17 +125,17 @@ async fn a_session_on_another_replica_supersedes_the_older_one() {
     let Some(m) = mesh(0, 1).await else { return };
     let id = &m.ids[0];
     let ca = m.pki.ca.cert_pem();
-    let (mut first, _) = raw::session(m.hubs[0].hub, ca, &m.issued[0].0, id).await;
-    let (_second, _) = raw::session(m.hubs[1].hub, ca, &m.issued[0].0, id).await;
+    let (mut first, _) = raw::session(m.replicas[0].hub, ca, &m.issued[0].0, id).await;
+    let (_second, _) = raw::session(m.replicas[1].hub, ca, &m.issued[0].0, id).await;
     let code = first.close_code(PATIENCE).await;
     assert_eq!(code.map(|c| c.0), Some(4003), "superseded across replicas");
     eventually(
         "the first replica forgets the session",
         PATIENCE,
-        || async { !m.hubs[0].is_connected(id) },
+        || async { !m.replicas[0].is_connected(id) },
     )
     .await;
-    assert!(m.hubs[1].is_connected(id));
+    assert!(m.replicas[1].is_connected(id));
 }
 
 #[tokio::test]
@@ -219,26 +145,23 @@ async fn without_nats_a_replica_is_not_ready_and_refuses_remote_commands_then_re
     };
     // node-01 is held by r1; ask r0.
     let remote = m.ids[1].clone();
-    assert_eq!(run(&m.hubs[0], &remote, echo("before")).await.status, 200);
+    assert_eq!(
+        run(&m.replicas[0], &remote, echo("before")).await.status,
+        200
+    );
     m.nats.stop().await;
-    eventually("r0 not ready without NATS", PATIENCE, || async {
-        http::get(m.hubs[0].http, "/ready", None).await.status == 503
-    })
-    .await;
-    let refused = run(&m.hubs[0], &remote, echo("during")).await;
+    ready_becomes(&m.replicas[0], 503, "r0 not ready without NATS").await;
+    let refused = run(&m.replicas[0], &remote, echo("during")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "cluster_unavailable");
     // A command for an agent held here still runs.
-    let local = run(&m.hubs[0], &m.ids[0], echo("local")).await;
+    let local = run(&m.replicas[0], &m.ids[0], echo("local")).await;
     assert_eq!(local.status, 200, "{}", local.body);
     m.nats.restart().await;
-    eventually("r0 ready again", PATIENCE, || async {
-        http::get(m.hubs[0].http, "/ready", None).await.status == 200
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 200, "r0 ready again").await;
     // Subscriptions come back with the link; no backend restart.
     eventually("a remote command runs again", PATIENCE, || async {
-        run(&m.hubs[0], &remote, echo("after")).await.status == 200
+        run(&m.replicas[0], &remote, echo("after")).await.status == 200
     })
     .await;
 }
@@ -249,14 +172,14 @@ async fn without_postgres_a_replica_is_not_ready_and_refuses_commands_then_recov
         return;
     };
     let remote = m.ids[1].clone();
-    assert_eq!(run(&m.hubs[0], &remote, echo("before")).await.status, 200);
+    assert_eq!(
+        run(&m.replicas[0], &remote, echo("before")).await.status,
+        200
+    );
     m.pg.stop();
-    eventually("r0 not ready without PostgreSQL", PATIENCE, || async {
-        http::get(m.hubs[0].http, "/ready", None).await.status == 503
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 503, "r0 not ready without PostgreSQL").await;
     // Nothing can be recorded: refused with an error, never a hang or a 2xx.
-    let refused = run(&m.hubs[0], &remote, echo("during")).await;
+    let refused = run(&m.replicas[0], &remote, echo("during")).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(
         refused.json()["error"]["code"],
@@ -270,12 +193,9 @@ async fn without_postgres_a_replica_is_not_ready_and_refuses_commands_then_recov
         refused.headers
     );
     m.pg.restart();
-    eventually("r0 ready again", PATIENCE, || async {
-        http::get(m.hubs[0].http, "/ready", None).await.status == 200
-    })
-    .await;
+    ready_becomes(&m.replicas[0], 200, "r0 ready again").await;
     eventually("commands run again without a restart", PATIENCE, || async {
-        run(&m.hubs[0], &remote, echo("after")).await.status == 200
+        run(&m.replicas[0], &remote, echo("after")).await.status == 200
     })
     .await;
 }

@@ -6,97 +6,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use agentmesh_e2e::backend::{HubOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
-use agentmesh_e2e::fleet::VERBS;
-use agentmesh_e2e::nats::NatsServer;
-use agentmesh_e2e::postgres::TestPostgres;
+use agentmesh_e2e::backend::{OPERATOR_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::cluster::{command_record as command, connected_agents, ProcessCluster};
 use agentmesh_e2e::process::{audit_verify, BackendProcess};
-use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
-use serde_json::{json, Value};
+use agentmesh_e2e::{eventually, http, PATIENCE};
+use serde_json::json;
 
 const AGENTS: usize = 4;
 
 async fn agents_on(p: &BackendProcess) -> Vec<(String, String)> {
-    let r = http::get(p.http, "/api/v1/agents?connected=true", Some(VIEWER_TOKEN)).await;
-    r.json()["agents"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| {
-                    let id = v["id"].as_str().unwrap_or_default().to_owned();
-                    (id, v["replica"].as_str().unwrap_or_default().to_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn command(p: &BackendProcess, id: &str) -> Value {
-    http::get(
-        p.http,
-        &format!("/api/v1/commands/{id}"),
-        Some(VIEWER_TOKEN),
-    )
-    .await
-    .json()
+    connected_agents(p.http).await
 }
 
 #[tokio::test]
 async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
-    init_logging();
     let t0 = std::time::Instant::now();
-    let pki = Pki::new();
-    let Some(nats) = NatsServer::start(pki.path()).await else {
+    let Some(mut m) = ProcessCluster::start_processes(2, AGENTS).await else {
         return;
     };
-    let Some(pg) = TestPostgres::start() else {
-        return;
-    };
-    let db = pg.create_database();
-    let ids: Vec<String> = (0..AGENTS).map(|i| format!("node-{i:02}")).collect();
-    let issued: Vec<_> = ids.iter().map(|id| pki.agent(id)).collect();
-    let enrol: Vec<(&str, &str)> = ids
-        .iter()
-        .zip(&issued)
-        .map(|(id, (c, _))| (id.as_str(), c.pin.as_str()))
-        .collect();
-    let mut replicas = Vec::new();
-    for n in 0..2 {
-        let extra = format!(
-            "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
-            nats.url()
-        );
-        let options = HubOptions {
-            extra,
-            ..HubOptions::default()
-        };
-        let config = TestHub::write_process_config(&pki, &enrol, options);
-        replicas.push(BackendProcess::start(&config).await);
-    }
     // Every agent knows both hubs and picks one at random.
-    let urls = format!(
-        "backend_url = [\"wss://{}/ws/agent\", \"wss://{}/ws/agent\"]",
-        replicas[0].hub, replicas[1].hub
-    );
-    let mut running = Vec::new();
-    for (id, (_, dir)) in ids.iter().zip(&issued) {
-        let cfg = agent::write_config(
-            pki.path(),
-            id,
-            dir,
-            replicas[0].hub,
-            &[&pki.server.pin],
-            VERBS,
-        );
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("backend_url"))
-            .unwrap()
-            .to_owned();
-        std::fs::write(&cfg, text.replace(&line, &urls)).unwrap();
-        running.push(TestAgent::start(cfg));
+    for i in 0..AGENTS {
+        m.start_agent(i, &[0, 1]);
     }
+    let replicas = &mut m.replicas;
     eventually("every agent connected somewhere", PATIENCE, || async {
         agents_on(&replicas[0]).await.len() == AGENTS
             && agents_on(&replicas[1]).await.len() == AGENTS
@@ -129,8 +61,8 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
     }
     for cid in &acknowledged {
         eventually("the command runs", PATIENCE, || async {
-            command(&replicas[survivor], cid).await["status"] == "running"
-                || command(&replicas[survivor], cid).await["status"] == "dispatched"
+            command(replicas[survivor].http, cid).await["status"] == "running"
+                || command(replicas[survivor].http, cid).await["status"] == "dispatched"
         })
         .await;
     }
@@ -193,12 +125,12 @@ async fn kill_9_of_a_replica_loses_no_acknowledged_command() {
         eventually(
             "the held result is recorded through the survivor",
             PATIENCE,
-            || async { command(&replicas[survivor], cid).await["status"] == "ok" },
+            || async { command(replicas[survivor].http, cid).await["status"] == "ok" },
         )
         .await;
     }
     eprintln!("results recorded at {:?}", t0.elapsed());
-    for p in &replicas {
+    for p in replicas.iter() {
         audit_verify(&p.audit_path()).unwrap();
     }
 }

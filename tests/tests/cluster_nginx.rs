@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use agentmesh_e2e::backend::{HubOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
-use agentmesh_e2e::fleet::{poll, run, VERBS};
-use agentmesh_e2e::nats::NatsServer;
+use agentmesh_e2e::backend::VIEWER_TOKEN;
+use agentmesh_e2e::cluster::{ClusterBase, HubCluster};
+use agentmesh_e2e::fleet::{assert_echo, fan_out, VERBS};
 use agentmesh_e2e::nginx::{self, client_ip, relay, Nginx};
-use agentmesh_e2e::postgres::TestPostgres;
-use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use agentmesh_e2e::{agent, eventually, http, TestAgent, TestHub};
 use serde_json::json;
 
 const REPLICAS: usize = 3;
@@ -29,39 +28,22 @@ fn holder(hubs: &[TestHub], id: &str) -> Option<usize> {
 
 #[tokio::test]
 async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() {
-    init_logging();
     let Some(nginx_bin) = nginx::binary() else {
         return;
     };
-    let pki = Pki::new();
-    let Some(nats) = NatsServer::start(pki.path()).await else {
+    let Some(base) = ClusterBase::start(AGENTS).await else {
         return;
     };
-    let Some(pg) = TestPostgres::start() else {
-        return;
-    };
-    let db = pg.create_database();
-    let (proxy, _front) = nginx::front_door_certs(&pki);
-    let ids: Vec<String> = (0..AGENTS).map(|i| format!("node-{i:02}")).collect();
-    let issued: Vec<_> = ids.iter().map(|id| pki.agent(id)).collect();
-    let enrol: Vec<(&str, &str)> = ids
-        .iter()
-        .zip(&issued)
-        .map(|(id, (c, _))| (id.as_str(), c.pin.as_str()))
-        .collect();
+    let (proxy, _front) = nginx::front_door_certs(&base.pki);
     let mut hubs = Vec::new();
     for n in 0..REPLICAS {
-        let options = HubOptions {
-            // One operator token drives every command here: a generous rate, not the default.
-            limits: "[limits]\nhub_connects_per_ip_per_sec = 0\noperator_commands_per_sec = 1000\noperator_burst = 1000\n".to_owned(),
-            extra: format!(
-                "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
-                nats.url()
-            ),
-            ..HubOptions::default()
-        };
-        hubs.push(nginx::hub_behind_nginx(&pki, &enrol, &proxy, options).await);
+        let mut options = base.options(n);
+        // One operator token drives every command here: a generous rate, not the default.
+        options.limits = "[limits]\nhub_connects_per_ip_per_sec = 0\noperator_commands_per_sec = 1000\noperator_burst = 1000\n".to_owned();
+        hubs.push(nginx::hub_behind_nginx(&base.pki, &base.enrolment(), &proxy, options).await);
     }
+    let m = HubCluster::from_parts(base, hubs);
+    let (pki, ids, hubs) = (&m.pki, &m.ids, &m.replicas);
     let hub_addrs: Vec<_> = hubs.iter().map(|h| h.hub).collect();
     let api_addrs: Vec<_> = hubs.iter().map(|h| h.http).collect();
     let front_door = Nginx::start_cluster(&nginx_bin, pki.path(), &hub_addrs, &api_addrs).await;
@@ -70,18 +52,19 @@ async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() 
     // every replica), whichever replica nginx hands it to.
     let started = std::time::Instant::now();
     let mut agents = Vec::new();
-    for (i, (id, (_, dir))) in ids.iter().zip(&issued).enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         let via = relay(front_door.listen, vec![client_ip(i)]).await;
+        let dir = &m.issued[i].1;
         let cfg = agent::write_config(pki.path(), id, dir, via, &[&hubs[0].server_pin], VERBS);
         agents.push(TestAgent::start(cfg));
     }
     eventually("all thirty agents connected", FLEET_PATIENCE, || async {
-        ids.iter().all(|id| holder(&hubs, id).is_some())
+        ids.iter().all(|id| holder(hubs, id).is_some())
     })
     .await;
     let mut held = [0usize; REPLICAS];
-    for id in &ids {
-        held[holder(&hubs, id).unwrap()] += 1;
+    for id in ids.iter() {
+        held[holder(hubs, id).unwrap()] += 1;
     }
     eprintln!(
         "{AGENTS} agents connected through nginx in {:.2}s, held per replica: {held:?}",
@@ -92,24 +75,12 @@ async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() 
         "nginx spreads the agents over every replica: {held:?}\n{}",
         front_door.errors()
     );
-    for hub in &hubs {
-        eventually("every replica sees its peers", PATIENCE, || async {
-            let r = http::get(hub.http, "/ready", None).await;
-            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(REPLICAS - 1)
-        })
-        .await;
-    }
+    m.wait_peers().await;
 
     // A command to every agent through every replica's API.
     for (r, hub) in hubs.iter().enumerate() {
-        for id in &ids {
-            let message = format!("r{r}-{id}");
-            let body = json!({"verb": "echo", "args": {"message": message}, "wait": true});
-            let resp = run(hub, id, body).await;
-            assert_eq!(resp.status, 200, "via r{r} to {id}: {}", resp.body);
-            let rec = resp.json();
-            assert_eq!(rec["status"], "ok", "via r{r} to {id}: {rec}");
-            assert_eq!(rec["stdout"], format!("{message}\n"), "{rec}");
+        for id in ids.iter() {
+            assert_echo(hub, id, &format!("r{r}-{id}")).await;
         }
         let list = http::get(
             hub.http,
@@ -127,17 +98,7 @@ async fn thirty_agents_through_nginx_over_three_replicas_answer_every_replica() 
         "args": {"message": "all"},
         "max_concurrency": 10,
     });
-    let r = http::request(
-        hubs[2].http,
-        "POST",
-        "/api/v1/commands",
-        Some(OPERATOR_TOKEN),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["job_id"].as_str().unwrap().to_owned();
-    let j = poll(&hubs[2], &job_id, |v| v["summary"]["pending"] == 0).await;
+    let j = fan_out(&hubs[2], body).await;
     assert_eq!(j["summary"]["targets"], AGENTS, "{j}");
     assert_eq!(j["summary"]["ok"], AGENTS, "{j}");
 }

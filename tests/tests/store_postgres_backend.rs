@@ -9,38 +9,23 @@ use std::path::Path;
 use std::process::Command;
 
 use agentmesh_e2e::backend::{HubOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
+use agentmesh_e2e::cluster::{command_record, connected_on, store_toml};
 use agentmesh_e2e::fleet::VERBS;
 use agentmesh_e2e::postgres::TestPostgres;
 use agentmesh_e2e::process::{backend_binary, BackendProcess};
 use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
-use serde_json::{json, Value};
-
-async fn command(http_addr: SocketAddr, id: &str) -> Value {
-    let r = http::get(
-        http_addr,
-        &format!("/api/v1/commands/{id}"),
-        Some(VIEWER_TOKEN),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
-}
+use serde_json::json;
 
 async fn connected(http_addr: SocketAddr) -> bool {
-    let r = http::get(http_addr, "/api/v1/agents/edge-01", Some(VIEWER_TOKEN)).await;
-    r.status == 200 && r.json()["connected"] == true
+    connected_on(http_addr, "edge-01").await
 }
 
-/// Sets `[store] url` in the config file.
-fn use_postgres(config: &Path, url: &str) {
-    let mut doc: toml::Table = std::fs::read_to_string(config).unwrap().parse().unwrap();
-    let store = doc
-        .get_mut("store")
-        .and_then(toml::Value::as_table_mut)
-        .expect("config has [store]");
-    store.insert("url".into(), toml::Value::String(url.to_owned()));
-    store.insert("pool_size".into(), toml::Value::Integer(4));
-    std::fs::write(config, toml::to_string(&doc).unwrap()).unwrap();
+/// Hub options with `[store] url` on PostgreSQL (the SQLite `path` stays in the file).
+fn on_postgres(url: &str) -> HubOptions {
+    HubOptions {
+        extra: store_toml(url),
+        ..HubOptions::default()
+    }
 }
 
 fn sqlite_path(config: &Path) -> String {
@@ -57,9 +42,7 @@ async fn a_backend_on_postgres_records_commands_there_and_keeps_them_across_a_cr
     let url = pg.create_database();
     let pki = Pki::new();
     let (edge, edge_dir) = pki.agent("edge-01");
-    let config =
-        TestHub::write_process_config(&pki, &[("edge-01", &edge.pin)], HubOptions::default());
-    use_postgres(&config, &url);
+    let config = TestHub::write_process_config(&pki, &[("edge-01", &edge.pin)], on_postgres(&url));
     let mut backend = BackendProcess::start(&config).await;
     let agent_cfg = agent::write_config(
         pki.path(),
@@ -88,7 +71,7 @@ async fn a_backend_on_postgres_records_commands_there_and_keeps_them_across_a_cr
     let id = r.json()["command_id"].as_str().unwrap().to_owned();
     let http_addr = backend.http;
     eventually("the command finished ok", PATIENCE, || async {
-        command(http_addr, &id).await["status"] == "ok"
+        command_record(http_addr, &id).await["status"] == "ok"
     })
     .await;
 
@@ -119,7 +102,7 @@ async fn a_backend_on_postgres_records_commands_there_and_keeps_them_across_a_cr
     agent.stop().await;
     backend.kill_9().await;
     backend.restart().await;
-    let rec = command(backend.http, &id).await;
+    let rec = command_record(backend.http, &id).await;
     assert_eq!(rec["status"], "ok", "{rec}");
     assert!(
         rec["stdout"].as_str().unwrap().starts_with("pgstore"),
@@ -153,8 +136,7 @@ async fn ready_follows_postgres_down_and_back_without_a_backend_restart() {
     };
     let url = pg.create_database();
     let pki = Pki::new();
-    let config = TestHub::write_process_config(&pki, &[], HubOptions::default());
-    use_postgres(&config, &url);
+    let config = TestHub::write_process_config(&pki, &[], on_postgres(&url));
     let backend = BackendProcess::start(&config).await;
     let ready = |addr| async move { http::get(addr, "/ready", None).await };
     assert_eq!(ready(backend.http).await.status, 200);
