@@ -8,36 +8,35 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
-use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN};
-use agentmesh_e2e::fleet::{poll, VERBS};
-use agentmesh_e2e::nats::NatsServer;
-use agentmesh_e2e::postgres::TestPostgres;
+use agentmesh_e2e::backend::ADMIN_TOKEN;
+use agentmesh_e2e::cluster::{wait_peers, ClusterBase};
+use agentmesh_e2e::fleet::poll;
 use agentmesh_e2e::sse::SseStream;
-use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use agentmesh_e2e::{http, TestAgent, TestHub, PATIENCE};
 use backend_agent::auth::token_sha256_hex;
 use serde_json::{json, Value};
 
 /// Operator scoped to `region=eu` (every verb).
 const EU_OPS: &str = "amt_test_cluster_eu_ops";
 
-fn replica_toml(db: &str, nats: &NatsServer, n: usize) -> String {
-    format!(
-        "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n\n[[tokens]]\nname = \"eu-ops\"\nsha256 = \"{}\"\nrole = \"operator\"\nlabels = {{ region = \"eu\" }}\n",
-        nats.url(),
+/// Replica `r{n}` of `base`, with the `eu-ops` token.
+async fn replica(base: &ClusterBase, n: usize) -> TestHub {
+    let mut options = base.options(n);
+    options.extra += &format!(
+        "\n[[tokens]]\nname = \"eu-ops\"\nsha256 = \"{}\"\nrole = \"operator\"\nlabels = {{ region = \"eu\" }}\n",
         token_sha256_hex(EU_OPS)
-    )
+    );
+    TestHub::start_with(&base.pki, &base.enrolment(), options).await
 }
 
-/// An agent on `hub` claiming `region` in its `hello`.
-async fn agent_in(pki: &Pki, hub: &TestHub, id: &str, dir: &Path, region: &str) -> TestAgent {
-    let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], VERBS);
+/// Identity `i` of `base` on `hub`, claiming `region` in its `hello`.
+async fn agent_in(base: &ClusterBase, hub: &TestHub, i: usize, region: &str) -> TestAgent {
+    let cfg = base.agent_config(i, &[hub.hub]);
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text = text.replace("region = \"eu\"", &format!("region = \"{region}\""));
     std::fs::write(&cfg, text).unwrap();
     let a = TestAgent::start(cfg);
-    a.wait_connected(hub, id).await;
+    a.wait_connected(hub, &base.ids[i]).await;
     a
 }
 
@@ -62,51 +61,25 @@ fn ids(list: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scopes() {
-    init_logging();
-    let pki = Pki::new();
-    let Some(nats) = NatsServer::start(pki.path()).await else {
+    // node-00 and node-02 claim region=eu, node-01 region=us.
+    let Some(base) = ClusterBase::start(3).await else {
         return;
     };
-    let Some(pg) = TestPostgres::start() else {
-        return;
-    };
-    let db = pg.create_database();
-    let names = ["eu-1", "us-1", "eu-2"];
-    let issued: Vec<_> = names.iter().map(|id| pki.agent(id)).collect();
-    let enrol: Vec<(&str, &str)> = names
-        .iter()
-        .zip(&issued)
-        .map(|(id, (c, _))| (*id, c.pin.as_str()))
-        .collect();
-    let start = |n: usize| {
-        let options = HubOptions {
-            extra: replica_toml(&db, &nats, n),
-            ..HubOptions::default()
-        };
-        TestHub::start_with(&pki, &enrol, options)
-    };
-
-    // r0 holds eu-1 and us-1 before r1 exists: r1 learns them when it joins.
-    let r0 = start(0).await;
-    let _eu1 = agent_in(&pki, &r0, "eu-1", &issued[0].1, "eu").await;
-    let _us1 = agent_in(&pki, &r0, "us-1", &issued[1].1, "us").await;
-    let r1 = start(1).await;
-    // eu-2 connects to r1 after both run: r0 learns it from the `attached` announcement.
-    let _eu2 = agent_in(&pki, &r1, "eu-2", &issued[2].1, "eu").await;
+    // r0 holds node-00 and node-01 before r1 exists: r1 learns them when it joins.
+    let r0 = replica(&base, 0).await;
+    let _eu1 = agent_in(&base, &r0, 0, "eu").await;
+    let _us1 = agent_in(&base, &r0, 1, "us").await;
+    let r1 = replica(&base, 1).await;
+    // node-02 connects to r1 after both run: r0 learns it from the `attached` announcement.
+    let _eu2 = agent_in(&base, &r1, 2, "eu").await;
     let hubs = [&r0, &r1];
-    for hub in hubs {
-        eventually("each replica sees its peer", PATIENCE, || async {
-            let r = http::get(hub.http, "/ready", None).await;
-            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
-        })
-        .await;
-    }
+    wait_peers(hubs.iter().map(|h| h.http), 2).await;
 
     let echo = |m: &str| json!({"verb": "echo", "args": {"message": m}, "wait": true});
     for (n, hub) in hubs.iter().enumerate() {
         // A scoped command to an agent the other replica holds, before any list on this
         // replica: the labels are already known (learned at join or announced).
-        let other = if n == 0 { "eu-2" } else { "eu-1" };
+        let other = if n == 0 { "node-02" } else { "node-00" };
         let path = format!("/api/v1/agents/{other}/commands");
         let deadline = std::time::Instant::now() + PATIENCE;
         let last = loop {
@@ -124,14 +97,14 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
         let r = call(
             hub,
             "POST",
-            "/api/v1/agents/us-1/commands",
+            "/api/v1/agents/node-01/commands",
             EU_OPS,
             Some(echo("no")),
         )
         .await;
         assert_eq!(
             r["status"], 403,
-            "r{n}: us-1 is outside region=eu (as on one node): {r}"
+            "r{n}: node-01 is outside region=eu (as on one node): {r}"
         );
 
         // Lists: by label (admin), and what the scoped token sees.
@@ -143,7 +116,7 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
             None,
         )
         .await;
-        assert_eq!(ids(&list["body"]), ["eu-1", "eu-2"], "r{n}: {list}");
+        assert_eq!(ids(&list["body"]), ["node-00", "node-02"], "r{n}: {list}");
         let list = call(
             hub,
             "GET",
@@ -152,11 +125,11 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
             None,
         )
         .await;
-        assert_eq!(ids(&list["body"]), ["us-1"], "r{n}: {list}");
+        assert_eq!(ids(&list["body"]), ["node-01"], "r{n}: {list}");
         let list = call(hub, "GET", "/api/v1/agents?connected=true", EU_OPS, None).await;
-        assert_eq!(ids(&list["body"]), ["eu-1", "eu-2"], "r{n}: {list}");
+        assert_eq!(ids(&list["body"]), ["node-00", "node-02"], "r{n}: {list}");
         for a in list["body"]["agents"].as_array().unwrap() {
-            let holder = if a["id"] == "eu-2" { "r1" } else { "r0" };
+            let holder = if a["id"] == "node-02" { "r1" } else { "r0" };
             assert_eq!(a["replica"], holder, "{a}");
         }
 
@@ -164,7 +137,11 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
         let body = json!({"selector": {"labels": {"region": "eu"}}, "verb": "echo", "args": {"message": "fan"}});
         let r = call(hub, "POST", "/api/v1/commands", EU_OPS, Some(body)).await;
         assert_eq!(r["status"], 202, "r{n}: {r}");
-        assert_eq!(r["body"]["targets"], json!(["eu-1", "eu-2"]), "r{n}: {r}");
+        assert_eq!(
+            r["body"]["targets"],
+            json!(["node-00", "node-02"]),
+            "r{n}: {r}"
+        );
         let job = r["body"]["job_id"].as_str().unwrap().to_owned();
         let j = poll(hub, &job, |v| v["summary"]["pending"] == 0).await;
         assert_eq!(j["summary"]["ok"], 2, "r{n}: {j}");
@@ -173,40 +150,19 @@ async fn labels_of_agents_held_by_other_replicas_match_lists_selectors_and_scope
 
 #[tokio::test]
 async fn a_replicas_event_stream_and_cancels_follow_agents_on_other_replicas() {
-    init_logging();
-    let pki = Pki::new();
-    let Some(nats) = NatsServer::start(pki.path()).await else {
+    let Some(base) = ClusterBase::start(1).await else {
         return;
     };
-    let Some(pg) = TestPostgres::start() else {
-        return;
-    };
-    let db = pg.create_database();
-    let (cert, dir) = pki.agent("edge-9");
-    let enrol = [("edge-9", cert.pin.as_str())];
-    let mut hubs = Vec::new();
-    for n in 0..2 {
-        let options = HubOptions {
-            extra: replica_toml(&db, &nats, n),
-            ..HubOptions::default()
-        };
-        hubs.push(TestHub::start_with(&pki, &enrol, options).await);
-    }
-    for hub in &hubs {
-        eventually("each replica sees its peer", PATIENCE, || async {
-            let r = http::get(hub.http, "/ready", None).await;
-            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
-        })
-        .await;
-    }
+    let hubs = [replica(&base, 0).await, replica(&base, 1).await];
+    wait_peers(hubs.iter().map(|h| h.http), 2).await;
     let mut stream = SseStream::open(hubs[0].http, "/api/v1/events", Some(ADMIN_TOKEN)).await;
     assert_eq!(stream.status, 200);
 
     // The agent joins r1; r0's stream says so.
-    let agent = agent_in(&pki, &hubs[1], "edge-9", &dir, "eu").await;
+    let agent = agent_in(&base, &hubs[1], 0, "eu").await;
     stream
         .until("agent_connected from r1", |e| {
-            e.kind == "agent_connected" && e.data["agent_id"] == "edge-9"
+            e.kind == "agent_connected" && e.data["agent_id"] == "node-00"
         })
         .await;
 
@@ -215,7 +171,7 @@ async fn a_replicas_event_stream_and_cancels_follow_agents_on_other_replicas() {
     let r = call(
         &hubs[0],
         "POST",
-        "/api/v1/agents/edge-9/commands",
+        "/api/v1/agents/node-00/commands",
         ADMIN_TOKEN,
         Some(body),
     )
@@ -239,7 +195,7 @@ async fn a_replicas_event_stream_and_cancels_follow_agents_on_other_replicas() {
     let r = call(
         &hubs[0],
         "POST",
-        "/api/v1/agents/edge-9/commands",
+        "/api/v1/agents/node-00/commands",
         ADMIN_TOKEN,
         Some(body),
     )
@@ -256,7 +212,7 @@ async fn a_replicas_event_stream_and_cancels_follow_agents_on_other_replicas() {
     agent.stop().await;
     stream
         .until("agent_disconnected from r1", |e| {
-            e.kind == "agent_disconnected" && e.data["agent_id"] == "edge-9"
+            e.kind == "agent_disconnected" && e.data["agent_id"] == "node-00"
         })
         .await;
 }
