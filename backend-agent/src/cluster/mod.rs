@@ -4,6 +4,8 @@
 //! - `agent.<X>.dispatch` (request/reply, queue group `holders`): subscribed by the replica
 //!   holding agent X's session, for as long as it holds it. Presence *is* this interest: a
 //!   request nobody listens to comes back "no responders" at once (agent not connected).
+//!   It also carries handovers `{"handover": …}`: a command another replica held for X while
+//!   X was offline, dispatched here with the same id (see `commands::handover`).
 //! - `agent.<X>.attached` `{replica_id, session_id, attached_ms}`: a replica that attached X
 //!   tells the others; one holding an older session of X closes it 4003.
 //! - `agent.<X>.revoke`: X was revoked on some replica; the holder closes it 4004.
@@ -32,7 +34,7 @@ use crate::commands::CommandService;
 use crate::config::ClusterConfig;
 use crate::registry::Registry;
 
-pub use route::{Routed, RoutedCall};
+pub use route::{HandedOver, Handover, Routed, RoutedCall};
 
 /// How often a replica announces itself.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);

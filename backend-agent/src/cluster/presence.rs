@@ -128,6 +128,9 @@ impl Cluster {
         if a.replica_id == self.replica_id {
             return;
         }
+        if let Some(commands) = self.commands() {
+            commands.on_remote_attached(&a.agent_id); // held commands follow the agent
+        }
         let older = {
             let held = crate::sync::lock(&self.held);
             held.get(&a.agent_id)
