@@ -48,7 +48,9 @@ impl CommandService {
     /// From the sweep: agents held here with no session here are tried again (no
     /// responders means still offline everywhere), each at most every [`HANDOVER_RETRY`].
     pub(super) fn retry_handovers(self: &Arc<Self>) {
-        if self.cluster.get().is_none() {
+        // While NATS is down nothing can be handed over; the first sweep after it is back
+        // tries every agent held here (their last tries are older than the retry interval).
+        if !self.cluster.get().is_some_and(|c| c.connected()) {
             return;
         }
         let now = Instant::now();
@@ -195,3 +197,7 @@ async fn run_handover(service: Weak<CommandService>, cluster: Arc<Cluster>, agen
         }
     }
 }
+
+#[cfg(test)]
+#[path = "handover_tests.rs"]
+mod tests;
