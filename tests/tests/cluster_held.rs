@@ -2,7 +2,8 @@
 //! store and a real nats-server. A command held on replica r0 (`queue_ttl_ms`) follows the
 //! agent to r1 when it connects there: it runs once, with its id, its result is recorded and
 //! a caller waiting on r0 is answered; several held commands keep their order; one that
-//! expired or was cancelled before the agent came never runs.
+//! expired or was cancelled before the agent came never runs; one whose handover was missed
+//! while NATS was down is handed over by the sweep once NATS is back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +22,7 @@ const ID: &str = "edge-01";
 struct Pair {
     pki: Pki,
     _pg: TestPostgres,
-    _nats: NatsServer,
+    nats: NatsServer,
     hubs: Vec<TestHub>,
     cert_dir: PathBuf,
     /// Every run of the `mark` verb appends its `n` here, one per line.
@@ -76,7 +77,7 @@ async fn pair() -> Option<Pair> {
     let p = Pair {
         pki,
         _pg: pg,
-        _nats: nats,
+        nats,
         hubs,
         cert_dir,
         marks,
@@ -240,6 +241,27 @@ async fn held_commands_keep_their_order_and_expired_or_cancelled_ones_never_run(
         get_command(&p.hubs[1], &cancelled).await["status"],
         "cancelled"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_missed_while_nats_was_down_happens_once_it_is_back() {
+    let Some(mut p) = pair().await else { return };
+    let held = p.hold(7, 60_000).await;
+    p.nats.stop().await;
+    for hub in &p.hubs {
+        eventually("not ready without NATS", PATIENCE, || async {
+            http::get(hub.http, "/ready", None).await.status == 503
+        })
+        .await;
+    }
+    // The agent attaches on r1 while r0 cannot hear about it.
+    let agent = p.agent_on(1);
+    agent.wait_connected(&p.hubs[1], ID).await;
+    assert_eq!(get_command(&p.hubs[0], &held).await["status"], "pending");
+    p.nats.restart().await;
+    let rec = wait_final(&p.hubs[0], &held).await;
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert_eq!(p.marks(), ["7"]);
 }
 
 fn dispatched(data: &Value) -> bool {
