@@ -61,7 +61,6 @@ impl CommandService {
             let due: Vec<String> = held
                 .keys()
                 .filter(|a| tried.get(*a).is_none_or(|t| now - *t >= HANDOVER_RETRY))
-                .filter(|a| self.registry.session(a).is_none())
                 .take(MAX_RETRIES_PER_SWEEP)
                 .cloned()
                 .collect();
@@ -71,7 +70,10 @@ impl CommandService {
             due
         };
         for agent in due {
-            self.start_handover(&agent);
+            // Connected here: `flush_held` dispatches them (no registry lock under `held`).
+            if self.registry.session(&agent).is_none() {
+                self.start_handover(&agent);
+            }
         }
     }
 
