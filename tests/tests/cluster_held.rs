@@ -37,8 +37,16 @@ fn mark_verb(marks: &Path) -> String {
 name = "mark"
 description = "appends n to a file"
 program = "/bin/sh"
-args = ["-c", "echo {{n}} >> {}"]
+args = ["-c", "echo {{n}} >> {0}"]
 timeout_secs = 10
+params.n = {{ type = "string", pattern = "[0-9]+", required = true }}
+
+[[verbs]]
+name = "stall"
+description = "appends n to a file, then sleeps"
+program = "/bin/sh"
+args = ["-c", "echo {{n}} >> {0}; exec sleep 60"]
+timeout_secs = 90
 params.n = {{ type = "string", pattern = "[0-9]+", required = true }}
 "#,
         marks.display()
@@ -110,7 +118,12 @@ impl Pair {
 
     /// Submits `mark n` on r0 with `queue_ttl_ms`; returns its id (held: `pending`).
     async fn hold(&self, n: u32, ttl_ms: u64) -> String {
-        let body = json!({"verb": "mark", "args": {"n": n.to_string()}, "queue_ttl_ms": ttl_ms});
+        self.hold_verb("mark", n, ttl_ms).await
+    }
+
+    /// Submits `verb n` on r0 with `queue_ttl_ms`; returns its id (held: `pending`).
+    async fn hold_verb(&self, verb: &str, n: u32, ttl_ms: u64) -> String {
+        let body = json!({"verb": verb, "args": {"n": n.to_string()}, "queue_ttl_ms": ttl_ms});
         let r = run(&self.hubs[0], ID, body).await;
         assert_eq!(r.status, 202, "{}", r.body);
         assert_eq!(r.json()["status"], "pending", "{}", r.body);
@@ -262,6 +275,32 @@ async fn a_handover_missed_while_nats_was_down_happens_once_it_is_back() {
     let rec = wait_final(&p.hubs[0], &held).await;
     assert_eq!(rec["status"], "ok", "{rec}");
     assert_eq!(p.marks(), ["7"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_command_is_cancelled_through_the_replica_that_held_it() {
+    let Some(p) = pair().await else { return };
+    let held = p.hold_verb("stall", 3, 60_000).await;
+    let agent = p.agent_on(1);
+    agent.wait_connected(&p.hubs[1], ID).await;
+    eventually(
+        "the handed-over command runs on the agent",
+        PATIENCE,
+        || async { p.marks() == ["3"] },
+    )
+    .await;
+    // r0 does not hold the agent: the cancel goes to r1, which holds its session.
+    let r = http::request(
+        p.hubs[0].http,
+        "DELETE",
+        &format!("/api/v1/commands/{held}"),
+        Some(agentmesh_e2e::backend::OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let rec = wait_final(&p.hubs[0], &held).await;
+    assert_eq!(rec["status"], "cancelled", "{rec}");
 }
 
 fn dispatched(data: &Value) -> bool {

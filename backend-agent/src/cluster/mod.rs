@@ -5,7 +5,8 @@
 //!   holding agent X's session, for as long as it holds it. Presence *is* this interest: a
 //!   request nobody listens to comes back "no responders" at once (agent not connected).
 //!   It also carries handovers `{"handover": …}`: a command another replica held for X while
-//!   X was offline, dispatched here with the same id (see `commands::handover`).
+//!   X was offline, dispatched here with the same id (see `commands::handover`); and
+//!   cancels `{"cancel": …}` of a command dispatched to X, passed on to X's session.
 //! - `agent.<X>.attached` `{replica_id, session_id, attached_ms}`: a replica that attached X
 //!   tells the others; one holding an older session of X closes it 4003.
 //! - `agent.<X>.revoke`: X was revoked on some replica; the holder closes it 4004.

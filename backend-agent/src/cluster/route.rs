@@ -4,7 +4,9 @@
 //!
 //! The same subject carries handovers ([`Handover`]): a command held on one replica for an
 //! offline agent, passed to the replica the agent attached to, which dispatches it with the
-//! same command id (compare-and-set `pending` → `dispatched` in the shared store).
+//! same command id (compare-and-set `pending` → `dispatched` in the shared store), and
+//! cancels `{"cancel": …}` of a command dispatched to the agent, authorised where the
+//! operator asked.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,6 +127,19 @@ struct HandoverEnvelope {
     handover: Handover,
 }
 
+/// The wire form of a cancel on `agent.<X>.dispatch`: command `command_id`, dispatched to
+/// X by some replica, is cancelled on the session held there.
+#[derive(Serialize, Deserialize)]
+struct CancelEnvelope {
+    cancel: RoutedCancel,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct RoutedCancel {
+    agent_id: String,
+    command_id: String,
+}
+
 /// The answer to a [`Handover`].
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,6 +204,32 @@ impl Cluster {
         })
     }
 
+    /// Asks the replica holding `agent_id` to cancel `command_id` on its session (the
+    /// cancel was authorised and audited here). `false`: nobody holds the agent, or no
+    /// answer within `request_timeout_ms`.
+    pub async fn cancel_remote(&self, agent_id: &str, command_id: &str) -> bool {
+        if !self.connected() {
+            return false;
+        }
+        let envelope = CancelEnvelope {
+            cancel: RoutedCancel {
+                agent_id: agent_id.to_owned(),
+                command_id: command_id.to_owned(),
+            },
+        };
+        let Ok(payload) = serde_json::to_vec(&envelope) else {
+            return false;
+        };
+        let request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(Some(self.timeout));
+        let subject = self.agent_subject(agent_id, "dispatch");
+        match self.client.send_request(subject, request).await {
+            Ok(reply) => serde_json::from_slice::<bool>(&reply.payload).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
     /// Forwards `call` to the holder of its agent. `None`: nobody holds it (not connected
     /// anywhere), so the caller goes on as for an offline agent.
     pub async fn route(&self, call: &RoutedCall) -> Option<Result<CommandRecord, SubmitError>> {
@@ -233,6 +274,18 @@ impl Cluster {
         let Some(reply) = msg.reply.clone() else {
             return;
         };
+        if let Ok(envelope) = serde_json::from_slice::<CancelEnvelope>(&msg.payload) {
+            let RoutedCancel {
+                agent_id,
+                command_id,
+            } = envelope.cancel;
+            let sent = match self.commands() {
+                Some(commands) => commands.cancel_on_session(&agent_id, &command_id),
+                None => false,
+            };
+            self.answer(reply, &sent).await;
+            return;
+        }
         if let Ok(envelope) = serde_json::from_slice::<HandoverEnvelope>(&msg.payload) {
             let answer = match self.commands() {
                 Some(commands) => commands.serve_handover(&envelope.handover).await,
@@ -322,6 +375,16 @@ mod tests {
         );
         let text = serde_json::to_vec(&call).unwrap_or_default();
         assert!(serde_json::from_slice::<HandoverEnvelope>(&text).is_err());
+        assert!(serde_json::from_slice::<CancelEnvelope>(&text).is_err());
+        let cancel = CancelEnvelope {
+            cancel: RoutedCancel {
+                agent_id: "edge-01".into(),
+                command_id: "c1".into(),
+            },
+        };
+        let text = serde_json::to_vec(&cancel).unwrap_or_default();
+        assert!(serde_json::from_slice::<HandoverEnvelope>(&text).is_err());
+        assert!(serde_json::from_slice::<RoutedCall>(&text).is_err());
     }
 
     #[test]

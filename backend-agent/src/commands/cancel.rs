@@ -74,6 +74,11 @@ impl CommandService {
                     if session.tx.try_send(Box::new(frame)).is_err() {
                         warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
                     }
+                } else if let Some(cluster) = self.cluster.get() {
+                    // Held by another replica (routed or handed over there).
+                    if !cluster.cancel_remote(&rec.agent_id, command_id).await {
+                        warn!(command.id = %command_id, "could not cancel on the replica holding the agent");
+                    }
                 }
             }
             _ => {}
