@@ -4,6 +4,9 @@
 //! - `agent.<X>.dispatch` (request/reply, queue group `holders`): subscribed by the replica
 //!   holding agent X's session, for as long as it holds it. Presence *is* this interest: a
 //!   request nobody listens to comes back "no responders" at once (agent not connected).
+//!   It also carries handovers `{"handover": …}`: a command another replica held for X while
+//!   X was offline, dispatched here with the same id (see `commands::handover`); and
+//!   cancels `{"cancel": …}` of a command dispatched to X, passed on to X's session.
 //! - `agent.<X>.attached` `{replica_id, session_id, attached_ms}`: a replica that attached X
 //!   tells the others; one holding an older session of X closes it 4003.
 //!   It carries the session's `hello` (labels, verbs) so label scopes and selectors on every
@@ -11,8 +14,6 @@
 //! - `agent.<X>.detached` `{replica_id, session_id}`: that session ended (event streams
 //!   elsewhere say `agent_disconnected`).
 //! - `agent.<X>.revoke`: X was revoked on some replica; the holder closes it 4004.
-//! - `agent.<X>.cancel` `{command_id, replica_id}`: a command of X was cancelled on some
-//!   replica; the holder sends the agent `cancel`.
 //! - `command.<id>.done`: command `<id>` reached a final state in the shared store; a replica
 //!   with a waiter for it reads the record and wakes the waiter (no polling).
 //! - `replica.<id>.heartbeat` every [`HEARTBEAT`]: membership with a lease of [`LEASE`].
@@ -38,7 +39,7 @@ use crate::commands::CommandService;
 use crate::config::ClusterConfig;
 use crate::registry::Registry;
 
-pub use route::{Routed, RoutedCall};
+pub use route::{HandedOver, Handover, Routed, RoutedCall};
 
 /// How often a replica announces itself.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -209,7 +210,6 @@ impl Cluster {
             "agent.*.attached",
             "agent.*.detached",
             "agent.*.revoke",
-            "agent.*.cancel",
             "replica.*.heartbeat",
             "agents.list",
         ];
@@ -285,7 +285,6 @@ impl Cluster {
             "agent.*.attached" => self.on_attached(&msg.payload),
             "agent.*.detached" => self.on_detached(&msg.payload),
             "agent.*.revoke" => self.on_revoke(&msg.payload),
-            "agent.*.cancel" => self.on_cancel(&msg.payload),
             "replica.*.heartbeat" => self.on_heartbeat(token),
             _ => self.answer_list(msg).await,
         }

@@ -51,14 +51,6 @@ struct Detached {
     session_id: String,
 }
 
-/// Body of `agent.<X>.cancel`.
-#[derive(Debug, Serialize, Deserialize)]
-struct Cancel {
-    agent_id: String,
-    command_id: String,
-    replica_id: String,
-}
-
 /// Body of `agent.<X>.revoke`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Revoke {
@@ -198,6 +190,9 @@ impl Cluster {
         if a.replica_id == self.replica_id {
             return;
         }
+        if let Some(commands) = self.commands() {
+            commands.on_remote_attached(&a.agent_id); // held commands follow the agent
+        }
         let (older, newer_here) = {
             let held = crate::sync::lock(&self.held);
             let here = held.get(&a.agent_id);
@@ -219,34 +214,6 @@ impl Cluster {
             }
         }
         self.forget_held(&a.agent_id, &old_session);
-    }
-
-    /// Asks whichever replica holds `agent_id` to cancel `command_id` on its session (the
-    /// cancel is already audited and authorised where it was asked for).
-    pub fn broadcast_cancel(&self, agent_id: &str, command_id: &str) {
-        let body = Cancel {
-            agent_id: agent_id.to_owned(),
-            command_id: command_id.to_owned(),
-            replica_id: self.replica_id.clone(),
-        };
-        if let Ok(payload) = serde_json::to_vec(&body) {
-            self.publish(self.agent_subject(agent_id, "cancel"), payload);
-        }
-    }
-
-    pub(super) fn on_cancel(&self, payload: &[u8]) {
-        let Ok(c) = serde_json::from_slice::<Cancel>(payload) else {
-            debug!("malformed cancel announcement ignored");
-            return;
-        };
-        if c.replica_id == self.replica_id {
-            return;
-        }
-        if let Some(commands) = self.commands() {
-            if commands.cancel_on_session(&c.agent_id, &c.command_id) {
-                info!(agent.id = %c.agent_id, command.id = %c.command_id, by = %c.replica_id, "cancel asked on another replica: sent to the agent");
-            }
-        }
     }
 
     pub(super) fn on_revoke(&self, payload: &[u8]) {

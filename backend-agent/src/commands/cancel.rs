@@ -1,7 +1,6 @@
 //! Cancelling: the same scope as running the verb on the agent (or admin), the operator rate
 //! limit, and a durable `command_cancelled` record naming the actor.
 
-use agentmesh_protocol::HubFrame;
 use tracing::warn;
 
 use super::{finish, lock, CommandService, SubmitError};
@@ -69,27 +68,15 @@ impl CommandService {
             CommandState::Dispatched | CommandState::Running
                 if !self.cancel_on_session(&rec.agent_id, command_id) =>
             {
-                if let Some(cluster) = self.cluster() {
-                    // Held by another replica (or by none: then nobody acts on it).
-                    cluster.broadcast_cancel(&rec.agent_id, command_id);
+                if let Some(cluster) = self.cluster.get() {
+                    // Held by another replica (routed or handed over there).
+                    if !cluster.cancel_remote(&rec.agent_id, command_id).await {
+                        warn!(command.id = %command_id, "could not cancel on the replica holding the agent");
+                    }
                 }
             }
             _ => {}
         }
         Ok(Some(rec))
-    }
-
-    /// Asks the agent to cancel `command_id` if its session is held here; whether it is.
-    pub fn cancel_on_session(&self, agent_id: &str, command_id: &str) -> bool {
-        let Some(session) = self.registry.session(agent_id) else {
-            return false;
-        };
-        let frame = HubFrame::Cancel {
-            command_id: command_id.to_owned(),
-        };
-        if session.tx.try_send(Box::new(frame)).is_err() {
-            warn!(command.id = %command_id, "could not queue cancel: agent queue full or gone");
-        }
-        true
     }
 }

@@ -1,6 +1,8 @@
 //! Commands held for an offline agent (`queue_ttl_ms`): bounded per agent, dispatched when
-//! it connects (or at the next sweep), expired at their deadline.
+//! it connects (or at the next sweep), expired at their deadline. In a cluster, handed to
+//! the replica the agent attached to (`handover`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_protocol::CommandFrame;
@@ -76,7 +78,7 @@ impl CommandService {
         }
     }
 
-    pub(super) async fn expire_held(&self) {
+    pub(super) async fn expire_held(self: &Arc<Self>) {
         let waiting: Vec<String> = lock(&self.held).keys().cloned().collect();
         for agent in waiting {
             if self.registry.session(&agent).is_some() {
@@ -124,5 +126,6 @@ impl CommandService {
                 }
             }
         }
+        self.retry_handovers();
     }
 }

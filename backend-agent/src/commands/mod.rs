@@ -15,13 +15,15 @@
 //! - this file: the service, its settings, errors and waiters.
 //! - `submit`: one command on one agent. `cancel`: cancelling. `read`: scoped reads of
 //!   commands, jobs, history and the audit log. [`jobs`]: fan-out.
-//! - `held`: commands held for offline agents. `results`: results from agents (a bounded
+//! - `held`: commands held for offline agents; `handover`: in a cluster, handed to the
+//!   replica the agent attached to. `results`: results from agents (a bounded
 //!   queue from the sessions to one worker; no store I/O on a session loop).
 //! - `sweep`: expiry of commands that never got a result, and history pruning.
 //! - [`redact`]: secret params hashed before they are stored or audited.
 
 mod cancel;
 pub mod fleet_audit;
+mod handover;
 mod held;
 pub mod jobs;
 pub mod read;
@@ -222,6 +224,7 @@ pub struct CommandService {
     heavy_reads: tokio::sync::Semaphore,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<CommandRecord>>>>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
+    handovers: handover::Handovers,
     connected_tx: mpsc::Sender<String>,
     /// Results from sessions to the results worker (see `results`).
     results_tx: mpsc::Sender<results::QueuedResult>,
@@ -258,6 +261,7 @@ impl CommandService {
             heavy_reads: tokio::sync::Semaphore::new(read::MAX_HEAVY_READS),
             waiters: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            handovers: handover::Handovers::default(),
             connected_tx,
             results_tx,
             cluster: std::sync::OnceLock::new(),

@@ -1,8 +1,11 @@
 //! The command service's side of `[cluster]` routing (see `crate::cluster`): forwarding a
-//! command for an agent held elsewhere, serving one forwarded here, and waking waiters when
-//! another replica finishes a command.
+//! command for an agent held elsewhere, serving one forwarded here, cancels of commands
+//! dispatched to an agent held elsewhere, and waking waiters when another replica finishes
+//! a command.
 
 use std::sync::Arc;
+
+use agentmesh_protocol::HubFrame;
 
 use super::{CommandService, SubmitError, SubmitRequest};
 use crate::auth::Principal;
@@ -97,6 +100,18 @@ impl CommandService {
         )
         .await
         .map(Some)
+    }
+
+    /// Another replica cancelled `command_id`, dispatched to `agent_id` held here: asks the
+    /// agent to stop it. `false`: not connected here, or its send queue is full.
+    pub fn cancel_on_session(&self, agent_id: &str, command_id: &str) -> bool {
+        let Some(session) = self.registry.session(agent_id) else {
+            return false;
+        };
+        let frame = HubFrame::Cancel {
+            command_id: command_id.to_owned(),
+        };
+        session.tx.try_send(Box::new(frame)).is_ok()
     }
 
     /// Another replica finished `command_id`: wake the waiters here (if any) with the
