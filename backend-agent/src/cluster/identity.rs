@@ -143,10 +143,15 @@ impl Cluster {
             }
             return;
         }
-        if let Err(e) = self.refresh_agent(sync, &change.agent_id).await {
-            warn!(agent.id = %change.agent_id, error = %e, "cannot reload an agent's identity; reloading all once the store answers");
-            sync.reload_pending.store(true, Ordering::Relaxed);
-        }
+        // Bounded: a hung store delays this subject's next announcement by at most this.
+        let refresh = self.refresh_agent(sync, &change.agent_id);
+        let failed = match tokio::time::timeout(self.timeout, refresh).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the store did not answer in time".to_owned(),
+        };
+        warn!(agent.id = %change.agent_id, error = %failed, "cannot reload an agent's identity; reloading all once the store answers");
+        sync.reload_pending.store(true, Ordering::Relaxed);
     }
 
     /// The hub found `agent_id`'s pin not enrolled: reload the agent from the store once
