@@ -6,6 +6,9 @@
 //! a join token never lifts it, and only `POST /api/v1/enrollments {agent_id, pin}` does
 //! (audited). A join token is spent only once its CSR is signed, in the same transaction
 //! that enrols the pin. Renewal rules live in `enrol/renewal.rs`.
+//!
+//! In a cluster every change here is announced (`Registry::announce_identity`) once the
+//! store holds it, and the other replicas reload that agent from the store.
 
 mod renewal;
 
@@ -180,6 +183,7 @@ impl Enrolment {
         self.store.unrevoke_agent(agent_id).await?;
         self.registry.enrol(agent_id, pin);
         self.registry.unrevoke(agent_id);
+        self.registry.announce_identity(agent_id);
         info!(agent.id = %agent_id, pin = %pin, lifted_revocation = was_revoked, "agent enrolled");
         self.audit
             .record(events::pin_enrolled(actor, agent_id, pin, was_revoked));
@@ -283,6 +287,7 @@ impl Enrolment {
             return Err(EnrolError::BadToken("agent revoked"));
         }
         self.registry.enrol(agent_id, &issued.pin);
+        self.registry.announce_identity(agent_id);
         info!(agent.id = %agent_id, pin = %issued.pin, "agent enrolled with a join token");
         self.audit
             .record(events::enrolled_with_join_token(agent_id, &issued.pin));

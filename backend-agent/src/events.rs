@@ -24,7 +24,7 @@ use tracing::warn;
 use crate::audit_flood::FailureAudit;
 use crate::commands::CommandService;
 use crate::enrol::{EnrolError, Enrolment};
-use crate::hub::{EventFuture, SessionEvents, TaskCounter};
+use crate::hub::{EventFuture, RefreshFuture, SessionEvents, TaskCounter};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -64,6 +64,17 @@ impl SessionEvents for BackendEvents {
         if let Some(cluster) = self.commands.cluster() {
             cluster.detached(agent_id, session_id);
         }
+    }
+
+    /// In a cluster: reload the agent from the shared store (bounded by
+    /// [`crate::cluster::MAX_IDENTITY_REFRESHES`]); on a single node nothing can help.
+    fn refresh_identity<'a>(&'a self, agent_id: &'a str) -> RefreshFuture<'a> {
+        Box::pin(async move {
+            match self.commands.cluster() {
+                Some(cluster) => cluster.refresh_identity(agent_id).await,
+                None => false,
+            }
+        })
     }
 
     fn frame<'a>(

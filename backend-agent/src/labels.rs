@@ -67,7 +67,7 @@ impl AgentLabels {
         let mut from_config = HashSet::new();
         for agent in agents {
             if let Some(labels) = &agent.labels {
-                registry.set_enrolled_labels(&agent.id, labels.clone());
+                registry.set_config_labels(&agent.id, labels.clone());
                 from_config.insert(agent.id.clone());
             }
         }
@@ -94,7 +94,7 @@ impl AgentLabels {
         let mut fresh = HashSet::new();
         for agent in agents {
             if let Some(labels) = &agent.labels {
-                self.registry.set_enrolled_labels(&agent.id, labels.clone());
+                self.registry.set_config_labels(&agent.id, labels.clone());
                 fresh.insert(agent.id.clone());
             }
         }
@@ -176,12 +176,15 @@ impl AgentLabels {
             .await
             .map_err(LabelsError::Audit)?;
         self.store.set_agent_labels(agent_id, &labels).await?;
+        // The other replicas apply them too (best effort; see `cluster::identity`).
+        self.registry.announce_labels(agent_id, &labels);
         self.registry.set_enrolled_labels(agent_id, labels);
         Ok(())
     }
 }
 
-fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelsError> {
+/// Checks the label count and key/value lengths.
+pub(crate) fn validate(labels: &BTreeMap<String, String>) -> Result<(), LabelsError> {
     if labels.len() > MAX_LABELS {
         return Err(LabelsError::Invalid(format!(
             "labels: at most {MAX_LABELS} per agent"

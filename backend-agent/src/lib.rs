@@ -257,6 +257,10 @@ impl Backend {
             )
             .await?,
         );
+        // Identity changes reach the other replicas, and theirs reach this one, from here on.
+        if let Some(cluster) = commands.cluster() {
+            cluster.bind_identity(store.clone());
+        }
         let events = Arc::new(events::BackendEvents {
             registry: registry.clone(),
             commands: commands.clone(),

@@ -12,7 +12,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock;
 
+mod identity;
 mod view;
+use identity::identity_of;
+pub use identity::{IdentityNotifier, IdentityRejection, StoredIdentity};
 use view::view;
 pub use view::{AgentFilter, AgentView};
 
@@ -67,28 +70,6 @@ pub struct CommandTarget {
     pub refused: bool,
 }
 
-/// Why an authenticated certificate is still refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityRejection {
-    /// No enrolment for this id, or this pin is not among its pins.
-    PinNotEnrolled,
-    /// The pin (or the whole agent) was revoked.
-    Revoked,
-    /// The pin was replaced by a renewed certificate.
-    Retired,
-}
-
-impl IdentityRejection {
-    /// Stable reason code for logs, metrics and audit.
-    pub fn code(self) -> &'static str {
-        match self {
-            IdentityRejection::PinNotEnrolled => "pin_not_enrolled",
-            IdentityRejection::Revoked => "revoked",
-            IdentityRejection::Retired => "pin_retired",
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct AgentRecord {
     pins: Vec<String>,
@@ -106,6 +87,8 @@ struct AgentRecord {
     enrolled_labels: Option<BTreeMap<String, String>>,
     /// The session another replica announced holding (`[cluster]`), until it announces its end.
     remote_session: Option<String>,
+    /// `enrolled_labels` come from this replica's `[[agents]] labels`.
+    labels_from_config: bool,
 }
 
 impl AgentRecord {
@@ -160,6 +143,8 @@ pub struct Registry {
     /// The operator event stream (`GET /api/v1/events`); connects, disconnects and command
     /// changes are published here.
     pub events: crate::events::bus::EventBus,
+    /// Told of identity and label changes made here (the cluster link, once set).
+    notifier: identity::NotifierSlot,
 }
 
 impl Registry {
@@ -212,10 +197,10 @@ impl Registry {
     /// Sets the authoritative labels of `id` (from `[[agents]] labels` or the enrolment
     /// API); they replace earlier enrolment labels.
     pub fn set_enrolled_labels(&self, id: &str, labels: BTreeMap<String, String>) {
-        self.lock()
-            .entry(id.to_owned())
-            .or_default()
-            .enrolled_labels = Some(labels);
+        let mut agents = self.lock();
+        let record = agents.entry(id.to_owned()).or_default();
+        record.enrolled_labels = Some(labels);
+        record.labels_from_config = false;
     }
 
     /// Forgets the authoritative labels of `id` (its `[[agents]] labels` left the config);
@@ -223,6 +208,7 @@ impl Registry {
     pub fn clear_enrolled_labels(&self, id: &str) {
         if let Some(record) = self.lock().get_mut(id) {
             record.enrolled_labels = None;
+            record.labels_from_config = false;
         }
     }
 
@@ -442,23 +428,6 @@ impl Registry {
             .values()
             .filter_map(|r| r.session.clone())
             .collect()
-    }
-}
-
-/// The identity rule: the pin is enrolled for the agent, and neither it nor the agent is
-/// revoked or retired.
-fn identity_of(record: Option<&AgentRecord>, pin: &str) -> Result<(), IdentityRejection> {
-    let record = record.ok_or(IdentityRejection::PinNotEnrolled)?;
-    if record.revoked || record.revoked_pins.contains(pin) {
-        return Err(IdentityRejection::Revoked);
-    }
-    if record.retired_pins.contains(pin) {
-        return Err(IdentityRejection::Retired);
-    }
-    if record.pins.iter().any(|p| p == pin) {
-        Ok(())
-    } else {
-        Err(IdentityRejection::PinNotEnrolled)
     }
 }
 

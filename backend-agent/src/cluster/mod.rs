@@ -14,6 +14,8 @@
 //! - `agent.<X>.detached` `{replica_id, session_id}`: that session ended (event streams
 //!   elsewhere say `agent_disconnected`).
 //! - `agent.<X>.revoke`: X was revoked on some replica; the holder closes it 4004.
+//! - `agent.<X>.identity` `{agent_id, replica_id, labels?}`: X's pins, revocation or
+//!   authoritative labels changed on some replica; the others reload X (`identity.rs`).
 //! - `command.<id>.done`: command `<id>` reached a final state in the shared store; a replica
 //!   with a waiter for it reads the record and wakes the waiter (no polling).
 //! - `replica.<id>.heartbeat` every [`HEARTBEAT`]: membership with a lease of [`LEASE`].
@@ -23,6 +25,7 @@
 //! `done` leaves a waiter to its deadline, never a wrong record.
 
 mod fleet;
+mod identity;
 mod presence;
 mod route;
 
@@ -39,6 +42,7 @@ use crate::commands::CommandService;
 use crate::config::ClusterConfig;
 use crate::registry::Registry;
 
+pub use identity::MAX_IDENTITY_REFRESHES;
 pub use route::{HandedOver, Handover, Routed, RoutedCall};
 
 /// How often a replica announces itself.
@@ -77,6 +81,8 @@ pub struct Cluster {
     routed: Arc<tokio::sync::Semaphore>,
     publishes: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Receiver<bool>,
+    /// The shared store for `agent.<X>.identity` (set by `bind_identity`).
+    identity: OnceLock<identity::IdentitySync>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -129,6 +135,7 @@ impl Cluster {
             routed: Arc::new(tokio::sync::Semaphore::new(MAX_ROUTED_IN_FLIGHT)),
             publishes: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             shutdown,
+            identity: OnceLock::new(),
         });
         cluster.clone().spawn_shared().await;
         cluster.spawn_learning(link_up);
@@ -210,6 +217,7 @@ impl Cluster {
             "agent.*.attached",
             "agent.*.detached",
             "agent.*.revoke",
+            "agent.*.identity",
             "replica.*.heartbeat",
             "agents.list",
         ];
@@ -285,6 +293,7 @@ impl Cluster {
             "agent.*.attached" => self.on_attached(&msg.payload),
             "agent.*.detached" => self.on_detached(&msg.payload),
             "agent.*.revoke" => self.on_revoke(&msg.payload),
+            "agent.*.identity" => self.on_identity(&msg.payload).await,
             "replica.*.heartbeat" => self.on_heartbeat(token),
             _ => self.answer_list(msg).await,
         }

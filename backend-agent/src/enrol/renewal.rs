@@ -77,6 +77,7 @@ impl Enrolment {
                 "superseded by a later renewal, never used",
             );
         }
+        self.registry.announce_identity(agent_id);
         info!(agent.id = %agent_id, old.pin = %current_pin, new.pin = %issued.pin, "certificate renewed");
         self.audit.record(events::renewed(agent_id, &issued.pin));
         Ok(SignedIdentity {
@@ -103,6 +104,7 @@ impl Enrolment {
         match self.store.complete_renewal(agent_id, pin).await {
             Ok(Some(old)) => {
                 self.registry.retire_pin(agent_id, &old);
+                self.registry.announce_identity(agent_id);
                 info!(agent.id = %agent_id, old.pin = %old, "old pin retired after renewal");
                 self.retired(agent_id, &old, "retired after renewal");
             }

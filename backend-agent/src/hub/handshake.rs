@@ -59,7 +59,15 @@ pub(super) async fn connection(
         return session::close_ws(&mut ws, code, &r.detail).await;
     }
 
-    if let Err(why) = ctx.registry.check_identity(&identity.cn, &identity.pin) {
+    let mut checked = ctx.registry.check_identity(&identity.cn, &identity.pin);
+    // Another replica may have enrolled this pin and its announcement been lost: look it up
+    // in the shared store once (bounded inside; only CA-verified certificates get here).
+    if checked == Err(IdentityRejection::PinNotEnrolled)
+        && ctx.events.refresh_identity(&identity.cn).await
+    {
+        checked = ctx.registry.check_identity(&identity.cn, &identity.pin);
+    }
+    if let Err(why) = checked {
         let r = Rejection::new(
             why.code(),
             format!(

@@ -8,6 +8,7 @@
 //!  WebSocket upgrade on /ws/agent                           ─┘ else: drop, log reason
 //!      │
 //!  pin enrolled for CN and not revoked? ──no──► close 4001
+//!      (in a cluster, a pin not enrolled is looked up in the shared store once first)
 //!      │
 //!  wait for `hello` (hello_timeout_secs) ──none──► close 4002
 //!  agent_id == CN? ──no──► 4001     protocol == 1? ──no──► 4002
@@ -57,6 +58,8 @@ pub use accept::serve;
 
 /// A boxed future returned by [`SessionEvents::frame`].
 pub type EventFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+/// A boxed future returned by [`SessionEvents::refresh_identity`].
+pub type RefreshFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 
 /// What the rest of the backend learns from sessions (commands, audit).
 pub trait SessionEvents: Send + Sync + 'static {
@@ -75,6 +78,12 @@ pub trait SessionEvents: Send + Sync + 'static {
     }
     /// A session ended.
     fn disconnected(&self, _agent_id: &str, _session_id: &str) {}
+    /// A CA-verified certificate's pin is not enrolled for `agent_id`: reload the agent's
+    /// identity from the shared store if that may help (another replica enrolled it and
+    /// the announcement was lost). `true` when reloaded, so the check is worth repeating.
+    fn refresh_identity<'a>(&'a self, _agent_id: &'a str) -> RefreshFuture<'a> {
+        Box::pin(async { false })
+    }
 }
 
 /// Everything a hub connection task needs.

@@ -120,5 +120,103 @@ fn a_remote_session_ends_only_when_the_announced_one_does() {
     assert_eq!(
         kinds,
         ["agent_connected", "agent_connected", "agent_disconnected"]
+
+fn stored(active: &[&str], retired: &[&str], revoked: &[&str], agent: bool) -> StoredIdentity {
+    let own = |pins: &[&str]| pins.iter().map(|p| p.to_string()).collect();
+    StoredIdentity {
+        active: own(active),
+        retired: own(retired),
+        revoked: own(revoked),
+        agent_revoked: agent,
+    }
+}
+
+#[test]
+fn replaced_identity_admits_pins_enrolled_elsewhere_and_refuses_retired_ones() {
+    let r = Registry::default();
+    // Unknown here, nothing stored: stays unknown.
+    assert!(r
+        .replace_identity("ghost", StoredIdentity::default())
+        .is_none());
+    assert!(!r.contains("ghost"));
+    // Enrolled by a join token on another replica.
+    assert!(r
+        .replace_identity("a", stored(&["p1"], &[], &[], false))
+        .is_none());
+    assert_eq!(r.check_identity("a", "p1"), Ok(()));
+    let _ = r.attach(hello("a", &[]), "p1", "x", session());
+    // Renewed there: p2 active, p1 retired. The live p1 session is not closed (as on a
+    // single node) but nothing more is sent on it.
+    assert!(r
+        .replace_identity("a", stored(&["p2"], &["p1"], &[], false))
+        .is_none());
+    assert_eq!(r.check_identity("a", "p1"), Err(IdentityRejection::Retired));
+    assert_eq!(r.check_identity("a", "p2"), Ok(()));
+    assert_eq!(r.active_pins("a"), ["p2"]);
+    let t = r.command_target("a", "ping").expect("a");
+    assert!(t.session.is_none() && !t.refused);
+    assert!(r.session("a").is_some());
+}
+
+#[test]
+fn replaced_identity_closes_a_session_whose_pin_is_now_revoked() {
+    let r = Registry::default();
+    r.enrol("a", "p1");
+    r.mark_revoked("a");
+    // An admin enrolled a fresh pin elsewhere, lifting the revocation.
+    assert!(r
+        .replace_identity("a", stored(&["p2"], &[], &["p1"], false))
+        .is_none());
+    assert_eq!(r.check_identity("a", "p2"), Ok(()));
+    assert_eq!(r.check_identity("a", "p1"), Err(IdentityRejection::Revoked));
+    let _ = r.attach(hello("a", &[]), "p2", "x", session());
+    assert_eq!(r.connected_count(), 1);
+    // Revoked elsewhere: the session is handed back to be closed and no longer listed.
+    let closed = r.replace_identity("a", stored(&[], &[], &["p1", "p2"], true));
+    assert!(closed.is_some());
+    assert_eq!(r.connected_count(), 0);
+    assert!(!r.get("a").expect("a").connected);
+    assert_eq!(r.check_identity("a", "p2"), Err(IdentityRejection::Revoked));
+    assert!(r.command_target("a", "ping").expect("a").refused);
+}
+
+#[test]
+fn stored_labels_from_elsewhere_never_override_this_replicas_config() {
+    let r = Registry::default();
+    r.set_config_labels("cfg", labels(&[("region", "us")]));
+    r.apply_stored_labels("cfg", labels(&[("region", "eu")]));
+    assert_eq!(r.scope_labels("cfg"), Some(labels(&[("region", "us")])));
+    r.apply_stored_labels("api", labels(&[("region", "eu")]));
+    assert_eq!(
+        r.ids_matching(&labels(&[("region", "eu")])),
+        Vec::<String>::new()
+    );
+    r.enrol("api", "pin");
+    assert_eq!(r.ids_matching(&labels(&[("region", "eu")])), ["api"]);
+    // Its labels left the config: stored labels apply again.
+    r.clear_enrolled_labels("cfg");
+    r.apply_stored_labels("cfg", labels(&[("region", "eu")]));
+    assert_eq!(r.scope_labels("cfg"), Some(labels(&[("region", "eu")])));
+}
+
+#[test]
+fn stored_identity_sorts_pins_by_state() {
+    use crate::store::{PinRecord, PinState};
+    let rec = |pin: &str, state| PinRecord {
+        agent_id: "a".into(),
+        pin: pin.into(),
+        state,
+        source: PinRecord::SOURCE_API.into(),
+        created_at: String::new(),
+        changed_at: String::new(),
+    };
+    let pins = [
+        rec("p1", PinState::Retired),
+        rec("p2", PinState::Active),
+        rec("p3", PinState::Revoked),
+    ];
+    assert_eq!(
+        StoredIdentity::from_pins(&pins, true),
+        stored(&["p2"], &["p1"], &["p3"], true)
     );
 }
