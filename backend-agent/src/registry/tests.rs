@@ -120,6 +120,8 @@ fn a_remote_session_ends_only_when_the_announced_one_does() {
     assert_eq!(
         kinds,
         ["agent_connected", "agent_connected", "agent_disconnected"]
+    );
+}
 
 fn stored(active: &[&str], retired: &[&str], revoked: &[&str], agent: bool) -> StoredIdentity {
     let own = |pins: &[&str]| pins.iter().map(|p| p.to_string()).collect();
