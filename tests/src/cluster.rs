@@ -87,12 +87,16 @@ impl ClusterBase {
     /// PKI, nats-server, PostgreSQL with a fresh database, and `identities` agent
     /// certificates; `None` when nats-server or PostgreSQL is not installed.
     pub async fn start(identities: usize) -> Option<ClusterBase> {
+        Self::start_with_ids(node_ids(identities)).await
+    }
+
+    /// Like [`Self::start`], with the agent identities named `ids` instead of `node-00`, ….
+    pub async fn start_with_ids(ids: Vec<String>) -> Option<ClusterBase> {
         init_logging();
         let pki = Pki::new();
         let nats = NatsServer::start(pki.path()).await?;
         let pg = TestPostgres::start()?;
         let db = pg.create_database();
-        let ids = node_ids(identities);
         let issued = ids.iter().map(|id| pki.agent(id)).collect();
         Some(ClusterBase {
             nats,
@@ -128,7 +132,15 @@ impl ClusterBase {
 
     /// Starts replica `r{n}` in-process.
     pub async fn start_hub(&self, n: usize) -> TestHub {
-        TestHub::start_with(&self.pki, &self.enrolment(), self.options(n)).await
+        self.start_hub_with(n, "").await
+    }
+
+    /// Starts replica `r{n}` in-process with `extra` TOML (e.g. `[[tokens]]`) after its
+    /// `[store]` and `[cluster]`.
+    pub async fn start_hub_with(&self, n: usize, extra: &str) -> TestHub {
+        let mut options = self.options(n);
+        options.extra.push_str(extra);
+        TestHub::start_with(&self.pki, &self.enrolment(), options).await
     }
 
     /// Starts replica `r{n}` as a real `backend-agent` process.
@@ -140,9 +152,14 @@ impl ClusterBase {
     /// Writes the gateway config of identity `i` (with the test verbs) for `hubs`: one hub, or
     /// a `backend_url` list the agent picks from at random (multi-hub failover).
     pub fn agent_config(&self, i: usize, hubs: &[SocketAddr]) -> PathBuf {
+        self.agent_config_with(i, hubs, VERBS)
+    }
+
+    /// Like [`Self::agent_config`], with `verbs` (`[[verbs]]` TOML) instead of the test verbs.
+    pub fn agent_config_with(&self, i: usize, hubs: &[SocketAddr], verbs: &str) -> PathBuf {
         let (id, dir) = (&self.ids[i], &self.issued[i].1);
         let pin = self.pki.server.pin.as_str();
-        let cfg = agent::write_config(self.pki.path(), id, dir, hubs[0], &[pin], VERBS);
+        let cfg = agent::write_config(self.pki.path(), id, dir, hubs[0], &[pin], verbs);
         if hubs.len() > 1 {
             let urls: Vec<String> = hubs
                 .iter()
@@ -221,11 +238,17 @@ impl HubCluster {
     /// `None` when nats-server or PostgreSQL is not installed.
     pub async fn start(replicas: usize, identities: usize) -> Option<HubCluster> {
         let base = ClusterBase::start(identities).await?;
+        Some(Self::start_on(base, replicas, "").await)
+    }
+
+    /// `replicas` in-process replicas on `base`, each with `extra` TOML (see
+    /// [`ClusterBase::start_hub_with`]); no agents yet.
+    pub async fn start_on(base: ClusterBase, replicas: usize, extra: &str) -> HubCluster {
         let mut hubs = Vec::new();
         for n in 0..replicas {
-            hubs.push(base.start_hub(n).await);
+            hubs.push(base.start_hub_with(n, extra).await);
         }
-        Some(ClusterFixture::from_parts(base, hubs))
+        ClusterFixture::from_parts(base, hubs)
     }
 
     /// Starts the agents of the first `count` identities, identity i on replica

@@ -1,10 +1,11 @@
 //! Fixtures for command tests: a fleet of connected agents with test verbs, and API helpers.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::backend::{HubOptions, OPERATOR_TOKEN, VIEWER_TOKEN};
+use crate::backend::{HubOptions, ADMIN_TOKEN, OPERATOR_TOKEN, VIEWER_TOKEN};
 use crate::{agent, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
 
 /// Verbs the command tests configure on every agent.
@@ -175,4 +176,29 @@ pub async fn fan_out(hub: &TestHub, body: Value) -> Value {
     assert_eq!(r.status, 202, "{}", r.body);
     let job_id = r.json()["job_id"].as_str().unwrap_or_default().to_owned();
     poll(hub, &job_id, |v| v["summary"]["pending"] == 0).await
+}
+
+/// `POST /api/v1/enrollments` of `body` through the API at `api` as the admin (asserted
+/// 201): a join token (`{"agent_id", "ttl_secs"}`) or an admin pin (`{"agent_id", "pin"}`).
+/// Returns the answer.
+pub async fn create_enrolment(api: SocketAddr, body: &Value) -> Value {
+    let body = body.to_string();
+    let r = http::request(
+        api,
+        "POST",
+        "/api/v1/enrollments",
+        Some(ADMIN_TOKEN),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+/// A join token for `id`, valid `ttl_secs`, created through the API at `api` as the admin
+/// (asserted 201).
+pub async fn join_token(api: SocketAddr, id: &str, ttl_secs: u64) -> String {
+    let body = serde_json::json!({"agent_id": id, "ttl_secs": ttl_secs});
+    let v = create_enrolment(api, &body).await;
+    v["token"].as_str().unwrap_or_default().to_owned()
 }

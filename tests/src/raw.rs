@@ -114,6 +114,23 @@ pub async fn session(
     (client, welcome)
 }
 
+/// Connects with `identity` and says `hello` as `agent_id`: `Ok` on the `welcome`, else the
+/// close code and reason (code 0: the connection failed or another frame came first).
+pub async fn admitted(
+    hub: SocketAddr,
+    ca_pem: &str,
+    identity: &Issued,
+    agent_id: &str,
+) -> Result<(), (u16, String)> {
+    let mut c = connect(hub, ca_pem, identity).await.map_err(|e| (0, e))?;
+    // A refused identity is closed right after the upgrade, possibly before the hello lands.
+    let _ = c.send_text(&hello(agent_id, 1).to_string()).await;
+    match c.next_or_close(crate::PATIENCE).await? {
+        v if v["type"] == "welcome" => Ok(()),
+        other => Err((0, other.to_string())),
+    }
+}
+
 /// A `hello` frame for `agent_id`, speaking `protocol`.
 pub fn hello(agent_id: &str, protocol: u32) -> Value {
     json!({

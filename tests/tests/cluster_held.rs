@@ -7,26 +7,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-use agentmesh_e2e::backend::{HubOptions, VIEWER_TOKEN};
+use agentmesh_e2e::backend::VIEWER_TOKEN;
+use agentmesh_e2e::cluster::{ClusterBase, HubCluster};
 use agentmesh_e2e::fleet::{get_command, run, wait_final};
-use agentmesh_e2e::nats::NatsServer;
-use agentmesh_e2e::postgres::TestPostgres;
 use agentmesh_e2e::sse::SseStream;
-use agentmesh_e2e::{agent, eventually, http, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use agentmesh_e2e::{eventually, http, TestAgent, PATIENCE};
 use serde_json::{json, Value};
 
 const ID: &str = "edge-01";
 
 struct Pair {
-    pki: Pki,
-    _pg: TestPostgres,
-    nats: NatsServer,
-    hubs: Vec<TestHub>,
-    cert_dir: PathBuf,
+    /// Replicas `r0`, `r1`; the one identity is [`ID`].
+    cluster: HubCluster,
     /// Every run of the `mark` verb appends its `n` here, one per line.
     marks: PathBuf,
+}
+
+impl Deref for Pair {
+    type Target = HubCluster;
+    fn deref(&self) -> &HubCluster {
+        &self.cluster
+    }
 }
 
 /// A verb that appends its argument to `marks`: how often and in which order it ran.
@@ -56,45 +60,16 @@ params.n = {{ type = "string", pattern = "[0-9]+", required = true }}
 /// Two replicas `r0`, `r1`; agent `edge-01` connected to r0 once (so r0 knows its verbs),
 /// then stopped. `None` when nats-server or PostgreSQL is not installed.
 async fn pair() -> Option<Pair> {
-    init_logging();
-    let pki = Pki::new();
-    let nats = NatsServer::start(pki.path()).await?;
-    let pg = TestPostgres::start()?;
-    let db = pg.create_database();
-    let (issued, cert_dir) = pki.agent(ID);
-    let mut hubs = Vec::new();
-    for n in 0..2 {
-        let extra = format!(
-            "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\nreplica_id = \"r{n}\"\n",
-            nats.url()
-        );
-        let options = HubOptions {
-            extra,
-            ..HubOptions::default()
-        };
-        hubs.push(TestHub::start_with(&pki, &[(ID, issued.pin.as_str())], options).await);
-    }
-    for hub in &hubs {
-        eventually("each replica sees the other", PATIENCE, || async {
-            let r = http::get(hub.http, "/ready", None).await;
-            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
-        })
-        .await;
-    }
-    let marks = pki.path().join("marks.log");
-    let p = Pair {
-        pki,
-        _pg: pg,
-        nats,
-        hubs,
-        cert_dir,
-        marks,
-    };
+    let base = ClusterBase::start_with_ids(vec![ID.to_owned()]).await?;
+    let cluster = HubCluster::start_on(base, 2, "").await;
+    cluster.wait_peers().await;
+    let marks = cluster.pki.path().join("marks.log");
+    let p = Pair { cluster, marks };
     let first = p.agent_on(0);
-    first.wait_connected(&p.hubs[0], ID).await;
+    first.wait_connected(&p.replicas[0], ID).await;
     first.stop().await;
     eventually("r0 sees the agent go", PATIENCE, || async {
-        !p.hubs[0].is_connected(ID)
+        !p.replicas[0].is_connected(ID)
     })
     .await;
     Some(p)
@@ -103,16 +78,8 @@ async fn pair() -> Option<Pair> {
 impl Pair {
     /// Starts the agent with replica `n` as its only hub.
     fn agent_on(&self, n: usize) -> TestAgent {
-        let hub = &self.hubs[n];
-        let verbs = mark_verb(&self.marks);
-        let cfg = agent::write_config(
-            self.pki.path(),
-            ID,
-            &self.cert_dir,
-            hub.hub,
-            &[&hub.server_pin],
-            &verbs,
-        );
+        let hub = self.replicas[n].hub;
+        let cfg = self.agent_config_with(0, &[hub], &mark_verb(&self.marks));
         TestAgent::start(cfg)
     }
 
@@ -124,7 +91,7 @@ impl Pair {
     /// Submits `verb n` on r0 with `queue_ttl_ms`; returns its id (held: `pending`).
     async fn hold_verb(&self, verb: &str, n: u32, ttl_ms: u64) -> String {
         let body = json!({"verb": verb, "args": {"n": n.to_string()}, "queue_ttl_ms": ttl_ms});
-        let r = run(&self.hubs[0], ID, body).await;
+        let r = run(&self.replicas[0], ID, body).await;
         assert_eq!(r.status, 202, "{}", r.body);
         assert_eq!(r.json()["status"], "pending", "{}", r.body);
         r.json()["command_id"].as_str().unwrap().to_owned()
@@ -142,7 +109,7 @@ impl Pair {
     /// Commands for the agent in `status` as r0 lists them.
     async fn count(&self, status: &str) -> usize {
         let path = format!("/api/v1/commands?agent={ID}&status={status}&limit=100");
-        let list = http::get(self.hubs[0].http, &path, Some(VIEWER_TOKEN)).await;
+        let list = http::get(self.replicas[0].http, &path, Some(VIEWER_TOKEN)).await;
         list.json()["commands"].as_array().map_or(0, Vec::len)
     }
 }
@@ -152,7 +119,7 @@ async fn a_held_command_follows_the_agent_to_another_replica_and_wakes_the_waite
     let Some(p) = pair().await else { return };
     let held = p.hold(1, 60_000).await;
     // A caller waiting on r0 for a held command (wait=true with queue_ttl_ms).
-    let r0 = p.hubs[0].http;
+    let r0 = p.replicas[0].http;
     let waiter = tokio::spawn(async move {
         let body =
             json!({"verb": "mark", "args": {"n": "2"}, "queue_ttl_ms": 60_000, "wait": true});
@@ -171,17 +138,17 @@ async fn a_held_command_follows_the_agent_to_another_replica_and_wakes_the_waite
     .await;
 
     let agent = p.agent_on(1);
-    agent.wait_connected(&p.hubs[1], ID).await;
-    assert!(!p.hubs[0].is_connected(ID), "the agent is on r1 only");
+    agent.wait_connected(&p.replicas[1], ID).await;
+    assert!(!p.replicas[0].is_connected(ID), "the agent is on r1 only");
 
-    let rec = wait_final(&p.hubs[0], &held).await;
+    let rec = wait_final(&p.replicas[0], &held).await;
     assert_eq!(rec["status"], "ok", "r0 shows the result: {rec}");
     assert_eq!(
         rec["command_id"],
         held.as_str(),
         "the same command id: {rec}"
     );
-    assert_eq!(get_command(&p.hubs[1], &held).await["status"], "ok");
+    assert_eq!(get_command(&p.replicas[1], &held).await["status"], "ok");
 
     let answered = waiter.await.unwrap();
     assert_eq!(answered.status, 200, "{}", answered.body);
@@ -200,13 +167,13 @@ async fn held_commands_keep_their_order_and_expired_or_cancelled_ones_never_run(
     let Some(p) = pair().await else { return };
     // Expired on r0 before the agent comes.
     let expired = p.hold(0, 1).await;
-    let rec = wait_final(&p.hubs[0], &expired).await;
+    let rec = wait_final(&p.replicas[0], &expired).await;
     assert_eq!(rec["status"], "expired", "{rec}");
     assert_eq!(rec["error"]["code"], "queue_ttl_expired", "{rec}");
     // Cancelled on r0 while held there.
     let cancelled = p.hold(9, 60_000).await;
     let r = http::request(
-        p.hubs[0].http,
+        p.replicas[0].http,
         "DELETE",
         &format!("/api/v1/commands/{cancelled}"),
         Some(agentmesh_e2e::backend::OPERATOR_TOKEN),
@@ -221,13 +188,14 @@ async fn held_commands_keep_their_order_and_expired_or_cancelled_ones_never_run(
     }
 
     // r1's event stream shows the order in which it dispatched them.
-    let mut events = SseStream::open(p.hubs[1].http, "/api/v1/events", Some(VIEWER_TOKEN)).await;
+    let mut events =
+        SseStream::open(p.replicas[1].http, "/api/v1/events", Some(VIEWER_TOKEN)).await;
     assert_eq!(events.status, 200);
     let agent = p.agent_on(1);
-    agent.wait_connected(&p.hubs[1], ID).await;
+    agent.wait_connected(&p.replicas[1], ID).await;
 
     for id in &ids {
-        let rec = wait_final(&p.hubs[0], id).await;
+        let rec = wait_final(&p.replicas[0], id).await;
         assert_eq!(rec["status"], "ok", "{rec}");
     }
     let last = ids.last().unwrap().clone();
@@ -249,9 +217,12 @@ async fn held_commands_keep_their_order_and_expired_or_cancelled_ones_never_run(
     let mut ran = p.marks();
     ran.sort();
     assert_eq!(ran, ["1", "2", "3", "4", "5"]);
-    assert_eq!(get_command(&p.hubs[1], &expired).await["status"], "expired");
     assert_eq!(
-        get_command(&p.hubs[1], &cancelled).await["status"],
+        get_command(&p.replicas[1], &expired).await["status"],
+        "expired"
+    );
+    assert_eq!(
+        get_command(&p.replicas[1], &cancelled).await["status"],
         "cancelled"
     );
 }
@@ -260,8 +231,8 @@ async fn held_commands_keep_their_order_and_expired_or_cancelled_ones_never_run(
 async fn a_handover_missed_while_nats_was_down_happens_once_it_is_back() {
     let Some(mut p) = pair().await else { return };
     let held = p.hold(7, 60_000).await;
-    p.nats.stop().await;
-    for hub in &p.hubs {
+    p.cluster.nats.stop().await;
+    for hub in &p.replicas {
         eventually("not ready without NATS", PATIENCE, || async {
             http::get(hub.http, "/ready", None).await.status == 503
         })
@@ -269,10 +240,13 @@ async fn a_handover_missed_while_nats_was_down_happens_once_it_is_back() {
     }
     // The agent attaches on r1 while r0 cannot hear about it.
     let agent = p.agent_on(1);
-    agent.wait_connected(&p.hubs[1], ID).await;
-    assert_eq!(get_command(&p.hubs[0], &held).await["status"], "pending");
-    p.nats.restart().await;
-    let rec = wait_final(&p.hubs[0], &held).await;
+    agent.wait_connected(&p.replicas[1], ID).await;
+    assert_eq!(
+        get_command(&p.replicas[0], &held).await["status"],
+        "pending"
+    );
+    p.cluster.nats.restart().await;
+    let rec = wait_final(&p.replicas[0], &held).await;
     assert_eq!(rec["status"], "ok", "{rec}");
     assert_eq!(p.marks(), ["7"]);
 }
@@ -282,7 +256,7 @@ async fn a_handed_over_command_is_cancelled_through_the_replica_that_held_it() {
     let Some(p) = pair().await else { return };
     let held = p.hold_verb("stall", 3, 60_000).await;
     let agent = p.agent_on(1);
-    agent.wait_connected(&p.hubs[1], ID).await;
+    agent.wait_connected(&p.replicas[1], ID).await;
     eventually(
         "the handed-over command runs on the agent",
         PATIENCE,
@@ -291,7 +265,7 @@ async fn a_handed_over_command_is_cancelled_through_the_replica_that_held_it() {
     .await;
     // r0 does not hold the agent: the cancel goes to r1, which holds its session.
     let r = http::request(
-        p.hubs[0].http,
+        p.replicas[0].http,
         "DELETE",
         &format!("/api/v1/commands/{held}"),
         Some(agentmesh_e2e::backend::OPERATOR_TOKEN),
@@ -299,7 +273,7 @@ async fn a_handed_over_command_is_cancelled_through_the_replica_that_held_it() {
     )
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    let rec = wait_final(&p.hubs[0], &held).await;
+    let rec = wait_final(&p.replicas[0], &held).await;
     assert_eq!(rec["status"], "cancelled", "{rec}");
 }
 

@@ -6,13 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN};
-use agentmesh_e2e::fleet::{run, VERBS};
-use agentmesh_e2e::nats::NatsServer;
-use agentmesh_e2e::postgres::TestPostgres;
-use agentmesh_e2e::{
-    agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
-};
+use agentmesh_e2e::backend::ADMIN_TOKEN;
+use agentmesh_e2e::cluster::{ClusterBase, HubCluster};
+use agentmesh_e2e::fleet::{join_token, run, VERBS};
+use agentmesh_e2e::{agent, eventually, http, raw, TestAgent, TestHub, PATIENCE};
 use backend_agent::auth::token_sha256_hex;
 use backend_agent::registry::IdentityRejection;
 use mesh_certs::Issued;
@@ -21,49 +18,19 @@ use serde_json::{json, Value};
 /// An operator token limited to agents labelled `region = "us"` (on every replica).
 const US_OPS: &str = "amt_test_us_operator_token";
 
-struct Mesh {
-    pki: Pki,
-    _pg: TestPostgres,
-    nats: NatsServer,
-    hubs: Vec<TestHub>,
-}
-
-/// Two replicas `r0`, `r1` with nothing enrolled; `None` when nats-server or PostgreSQL is
-/// not installed (they panic instead under `AGENTMESH_REQUIRE_EXTERNAL=1`).
-async fn mesh() -> Option<Mesh> {
-    init_logging();
-    let pki = Pki::new();
-    let nats = NatsServer::start(pki.path()).await?;
-    let pg = TestPostgres::start()?;
-    let db = pg.create_database();
-    let mut hubs = Vec::new();
-    for n in 0..2 {
-        let extra = format!(
-            "[store]\nurl = \"{db}\"\npool_size = 4\n\n[cluster]\nnats_url = \"{}\"\n\
-             replica_id = \"r{n}\"\n\n[[tokens]]\nname = \"us-ops\"\nsha256 = \"{}\"\n\
-             role = \"operator\"\nlabels = {{ region = \"us\" }}\n",
-            nats.url(),
-            token_sha256_hex(US_OPS),
-        );
-        let options = HubOptions {
-            extra,
-            ..HubOptions::default()
-        };
-        hubs.push(TestHub::start_with(&pki, &[], options).await);
-    }
-    for hub in &hubs {
-        eventually("each replica sees the other", PATIENCE, || async {
-            let r = http::get(hub.http, "/ready", None).await;
-            r.json()["cluster"]["peers"].as_array().map(Vec::len) == Some(1)
-        })
-        .await;
-    }
-    Some(Mesh {
-        pki,
-        _pg: pg,
-        nats,
-        hubs,
-    })
+/// Two replicas `r0`, `r1` with nothing enrolled, both knowing the `us-ops` token; `None`
+/// when nats-server or PostgreSQL is not installed (they panic instead under
+/// `AGENTMESH_REQUIRE_EXTERNAL=1`).
+async fn mesh() -> Option<HubCluster> {
+    let base = ClusterBase::start(0).await?;
+    let extra = format!(
+        "\n[[tokens]]\nname = \"us-ops\"\nsha256 = \"{}\"\nrole = \"operator\"\n\
+         labels = {{ region = \"us\" }}\n",
+        token_sha256_hex(US_OPS),
+    );
+    let m = HubCluster::start_on(base, 2, &extra).await;
+    m.wait_peers().await;
+    Some(m)
 }
 
 async fn post(hub: &TestHub, token: Option<&str>, path: &str, body: Value) -> http::Response {
@@ -72,10 +39,7 @@ async fn post(hub: &TestHub, token: Option<&str>, path: &str, body: Value) -> ht
 
 /// A join token for `id` created through `hub`, redeemed through it with a fresh key.
 async fn enrol_with_join_token(hub: &TestHub, id: &str) -> Issued {
-    let body = json!({"agent_id": id, "ttl_secs": 600});
-    let r = post(hub, Some(ADMIN_TOKEN), "/api/v1/enrollments", body).await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let token = join_token(hub.http, id, 600).await;
     let (csr, key_pem) = mesh_certs::generate_csr(id).unwrap();
     let body = json!({"token": token, "agent_id": id, "csr": csr});
     let r = post(hub, None, "/api/v1/enroll", body).await;
@@ -90,29 +54,22 @@ async fn enrol_with_join_token(hub: &TestHub, id: &str) -> Issued {
 }
 
 /// A real gateway agent for `id` with `identity`, dialling `hub` only.
-fn start_agent(m: &Mesh, hub: &TestHub, id: &str, identity: &Issued) -> TestAgent {
+fn start_agent(m: &HubCluster, hub: &TestHub, id: &str, identity: &Issued) -> TestAgent {
     let dir = m.pki.path().join("redeemed").join(id);
     identity.save(&dir).unwrap();
     let cfg = agent::write_config(m.pki.path(), id, &dir, hub.hub, &[&hub.server_pin], VERBS);
     TestAgent::start(cfg)
 }
 
-/// Connects with `identity` and says `hello`: the `welcome`, or the close code and reason.
+/// Connects to `hub` with `identity` and says `hello`: the `welcome`, or the close code and
+/// reason.
 async fn connect(
     hub: &TestHub,
-    m: &Mesh,
+    m: &HubCluster,
     id: &str,
     identity: &Issued,
 ) -> Result<(), (u16, String)> {
-    let mut c = raw::connect(hub.hub, m.pki.ca.cert_pem(), identity)
-        .await
-        .map_err(|e| (0, e))?;
-    // A refused identity is closed right after the upgrade, possibly before the hello lands.
-    let _ = c.send_text(&raw::hello(id, 1).to_string()).await;
-    match c.next_or_close(PATIENCE).await? {
-        v if v["type"] == "welcome" => Ok(()),
-        other => Err((0, other.to_string())),
-    }
+    raw::admitted(hub.hub, m.pki.ca.cert_pem(), identity, id).await
 }
 
 fn echo(message: &str) -> Value {
@@ -123,8 +80,8 @@ fn echo(message: &str) -> Value {
 async fn an_agent_enrolled_through_one_replica_is_admitted_by_the_other() {
     let Some(m) = mesh().await else { return };
     let id = "joined-01";
-    let identity = enrol_with_join_token(&m.hubs[0], id).await;
-    let r1 = &m.hubs[1];
+    let identity = enrol_with_join_token(&m.replicas[0], id).await;
+    let r1 = &m.replicas[1];
     eventually("r1 learns the new pin", PATIENCE, || async {
         r1.backend().registry.check_identity(id, &identity.pin) == Ok(())
     })
@@ -137,7 +94,7 @@ async fn an_agent_enrolled_through_one_replica_is_admitted_by_the_other() {
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert_eq!(resp.json()["stdout"], "joined\n", "{}", resp.body);
     // Through the replica it was enrolled on, too (routed).
-    let resp = run(&m.hubs[0], id, echo("routed")).await;
+    let resp = run(&m.replicas[0], id, echo("routed")).await;
     assert_eq!(resp.status, 200, "{}", resp.body);
 }
 
@@ -145,7 +102,7 @@ async fn an_agent_enrolled_through_one_replica_is_admitted_by_the_other() {
 async fn a_renewal_through_one_replica_retires_the_old_pin_on_the_other() {
     let Some(m) = mesh().await else { return };
     let id = "renewing-01";
-    let (r0, r1) = (&m.hubs[0], &m.hubs[1]);
+    let (r0, r1) = (&m.replicas[0], &m.replicas[1]);
     let old = enrol_with_join_token(r0, id).await;
     let (mut session, _) = raw::session(r0.hub, m.pki.ca.cert_pem(), &old, id).await;
     let (csr, key_pem) = mesh_certs::generate_csr(id).unwrap();
@@ -179,7 +136,7 @@ async fn a_renewal_through_one_replica_retires_the_old_pin_on_the_other() {
 async fn labels_set_through_one_replica_scope_tokens_on_the_other() {
     let Some(m) = mesh().await else { return };
     let id = "labelled-01";
-    let (r0, r1) = (&m.hubs[0], &m.hubs[1]);
+    let (r0, r1) = (&m.replicas[0], &m.replicas[1]);
     let (issued, dir) = m.pki.agent(id);
     // Enrolled by an admin through r0 (the other enrolment path), connected to r1.
     let body = json!({"agent_id": id, "pin": issued.pin});
@@ -213,25 +170,32 @@ async fn labels_set_through_one_replica_scope_tokens_on_the_other() {
 #[tokio::test]
 async fn lost_announcements_are_made_up_for_from_the_store() {
     let Some(mut m) = mesh().await else { return };
-    m.nats.stop().await;
+    m.base.nats.stop().await;
     let id = "offline-01";
     // Enrolled and labelled through r0 while no announcement can reach r1.
-    let identity = enrol_with_join_token(&m.hubs[0], id).await;
+    let identity = enrol_with_join_token(&m.replicas[0], id).await;
     let body = json!({"labels": {"region": "us"}}).to_string();
     let path = format!("/api/v1/agents/{id}/labels");
-    let r = http::request(m.hubs[0].http, "PUT", &path, Some(ADMIN_TOKEN), Some(&body)).await;
+    let r = http::request(
+        m.replicas[0].http,
+        "PUT",
+        &path,
+        Some(ADMIN_TOKEN),
+        Some(&body),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let registry = &m.hubs[1].backend().registry;
+    let registry = &m.replicas[1].backend().registry;
     assert_eq!(
         registry.check_identity(id, &identity.pin),
         Err(IdentityRejection::PinNotEnrolled)
     );
     // The hub looks the unknown pin up in the shared store before refusing it.
-    connect(&m.hubs[1], &m, id, &identity)
+    connect(&m.replicas[1], &m, id, &identity)
         .await
         .expect("r1 admits a pin it was never told about");
     // The link comes back: every pin, revocation and label is reloaded once.
-    m.nats.restart().await;
+    m.base.nats.restart().await;
     eventually("r1 reloads the labels set meanwhile", PATIENCE, || async {
         registry
             .scope_labels(id)

@@ -13,8 +13,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use agentmesh_e2e::backend::ADMIN_TOKEN;
 use agentmesh_e2e::cluster::{fleet_audit, ProcessCluster, Replica};
+use agentmesh_e2e::fleet::join_token;
 use agentmesh_e2e::nginx::client_ip;
 use agentmesh_e2e::process::audit_verify;
 use agentmesh_e2e::{eventually, http, raw, PATIENCE};
@@ -31,21 +31,6 @@ struct Attempt {
     source: IpAddr,
     key_pem: String,
     response: http::Response,
-}
-
-/// A join token for `id` created through the API at `api` (admin).
-async fn join_token(api: SocketAddr, id: &str) -> String {
-    let body = json!({"agent_id": id, "ttl_secs": 300}).to_string();
-    let r = http::request(
-        api,
-        "POST",
-        "/api/v1/enrollments",
-        Some(ADMIN_TOKEN),
-        Some(&body),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.json()["token"].as_str().unwrap().to_owned()
 }
 
 /// Two redemptions of `token` for `id`, attempt k to `apis[k]` from `sources[k]`, each with
@@ -117,7 +102,7 @@ async fn one_join_token_redeemed_on_two_replicas_at_once_enrols_exactly_one() {
     for round in 0..ROUNDS {
         let id = format!("race-{round:02}");
         // Tokens come from either replica: the store, not the creator, decides.
-        let token = join_token(apis[round % 2], &id).await;
+        let token = join_token(apis[round % 2], &id, 300).await;
         // Addresses of their own: each refusal is its source's first (audited in full, not
         // folded into a per-source summary), and no per-address enrolment limit is reached.
         let sources = [client_ip(2 * round), client_ip(2 * round + 1)];

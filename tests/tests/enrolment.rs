@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use agentmesh_e2e::backend::{ADMIN_TOKEN, OPERATOR_TOKEN};
+use agentmesh_e2e::fleet::join_token;
 use agentmesh_e2e::{
     agent, eventually, http, init_logging, raw, Pki, TestAgent, TestHub, PATIENCE,
 };
@@ -36,33 +37,14 @@ async fn redeem(hub: &TestHub, token: &str, id: &str) -> Result<Issued, http::Re
     })
 }
 
-async fn join_token(hub: &TestHub, id: &str, ttl: u64) -> String {
-    let r = post(
-        hub,
-        Some(ADMIN_TOKEN),
-        "/api/v1/enrollments",
-        json!({"agent_id": id, "ttl_secs": ttl}),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.json()["token"].as_str().unwrap().to_owned()
-}
-
-async fn connects(
+/// Whether `hub` admits `identity` as `id`: the `welcome`, or the close code and reason.
+async fn admitted(
     hub: &TestHub,
     pki: &Pki,
     id: &str,
     identity: &Issued,
 ) -> Result<(), (u16, String)> {
-    let mut c = raw::connect(hub.hub, pki.ca.cert_pem(), identity)
-        .await
-        .map_err(|e| (0, e))?;
-    // A refused identity is closed right after the upgrade, possibly before the hello lands.
-    let _ = c.send_text(&raw::hello(id, 1).to_string()).await;
-    match c.next_or_close(PATIENCE).await? {
-        v if v["type"] == "welcome" => Ok(()),
-        other => Err((0, other.to_string())),
-    }
+    raw::admitted(hub.hub, pki.ca.cert_pem(), identity, id).await
 }
 
 #[tokio::test]
@@ -79,7 +61,7 @@ async fn a_join_token_enrols_once_and_expires() {
     )
     .await;
     assert_eq!(r.status, 403);
-    let token = join_token(&hub, "edge-07", 60).await;
+    let token = join_token(hub.http, "edge-07", 60).await;
     // Wrong agent id does not consume the token.
     let wrong = redeem(&hub, &token, "edge-08").await.unwrap_err();
     assert_eq!(wrong.status, 401);
@@ -91,7 +73,7 @@ async fn a_join_token_enrols_once_and_expires() {
             .as_deref(),
         Some("edge-07")
     );
-    connects(&hub, &pki, "edge-07", &identity)
+    admitted(&hub, &pki, "edge-07", &identity)
         .await
         .expect("enrolled identity connects");
     let reused = redeem(&hub, &token, "edge-07").await.unwrap_err();
@@ -127,7 +109,7 @@ async fn gateway_enroll_command_end_to_end() {
     init_logging();
     let pki = Pki::new();
     let hub = TestHub::start(&pki, &[]).await;
-    let token = join_token(&hub, "edge-10", 300).await;
+    let token = join_token(hub.http, "edge-10", 300).await;
     let out = pki.path().join("enrolled-edge-10");
     let opts = gateway_agent::enroll::EnrollOptions {
         api: format!("http://{}", hub.http),
@@ -228,7 +210,7 @@ async fn revocation_disconnects_at_once_and_the_agent_stays_out_across_restarts(
     .await;
     assert!(!hub.is_connected("edge-01"));
     hub.restart(&pki).await;
-    let (code, _) = connects(&hub, &pki, "edge-01", &edge).await.unwrap_err();
+    let (code, _) = admitted(&hub, &pki, "edge-01", &edge).await.unwrap_err();
     assert_eq!(code, 4004);
     assert!(!hub.is_connected("edge-01"));
     agent.stop().await;
@@ -260,7 +242,7 @@ async fn renewal_over_the_session_rotates_the_pin() {
         "{pins:?}"
     );
     drop(c);
-    connects(&hub, &pki, "edge-01", &new_identity)
+    admitted(&hub, &pki, "edge-01", &new_identity)
         .await
         .expect("new certificate connects");
     eventually("old pin retired", PATIENCE, || async {
@@ -270,7 +252,7 @@ async fn renewal_over_the_session_rotates_the_pin() {
             .contains(&edge.pin)
     })
     .await;
-    let (code, reason) = connects(&hub, &pki, "edge-01", &edge).await.unwrap_err();
+    let (code, reason) = admitted(&hub, &pki, "edge-01", &edge).await.unwrap_err();
     assert_eq!(code, 4001, "{reason}");
     assert!(reason.contains("retired"), "{reason}");
     hub.stop().await;

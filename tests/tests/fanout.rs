@@ -2,24 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use agentmesh_e2e::backend::OPERATOR_TOKEN;
-use agentmesh_e2e::fleet::{fleet, poll};
-use agentmesh_e2e::{http, TestHub};
-use serde_json::{json, Value};
-
-async fn job(hub: &TestHub, body: Value) -> Value {
-    let r = http::request(
-        hub.http,
-        "POST",
-        "/api/v1/commands",
-        Some(OPERATOR_TOKEN),
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let job_id = r.json()["job_id"].as_str().unwrap().to_owned();
-    poll(hub, &job_id, |v| v["summary"]["pending"] == 0).await
-}
+use agentmesh_e2e::fleet::{fan_out, fleet};
+use serde_json::json;
 
 fn ms(rfc3339: &str) -> i128 {
     let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
@@ -36,7 +20,7 @@ async fn fan_out_reaches_exactly_the_label_and_honours_concurrency_and_errors() 
         ("web-03", "web"),
     ])
     .await;
-    let j = job(&f.hub, json!({"selector": {"labels": {"role": "web"}}, "verb": "sleep", "args": {"secs": "0.4"}, "max_concurrency": 1})).await;
+    let j = fan_out(&f.hub, json!({"selector": {"labels": {"role": "web"}}, "verb": "sleep", "args": {"secs": "0.4"}, "max_concurrency": 1})).await;
     assert_eq!(j["summary"]["targets"], 3, "{j}");
     assert_eq!(j["summary"]["ok"], 3, "{j}");
     let mut agents: Vec<&str> = j["results"]
@@ -62,12 +46,12 @@ async fn fan_out_reaches_exactly_the_label_and_honours_concurrency_and_errors() 
         assert!(w[1].0 >= w[0].1, "overlapping executions: {spans:?}");
     }
 
-    let j = job(&f.hub, json!({"selector": {"labels": {"role": "web"}}, "verb": "fail", "max_concurrency": 1, "max_errors": 2})).await;
+    let j = fan_out(&f.hub, json!({"selector": {"labels": {"role": "web"}}, "verb": "fail", "max_concurrency": 1, "max_errors": 2})).await;
     assert_eq!(j["summary"]["failed"], 2, "{j}");
     assert_eq!(j["summary"]["skipped"], 1, "{j}");
     assert_eq!(j["summary"]["ok"], 0, "{j}");
 
-    let j = job(
+    let j = fan_out(
         &f.hub,
         json!({"selector": {"ids": ["db-01", "web-01"]}, "verb": "ping"}),
     )

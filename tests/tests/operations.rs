@@ -7,6 +7,7 @@
 use std::process::Command;
 
 use agentmesh_e2e::backend::{HubOptions, ADMIN_TOKEN, OPERATOR_TOKEN};
+use agentmesh_e2e::fleet::create_enrolment;
 use agentmesh_e2e::process::{self, BackendProcess};
 use agentmesh_e2e::{http, init_logging, raw, Pki, TestHub, PATIENCE};
 use serde_json::json;
@@ -63,16 +64,9 @@ async fn an_admin_enrols_a_pin_directly_and_that_certificate_connects() {
     )
     .await;
     assert_eq!(r.status, 403, "only admins enrol: {}", r.body);
-    let r = http::request(
-        hub.http,
-        "POST",
-        "/api/v1/enrollments",
-        Some(ADMIN_TOKEN),
-        Some(&body),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.json()["state"], "active", "{}", r.body);
+    let enrolled =
+        create_enrolment(hub.http, &json!({"agent_id": "edge-05", "pin": edge.pin})).await;
+    assert_eq!(enrolled["state"], "active", "{enrolled}");
     let (_session, welcome) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-05").await;
     assert_eq!(welcome["type"], "welcome");
     let bad = json!({"agent_id": "edge-06", "pin": "sha256//not-a-pin"}).to_string();

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use agentmesh_e2e::backend::ADMIN_TOKEN;
+use agentmesh_e2e::fleet::join_token;
 use agentmesh_e2e::{http, init_logging, raw, Pki, TestHub, PATIENCE};
 use serde_json::json;
 
@@ -97,17 +97,7 @@ async fn a_csr_the_ca_refuses_does_not_burn_the_join_token() {
     init_logging();
     let pki = Pki::new();
     let hub = TestHub::start(&pki, &[]).await;
-    let body = json!({"agent_id": "edge-05", "ttl_secs": 600}).to_string();
-    let r = http::request(
-        hub.http,
-        "POST",
-        "/api/v1/enrollments",
-        Some(ADMIN_TOKEN),
-        Some(&body),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let token = join_token(hub.http, "edge-05", 600).await;
     let enroll = |csr: String| {
         let body = json!({"token": token, "agent_id": "edge-05", "csr": csr}).to_string();
         async move { http::request(hub.http, "POST", "/api/v1/enroll", None, Some(&body)).await }

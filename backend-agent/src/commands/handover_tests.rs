@@ -8,29 +8,17 @@ use agentmesh_protocol::{CommandFrame, HelloFrame, HubFrame};
 use tokio::sync::{mpsc, watch};
 
 use super::*;
-use crate::authz::Authz;
-use crate::config::{AuditConfig, LimitsConfig};
-use crate::metrics::Metrics;
 use crate::registry::{LiveSession, Registry};
 use crate::store::tests::command;
-use crate::store::Store;
 
 struct Fixture {
     service: Arc<CommandService>,
     frames: mpsc::Receiver<Box<HubFrame>>,
-    _dir: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
+    _base: crate::commands::tests::Fixture,
 }
 
 /// A service whose registry holds a live session of `edge-01` (frames land in `frames`).
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (audit, _) = crate::audit::Audit::open(&AuditConfig {
-        path: dir.path().join("audit.log"),
-        ..AuditConfig::default()
-    })
-    .expect("audit");
-    let audit = Arc::new(audit);
     let registry = Arc::new(Registry::default());
     registry.enrol("edge-01", "pin");
     let hello: HelloFrame = serde_json::from_value(serde_json::json!({
@@ -48,24 +36,12 @@ fn fixture() -> Fixture {
     registry
         .attach(hello, "pin", "127.0.0.1:1", session)
         .expect("attach");
-    let (stop, stop_rx) = watch::channel(false);
-    let service = CommandService::start(
-        registry,
-        Store::memory(),
-        Arc::new(Metrics::default()),
-        Arc::new(crate::reload::Swap::new(crate::limits::RateLimits::new(
-            &LimitsConfig::default(),
-        ))),
-        audit.clone(),
-        Arc::new(Authz::new(audit)),
-        super::super::Settings::default(),
-        stop_rx,
-    );
+    let base =
+        crate::commands::tests::start_service(registry, crate::commands::Settings::default());
     Fixture {
-        service,
+        service: base.service.clone(),
         frames,
-        _dir: dir,
-        _stop: stop,
+        _base: base,
     }
 }
 

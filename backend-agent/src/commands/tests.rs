@@ -12,14 +12,20 @@ use crate::auth::Role;
 use crate::config::{AuditConfig, LimitsConfig};
 use crate::store::tests::command;
 
-struct Fixture {
-    service: Arc<CommandService>,
-    audit: Arc<crate::audit::Audit>,
+/// A [`CommandService`] on an in-memory store with its audit log; the temp dir and the stop
+/// switch live as long as it does.
+pub(super) struct Fixture {
+    /// The service under test.
+    pub(super) service: Arc<CommandService>,
+    /// Its audit log (in the temp dir).
+    pub(super) audit: Arc<crate::audit::Audit>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-fn fixture(settings: Settings) -> Fixture {
+/// Starts a service over `registry` with `settings`, an in-memory store, default limits and
+/// an audit log in a fresh temp dir.
+pub(super) fn start_service(registry: Arc<Registry>, settings: Settings) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let (audit, _) = crate::audit::Audit::open(&AuditConfig {
         path: dir.path().join("audit.log"),
@@ -29,7 +35,7 @@ fn fixture(settings: Settings) -> Fixture {
     let audit = Arc::new(audit);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let service = CommandService::start(
-        Arc::new(Registry::default()),
+        registry,
         Store::memory(),
         Arc::new(Metrics::default()),
         Arc::new(crate::reload::Swap::new(crate::limits::RateLimits::new(
@@ -46,6 +52,10 @@ fn fixture(settings: Settings) -> Fixture {
         _dir: dir,
         _stop: stop,
     }
+}
+
+fn fixture(settings: Settings) -> Fixture {
+    start_service(Arc::new(Registry::default()), settings)
 }
 
 fn no_background() -> Settings {
