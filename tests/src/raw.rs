@@ -131,6 +131,23 @@ pub async fn admitted(
     }
 }
 
+/// The identity an enrolment (`POST /api/v1/enroll`) or renewal (`renewed`) answer issued,
+/// with `key_pem`, the key its CSR was made with; panics on an answer without one.
+pub fn issued(answer: &Value, key_pem: String) -> Issued {
+    let field = |name: &str| {
+        answer[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {answer}"))
+            .to_owned()
+    };
+    Issued {
+        cert_pem: field("certificate"),
+        key_pem,
+        ca_pem: field("ca"),
+        pin: field("pin"),
+    }
+}
+
 /// A `hello` frame for `agent_id`, speaking `protocol`.
 pub fn hello(agent_id: &str, protocol: u32) -> Value {
     json!({
@@ -218,6 +235,19 @@ impl RawClient {
         self.send_json(&json!({"type": "challenge_response", "signature": signature}))
             .await;
         Ok(())
+    }
+
+    /// Renews over this session as `agent_id` with a fresh key: sends `renew`, asserts the
+    /// `renewed` answer and returns the new identity.
+    pub async fn renew(&mut self, agent_id: &str) -> Issued {
+        let (csr, key_pem) = mesh_certs::generate_csr(agent_id).expect("csr");
+        self.send_json(&json!({"type": "renew", "csr": csr})).await;
+        let renewed = self
+            .next_json(crate::PATIENCE)
+            .await
+            .expect("renewal answered");
+        assert_eq!(renewed["type"], "renewed", "{renewed}");
+        issued(&renewed, key_pem)
     }
 
     /// Reads until the hub closes; returns the close code and reason.

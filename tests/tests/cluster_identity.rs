@@ -44,13 +44,7 @@ async fn enrol_with_join_token(hub: &TestHub, id: &str) -> Issued {
     let body = json!({"token": token, "agent_id": id, "csr": csr});
     let r = post(hub, None, "/api/v1/enroll", body).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let v = r.json();
-    Issued {
-        cert_pem: v["certificate"].as_str().unwrap().to_owned(),
-        key_pem,
-        ca_pem: v["ca"].as_str().unwrap().to_owned(),
-        pin: v["pin"].as_str().unwrap().to_owned(),
-    }
+    raw::issued(&r.json(), key_pem)
 }
 
 /// A real gateway agent for `id` with `identity`, dialling `hub` only.
@@ -105,18 +99,7 @@ async fn a_renewal_through_one_replica_retires_the_old_pin_on_the_other() {
     let (r0, r1) = (&m.replicas[0], &m.replicas[1]);
     let old = enrol_with_join_token(r0, id).await;
     let (mut session, _) = raw::session(r0.hub, m.pki.ca.cert_pem(), &old, id).await;
-    let (csr, key_pem) = mesh_certs::generate_csr(id).unwrap();
-    session
-        .send_json(&json!({"type": "renew", "csr": csr}))
-        .await;
-    let renewed = session.next_json(PATIENCE).await.expect("renewal answered");
-    assert_eq!(renewed["type"], "renewed", "{renewed}");
-    let new = Issued {
-        cert_pem: renewed["certificate"].as_str().unwrap().to_owned(),
-        key_pem,
-        ca_pem: renewed["ca"].as_str().unwrap().to_owned(),
-        pin: renewed["pin"].as_str().unwrap().to_owned(),
-    };
+    let new = session.renew(id).await;
     // The renewed certificate's first session (on r0) completes the renewal there.
     let (_renewed_session, _) = raw::session(r0.hub, m.pki.ca.cert_pem(), &new, id).await;
     let registry = &r1.backend().registry;

@@ -18,7 +18,6 @@ use agentmesh_e2e::fleet::join_token;
 use agentmesh_e2e::nginx::client_ip;
 use agentmesh_e2e::process::audit_verify;
 use agentmesh_e2e::{eventually, http, raw, PATIENCE};
-use mesh_certs::Issued;
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
@@ -128,12 +127,7 @@ async fn one_join_token_redeemed_on_two_replicas_at_once_enrols_exactly_one() {
 
         // The certificate is for the agent and for the winner's own key: it connects.
         let signed = winner.response.json();
-        let identity = Issued {
-            cert_pem: signed["certificate"].as_str().unwrap().to_owned(),
-            key_pem: winner.key_pem.clone(),
-            ca_pem: signed["ca"].as_str().unwrap().to_owned(),
-            pin: signed["pin"].as_str().unwrap().to_owned(),
-        };
+        let identity = raw::issued(&signed, winner.key_pem.clone());
         let info = mesh_certs::inspect_pem(&identity.cert_pem).unwrap();
         assert_eq!(info.common_name.as_deref(), Some(id.as_str()));
         assert_eq!(info.pin, identity.pin);

@@ -29,12 +29,7 @@ async fn redeem(hub: &TestHub, token: &str, id: &str) -> Result<Issued, http::Re
     }
     let v = r.json();
     assert_eq!(v["hub_pins"][0], hub.server_pin.as_str());
-    Ok(Issued {
-        cert_pem: v["certificate"].as_str().unwrap().to_owned(),
-        key_pem,
-        ca_pem: v["ca"].as_str().unwrap().to_owned(),
-        pin: v["pin"].as_str().unwrap().to_owned(),
-    })
+    Ok(raw::issued(&v, key_pem))
 }
 
 /// Whether `hub` admits `identity` as `id`: the `welcome`, or the close code and reason.
@@ -224,16 +219,7 @@ async fn renewal_over_the_session_rotates_the_pin() {
     let (edge, _) = pki.agent("edge-01");
     let hub = TestHub::start(&pki, &[("edge-01", &edge.pin)]).await;
     let (mut c, _) = raw::session(hub.hub, pki.ca.cert_pem(), &edge, "edge-01").await;
-    let (csr, key_pem) = mesh_certs::generate_csr("edge-01").unwrap();
-    c.send_json(&json!({"type": "renew", "csr": csr})).await;
-    let renewed = c.next_json(PATIENCE).await.expect("renewed");
-    assert_eq!(renewed["type"], "renewed", "{renewed}");
-    let new_identity = Issued {
-        cert_pem: renewed["certificate"].as_str().unwrap().to_owned(),
-        key_pem,
-        ca_pem: renewed["ca"].as_str().unwrap().to_owned(),
-        pin: renewed["pin"].as_str().unwrap().to_owned(),
-    };
+    let new_identity = c.renew("edge-01").await;
     assert_ne!(new_identity.pin, edge.pin);
     // Both pins are enrolled until the agent switches.
     let pins = hub.backend().registry.active_pins("edge-01");
