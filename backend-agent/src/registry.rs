@@ -320,6 +320,16 @@ impl Registry {
         true
     }
 
+    /// A fleet gather found `id` held elsewhere in session `session_id`: remembered (without
+    /// an event) so that session's end is reported here, if no session is known yet.
+    pub fn note_remote_session(&self, id: &str, session_id: &str) {
+        if let Some(record) = self.lock().get_mut(id) {
+            if record.session.is_none() && record.remote_session.is_none() {
+                record.remote_session = Some(session_id.to_owned());
+            }
+        }
+    }
+
     /// Another replica announced the end of its session `session_id` of `id`: the event
     /// stream here says `agent_disconnected`, unless a newer session (here or elsewhere)
     /// was announced since.

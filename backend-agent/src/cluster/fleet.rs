@@ -76,7 +76,12 @@ impl Cluster {
             }
             for view in answer.agents {
                 if let Some(hello) = hello_of(&view) {
-                    self.registry.set_remote_hello(hello, false, None);
+                    let id = hello.agent_id.clone();
+                    if self.registry.set_remote_hello(hello, false, None) {
+                        if let Some(session) = view.get("session_id").and_then(Value::as_str) {
+                            self.registry.note_remote_session(&id, session);
+                        }
+                    }
                 }
                 if let Some(id) = view.get("id").and_then(Value::as_str) {
                     fleet

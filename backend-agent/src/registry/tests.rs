@@ -114,12 +114,20 @@ fn a_remote_session_ends_only_when_the_announced_one_does() {
     r.remote_detached("d", "s1"); // older session: the agent is still connected elsewhere
     r.remote_detached("d", "s2");
     r.remote_detached("d", "s2"); // said once
+                                  // Learned from a gather (no event then), its end is still reported.
+    r.note_remote_session("d", "s3");
+    r.remote_detached("d", "s3");
     let kinds: Vec<&str> = std::iter::from_fn(|| events.rx.try_recv().ok())
         .map(|e| e.kind)
         .collect();
     assert_eq!(
         kinds,
-        ["agent_connected", "agent_connected", "agent_disconnected"]
+        [
+            "agent_connected",
+            "agent_connected",
+            "agent_disconnected",
+            "agent_disconnected"
+        ]
     );
 }
 
