@@ -23,23 +23,15 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Chromium binary, or `None` (reason printed) when it is not installed. With
 /// `AGENTMESH_REQUIRE_EXTERNAL=1` (CI) a missing browser panics instead.
 pub fn binary() -> Option<PathBuf> {
-    let found = [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        let required = std::env::var("AGENTMESH_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "chromium is not installed and AGENTMESH_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("chromium not installed: skipping this browser test (.ci/run installs it)");
-    }
-    found
+    crate::external_binary(
+        &[
+            "/usr/bin/chromium",
+            "/usr/bin/chromium-browser",
+            "/usr/bin/google-chrome",
+        ],
+        "chromium",
+        "skipping this browser test (.ci/run installs it)",
+    )
 }
 
 /// A headless browser with one page attached.

@@ -70,6 +70,11 @@ pub async fn fleet(ids: &[(&str, &str)]) -> Fleet {
 
 /// [`fleet`] with backend options (extra tokens, limits).
 pub async fn fleet_with(ids: &[(&str, &str)], options: HubOptions) -> Fleet {
+    fleet_with_verbs(ids, options, VERBS).await
+}
+
+/// [`fleet_with`] where every agent offers `verbs` (TOML `[[verbs]]` tables).
+pub async fn fleet_with_verbs(ids: &[(&str, &str)], options: HubOptions, verbs: &str) -> Fleet {
     init_logging();
     let pki = Pki::new();
     let issued: Vec<_> = ids
@@ -83,7 +88,7 @@ pub async fn fleet_with(ids: &[(&str, &str)], options: HubOptions) -> Fleet {
     let hub = TestHub::start_with(&pki, &enrol, options).await;
     let mut agents = Vec::new();
     for ((id, role), (_, (_, dir))) in ids.iter().zip(issued.iter()) {
-        let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], VERBS);
+        let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], verbs);
         // Per-agent role label.
         let text = std::fs::read_to_string(&cfg).unwrap();
         assert!(

@@ -64,6 +64,29 @@ where
 /// Generous limit for conditions on a slow, shared CI machine.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// `found` (an external tool the test needs), or `None` with `why` printed so the test skips;
+/// under `AGENTMESH_REQUIRE_EXTERNAL=1` (CI) a missing tool panics instead, so nothing skips.
+pub fn external<T>(found: Option<T>, what: &str, why: &str) -> Option<T> {
+    if found.is_none() {
+        let required = std::env::var("AGENTMESH_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{what} is not installed and AGENTMESH_REQUIRE_EXTERNAL=1"
+        );
+        eprintln!("{what} not installed: {why}");
+    }
+    found
+}
+
+/// The first of `candidates` that exists, through [`external`].
+pub fn external_binary(candidates: &[&str], what: &str, why: &str) -> Option<std::path::PathBuf> {
+    let found = candidates
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists());
+    external(found, what, why)
+}
+
 /// Logs to the test's captured output (once per process).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

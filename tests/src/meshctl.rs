@@ -6,7 +6,7 @@ use std::process::Output;
 
 use crate::backend::HubOptions;
 use crate::fleet::{Fleet, VERBS};
-use crate::{agent, init_logging, Pki, TestAgent, TestHub, PATIENCE};
+use crate::PATIENCE;
 
 /// Verbs added to [`VERBS`] for the meshctl tests.
 pub const MESHCTL_VERBS: &str = r#"
@@ -20,30 +20,8 @@ timeout_secs = 5
 
 /// A backend and agents (id, role label) with [`VERBS`] and [`MESHCTL_VERBS`], all connected.
 pub async fn meshctl_fleet(ids: &[(&str, &str)]) -> Fleet {
-    init_logging();
-    let pki = Pki::new();
-    let issued: Vec<_> = ids
-        .iter()
-        .map(|(id, _)| (id.to_string(), pki.agent(id)))
-        .collect();
-    let enrol: Vec<(&str, &str)> = issued
-        .iter()
-        .map(|(id, (c, _))| (id.as_str(), c.pin.as_str()))
-        .collect();
-    let hub = TestHub::start_with(&pki, &enrol, HubOptions::default()).await;
     let verbs = format!("{VERBS}{MESHCTL_VERBS}");
-    let mut agents = Vec::new();
-    for ((id, role), (_, (_, dir))) in ids.iter().zip(issued.iter()) {
-        let cfg = agent::write_config(pki.path(), id, dir, hub.hub, &[&hub.server_pin], &verbs);
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let text = text.replace("role = \"panel\"", &format!("role = \"{role}\""));
-        std::fs::write(&cfg, text).unwrap();
-        agents.push(TestAgent::start(cfg));
-    }
-    for ((id, _), agent) in ids.iter().zip(agents.iter()) {
-        agent.wait_connected(&hub, id).await;
-    }
-    Fleet { pki, hub, agents }
+    crate::fleet::fleet_with_verbs(ids, HubOptions::default(), &verbs).await
 }
 
 /// What one `meshctl` run did.

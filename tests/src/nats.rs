@@ -11,23 +11,15 @@ use crate::PATIENCE;
 /// The nats-server binary, or `None` (with the reason printed) when it is not installed.
 /// With `AGENTMESH_REQUIRE_EXTERNAL=1` (CI) a missing nats-server panics instead.
 pub fn binary() -> Option<PathBuf> {
-    let found = [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists());
-    if found.is_none() {
-        let required = std::env::var("AGENTMESH_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "nats-server is not installed and AGENTMESH_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("nats-server not installed: skipping this cluster test (.ci/run installs it)");
-    }
-    found
+    crate::external_binary(
+        &[
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ],
+        "nats-server",
+        "skipping this cluster test (.ci/run installs it)",
+    )
 }
 
 /// A running nats-server (killed on drop); [`NatsServer::stop`] and

@@ -16,19 +16,11 @@ use crate::{Pki, TestHub};
 /// The nginx binary, or `None` (with the reason printed) when it is not installed. With
 /// `AGENTMESH_REQUIRE_EXTERNAL=1` (CI) a missing nginx panics instead.
 pub fn binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        let required = std::env::var("AGENTMESH_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "nginx is not installed and AGENTMESH_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("nginx not installed: skipping this front-door test (.ci/run installs it)");
-    }
-    found
+    crate::external_binary(
+        &["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"],
+        "nginx",
+        "skipping this front-door test (.ci/run installs it)",
+    )
 }
 
 /// nginx's own mesh identity towards the hub (`<pki>/nginx`) and the public front-door

@@ -50,15 +50,11 @@ pub fn bin_dir() -> Option<PathBuf> {
         });
         versions.pop()
     });
-    if found.is_none() {
-        let required = std::env::var("AGENTMESH_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "PostgreSQL (initdb, postgres) is not installed and AGENTMESH_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("PostgreSQL not installed: skipping this test (.ci/run installs `postgresql`)");
-    }
-    found
+    crate::external(
+        found,
+        "PostgreSQL (initdb, postgres)",
+        "skipping this test (.ci/run installs `postgresql`)",
+    )
 }
 
 /// `(uid, gid)` to run the server as: [`TEST_USER`] (created if missing) when we are root,
