@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::process::ChildGuard;
 use crate::PATIENCE;
@@ -75,26 +74,15 @@ impl NatsServer {
             .spawn()
             .unwrap();
         self.child = ChildGuard(Some(child));
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(addr) = text
-                .lines()
-                .filter(|l| l.contains("Listening for client connections on"))
-                .find_map(|l| l.rsplit(' ').next()?.trim().parse::<SocketAddr>().ok())
-            {
-                self.addr = addr;
-                return;
-            }
-            if let Some(status) = self.child.0.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nats-server exited with {status}:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server never listened:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.addr = self
+            .child
+            .wait_for_log("nats-server", &log_path, |l| {
+                if !l.contains("Listening for client connections on") {
+                    return None;
+                }
+                l.rsplit(' ').next()?.trim().parse::<SocketAddr>().ok()
+            })
+            .await;
     }
 
     /// Stops the server (SIGKILL: clients see the link drop).

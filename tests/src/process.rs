@@ -87,6 +87,28 @@ pub fn audit_verify(path: &Path) -> Result<(), String> {
 pub struct ChildGuard(pub Option<Child>);
 
 impl ChildGuard {
+    /// Polls the child's log at `log` until `parse` finds what it waits for in a line;
+    /// panics (with the log) when the child exits first or after [`PATIENCE`].
+    pub async fn wait_for_log<T>(
+        &mut self,
+        what: &str,
+        log: &Path,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(found) = text.lines().find_map(&parse) {
+                return found;
+            }
+            if let Some(status) = self.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{what} exited with {status} before starting:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "{what} never started:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Its process id.
     pub fn id(&self) -> u32 {
         self.0.as_ref().map(Child::id).unwrap_or(0)
@@ -180,27 +202,17 @@ impl BackendProcess {
         pin_ports(&self.config_path, http, hub);
     }
 
-    /// Polls the log for the "backend started" line and its `http=` and `hub=` fields.
+    /// Waits for the "backend started" line and its `http=` and `hub=` fields.
     async fn reported_addrs(&mut self) -> (SocketAddr, SocketAddr) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-            if let Some(addrs) = text
-                .lines()
-                .filter(|l| l.contains("backend started"))
-                .find_map(|l| Some((field(l, "http=")?, field(l, "hub=")?)))
-            {
-                return addrs;
-            }
-            if let Some(status) = self.child.0.as_mut().unwrap().try_wait().unwrap() {
-                panic!("backend exited with {status} before starting:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "backend never reported its ports:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.log_path.clone();
+        self.child
+            .wait_for_log("backend", &log, |l| {
+                if !l.contains("backend started") {
+                    return None;
+                }
+                Some((field(l, "http=")?, field(l, "hub=")?))
+            })
+            .await
     }
 
     /// SIGKILL: no drain, no flush, no destructor runs — a real crash.
