@@ -26,8 +26,8 @@ use crate::store::{PinRecord, Store, StoreError};
 /// Hub refreshes (an unknown pin looked up in the store) running at once on one replica;
 /// above it the pin is refused as `pin_not_enrolled` without a lookup, as on a single node.
 pub const MAX_IDENTITY_REFRESHES: usize = 16;
-/// How often the link is checked for a reconnect (and a failed reload retried).
-const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often a failed reload is retried (a reconnect reloads at once).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Body of `agent.<X>.identity`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,24 +75,28 @@ impl Cluster {
             .set_identity_notifier(Arc::new(Notifier(Arc::downgrade(self))));
         let me = Arc::downgrade(self);
         let mut stop = self.shutdown.clone();
-        let stats = self.client.statistics();
+        let mut link_up = self.link_ups.clone();
         // The initial connect may not have happened yet: one that happens later also
         // reloads (announcements before it were never received).
-        let mut seen = match self.connected() {
-            true => stats.connects.load(Ordering::Relaxed),
-            false => 0,
-        };
+        if self.connected() {
+            link_up.borrow_and_update();
+        }
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(WATCH_EVERY);
+            let mut retry = tokio::time::interval(RETRY_EVERY);
+            let mut reconnected = false;
             loop {
                 tokio::select! {
                     _ = agentmesh_daemon::stopped(&mut stop) => break,
-                    _ = tick.tick() => {}
+                    changed = link_up.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        reconnected = true;
+                    }
+                    _ = retry.tick() => {}
                 }
                 let Some(me) = me.upgrade() else { break };
                 let Some(sync) = me.identity.get() else { break };
-                let connects = stats.connects.load(Ordering::Relaxed);
-                let reconnected = connects > seen && me.connected();
                 if !reconnected && !sync.reload_pending.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -100,9 +104,7 @@ impl Cluster {
                     Ok(agents) => {
                         info!(agents, "identities reloaded from the store");
                         sync.reload_pending.store(false, Ordering::Relaxed);
-                        if reconnected {
-                            seen = connects;
-                        }
+                        reconnected = false;
                     }
                     Err(e) => {
                         debug!(error = %e, "identity reload failed; retrying");

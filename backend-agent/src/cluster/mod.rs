@@ -83,6 +83,9 @@ pub struct Cluster {
     shutdown: watch::Receiver<bool>,
     /// The shared store for `agent.<X>.identity` (set by `bind_identity`).
     identity: OnceLock<identity::IdentitySync>,
+    /// Counts (re)connects of the NATS link: what the fleet learner and the identity
+    /// reload wait on.
+    link_ups: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -104,8 +107,7 @@ impl Cluster {
         let replica = config.replica_id.clone();
         // Each (re)connect: learn what the other replicas hold (announcements sent while the
         // link was down were missed).
-        let link_up = Arc::new(tokio::sync::Notify::new());
-        let on_link_up = link_up.clone();
+        let (link_up, link_ups) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(format!("agentmesh-backend {replica}"))
             .retry_on_initial_connect()
@@ -116,7 +118,7 @@ impl Cluster {
             .event_callback(move |event| {
                 let replica = replica.clone();
                 if matches!(event, async_nats::Event::Connected) {
-                    on_link_up.notify_one();
+                    link_up.send_modify(|n| *n += 1);
                 }
                 async move { info!(replica = %replica, %event, "cluster link") }
             })
@@ -136,9 +138,10 @@ impl Cluster {
             publishes: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             shutdown,
             identity: OnceLock::new(),
+            link_ups,
         });
         cluster.clone().spawn_shared().await;
-        cluster.spawn_learning(link_up);
+        cluster.spawn_learning();
         info!(replica = %cluster.replica_id, url = %config.nats_url, "cluster routing started");
         Ok(cluster)
     }
@@ -263,14 +266,15 @@ impl Cluster {
 
     /// After each (re)connect, once every live replica has had a heartbeat's time to be
     /// heard, gathers the fleet's agents ([`Cluster::learn_fleet`]). Ends on shutdown.
-    fn spawn_learning(self: &Arc<Self>, link_up: Arc<tokio::sync::Notify>) {
+    fn spawn_learning(self: &Arc<Self>) {
+        let mut link_up = self.link_ups.clone();
         let me = Arc::downgrade(self);
         let mut stop = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = agentmesh_daemon::stopped(&mut stop) => break,
-                    _ = link_up.notified() => {}
+                    changed = link_up.changed() => if changed.is_err() { break },
                 }
                 tokio::select! {
                     _ = agentmesh_daemon::stopped(&mut stop) => break,
