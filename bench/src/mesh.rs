@@ -157,16 +157,13 @@ impl Mesh {
 
     /// Polls `/health` until at least `n` agents are connected; the time it took.
     pub async fn wait_connected(&self, n: u64, limit: Duration) -> Result<Duration> {
-        let started = Instant::now();
-        let mut last = 0;
-        while started.elapsed() < limit {
-            last = self.connected().await.unwrap_or(last);
-            if last >= n {
-                return Ok(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        bail!("only {last} of {n} agents connected after {limit:?}")
+        // A failed poll counts as the last answer.
+        let last = std::cell::Cell::new(0);
+        until_connected(n, limit, || async {
+            last.set(self.connected().await.unwrap_or(last.get()));
+            last.get()
+        })
+        .await
     }
 
     /// Writes a `gateway.toml` for `id` (certificate in `cert_dir`) under `configs/`.
@@ -177,19 +174,50 @@ impl Mesh {
         fleet: &str,
         extra: &str,
     ) -> Result<PathBuf> {
-        let state = self.pki.path().join("state").join(id);
-        std::fs::create_dir_all(&state)?;
-        let certs = cert_dir.display();
-        let text = format!(
-            "[agent]\nid = \"{id}\"\nsite = \"bench\"\nlabels = {{ fleet = \"{fleet}\" }}\nstate_dir = \"{state}\"\n\n[outbound]\nbackend_url = \"wss://127.0.0.1:{port}/ws/agent\"\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/cert.pem\"\nkey = \"{certs}/key.pem\"\nserver_pins = [\"{pin}\"]\n{extra}\n",
-            state = state.display(),
-            port = self.hub.port(),
-            pin = self.pki.server.pin,
-        );
-        let dir = self.pki.path().join("configs");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{id}.toml"));
-        std::fs::write(&path, text)?;
-        Ok(path)
+        let url = format!("\"wss://127.0.0.1:{}/ws/agent\"", self.hub.port());
+        write_agent_config(&self.pki, id, cert_dir, fleet, &url, extra)
     }
+}
+
+/// Polls `count` until it reaches `n`; the time it took, or an error after `limit`.
+pub async fn until_connected<F, Fut>(n: u64, limit: Duration, mut count: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let started = Instant::now();
+    let mut last = 0;
+    while started.elapsed() < limit {
+        last = count().await;
+        if last >= n {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bail!("only {last} of {n} agents connected after {limit:?}")
+}
+
+/// Writes `configs/<id>.toml` under the PKI dir: agent `id` (certificate in `cert_dir`,
+/// label `fleet`) reaching `backend_url` (a TOML string or list), plus `extra`.
+pub fn write_agent_config(
+    pki: &Pki,
+    id: &str,
+    cert_dir: &Path,
+    fleet: &str,
+    backend_url: &str,
+    extra: &str,
+) -> Result<PathBuf> {
+    let state = pki.path().join("state").join(id);
+    std::fs::create_dir_all(&state)?;
+    let certs = cert_dir.display();
+    let text = format!(
+        "[agent]\nid = \"{id}\"\nsite = \"bench\"\nlabels = {{ fleet = \"{fleet}\" }}\nstate_dir = \"{state}\"\n\n[outbound]\nbackend_url = {backend_url}\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/cert.pem\"\nkey = \"{certs}/key.pem\"\nserver_pins = [\"{pin}\"]\n{extra}\n",
+        state = state.display(),
+        pin = pki.server.pin,
+    );
+    let dir = pki.path().join("configs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
 }

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::process::Child;
 
 use crate::client::Client;
-use crate::mesh::{source_addr, swarm_id, TOKEN};
+use crate::mesh::{source_addr, swarm_id, until_connected, write_agent_config, TOKEN};
 use crate::procs::{sibling, spawn_daemon};
 use crate::report::Report;
 use crate::swarm::Swarms;
@@ -157,16 +157,7 @@ impl Cluster {
 
     /// Polls until at least `n` agents are connected over the running replicas.
     pub async fn wait_connected(&self, n: u64, limit: Duration) -> Result<Duration> {
-        let started = Instant::now();
-        let mut last = 0;
-        while started.elapsed() < limit {
-            last = self.connected().await;
-            if last >= n {
-                return Ok(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        bail!("only {last} of {n} agents connected after {limit:?}")
+        until_connected(n, limit, || self.connected()).await
     }
 
     /// Writes a `gateway.toml` for `id` reaching the replicas `hubs` (a list when several).
@@ -177,8 +168,6 @@ impl Cluster {
         hubs: &[SocketAddr],
         extra: &str,
     ) -> Result<PathBuf> {
-        let state = self.pki.path().join("state").join(id);
-        std::fs::create_dir_all(&state)?;
         let urls: Vec<String> = hubs
             .iter()
             .map(|h| format!("\"wss://{h}/ws/agent\""))
@@ -188,18 +177,8 @@ impl Cluster {
         } else {
             "swarm"
         };
-        let certs = cert_dir.display();
-        let text = format!(
-            "[agent]\nid = \"{id}\"\nsite = \"bench\"\nlabels = {{ fleet = \"{fleet}\" }}\nstate_dir = \"{state}\"\n\n[outbound]\nbackend_url = [{urls}]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/cert.pem\"\nkey = \"{certs}/key.pem\"\nserver_pins = [\"{pin}\"]\n{extra}\n",
-            state = state.display(),
-            urls = urls.join(", "),
-            pin = self.pki.server.pin,
-        );
-        let dir = self.pki.path().join("configs");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{id}.toml"));
-        std::fs::write(&path, text)?;
-        Ok(path)
+        let urls = format!("[{}]", urls.join(", "));
+        write_agent_config(&self.pki, id, cert_dir, fleet, &urls, extra)
     }
 
     /// Kills every replica (SIGKILL); PostgreSQL, nats-server and the temp dir go on drop.
