@@ -190,6 +190,25 @@ impl CommandQuery {
         self.limit.clamp(1, Self::MAX_LIMIT)
     }
 
+    /// The filters (the cursor included) as SQL conditions, each `column op` and its
+    /// value; the store appends its own placeholder.
+    pub fn sql_conditions(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(agent) = &self.agent {
+            out.push(("agent_id =", agent.clone()));
+        }
+        if let Some(status) = self.status {
+            out.push(("status =", status.as_str().to_owned()));
+        }
+        if let Some(job) = &self.job_id {
+            out.push(("job_id =", job.clone()));
+        }
+        if let Some(before) = &self.before {
+            out.push(("command_id <", before.clone()));
+        }
+        out
+    }
+
     /// Whether `rec` passes every filter (the cursor included).
     pub fn matches(&self, rec: &CommandRecord) -> bool {
         self.agent.as_ref().is_none_or(|a| *a == rec.agent_id)

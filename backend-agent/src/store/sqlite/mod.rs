@@ -164,21 +164,9 @@ impl CommandStore for SqliteStore {
     fn list_commands(&self, q: &CommandQuery) -> Result<Vec<CommandRecord>, StoreError> {
         let mut conds = Vec::new();
         let mut args: Vec<Value> = Vec::new();
-        let mut filter = |cond: &str, value: String| {
+        for (cond, value) in q.sql_conditions() {
             args.push(Value::Text(value));
             conds.push(format!("{cond} ?{}", args.len()));
-        };
-        if let Some(agent) = &q.agent {
-            filter("agent_id =", agent.clone());
-        }
-        if let Some(status) = q.status {
-            filter("status =", status.as_str().to_owned());
-        }
-        if let Some(job) = &q.job_id {
-            filter("job_id =", job.clone());
-        }
-        if let Some(before) = &q.before {
-            filter("command_id <", before.clone());
         }
         let columns = if q.with_output {
             COLUMNS.to_owned()
